@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# Local Apache Flink cluster (from the apache-flink PyPI distribution) plus Beam's Flink job
+# server jar, for running Beam Python pipelines with --runner=FlinkRunner fully offline.
+# See deploy/flink/README.md. Run `deploy/flink/flink.sh --help`.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# ---- versions and locations (all overridable through the environment) ----------------------
+FLINK_VERSION="${TOPK_FLINK_VERSION:-1.19.3}"          # apache-flink + apache-flink-libraries
+FLINK_MINOR="${FLINK_VERSION%.*}"                       # value for Beam's --flink_version
+# Beam Java version of the job server. Beam 2.77's own job server jar is not on the Maven
+# Central reachable here; 2.62.0 is the newest Beam whose beam-runners-flink-<minor> and all
+# its dependencies resolve (see README). The Python SDK version may differ from it.
+JOBSERVER_BEAM_VERSION="${TOPK_FLINK_BEAM_VERSION:-2.62.0}"
+LOG4J_VERSION="${TOPK_FLINK_LOG4J_VERSION:-2.17.1}"     # what Flink 1.19's own distribution ships
+CACHE_DIR="${TOPK_FLINK_CACHE:-$HOME/.cache/topk/flink}"
+VENV_DIR="${TOPK_FLINK_VENV:-$CACHE_DIR/venv-$FLINK_VERSION}"
+RUN_DIR="${TOPK_FLINK_RUN_DIR:-$CACHE_DIR/run}"
+PYTHON_BIN="${TOPK_FLINK_PYTHON:-python3}"              # creates the cluster's venv
+DL_DIR="$CACHE_DIR/dl"
+LOG4J_DIR="$CACHE_DIR/log4j-$LOG4J_VERSION"
+JOBSERVER_JAR="$CACHE_DIR/beam-runners-flink-$FLINK_MINOR-job-server-$JOBSERVER_BEAM_VERSION.jar"
+STATE_FILE="$RUN_DIR/state.env"
+MVN=(mvn -B -q -Dstyle.color=never)
+
+die() { echo "flink.sh: $*" >&2; exit 1; }
+log() { echo "flink.sh: $*" >&2; }
+
+usage() {
+  cat <<EOF
+Usage: deploy/flink/flink.sh COMMAND [OPTIONS]
+
+Commands:
+  install               Create the Flink venv ($VENV_DIR) with apache-flink==$FLINK_VERSION
+                        (--no-deps: cluster only), fetch log4j jars and build/fetch Beam's Flink
+                        job server jar into $CACHE_DIR. Idempotent.
+  start [--rest-port P] [--slots N] [--rpc-port P] [--tm-memory SIZE] [--jm-memory SIZE]
+                        Start a JobManager + TaskManager bound to 127.0.0.1 (defaults: rest 8081,
+                        4 slots, rpc port picked free, TM 2048m, JM 1024m) with a copy of the conf
+                        dir under $RUN_DIR; wait until REST /overview reports a TaskManager.
+  health                Print REST /overview JSON; exit non-zero if the cluster is down.
+  stop                  Stop the cluster started by 'start'.
+  jobserver-jar         Print the job server jar path (non-zero exit if not installed).
+  env                   Print shell exports (FLINK_REST, FLINK_VERSION, FLINK_JOB_SERVER_JAR, ...):
+                        eval "\$(deploy/flink/flink.sh env)"
+  logs                  Print the tail of the JobManager and TaskManager logs.
+  -h, --help            This help.
+
+Environment: TOPK_FLINK_VERSION ($FLINK_VERSION), TOPK_FLINK_BEAM_VERSION ($JOBSERVER_BEAM_VERSION),
+TOPK_FLINK_CACHE ($CACHE_DIR), TOPK_FLINK_VENV, TOPK_FLINK_RUN_DIR ($RUN_DIR),
+TOPK_FLINK_PYTHON ($PYTHON_BIN), JAVA_HOME (Java 11 or 17; Flink $FLINK_MINOR does not support newer).
+
+Beam (Python SDK in the project's venv):
+  eval "\$(deploy/flink/flink.sh env)"
+  python pipeline.py --runner=FlinkRunner --flink_master=\$FLINK_REST \\
+    --flink_version=\$FLINK_VERSION --flink_job_server_jar=\$FLINK_JOB_SERVER_JAR \\
+    --environment_type=LOOPBACK --parallelism=2
+EOF
+}
+
+pyflink_home() {
+  # The Flink distribution lives inside the venv's site-packages (pyflink/bin, lib, conf, ...).
+  local d
+  for d in "$VENV_DIR"/lib/python3*/site-packages/pyflink; do
+    if [[ -f "$d/bin/jobmanager.sh" ]] && compgen -G "$d/lib/flink-dist*.jar" >/dev/null; then
+      echo "$d"; return 0
+    fi
+  done
+  return 1
+}
+
+# ---- install ---------------------------------------------------------------------------------
+install_flink() {
+  if pyflink_home >/dev/null && "$VENV_DIR/bin/python" -m pip show apache-flink 2>/dev/null \
+      | grep -qx "Version: $FLINK_VERSION"; then
+    log "Flink $FLINK_VERSION already in $VENV_DIR"
+    return 0
+  fi
+  mkdir -p "$DL_DIR"
+  [[ -x "$VENV_DIR/bin/python" ]] || "$PYTHON_BIN" -m venv "$VENV_DIR"
+  log "downloading apache-flink==$FLINK_VERSION and apache-flink-libraries==$FLINK_VERSION (~230 MB, cached in $DL_DIR)"
+  # Download into our own cache first (pip's cache does not keep files that large reliably),
+  # then install from there without touching the index again.
+  "$VENV_DIR/bin/python" -m pip download -q --no-deps -d "$DL_DIR" \
+    "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+  # apache-flink-libraries 1.x is an sdist: build its wheel once and keep it beside it, so a
+  # re-created venv installs from local wheels only.
+  if ! compgen -G "$DL_DIR/apache_flink_libraries-$FLINK_VERSION-*.whl" >/dev/null; then
+    log "building the apache-flink-libraries wheel (once)"
+    "$VENV_DIR/bin/python" -m pip wheel -q --no-deps -w "$DL_DIR" \
+      "$DL_DIR/apache-flink-libraries-$FLINK_VERSION.tar.gz"
+  fi
+  # --no-deps: the cluster needs only the Java distribution inside the packages. PyFlink's own
+  # Python dependencies (it pins apache-beam<2.49 for 1.19) are not needed for the cluster.
+  "$VENV_DIR/bin/python" -m pip install -q --no-deps --no-index --find-links "$DL_DIR" \
+    --only-binary :all: "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+  pyflink_home >/dev/null || die "pyflink distribution not found in $VENV_DIR after install"
+  log "Flink $FLINK_VERSION installed: $(pyflink_home)"
+}
+
+install_log4j() {
+  # The PyPI distribution leaves out the log4j jars of Flink's lib/ (daemons would log nothing).
+  local a missing=0
+  for a in log4j-api log4j-core log4j-slf4j-impl log4j-1.2-api; do
+    [[ -f "$LOG4J_DIR/$a-$LOG4J_VERSION.jar" ]] || missing=1
+  done
+  [[ $missing == 0 ]] && { log "log4j $LOG4J_VERSION jars already in $LOG4J_DIR"; return 0; }
+  mkdir -p "$LOG4J_DIR"
+  for a in log4j-api log4j-core log4j-slf4j-impl log4j-1.2-api; do
+    "${MVN[@]}" dependency:copy -Dartifact="org.apache.logging.log4j:$a:$LOG4J_VERSION" \
+      -DoutputDirectory="$LOG4J_DIR" >/dev/null || die "mvn could not fetch $a:$LOG4J_VERSION"
+  done
+  log "log4j $LOG4J_VERSION jars in $LOG4J_DIR"
+}
+
+install_jobserver() {
+  if [[ -s "$JOBSERVER_JAR" ]]; then
+    log "job server jar already at $JOBSERVER_JAR"
+    return 0
+  fi
+  mkdir -p "$CACHE_DIR"
+  local artifact="org.apache.beam:beam-runners-flink-$FLINK_MINOR-job-server:$JOBSERVER_BEAM_VERSION"
+  # 1) Beam's published shaded jar, where the Maven repository has it.
+  if "${MVN[@]}" dependency:copy -Dartifact="$artifact" -DoutputDirectory="$CACHE_DIR" \
+      >/dev/null 2>&1 && [[ -s "$JOBSERVER_JAR" ]]; then
+    log "fetched $artifact"
+    return 0
+  fi
+  # 2) Build the same shaded jar from beam-runners-flink-<minor> and its dependencies.
+  log "$artifact not served; building it from beam-runners-flink-$FLINK_MINOR:$JOBSERVER_BEAM_VERSION"
+  local build="$CACHE_DIR/jobserver-build"
+  mkdir -p "$build"
+  cp "$SCRIPT_DIR/jobserver/pom.xml" "$build/pom.xml"
+  (cd "$build" && "${MVN[@]}" package -Dbeam.version="$JOBSERVER_BEAM_VERSION" \
+      -Dflink.minor="$FLINK_MINOR" 2>&1 | grep -E "ERROR|BUILD" >&2 || true)
+  local built="$build/target/beam-runners-flink-$FLINK_MINOR-job-server-$JOBSERVER_BEAM_VERSION.jar"
+  [[ -s "$built" ]] || die "job server build failed (see: cd $build && mvn package)"
+  cp "$built" "$JOBSERVER_JAR.tmp" && mv "$JOBSERVER_JAR.tmp" "$JOBSERVER_JAR"
+  rm -rf "$build/target"
+  log "job server jar at $JOBSERVER_JAR"
+}
+
+cmd_install() {
+  command -v java >/dev/null || die "java not found (Java 11 or 17 needed)"
+  command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
+  install_flink
+  install_log4j
+  install_jobserver
+}
+
+# ---- cluster ---------------------------------------------------------------------------------
+free_port() {
+  "$PYTHON_BIN" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+load_state() {
+  [[ -f "$STATE_FILE" ]] || return 1
+  # shellcheck disable=SC1090
+  source "$STATE_FILE"
+}
+
+overview() {  # prints /overview JSON of the cluster at 127.0.0.1:$1
+  curl -fsS --max-time 5 "http://127.0.0.1:$1/overview"
+}
+
+taskmanagers_of() {  # reads /overview JSON on stdin, prints the taskmanagers count
+  sed -n 's/.*"taskmanagers":\([0-9]*\).*/\1/p'
+}
+
+flink_env() {  # exports what Flink's bin scripts read
+  local home
+  home="$(pyflink_home)" || die "Flink not installed in $VENV_DIR: run 'deploy/flink/flink.sh install'"
+  export FLINK_HOME="$home"
+  export FLINK_CONF_DIR="$RUN_DIR/conf"
+  export FLINK_LOG_DIR="$RUN_DIR/log"
+  export FLINK_PID_DIR="$RUN_DIR/pid"
+  export FLINK_LIB_DIR="$RUN_DIR/lib"
+  export FLINK_IDENT_STRING="topk"
+}
+
+cmd_start() {
+  local rest_port="${TOPK_FLINK_REST_PORT:-8081}" slots=4 rpc_port="" tm_mem=2048m jm_mem=1024m
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --rest-port) rest_port="$2"; shift 2 ;;
+      --slots) slots="$2"; shift 2 ;;
+      --rpc-port) rpc_port="$2"; shift 2 ;;
+      --tm-memory) tm_mem="$2"; shift 2 ;;
+      --jm-memory) jm_mem="$2"; shift 2 ;;
+      *) die "start: unknown option $1" ;;
+    esac
+  done
+  [[ "$slots" =~ ^[0-9]+$ && "$slots" -ge 1 ]] || die "--slots must be a positive integer"
+
+  if load_state && overview "$REST_PORT" >/dev/null 2>&1; then
+    if [[ "$REST_PORT" == "$rest_port" ]]; then
+      log "already running at 127.0.0.1:$REST_PORT"
+      return 0
+    fi
+    die "a cluster from $RUN_DIR already runs at 127.0.0.1:$REST_PORT; stop it first"
+  fi
+  [[ -f "$JOBSERVER_JAR" ]] || log "warning: job server jar missing: run 'flink.sh install'"
+  flink_env
+  port_in_use "$rest_port" && die "port $rest_port is in use (choose --rest-port)"
+  [[ -n "$rpc_port" ]] || rpc_port="$(free_port)"
+
+  # A fresh runtime dir; the conf dir is a copy, the venv's site-packages stays untouched.
+  rm -rf "$RUN_DIR"
+  mkdir -p "$RUN_DIR"/{log,pid,tmp,lib}
+  cp -r "$FLINK_HOME/conf" "$FLINK_CONF_DIR"
+  ln -s "$FLINK_HOME"/lib/*.jar "$FLINK_LIB_DIR/"
+  if compgen -G "$LOG4J_DIR/*.jar" >/dev/null; then
+    ln -s "$LOG4J_DIR"/*.jar "$FLINK_LIB_DIR/"
+  else
+    log "warning: no log4j jars in $LOG4J_DIR (run install): daemons will not write logs"
+  fi
+  # Flink's own config tool rewrites config.yaml (standard YAML), keeping the Java 17 opts.
+  bash "$FLINK_HOME/bin/config-parser-utils.sh" "$FLINK_CONF_DIR" "$FLINK_HOME/bin" "$FLINK_LIB_DIR" \
+    -D jobmanager.rpc.address=127.0.0.1 \
+    -D jobmanager.rpc.port="$rpc_port" \
+    -D jobmanager.bind-host=127.0.0.1 \
+    -D taskmanager.bind-host=127.0.0.1 \
+    -D taskmanager.host=127.0.0.1 \
+    -D rest.address=127.0.0.1 \
+    -D rest.bind-address=127.0.0.1 \
+    -D rest.port="$rest_port" \
+    -D taskmanager.numberOfTaskSlots="$slots" \
+    -D parallelism.default=1 \
+    -D jobmanager.memory.process.size="$jm_mem" \
+    -D taskmanager.memory.process.size="$tm_mem" \
+    -D taskmanager.memory.jvm-metaspace.size=384m \
+    -D classloader.check-leaked-classloader=false \
+    -D io.tmp.dirs="$RUN_DIR/tmp" \
+    -D blob.storage.directory="$RUN_DIR/tmp" \
+    -D web.tmpdir="$RUN_DIR/tmp" \
+    -D env.pid.dir="$FLINK_PID_DIR" \
+    -D env.log.dir="$FLINK_LOG_DIR" >/dev/null
+  printf '127.0.0.1\n' >"$FLINK_CONF_DIR/masters"
+  printf '127.0.0.1\n' >"$FLINK_CONF_DIR/workers"
+  cat >"$STATE_FILE" <<EOF
+REST_PORT=$rest_port
+RPC_PORT=$rpc_port
+SLOTS=$slots
+FLINK_HOME_PATH=$FLINK_HOME
+EOF
+
+  local t0=$SECONDS
+  "$FLINK_HOME/bin/jobmanager.sh" start >&2
+  "$FLINK_HOME/bin/taskmanager.sh" start >&2
+  local json="" n=0 deadline=$((SECONDS + ${TOPK_FLINK_START_TIMEOUT:-120}))
+  while ((SECONDS < deadline)); do
+    if json="$(overview "$rest_port" 2>/dev/null)"; then
+      n="$(taskmanagers_of <<<"$json")"
+      [[ "${n:-0}" -ge 1 ]] && break
+    fi
+    sleep 1
+  done
+  if [[ "${n:-0}" -lt 1 ]]; then
+    log "cluster did not come up within ${TOPK_FLINK_START_TIMEOUT:-120}s; logs:"
+    cmd_logs >&2 || true
+    cmd_stop || true
+    exit 1
+  fi
+  log "Flink $FLINK_VERSION up in $((SECONDS - t0))s: http://127.0.0.1:$rest_port ($slots slots)"
+  echo "$json"
+}
+
+cmd_health() {
+  load_state || die "no cluster state in $RUN_DIR (not started)"
+  local json n
+  json="$(overview "$REST_PORT")" || die "REST API at 127.0.0.1:$REST_PORT does not answer"
+  echo "$json"
+  n="$(taskmanagers_of <<<"$json")"
+  [[ "${n:-0}" -ge 1 ]] || die "no TaskManager registered"
+}
+
+cmd_stop() {
+  if ! load_state; then
+    log "not running (no state in $RUN_DIR)"
+    return 0
+  fi
+  flink_env
+  "$FLINK_HOME/bin/taskmanager.sh" stop-all >&2 || true
+  "$FLINK_HOME/bin/jobmanager.sh" stop-all >&2 || true
+  local f pid
+  # flink-daemon.sh waits 10 s and then kills -9; make sure every pid we started is gone.
+  for f in "$FLINK_PID_DIR"/*.pid; do
+    [[ -f "$f" ]] || continue
+    while read -r pid; do
+      [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    done <"$f"
+    rm -f "$f"
+  done
+  rm -f "$STATE_FILE"
+  log "stopped"
+}
+
+cmd_jobserver_jar() {
+  [[ -s "$JOBSERVER_JAR" ]] || die "job server jar not installed ($JOBSERVER_JAR): run 'flink.sh install'"
+  echo "$JOBSERVER_JAR"
+}
+
+cmd_env() {
+  local port="${TOPK_FLINK_REST_PORT:-8081}"
+  if load_state; then port="$REST_PORT"; fi
+  cat <<EOF
+export FLINK_REST=127.0.0.1:$port
+export FLINK_VERSION=$FLINK_MINOR
+export FLINK_JOB_SERVER_JAR=$JOBSERVER_JAR
+export FLINK_HOME=$(pyflink_home || echo "")
+export FLINK_CONF_DIR=$RUN_DIR/conf
+EOF
+}
+
+cmd_logs() {
+  local f
+  for f in "$RUN_DIR"/log/*.log "$RUN_DIR"/log/*.out; do
+    [[ -f "$f" ]] || continue
+    echo "==> $f <=="
+    tail -n "${TOPK_FLINK_LOG_LINES:-40}" "$f"
+  done
+}
+
+main() {
+  local cmd="${1:-}"
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    install) cmd_install "$@" ;;
+    start) cmd_start "$@" ;;
+    health) cmd_health "$@" ;;
+    stop) cmd_stop "$@" ;;
+    jobserver-jar) cmd_jobserver_jar "$@" ;;
+    env) cmd_env "$@" ;;
+    logs) cmd_logs "$@" ;;
+    -h|--help|help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) echo "flink.sh: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

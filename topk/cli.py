@@ -1,0 +1,300 @@
+"""The ``topk`` command: generate events, run pipelines, query results.
+
+    topk demo                      # synthetic day -> batch pipeline -> queries
+    topk generate --events N --out PATH [--seed S] ...
+    topk batch --input GLOB --output DIR [--windows ...] [--k K] [beam options]
+    topk query --output DIR --k K --start T --end T [--event-type E]
+               [--format table|json]
+
+Bad input exits with status 2 and a one-line reason on stderr.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from topk import windows
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _add_generate(sub):
+    from topk.generator import GeneratorConfig
+    d = GeneratorConfig()
+    p = sub.add_parser(
+        "generate", help="Write synthetic click/play events (JSON lines or "
+        "Parquet).", description="Write seedable synthetic events: Zipf "
+        "item popularity, out-of-order event times, duplicates, malformed "
+        "records and hot-item bursts. The format follows --out's suffix: "
+        ".jsonl/.json/.ndjson (optionally .gz) or .parquet.")
+    p.add_argument("--events", type=int, required=True,
+                   help="Number of valid, distinct events.")
+    p.add_argument("--out", required=True, help="File to write.")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"Random seed (default {d.seed}); same seed, same "
+                   "bytes.")
+    p.add_argument("--items", type=int, default=d.items,
+                   help=f"Catalogue size (default {d.items}).")
+    p.add_argument("--zipf", type=float, default=d.zipf,
+                   help=f"Popularity exponent s, P(rank r) ~ 1/r^s "
+                   f"(default {d.zipf}).")
+    p.add_argument("--start", default=d.start,
+                   help=f"First event time, RFC 3339 (default {d.start}).")
+    p.add_argument("--rate", type=float, default=d.rate,
+                   help=f"Events per second of event time (default {d.rate:g}"
+                   "); the span is events / rate.")
+    p.add_argument("--jitter", type=float, default=d.jitter_s,
+                   help=f"Out-of-order jitter in seconds (default "
+                   f"{d.jitter_s:g}).")
+    p.add_argument("--duplicates", type=float, default=d.duplicate_share,
+                   help="Share of extra re-deliveries of earlier events "
+                   f"(default {d.duplicate_share:g}).")
+    p.add_argument("--malformed", type=float, default=d.malformed_share,
+                   help="Share of extra malformed records (default "
+                   f"{d.malformed_share:g}).")
+    p.add_argument("--ts-format", choices=("ms", "rfc3339", "mixed"),
+                   default=d.ts_format,
+                   help=f"How ts is written (default {d.ts_format}).")
+    p.add_argument("--burst-item", default=None,
+                   help="Item that bursts (hot-item burst); off by default.")
+    p.add_argument("--burst-share", type=float, default=0.5,
+                   help="Share of events inside the burst that go to the "
+                   "burst item (default 0.5).")
+    p.add_argument("--burst-start", default=None,
+                   help="Burst start, RFC 3339 (default: middle of the span).")
+    p.add_argument("--burst-duration", type=float, default=d.burst_duration_s,
+                   help=f"Burst length in seconds (default "
+                   f"{d.burst_duration_s:g}).")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from topk import generator
+    if args.events < 1:
+        raise CliError("--events must be at least 1")
+    config = generator.GeneratorConfig(
+        events=args.events, items=args.items, zipf=args.zipf,
+        start=args.start, rate=args.rate, jitter_s=args.jitter,
+        duplicate_share=args.duplicates, malformed_share=args.malformed,
+        ts_format=args.ts_format, seed=args.seed,
+        burst_item=args.burst_item,
+        burst_share=args.burst_share if args.burst_item else 0.0,
+        burst_start=args.burst_start, burst_duration_s=args.burst_duration)
+    _make_parent(args.out)
+    started = time.perf_counter()
+    try:
+        if args.out.lower().endswith((".parquet", ".pq")):
+            summary = generator.write_parquet(config, args.out)
+        else:
+            summary = generator.write_json_lines(config, args.out)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    took = time.perf_counter() - started
+    print(f"wrote {summary.path}: {summary.valid_events} events, "
+          f"{summary.duplicates} duplicates, {summary.malformed} malformed, "
+          f"{windows.format_time(summary.first_ts_ms)} .. "
+          f"{windows.format_time(summary.last_ts_ms)}, "
+          f"{summary.bytes / 1e6:.1f} MB in {took:.1f} s")
+    return 0
+
+
+def _add_batch(sub):
+    p = sub.add_parser(
+        "batch", help="Run the batch pipeline over event files.",
+        description="Exact top-K of every window over JSON-lines or Parquet "
+        "event files, written as Parquet tables under --output. Any other "
+        "option is passed to Apache Beam (e.g. --runner FlinkRunner).",
+        add_help=False)
+    p.add_argument("-h", "--help", action="store_true",
+                   help="Show this help and the pipeline options.")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args, beam_args) -> int:
+    from topk.pipelines import batch
+    parser = options_parser("topk batch", batch.BatchOptions)
+    if args.help:
+        parser.print_help()
+        return 0
+    parser.parse_known_args(beam_args)  # our options' errors, in one line
+    started = time.perf_counter()
+    try:
+        result = batch.run(beam_args)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    _print_run_summary(result, time.perf_counter() - started)
+    return 0
+
+
+def _print_run_summary(result, seconds: float) -> None:
+    counters = {r.key.metric.name: r.committed
+                for r in result.metrics().query()["counters"]}
+    valid = counters.get("events_valid", 0)
+    dead = counters.get("events_dead_letter", 0)
+    rate = valid / seconds if seconds else 0
+    runner = type(result).__module__.rsplit(".", 1)[-1]
+    print(f"done in {seconds:.1f} s ({runner}): {valid} valid events "
+          f"({rate:,.0f}/s), {dead} dead letters")
+
+
+class _OptionsParser(argparse.ArgumentParser):
+    """Parses a pipeline's own options; errors become one-line CliErrors."""
+
+    def error(self, message):
+        raise CliError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def options_parser(prog: str, options_cls) -> argparse.ArgumentParser:
+    """An argparse parser with the project's options of ``options_cls``
+    (not Beam's hundreds of generic ones)."""
+    parser = _OptionsParser(
+        prog=prog, description=sys.modules[options_cls.__module__].__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any Apache Beam pipeline option is accepted too, e.g. "
+        "--runner, --flink_master, --temp_location.")
+    for cls in reversed(options_cls.__mro__):
+        if "_add_argparse_args" in vars(cls) and cls.__module__.startswith(
+                "topk"):
+            cls._add_argparse_args(parser)
+    return parser
+
+
+def _add_query(sub):
+    p = sub.add_parser(
+        "query", help="Exact top-K of any minute-aligned range up to 30 "
+        "days.", description="Answer topk(k, start, end) exactly from the "
+        "slices table with DuckDB: the range is covered by the fewest "
+        "aligned day/hour/minute slices, summed in one SQL statement.")
+    p.add_argument("--output", required=True,
+                   help="Output directory of `topk batch` / `topk stream`.")
+    p.add_argument("--k", type=int, required=True, help="How many items.")
+    p.add_argument("--start", required=True,
+                   help="Range start (inclusive), RFC 3339 UTC, whole minute.")
+    p.add_argument("--end", required=True,
+                   help="Range end (exclusive), RFC 3339 UTC, whole minute.")
+    p.add_argument("--event-type", default=None,
+                   help="Only this event type (default: all types).")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default) or json: a list of objects with "
+                   "rank, item_id, count.")
+    p.set_defaults(func=cmd_query)
+
+
+def cmd_query(args) -> int:
+    from topk import query
+    try:
+        rows = query.topk(args.output, args.k, args.start, args.end,
+                          args.event_type)
+    except query.QueryError as e:
+        raise CliError(str(e)) from None
+    if args.format == "json":
+        print(json.dumps([{"rank": r.rank, "item_id": r.item_id,
+                           "count": r.count} for r in rows]))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def format_table(rows) -> str:
+    if not rows:
+        return "(no events in range)"
+    width = max(len("item_id"), *(len(r.item_id) for r in rows))
+    lines = [f"{'rank':>4}  {'item_id':<{width}}  {'count':>10}"]
+    lines += [f"{r.rank:>4}  {r.item_id:<{width}}  {r.count:>10}" for r in rows]
+    return "\n".join(lines)
+
+
+def _add_demo(sub):
+    p = sub.add_parser(
+        "demo", help="Generate a synthetic day, run the batch pipeline "
+        "locally and print top-10 answers.",
+        description="The embedded default: no external services. Writes "
+        "events and results under --dir.")
+    p.add_argument("--dir", default="demo-output",
+                   help="Working directory (default demo-output).")
+    p.add_argument("--events", type=int, default=500_000,
+                   help="Events to generate (default 500000).")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from topk import generator, query
+    from topk.pipelines import batch
+    events_path = os.path.join(args.dir, "events", "events.jsonl")
+    output = os.path.join(args.dir, "output")
+    config = generator.GeneratorConfig(
+        events=args.events, items=20_000, zipf=1.1,
+        start="2024-05-01T00:00:00Z", rate=args.events / 86_400,
+        duplicate_share=0.01, malformed_share=0.001, seed=42,
+        burst_item="item-019999", burst_share=0.5,
+        burst_start="2024-05-01T18:00:00Z", burst_duration_s=1800)
+    _make_parent(events_path)
+    print(f"1/3 generating {args.events} events over one day -> "
+          f"{events_path}")
+    generator.write_json_lines(config, events_path)
+    print("2/3 running the batch pipeline (local runner) -> " + output)
+    started = time.perf_counter()
+    result = batch.run([f"--input={events_path}", f"--output={output}",
+                        "--windows=1h,1d,1h/1m", "--k=10"])
+    _print_run_summary(result, time.perf_counter() - started)
+    print("3/3 queries (exact, from the slices table):")
+    for title, start, end, etype in [
+            ("top 10 of the whole day", "2024-05-01T00:00:00Z",
+             "2024-05-02T00:00:00Z", None),
+            ("top 10 plays 18:00-18:30 (the burst)", "2024-05-01T18:00:00Z",
+             "2024-05-01T18:30:00Z", "play"),
+            ("top 10 clicks 09:17-13:42", "2024-05-01T09:17:00Z",
+             "2024-05-01T13:42:00Z", "click")]:
+        print(f"\n{title} [{start} .. {end})")
+        print(format_table(query.topk(output, 10, start, end, etype)))
+    print(f"\nTry: topk query --output {output} --k 5 "
+          "--start 2024-05-01T12:00:00Z --end 2024-05-01T13:00:00Z")
+    return 0
+
+
+def _make_parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="topk", description="Exact and approximate top-K (heavy "
+        "hitters) over 1-minute to 30-day windows with Apache Beam.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Log pipeline progress (INFO).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_demo(sub)
+    _add_generate(sub)
+    _add_batch(sub)
+    _add_query(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "batch":
+            return args.func(args, rest)
+        if rest:
+            raise CliError(f"unrecognized arguments: {' '.join(rest)}")
+        return args.func(args)
+    except CliError as e:
+        print(f"topk: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

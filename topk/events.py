@@ -1,0 +1,301 @@
+"""Parse and validate events in columnar batches.
+
+Input is either a block of newline-delimited JSON (the wire format: one
+object per line; a Kafka message or a file chunk may carry one event or many)
+or an Arrow table with typed columns (Parquet input). Output is always a pair
+of tables: valid events in ``EVENT_SCHEMA`` and dead letters in
+``DEAD_LETTER_SCHEMA`` (the raw record and the first rule it broke). Nothing
+is dropped silently: ``len(events) + len(dead) == records in``.
+
+Two vectorised paths with the same rules. Clean blocks go through Arrow's
+multi-threaded JSON reader and Arrow compute. A block that reader rejects (a
+syntax error anywhere fails the whole block; ``ts`` as a number in one line
+and a string in the next; blank lines, which it skips) goes through one
+DuckDB statement whose JSON functions check each line on its own, so one bad
+line costs its batch a slower parse but never its neighbours.
+"""
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from topk import schema
+from topk.local_duckdb import connection
+
+
+@dataclasses.dataclass
+class ParsedBatch:
+    events: pa.Table  # EVENT_SCHEMA
+    dead_letters: pa.Table  # DEAD_LETTER_SCHEMA
+
+
+def split_lines(block: bytes | str) -> pa.Array:
+    """A newline-delimited block -> one string per record.
+
+    A single trailing newline ends the last record; every other line,
+    blank ones included, is a record (a blank record becomes a dead letter).
+    """
+    if isinstance(block, str):
+        block = block.encode()
+    if block.endswith(b"\n"):
+        block = block[:-1]
+    if not block:
+        return pa.array([], pa.large_string())
+    whole = pa.array([block], pa.large_binary())
+    lines = pc.split_pattern(whole, b"\n").flatten()
+    try:
+        return lines.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return _replace_invalid_utf8(lines)
+
+
+def _replace_invalid_utf8(lines: pa.Array) -> pa.Array:
+    # Rare: only blocks that contain broken UTF-8 get here. Such lines keep
+    # their content (with U+FFFD) so the dead letter shows what arrived, and a
+    # marker makes validation reject them.
+    out = []
+    for raw in lines.to_pylist():
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(_BAD_UTF8 + raw.decode("utf-8", "replace"))
+    return pa.array(out, pa.large_string())
+
+
+_BAD_UTF8 = "\x00bad-utf8\x00"
+
+# Per-line checks. json_extract with a list of paths parses each line once.
+# Order matters: a record gets the reason of the first rule it breaks.
+_JSON_SQL = f"""
+WITH src AS (
+  SELECT line, json_valid(line) AS ok FROM line_table
+), parsed AS (
+  SELECT line, ok,
+    CASE WHEN ok THEN json_type(line) END AS root,
+    CASE WHEN ok THEN json_extract(line,
+      ['$.event_id', '$.item_id', '$.event_type', '$.ts', '$.user_id',
+       '$.weight']) END AS f
+  FROM src
+), typed AS (
+  SELECT line, ok, root,
+    json_type(f[1]) AS t_id, f[1] ->> '$' AS event_id,
+    json_type(f[2]) AS t_item, f[2] ->> '$' AS item_id,
+    json_type(f[3]) AS t_type, f[3] ->> '$' AS event_type,
+    json_type(f[4]) AS t_ts,
+    CASE json_type(f[4])
+      WHEN 'UBIGINT' THEN TRY_CAST(f[4] AS BIGINT)
+      WHEN 'BIGINT' THEN TRY_CAST(f[4] AS BIGINT)
+      WHEN 'VARCHAR' THEN epoch_ms(TRY_CAST(f[4] ->> '$' AS TIMESTAMPTZ))
+    END AS ts,
+    json_type(f[5]) AS t_user, f[5] ->> '$' AS user_id,
+    json_type(f[6]) AS t_weight,
+    CASE WHEN json_type(f[6]) IN ('UBIGINT', 'BIGINT')
+      THEN TRY_CAST(f[6] AS BIGINT) END AS weight
+  FROM parsed
+)
+SELECT line, event_id, item_id, event_type, ts, user_id,
+  coalesce(weight, 1) AS weight,
+  CASE
+    WHEN starts_with(line, '{_BAD_UTF8}') THEN 'invalid UTF-8'
+    WHEN trim(line) = '' THEN 'empty record'
+    WHEN NOT ok THEN 'invalid JSON'
+    WHEN root <> 'OBJECT' THEN 'not a JSON object'
+    WHEN t_id IS NULL OR t_id = 'NULL' THEN 'missing event_id'
+    WHEN t_id <> 'VARCHAR' THEN 'event_id must be a string'
+    WHEN t_item IS NULL OR t_item = 'NULL' THEN 'missing item_id'
+    WHEN t_item <> 'VARCHAR' THEN 'item_id must be a string'
+    WHEN t_type IS NULL OR t_type = 'NULL' THEN 'missing event_type'
+    WHEN t_type <> 'VARCHAR' THEN 'event_type must be a string'
+    WHEN t_ts IS NULL OR t_ts = 'NULL' THEN 'missing ts'
+    WHEN t_ts NOT IN ('UBIGINT', 'BIGINT', 'VARCHAR')
+      THEN 'ts must be an RFC 3339 string or integer epoch milliseconds'
+    WHEN ts IS NULL
+      THEN 'ts is not a valid RFC 3339 time or epoch-ms integer'
+    WHEN t_user IS NOT NULL AND t_user NOT IN ('VARCHAR', 'NULL')
+      THEN 'user_id must be a string'
+    WHEN t_weight IS NOT NULL AND t_weight <> 'NULL' AND weight IS NULL
+      THEN 'weight must be a positive integer'
+  END AS reason
+FROM typed
+"""
+
+
+# The fast path: Arrow's multi-threaded JSON reader. It fails the whole
+# block on one bad line (and skips blank lines), so any such block goes to
+# the per-line DuckDB path instead, which has the same rules.
+_FAST_PARSE = pa_json.ParseOptions(
+    explicit_schema=pa.schema([
+        ("event_id", pa.string()), ("item_id", pa.string()),
+        ("event_type", pa.string()), ("user_id", pa.string())]),
+    unexpected_field_behavior="infer")
+_FAST_READ = pa_json.ReadOptions(block_size=8 << 20)
+
+
+def parse_json_lines(block: bytes | str, source: str | None = None,
+                     fast: bool = True) -> ParsedBatch:
+    """Parse a newline-delimited JSON block (one event per line)."""
+    if isinstance(block, str):
+        block = block.encode()
+    if fast and block.strip():
+        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        try:
+            table = pa_json.read_json(io.BytesIO(block), _FAST_READ,
+                                      _FAST_PARSE)
+            if table.num_rows == n_lines:
+                return validate_table(table, source,
+                                      raw=lambda: split_lines(block))
+        except (pa.ArrowInvalid, ValueError):
+            pass
+    return parse_lines(split_lines(block), source)
+
+
+def parse_lines(lines: pa.Array, source: str | None = None) -> ParsedBatch:
+    """Parse one JSON record per string, checking every line on its own."""
+    line_table = pa.table({"line": lines})  # noqa: F841 (DuckDB scans it)
+    out = connection().sql(_JSON_SQL).to_arrow_table()
+    return _finish(out, out.column("line"), source)
+
+
+def validate_table(table: pa.Table | pa.RecordBatch,
+                   source: str | None = None, raw=None) -> ParsedBatch:
+    """Validate typed columns (e.g. read from Parquet).
+
+    ``ts`` may be int64 epoch ms, an Arrow timestamp or an RFC 3339 string;
+    a missing optional column (``user_id``, ``weight``) is allowed. ``raw``,
+    if given, is a callable returning the original record of every row (for
+    dead letters); otherwise a rejected row is shown as JSON of its columns.
+    Raises ``ValueError`` when a column has the wrong type altogether.
+    """
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    n = table.num_rows
+    missing = [c for c in ("event_id", "item_id", "event_type", "ts")
+               if c not in table.column_names]
+    if missing:
+        raise ValueError(f"input {source or ''} lacks required column(s) "
+                         f"{', '.join(missing)}")
+    cols = {}
+    for name in ("event_id", "item_id", "event_type", "user_id"):
+        col = table.column(name) if name in table.column_names else (
+            pa.nulls(n, pa.string()))
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                or pa.types.is_null(col.type)):
+            raise ValueError(f"input {source or ''}: column {name} must be a "
+                             f"string column, not {col.type}")
+        cols[name] = col.cast(pa.string())
+    ts = table.column("ts")
+    if pa.types.is_timestamp(ts.type):
+        ts = ts.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    elif pa.types.is_integer(ts.type):
+        ts = ts.cast(pa.int64())
+    elif pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type):
+        ts = _parse_ts_strings(ts)
+    else:
+        raise ValueError(f"input {source or ''}: column ts must be integer "
+                         f"epoch ms, timestamp or string, not {ts.type}")
+    cols["ts"] = ts
+    if "weight" in table.column_names:
+        w = table.column("weight")
+        if not pa.types.is_integer(w.type):
+            raise ValueError(f"input {source or ''}: column weight must be "
+                             f"an integer column, not {w.type}")
+        cols["weight"] = pc.fill_null(w.cast(pa.int64()), 1)
+    else:
+        cols["weight"] = pa.array(np.ones(n, np.int64))
+    typed = pa.table({k: cols[k] for k in
+                      ("event_id", "item_id", "event_type", "ts", "user_id",
+                       "weight")})
+    reasons = pc.case_when(
+        pc.make_struct(pc.is_null(typed["event_id"]),
+                       pc.is_null(typed["item_id"]),
+                       pc.is_null(typed["event_type"]),
+                       pc.is_null(typed["ts"])),
+        "missing event_id", "missing item_id", "missing event_type",
+        "missing or invalid ts")
+    typed = typed.append_column("reason", reasons)
+    return _finish(typed, raw, source)
+
+
+def _parse_ts_strings(ts: pa.ChunkedArray) -> pa.Array:
+    tab = pa.table({"s": ts})  # noqa: F841 (DuckDB scans it)
+    return connection().sql(
+        "SELECT epoch_ms(TRY_CAST(s AS TIMESTAMPTZ)) AS t FROM tab"
+    ).to_arrow_table().column("t")
+
+
+def _value_rule_reasons(t: pa.Table) -> pa.Array:
+    """Rules on values, shared by the JSON and the typed path."""
+    def too_long(col, limit):
+        return pc.fill_null(pc.greater(pc.utf8_length(col), limit), False)
+
+    def empty(col):
+        return pc.fill_null(pc.equal(pc.utf8_length(col), 0), False)
+
+    ts = t["ts"]
+    w = t["weight"]
+    conds = [
+        (empty(t["event_id"]), "event_id is empty"),
+        (too_long(t["event_id"], schema.MAX_ID_LENGTH),
+         f"event_id longer than {schema.MAX_ID_LENGTH} characters"),
+        (empty(t["item_id"]), "item_id is empty"),
+        (too_long(t["item_id"], schema.MAX_ID_LENGTH),
+         f"item_id longer than {schema.MAX_ID_LENGTH} characters"),
+        (empty(t["event_type"]), "event_type is empty"),
+        (too_long(t["event_type"], schema.MAX_EVENT_TYPE_LENGTH),
+         f"event_type longer than {schema.MAX_EVENT_TYPE_LENGTH} characters"),
+        (pc.fill_null(pc.equal(t["event_type"], schema.ALL_TYPES), False),
+         f"event_type {schema.ALL_TYPES!r} is reserved"),
+        (too_long(t["user_id"], schema.MAX_ID_LENGTH),
+         f"user_id longer than {schema.MAX_ID_LENGTH} characters"),
+        (pc.fill_null(pc.or_(pc.less(ts, schema.MIN_TS_MS),
+                             pc.greater_equal(ts, schema.MAX_TS_MS)), False),
+         "ts out of range [2000-01-01, 2100-01-01)"),
+        (pc.fill_null(pc.or_(pc.less(w, 1),
+                             pc.greater(w, schema.MAX_WEIGHT)), False),
+         f"weight must be a positive integer <= {schema.MAX_WEIGHT}"),
+    ]
+    return pc.case_when(pc.make_struct(*[c for c, _ in conds]),
+                        *[r for _, r in conds])
+
+
+def _finish(typed: pa.Table, raw,
+            source: str | None) -> ParsedBatch:
+    reason = typed["reason"]
+    value_reason = _value_rule_reasons(typed)
+    reason = pc.coalesce(reason, value_reason)
+    bad = pc.is_valid(reason)
+    good = pc.invert(bad)
+    events = pa.table({
+        "event_id": typed["event_id"],
+        "item_id": typed["item_id"],
+        "event_type": typed["event_type"],
+        "ts": typed["ts"],
+        "user_id": typed["user_id"],
+        "weight": typed["weight"],
+    }).filter(good)
+    events = events.cast(schema.EVENT_SCHEMA)
+    n_bad = pc.sum(bad.cast(pa.int64())).as_py() or 0
+    if n_bad == 0:
+        dead = schema.DEAD_LETTER_SCHEMA.empty_table()
+    else:
+        if raw is None:
+            raw = pa.array([_row_json(r) for r in typed.filter(bad).drop(
+                ["reason"]).to_pylist()], pa.string())
+        else:
+            if callable(raw):
+                raw = raw()
+            raw = pc.replace_substring(raw.filter(bad), _BAD_UTF8, "")
+        dead = pa.table({
+            "raw": raw.cast(pa.string()),
+            "reason": reason.filter(bad).cast(pa.string()),
+            "source": pa.array([source] * n_bad, pa.string()),
+        }, schema=schema.DEAD_LETTER_SCHEMA)
+    return ParsedBatch(events.combine_chunks(), dead)
+
+
+def _row_json(row: dict) -> str:
+    return json.dumps(row, default=str, sort_keys=True)

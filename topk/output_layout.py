@@ -1,0 +1,93 @@
+"""Where the output tables live and how they are partitioned (no Beam).
+
+An output directory holds Hive-style partitioned Parquet tables::
+
+    OUTPUT/ranked_windows/window_spec=1h_1m/date=2024-05-01/part-batch.parquet
+    OUTPUT/slices/slice_length=1h/date=2024-05-01/part-batch.parquet
+    OUTPUT/dead_letters/part-batch-<input hash>.parquet
+
+``date`` is the UTC day of ``window_start`` / ``slice_start``. A writer owns
+whole files, named by what they hold (source, and pane for the stream), and
+replaces them atomically, so rerunning a job over the same input rewrites the
+same files instead of adding duplicates.
+"""
+import datetime as dt
+import hashlib
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from topk.schema import DAY_MS
+
+RANKED_WINDOWS = "ranked_windows"
+SLICES = "slices"
+DEAD_LETTERS = "dead_letters"
+
+
+def table_dir(output: str, table: str) -> str:
+    return os.path.join(output, table)
+
+
+def table_glob(output: str, table: str) -> str:
+    return os.path.join(output, table, "**", "*.parquet")
+
+
+def partition_path(output: str, table: str, partition: tuple, file_name: str
+                   ) -> str:
+    """``partition`` is a tuple of ``(column, value)`` pairs, outermost first."""
+    parts = [f"{k}={v}" for k, v in partition]
+    return os.path.join(output, table, *parts, file_name)
+
+
+def day_name(day_index: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day_index))).isoformat()
+
+
+def window_key(window_length: str, slide: str | None) -> str:
+    return window_length if slide is None else f"{window_length}_{slide}"
+
+
+def split_by_day(table: pa.Table, ts_column: str,
+                 leading: tuple) -> list[tuple[tuple, pa.Table]]:
+    """Split rows by the UTC day of ``ts_column`` into ``(partition, rows)``,
+    partition = ``leading + (("date", "YYYY-MM-DD"),)``."""
+    if table.num_rows == 0:
+        return []
+    ms = table[ts_column].cast(pa.int64()).to_numpy()
+    days = ms // DAY_MS
+    out = []
+    for day in np.unique(days):
+        rows = table.filter(pa.array(days == day))
+        out.append((leading + (("date", day_name(day)),), rows))
+    return out
+
+
+def ranked_windows_partitions(ranked: pa.Table) -> list[tuple[tuple, pa.Table]]:
+    """``ranked_windows`` rows -> ``(partition, rows)`` by window spec and day."""
+    out = []
+    specs = ranked.select(["window_length", "slide"]).group_by(
+        ["window_length", "slide"]).aggregate([]).to_pylist()
+    for spec in specs:
+        mask = pc.equal(ranked["window_length"], spec["window_length"])
+        slide_mask = (pc.is_null(ranked["slide"]) if spec["slide"] is None
+                      else pc.equal(ranked["slide"], spec["slide"]))
+        rows = ranked.filter(pc.and_(mask, pc.fill_null(slide_mask, False)))
+        key = (("window_spec", window_key(spec["window_length"], spec["slide"])),)
+        out.extend(split_by_day(rows, "window_start", key))
+    return out
+
+
+def slices_partitions(slices: pa.Table) -> list[tuple[tuple, pa.Table]]:
+    """``slices`` rows -> ``(partition, rows)`` by slice length and day."""
+    out = []
+    for length in pc.unique(slices["slice_length"]).to_pylist():
+        rows = slices.filter(pc.equal(slices["slice_length"], length))
+        out.extend(split_by_day(rows, "slice_start", (("slice_length", length),)))
+    return out
+
+
+def input_fingerprint(text: str) -> str:
+    """Short stable name for an input spec, e.g. a glob."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -1,0 +1,102 @@
+"""Parquet sink: Hive-partitioned output tables, one atomic file per
+partition and writer.
+
+See ``topk.output_layout`` for the layout. Every partition's rows are
+gathered to one writer that writes ``<name>.parquet.tmp-<uuid>`` and renames
+it over the final name, so readers never see a half-written file and a rerun
+replaces what the previous run wrote instead of adding to it. Paths go
+through Beam's ``FileSystems``, so ``gs://`` outputs work on Dataflow.
+"""
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from topk import output_layout
+from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
+
+
+def write_parquet_atomically(table: pa.Table, path: str) -> str:
+    """Write ``table`` to ``path`` so that it appears whole or not at all."""
+    directory = path.rsplit("/", 1)[0]
+    if not FileSystems.exists(directory):
+        try:
+            FileSystems.mkdirs(directory)
+        except IOError:
+            pass  # another writer created it first
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(tmp) as f:
+        pq.write_table(table, f, compression="zstd")
+    FileSystems.rename([tmp], [path])
+    return path
+
+
+class WriteParquetTable(beam.PTransform):
+    """Write ``pa.Table`` batches of one output table, partitioned.
+
+    ``partitions`` maps a batch to ``[(partition, rows)]`` (see
+    ``output_layout``); all rows of a partition land in one file
+    ``<file_name>.parquet`` sorted by ``sort_keys``. Yields the paths written.
+    """
+
+    def __init__(self, output: str, table: str, partitions, file_name: str,
+                 sort_keys: list[str]):
+        super().__init__()
+        self._output = output
+        self._table = table
+        self._partitions = partitions
+        self._file_name = file_name
+        self._sort_keys = sort_keys
+
+    def expand(self, tables):
+        output, table_name = self._output, self._table
+        file_name, sort_keys = self._file_name, self._sort_keys
+
+        def write(partition, parts):
+            rows = pa.concat_tables(list(parts))
+            rows = rows.take(pc.sort_indices(
+                rows, sort_keys=[(k, "ascending") for k in sort_keys]))
+            return write_parquet_atomically(
+                rows, output_layout.partition_path(
+                    output, table_name, partition, f"{file_name}.parquet"))
+
+        return (
+            tables
+            | "Partition" >> beam.FlatMap(self._partitions)
+            | "GatherPartition" >> beam.GroupByKey()
+            | "WriteFile" >> beam.MapTuple(write))
+
+
+class WriteOutputTables(beam.PTransform):
+    """Write the ranked windows and exact slices of one run.
+
+    Takes a dict ``{"ranked_windows": PCollection[pa.Table],
+    "slices": PCollection[pa.Table]}`` (either may be absent); yields the
+    paths written.
+    """
+
+    def __init__(self, output: str, source: str = "batch"):
+        super().__init__()
+        self._output = output
+        self._file = f"part-{source}"
+
+    def expand(self, pcolls):
+        written = []
+        if output_layout.RANKED_WINDOWS in pcolls:
+            written.append(
+                pcolls[output_layout.RANKED_WINDOWS]
+                | "WriteRankedWindows" >> WriteParquetTable(
+                    self._output, output_layout.RANKED_WINDOWS,
+                    output_layout.ranked_windows_partitions, self._file,
+                    ["event_type", "window_start", "rank"]))
+        if output_layout.SLICES in pcolls:
+            written.append(
+                pcolls[output_layout.SLICES]
+                | "WriteSlices" >> WriteParquetTable(
+                    self._output, output_layout.SLICES,
+                    output_layout.slices_partitions, self._file,
+                    ["slice_start", "event_type", "item_id"]))
+        return tuple(written) | "AllWritten" >> beam.Flatten()

@@ -1,0 +1,35 @@
+"""Beam coder for Arrow tables: the unit that flows between steps.
+
+Arrow's IPC stream format serialises a table as its raw column buffers, so a
+100k-row batch costs one memcpy-like pass instead of pickling Python objects.
+"""
+import apache_beam as beam
+import pyarrow as pa
+
+
+class ArrowTableCoder(beam.coders.Coder):
+    """Encodes a ``pyarrow.Table`` as an Arrow IPC stream."""
+
+    def encode(self, table: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> pa.Table:
+        return pa.ipc.open_stream(encoded).read_all()
+
+    def is_deterministic(self) -> bool:
+        # Equal tables can differ in chunking, hence in bytes; never a key.
+        return False
+
+    def to_type_hint(self):
+        return pa.Table
+
+
+def register() -> None:
+    """Make Beam use ``ArrowTableCoder`` wherever a step declares tables."""
+    beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
+
+
+register()

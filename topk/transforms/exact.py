@@ -1,0 +1,122 @@
+"""Exact counting transforms: de-duplicated one-minute slices per item shard.
+
+Two shuffles, both of columnar batches. Raw events are keyed by a hash of
+their ``event_id`` (uniform whatever the item popularity, so a hot item never
+funnels its raw events through one key) and de-duplicated there. What leaves
+that stage is pre-aggregated ``(event_type, slice_start, item_id, count)``,
+re-keyed by a hash of the item: a hot item is then one row per minute and
+shard, and every item's full counts meet in exactly one item shard.
+"""
+import apache_beam as beam
+import pyarrow as pa
+
+from topk import counting, schema, sharding
+from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
+
+#: Rows an accumulator may collect before it is compacted (de-duplicated or
+#: summed) to bound memory between inputs.
+COMPACT_ROWS = 2_000_000
+
+
+class DedupSliceCountsFn(beam.CombineFn):
+    """Event tables -> exact slice counts with every ``event_id`` once.
+
+    The accumulator is a list of event tables (``DEDUP_COLUMNS``) that is
+    de-duplicated whenever it grows past ``compact_rows``; de-duplication
+    must see every copy of an id, so it keeps one row per distinct event.
+    """
+
+    def __init__(self, slice_ms: int = schema.MINUTE_MS,
+                 compact_rows: int = COMPACT_ROWS):
+        self._slice_ms = slice_ms
+        self._compact_rows = compact_rows
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, table):
+        acc.append(table.select(list(counting.DEDUP_COLUMNS)))
+        return self._maybe_compact(acc)
+
+    def merge_accumulators(self, accs):
+        return self._maybe_compact([t for acc in accs for t in acc])
+
+    def compact(self, acc):
+        return [counting.dedup_events(pa.concat_tables(acc))] if len(acc) > 1 else acc
+
+    def extract_output(self, acc):
+        if not acc:
+            return schema.SLICE_COUNTS_SCHEMA.empty_table()
+        unique = counting.dedup_events(pa.concat_tables(acc))
+        return counting.count_slices(unique, self._slice_ms)
+
+    def _maybe_compact(self, acc):
+        if len(acc) > 1 and sum(t.num_rows for t in acc) > self._compact_rows:
+            return self.compact(acc)
+        return acc
+
+
+class MergeSliceCountsFn(beam.CombineFn):
+    """Exact slice-count tables -> their sum (``SLICE_COUNTS_SCHEMA``)."""
+
+    def __init__(self, compact_rows: int = COMPACT_ROWS):
+        self._compact_rows = compact_rows
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, table):
+        acc.append(table)
+        return self._maybe_compact(acc)
+
+    def merge_accumulators(self, accs):
+        return self._maybe_compact([t for acc in accs for t in acc])
+
+    def compact(self, acc):
+        return [counting.merge_counts(acc)] if len(acc) > 1 else acc
+
+    def extract_output(self, acc):
+        return counting.merge_counts(acc)
+
+    def _maybe_compact(self, acc):
+        if len(acc) > 1 and sum(t.num_rows for t in acc) > self._compact_rows:
+            return self.compact(acc)
+        return acc
+
+
+def key_by_shard(table: pa.Table, column: str, shards: int):
+    """Split a table into ``(shard, rows)`` by a stable hash of ``column``."""
+    if table.num_rows == 0:
+        return []
+    return sharding.split_by_shard(
+        table, sharding.shard_of(table[column], shards), shards)
+
+
+class ExactSliceCounts(beam.PTransform):
+    """Validated event tables -> exact one-minute slice counts per item shard.
+
+    Takes ``pa.Table`` batches in ``EVENT_SCHEMA``; yields
+    ``(item_shard, pa.Table)`` with one table per shard (per Beam window) in
+    ``SLICE_COUNTS_SCHEMA``: the de-duplicated exact counts of that shard's
+    items per ``(event_type, slice_start, item_id)``.
+    """
+
+    def __init__(self, item_shards: int = 8, dedup_shards: int = 8,
+                 slice_ms: int = schema.MINUTE_MS):
+        super().__init__()
+        self._item_shards = item_shards
+        self._dedup_shards = dedup_shards
+        self._slice_ms = slice_ms
+
+    def expand(self, events):
+        return (
+            events
+            | "KeyByEventId" >> beam.FlatMap(
+                key_by_shard, "event_id", self._dedup_shards)
+            | "DedupAndCount" >> beam.CombinePerKey(
+                DedupSliceCountsFn(self._slice_ms))
+            | "KeyByItem" >> beam.FlatMap(
+                lambda kv, n: key_by_shard(kv[1], "item_id", n),
+                self._item_shards)
+            | "MergePerItemShard" >> beam.CombinePerKey(MergeSliceCountsFn()))
+

@@ -1,0 +1,80 @@
+"""``RankWindows`` and ``SliceTables``: from per-shard exact counts to the
+output tables."""
+import time
+
+import apache_beam as beam
+
+from topk import counting, ranking
+from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
+from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RankWindows(beam.PTransform):
+    """Exact per-shard slice counts -> ranked top-K windows.
+
+    Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (one table per
+    shard holding all of that shard's items); yields one ``pa.Table`` in
+    ``RANKED_WINDOWS_SCHEMA`` per window spec, with the top ``k`` items of
+    every window, per event type and over all types (``event_type = '*'``).
+    """
+
+    def __init__(self, specs: list[WindowSpec], k: int, source: str = "batch",
+                 pane_timing: str = "batch"):
+        super().__init__()
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self._specs = specs
+        self._k = k
+        self._source = source
+        self._pane_timing = pane_timing
+
+    def expand(self, shard_counts):
+        # Locals, not self, in the lambdas: they are pickled to the workers.
+        k, source, timing = self._k, self._source, self._pane_timing
+        with_all = shard_counts | "AddAllTypes" >> beam.MapTuple(
+            lambda shard, counts: (shard, ranking.with_all_types(counts)))
+        ranked = []
+        for spec in self._specs:
+            ranked.append(
+                with_all
+                | f"TopKPerShard[{spec.name}]" >> beam.MapTuple(
+                    lambda _, counts, spec=spec: (
+                        spec.key,
+                        ranking.shard_window_top_k(counts, spec, k)))
+                | f"GatherShards[{spec.name}]" >> beam.GroupByKey()
+                | f"MergeShards[{spec.name}]" >> beam.MapTuple(
+                    lambda _, parts, spec=spec: ranking.to_ranked_windows(
+                        ranking.merge_window_top_k(list(parts), k),
+                        spec, source=source, pane_timing=timing,
+                        emitted_at_ms=_now_ms())))
+        return ranked | "AllSpecs" >> beam.Flatten()
+
+
+class SliceTables(beam.PTransform):
+    """Exact per-shard minute counts -> ``slices`` rows rolled up 1m/1h/1d.
+
+    Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA``; yields
+    ``pa.Table`` batches in ``SLICES_SCHEMA``.
+    """
+
+    def __init__(self, source: str = "batch", lengths=SLICE_LENGTHS):
+        super().__init__()
+        self._source = source
+        self._lengths = lengths
+
+    def expand(self, shard_counts):
+        source, lengths = self._source, self._lengths
+
+        def tables(shard_and_counts):
+            counts = shard_and_counts[1]
+            now = _now_ms()
+            for name in lengths:
+                rolled = counting.rollup(counts, duration_ms(name))
+                if rolled.num_rows:
+                    yield counting.to_slices_table(rolled, name, source, now)
+
+        return shard_counts | "RollUp" >> beam.FlatMap(tables)
