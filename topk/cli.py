@@ -118,7 +118,10 @@ def _add_batch(sub):
 
 def cmd_batch(args, beam_args) -> int:
     from topk.pipelines import batch
-    parser = options_parser("topk batch", batch.BatchOptions)
+    from topk.pipelines.options import TopKOptions
+    parser = options_parser("topk batch", batch,
+                            [batch.BatchOptions, TopKOptions],
+                            required=("input", "output"))
     if args.help:
         parser.print_help()
         return 0
@@ -136,11 +139,13 @@ def _print_run_summary(result, seconds: float) -> None:
     counters = {r.key.metric.name: r.committed
                 for r in result.metrics().query()["counters"]}
     valid = counters.get("events_valid", 0)
+    unique = counters.get("events_unique", 0)
     dead = counters.get("events_dead_letter", 0)
-    rate = valid / seconds if seconds else 0
+    rate = (valid + dead) / seconds if seconds else 0
     runner = type(result).__module__.rsplit(".", 1)[-1]
-    print(f"done in {seconds:.1f} s ({runner}): {valid} valid events "
-          f"({rate:,.0f}/s), {dead} dead letters")
+    print(f"done in {seconds:.1f} s on {runner} ({rate:,.0f} records/s): "
+          f"{valid} valid events, {unique} unique events counted, "
+          f"{valid - unique} duplicates dropped, {dead} dead letters")
 
 
 class _OptionsParser(argparse.ArgumentParser):
@@ -150,18 +155,20 @@ class _OptionsParser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def options_parser(prog: str, options_cls) -> argparse.ArgumentParser:
-    """An argparse parser with the project's options of ``options_cls``
-    (not Beam's hundreds of generic ones)."""
+def options_parser(prog: str, pipeline_module, options_classes,
+                   required=()) -> argparse.ArgumentParser:
+    """An argparse parser with the project's own pipeline options (not
+    Beam's hundreds of generic ones), for help and one-line errors."""
     parser = _OptionsParser(
-        prog=prog, description=sys.modules[options_cls.__module__].__doc__,
+        prog=prog, description=pipeline_module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any Apache Beam pipeline option is accepted too, e.g. "
         "--runner, --flink_master, --temp_location.")
-    for cls in reversed(options_cls.__mro__):
-        if "_add_argparse_args" in vars(cls) and cls.__module__.startswith(
-                "topk"):
-            cls._add_argparse_args(parser)
+    for cls in options_classes:
+        cls._add_argparse_args(parser)
+    for action in parser._actions:
+        if action.dest in required:
+            action.required = True
     return parser
 
 

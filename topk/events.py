@@ -187,16 +187,17 @@ def validate_table(table: pa.Table | pa.RecordBatch,
             raise ValueError(f"input {source or ''}: column {name} must be a "
                              f"string column, not {col.type}")
         cols[name] = col.cast(pa.string())
-    ts = table.column("ts")
-    if pa.types.is_timestamp(ts.type):
-        ts = ts.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
-    elif pa.types.is_integer(ts.type):
-        ts = ts.cast(pa.int64())
-    elif pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type):
-        ts = _parse_ts_strings(ts)
+    raw_ts = table.column("ts")
+    if pa.types.is_timestamp(raw_ts.type):
+        ts = raw_ts.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    elif pa.types.is_integer(raw_ts.type):
+        ts = raw_ts.cast(pa.int64())
+    elif pa.types.is_string(raw_ts.type) or pa.types.is_large_string(
+            raw_ts.type):
+        ts = _parse_ts_strings(raw_ts)
     else:
         raise ValueError(f"input {source or ''}: column ts must be integer "
-                         f"epoch ms, timestamp or string, not {ts.type}")
+                         f"epoch ms, timestamp or string, not {raw_ts.type}")
     cols["ts"] = ts
     if "weight" in table.column_names:
         w = table.column("weight")
@@ -213,9 +214,10 @@ def validate_table(table: pa.Table | pa.RecordBatch,
         pc.make_struct(pc.is_null(typed["event_id"]),
                        pc.is_null(typed["item_id"]),
                        pc.is_null(typed["event_type"]),
+                       pc.is_null(raw_ts),
                        pc.is_null(typed["ts"])),
         "missing event_id", "missing item_id", "missing event_type",
-        "missing or invalid ts")
+        "missing ts", "ts is not a valid RFC 3339 time or epoch-ms integer")
     typed = typed.append_column("reason", reasons)
     return _finish(typed, raw, source)
 

@@ -13,13 +13,11 @@ FLINK_MINOR="${FLINK_VERSION%.*}"                       # value for Beam's --fli
 # Central reachable here; 2.62.0 is the newest Beam whose beam-runners-flink-<minor> and all
 # its dependencies resolve (see README). The Python SDK version may differ from it.
 JOBSERVER_BEAM_VERSION="${TOPK_FLINK_BEAM_VERSION:-2.62.0}"
-LOG4J_VERSION="${TOPK_FLINK_LOG4J_VERSION:-2.17.1}"     # what Flink 1.19's own distribution ships
 CACHE_DIR="${TOPK_FLINK_CACHE:-$HOME/.cache/topk/flink}"
 VENV_DIR="${TOPK_FLINK_VENV:-$CACHE_DIR/venv-$FLINK_VERSION}"
 RUN_DIR="${TOPK_FLINK_RUN_DIR:-$CACHE_DIR/run}"
 PYTHON_BIN="${TOPK_FLINK_PYTHON:-python3}"              # creates the cluster's venv
 DL_DIR="$CACHE_DIR/dl"
-LOG4J_DIR="$CACHE_DIR/log4j-$LOG4J_VERSION"
 JOBSERVER_JAR="$CACHE_DIR/beam-runners-flink-$FLINK_MINOR-job-server-$JOBSERVER_BEAM_VERSION.jar"
 STATE_FILE="$RUN_DIR/state.env"
 MVN=(mvn -B -q -Dstyle.color=never)
@@ -33,8 +31,8 @@ Usage: deploy/flink/flink.sh COMMAND [OPTIONS]
 
 Commands:
   install               Create the Flink venv ($VENV_DIR) with apache-flink==$FLINK_VERSION
-                        (--no-deps: cluster only), fetch log4j jars and build/fetch Beam's Flink
-                        job server jar into $CACHE_DIR. Idempotent.
+                        (--no-deps: cluster only) and fetch or build Beam's Flink job server jar
+                        into $CACHE_DIR. Idempotent.
   start [--rest-port P] [--slots N] [--rpc-port P] [--tm-memory SIZE] [--jm-memory SIZE]
                         Start a JobManager + TaskManager bound to 127.0.0.1 (defaults: rest 8081,
                         4 slots, rpc port picked free, TM 2048m, JM 1024m) with a copy of the conf
@@ -72,8 +70,11 @@ pyflink_home() {
 
 # ---- install ---------------------------------------------------------------------------------
 install_flink() {
-  if pyflink_home >/dev/null && "$VENV_DIR/bin/python" -m pip show apache-flink 2>/dev/null \
-      | grep -qx "Version: $FLINK_VERSION"; then
+  local installed=""
+  if [[ -x "$VENV_DIR/bin/python" ]]; then
+    installed="$("$VENV_DIR/bin/python" -c 'import importlib.metadata as m; print(m.version("apache-flink"))' 2>/dev/null || true)"
+  fi
+  if [[ "$installed" == "$FLINK_VERSION" ]] && pyflink_home >/dev/null; then
     log "Flink $FLINK_VERSION already in $VENV_DIR"
     return 0
   fi
@@ -97,21 +98,6 @@ install_flink() {
     --only-binary :all: "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
   pyflink_home >/dev/null || die "pyflink distribution not found in $VENV_DIR after install"
   log "Flink $FLINK_VERSION installed: $(pyflink_home)"
-}
-
-install_log4j() {
-  # The PyPI distribution leaves out the log4j jars of Flink's lib/ (daemons would log nothing).
-  local a missing=0
-  for a in log4j-api log4j-core log4j-slf4j-impl log4j-1.2-api; do
-    [[ -f "$LOG4J_DIR/$a-$LOG4J_VERSION.jar" ]] || missing=1
-  done
-  [[ $missing == 0 ]] && { log "log4j $LOG4J_VERSION jars already in $LOG4J_DIR"; return 0; }
-  mkdir -p "$LOG4J_DIR"
-  for a in log4j-api log4j-core log4j-slf4j-impl log4j-1.2-api; do
-    "${MVN[@]}" dependency:copy -Dartifact="org.apache.logging.log4j:$a:$LOG4J_VERSION" \
-      -DoutputDirectory="$LOG4J_DIR" >/dev/null || die "mvn could not fetch $a:$LOG4J_VERSION"
-  done
-  log "log4j $LOG4J_VERSION jars in $LOG4J_DIR"
 }
 
 install_jobserver() {
@@ -145,7 +131,6 @@ cmd_install() {
   command -v java >/dev/null || die "java not found (Java 11 or 17 needed)"
   command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
   install_flink
-  install_log4j
   install_jobserver
 }
 
@@ -177,7 +162,7 @@ flink_env() {  # exports what Flink's bin scripts read
   export FLINK_CONF_DIR="$RUN_DIR/conf"
   export FLINK_LOG_DIR="$RUN_DIR/log"
   export FLINK_PID_DIR="$RUN_DIR/pid"
-  export FLINK_LIB_DIR="$RUN_DIR/lib"
+  export FLINK_LIB_DIR="$FLINK_HOME/lib"
   export FLINK_IDENT_STRING="topk"
 }
 
@@ -209,14 +194,8 @@ cmd_start() {
 
   # A fresh runtime dir; the conf dir is a copy, the venv's site-packages stays untouched.
   rm -rf "$RUN_DIR"
-  mkdir -p "$RUN_DIR"/{log,pid,tmp,lib}
+  mkdir -p "$RUN_DIR"/{log,pid,tmp}
   cp -r "$FLINK_HOME/conf" "$FLINK_CONF_DIR"
-  ln -s "$FLINK_HOME"/lib/*.jar "$FLINK_LIB_DIR/"
-  if compgen -G "$LOG4J_DIR/*.jar" >/dev/null; then
-    ln -s "$LOG4J_DIR"/*.jar "$FLINK_LIB_DIR/"
-  else
-    log "warning: no log4j jars in $LOG4J_DIR (run install): daemons will not write logs"
-  fi
   # Flink's own config tool rewrites config.yaml (standard YAML), keeping the Java 17 opts.
   bash "$FLINK_HOME/bin/config-parser-utils.sh" "$FLINK_CONF_DIR" "$FLINK_HOME/bin" "$FLINK_LIB_DIR" \
     -D jobmanager.rpc.address=127.0.0.1 \

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from topk import output_layout
-from topk.pipelines.options import TopKOptions
+from topk.pipelines.options import TopKOptions, check_required
 from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
 from topk.sources.files import ReadEventFiles, matching_files
 from topk.transforms.exact import ExactSliceCounts
@@ -30,24 +30,26 @@ _LOG = logging.getLogger(__name__)
 LOCAL_BATCH_RUNNER = "FnApiRunner"
 
 
-class BatchOptions(TopKOptions):
-    """Options of ``topk batch``."""
+class BatchOptions(PipelineOptions):
+    """Options of ``topk batch`` besides the shared ``TopKOptions``."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input", required=True,
+            "--input",
             help="Glob of event files: .json/.jsonl/.ndjson (optionally "
             ".gz), one JSON event per line, or .parquet with columns "
             "event_id, item_id, event_type, ts[, user_id, weight].")
 
 
-def build(pipeline: beam.Pipeline, opts: BatchOptions):
+def build(pipeline: beam.Pipeline, options: PipelineOptions):
     """Add the batch top-K steps to ``pipeline``; returns the written paths."""
+    opts = options.view_as(TopKOptions)
+    inputs = options.view_as(BatchOptions).input
     specs = parse_windows(opts.windows)
     parsed = (
         pipeline
-        | "ReadFiles" >> ReadEventFiles(opts.input)
+        | "ReadFiles" >> ReadEventFiles(inputs)
         | "ParseEvents" >> ParseEvents())
     counts = parsed.events | "ExactSlices" >> ExactSliceCounts(
         item_shards=opts.item_shards, dedup_shards=opts.dedup_shards)
@@ -57,7 +59,7 @@ def build(pipeline: beam.Pipeline, opts: BatchOptions):
         output_layout.SLICES: counts | "SliceTables" >> SliceTables(),
     }
     written = tables | "WriteOutput" >> WriteOutputTables(opts.output)
-    dead_file = f"part-batch-{output_layout.input_fingerprint(opts.input)}"
+    dead_file = f"part-batch-{output_layout.input_fingerprint(inputs)}"
     (parsed[DEAD_LETTERS]
      | "WriteDeadLetters" >> WriteParquetTable(
          opts.output, output_layout.DEAD_LETTERS,
@@ -68,15 +70,16 @@ def build(pipeline: beam.Pipeline, opts: BatchOptions):
 def run(argv=None, save_main_session=False):
     """Run the batch pipeline; returns the Beam ``PipelineResult``."""
     options = PipelineOptions(argv)
-    opts = options.view_as(BatchOptions)
-    matching_files(opts.input)  # fail fast, with the pattern, on no input
+    check_required(options, ["input", "output"])
+    inputs = options.view_as(BatchOptions).input
+    matching_files(inputs)  # fail fast, with the pattern, on no input
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_BATCH_RUNNER
-    _LOG.info("topk batch: runner %s, input %s, output %s",
-              standard.runner, opts.input, opts.output)
+    _LOG.info("topk batch: runner %s, input %s, output %s", standard.runner,
+              inputs, options.view_as(TopKOptions).output)
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, opts)
+    build(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
     return result

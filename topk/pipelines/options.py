@@ -1,4 +1,11 @@
-"""Options shared by the batch and streaming top-K pipelines."""
+"""Options shared by the batch and streaming top-K pipelines.
+
+Beam collects options from the *direct* subclasses of ``PipelineOptions``
+and rejects an option defined twice, so each options class here is a direct
+subclass defining its own flags only, and none is ``required`` at parse
+time (Beam parses every class for every pipeline): ``check_required``
+reports what is missing instead.
+"""
 import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -27,7 +34,7 @@ class TopKOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--output", required=True,
+            "--output",
             help="Output directory (local path or gs://...) for the "
             "ranked_windows, slices and dead_letters Parquet tables.")
         parser.add_argument(
@@ -46,3 +53,11 @@ class TopKOptions(PipelineOptions):
             "--dedup_shards", "--dedup-shards", type=_positive_int, default=8,
             help="Shards event ids are hashed into for de-duplication "
             "(default 8).")
+
+
+def check_required(options: PipelineOptions, names: list[str]) -> None:
+    """Raise ``ValueError`` naming the missing ``--options``."""
+    values = options.get_all_options()
+    missing = [f"--{n}" for n in names if not values.get(n)]
+    if missing:
+        raise ValueError(f"missing required option(s): {', '.join(missing)}")

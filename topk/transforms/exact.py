@@ -8,6 +8,7 @@ re-keyed by a hash of the item: a hot item is then one row per minute and
 shard, and every item's full counts meet in exactly one item shard.
 """
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 import pyarrow as pa
 
 from topk import counting, schema, sharding
@@ -48,6 +49,7 @@ class DedupSliceCountsFn(beam.CombineFn):
         if not acc:
             return schema.SLICE_COUNTS_SCHEMA.empty_table()
         unique = counting.dedup_events(pa.concat_tables(acc))
+        Metrics.counter("topk", "events_unique").inc(unique.num_rows)
         return counting.count_slices(unique, self._slice_ms)
 
     def _maybe_compact(self, acc):
