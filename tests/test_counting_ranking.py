@@ -42,13 +42,6 @@ def test_count_slices_sums_weights_per_minute_and_rolls_up():
     assert sum(counting.merge_counts([c, c])["count"].to_pylist()) == 10
 
 
-def test_top_k_codes_breaks_ties_by_smaller_index():
-    dense = np.array([5, 7, 5, 0, 5, 7])
-    assert sorted(ranking.top_k_codes(dense, 3).tolist()) == [0, 1, 5]
-    assert sorted(ranking.top_k_codes(dense, 10).tolist()) == [0, 1, 2, 4, 5]
-    assert sorted(ranking.top_k_codes(np.array([0, 0, 3]), 2).tolist()) == [2]
-
-
 def test_rank_rows_orders_by_count_then_item():
     t = pa.table({"g": [1, 1, 1, 2], "item_id": ["b", "a", "c", "z"],
                   "count": [3, 3, 9, 1]})

@@ -28,8 +28,9 @@ def dedup_events(events: pa.Table) -> pa.Table:
     t = events.select(list(DEDUP_COLUMNS))  # noqa: F841 (DuckDB scans it)
     con = connection()
     unique_rows = con.sql("SELECT DISTINCT * FROM t").to_arrow_table()
-    if (pc.count_distinct(unique_rows["event_id"]).as_py()
-            == unique_rows.num_rows):
+    [(ids,)] = con.sql(
+        "SELECT count(DISTINCT event_id) FROM unique_rows").fetchall()
+    if ids == unique_rows.num_rows:
         return unique_rows
     # Rare: same id, different content. A sort settles it deterministically.
     return con.sql(
@@ -40,12 +41,12 @@ def dedup_events(events: pa.Table) -> pa.Table:
 def count_slices(events: pa.Table, slice_ms: int = schema.MINUTE_MS) -> pa.Table:
     """Events (any table with event_type, item_id, ts, weight) -> exact
     partial counts per ``(event_type, slice_start, item_id)``."""
-    return _sum_by_key(pa.table({
-        "event_type": events["event_type"],
-        "slice_start": floor_ms(events["ts"], slice_ms),
-        "item_id": events["item_id"],
-        "count": events["weight"],
-    }))
+    t = events.select(["event_type", "item_id", "ts", "weight"])  # noqa: F841
+    out = connection().sql(
+        f"SELECT event_type, ts - ts % {int(slice_ms)} AS slice_start, "
+        "item_id, sum(weight)::BIGINT AS count FROM t GROUP BY ALL"
+    ).to_arrow_table()
+    return out.cast(schema.SLICE_COUNTS_SCHEMA)
 
 
 def merge_counts(tables: list[pa.Table]) -> pa.Table:

@@ -68,6 +68,21 @@ def _replace_invalid_utf8(lines: pa.Array) -> pa.Array:
 
 _BAD_UTF8 = "\x00bad-utf8\x00"
 
+# RFC 3339 section 5.6 date-time ("T" and "Z" may be lower case), checked by
+# pattern first because DuckDB's TIMESTAMPTZ cast is far more lenient (dates
+# without a time, offsets without a colon, zone names, padding). Fractions
+# finer than a millisecond are cut, not rounded: an instant belongs to the
+# millisecond, hence the minute, it starts in.
+_RFC3339 = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
+            r"[0-5][0-9](\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])")
+
+
+def rfc3339_ms_sql(expr: str) -> str:
+    """DuckDB expression: epoch ms of the RFC 3339 text ``expr``, or NULL."""
+    return (f"CASE WHEN regexp_full_match({expr}, '{_RFC3339}') THEN "
+            f"epoch_ms(TRY_CAST(upper(regexp_replace({expr}, "
+            r"'(\.[0-9]{3})[0-9]+', '\1')) AS TIMESTAMPTZ)) END")
+
 # Per-line checks. json_extract with a list of paths parses each line once.
 # Order matters: a record gets the reason of the first rule it breaks.
 _JSON_SQL = f"""
@@ -89,7 +104,7 @@ WITH src AS (
     CASE json_type(f[4])
       WHEN 'UBIGINT' THEN TRY_CAST(f[4] AS BIGINT)
       WHEN 'BIGINT' THEN TRY_CAST(f[4] AS BIGINT)
-      WHEN 'VARCHAR' THEN epoch_ms(TRY_CAST(f[4] ->> '$' AS TIMESTAMPTZ))
+      WHEN 'VARCHAR' THEN {rfc3339_ms_sql("(f[4] ->> '$')")}
     END AS ts,
     json_type(f[5]) AS t_user, f[5] ->> '$' AS user_id,
     json_type(f[6]) AS t_weight,
@@ -127,11 +142,16 @@ FROM typed
 # The fast path: Arrow's multi-threaded JSON reader. It fails the whole
 # block on one bad line (and skips blank lines), so any such block goes to
 # the per-line DuckDB path instead, which has the same rules.
-_FAST_PARSE = pa_json.ParseOptions(
-    explicit_schema=pa.schema([
-        ("event_id", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("user_id", pa.string())]),
-    unexpected_field_behavior="infer")
+# ``ts`` is declared too (epoch ms, else text), because left to inference
+# Arrow turns some non-RFC 3339 strings into timestamps.
+_FAST_PARSE = [
+    pa_json.ParseOptions(
+        explicit_schema=pa.schema([
+            ("event_id", pa.string()), ("item_id", pa.string()),
+            ("event_type", pa.string()), ("user_id", pa.string()),
+            ("ts", ts_type), ("weight", pa.int64())]),
+        unexpected_field_behavior="infer")
+    for ts_type in (pa.int64(), pa.string())]
 _FAST_READ = pa_json.ReadOptions(block_size=8 << 20)
 
 
@@ -142,14 +162,19 @@ def parse_json_lines(block: bytes | str, source: str | None = None,
         block = block.encode()
     if fast and block.strip():
         n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        try:
-            table = pa_json.read_json(io.BytesIO(block), _FAST_READ,
-                                      _FAST_PARSE)
-            if table.num_rows == n_lines:
+        for options in _FAST_PARSE:
+            try:
+                table = pa_json.read_json(io.BytesIO(block), _FAST_READ,
+                                          options)
+            except pa.ArrowInvalid:
+                continue
+            if table.num_rows != n_lines:
+                break  # blank lines: only the per-line path keeps them
+            try:
                 return validate_table(table, source,
                                       raw=lambda: split_lines(block))
-        except (pa.ArrowInvalid, ValueError):
-            pass
+            except ValueError:
+                break  # e.g. a column of the wrong type altogether
     return parse_lines(split_lines(block), source)
 
 
@@ -225,7 +250,7 @@ def validate_table(table: pa.Table | pa.RecordBatch,
 def _parse_ts_strings(ts: pa.ChunkedArray) -> pa.Array:
     tab = pa.table({"s": ts})  # noqa: F841 (DuckDB scans it)
     return connection().sql(
-        "SELECT epoch_ms(TRY_CAST(s AS TIMESTAMPTZ)) AS t FROM tab"
+        f"SELECT {rfc3339_ms_sql('s')} AS t FROM tab"
     ).to_arrow_table().column("t")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from topk import counting, schema
+from topk import schema
 from topk.windows import WindowSpec
 
 #: Candidates of one shard: (event_type, window_start, item_id, count).
@@ -57,102 +57,185 @@ def with_all_types(counts: pa.Table) -> pa.Table:
 
 
 def shard_window_top_k(counts: pa.Table, spec: WindowSpec, k: int) -> WindowTopK:
-    """Per-window top-K of one shard's exact slice counts.
+    """Per-window top-K of one shard's exact counts, for one spec, ranking
+    exactly the event types present in ``counts`` (see ``shard_top_k``)."""
+    return shard_top_k(counts, [spec], k, all_types=False)[spec]
 
-    ``counts`` holds exact partials (``SLICE_COUNTS_SCHEMA``, any slice length
-    dividing the spec's step, all event types; add ``ALL_TYPES`` rows first
-    with ``with_all_types`` to rank over all types). Every window containing
-    at least one counted event is reported, as in Beam's windowing.
+
+def shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
+                all_types: bool = True) -> dict[WindowSpec, WindowTopK]:
+    """Per-window top-K candidates and totals of one item shard.
+
+    ``counts`` holds exact partials (``SLICE_COUNTS_SCHEMA``) of any slice
+    length dividing every spec's step. With ``all_types``, windows are also
+    ranked over all event types (``event_type = ALL_TYPES``). Every window
+    containing at least one counted event is reported, as in Beam's
+    windowing.
+
+    Items are dictionary-encoded once, in ``item_id`` order, so everything
+    after that is integer NumPy work and ties break by the code.
     """
     _check_k(k)
-    panes = counting.rollup(counts, spec.step_ms)
-    if panes.num_rows == 0:
-        return WindowTopK.empty()
-    if spec.panes_per_window == 1:
+    if counts.num_rows == 0:
+        return {spec: WindowTopK.empty() for spec in specs}
+    panes = _PaneLevels(counts)
+    return {spec: panes.top_k(spec, k, all_types) for spec in specs}
+
+
+class _PaneLevels:
+    """One shard's counts, encoded, rolled up to each pane length once."""
+
+    def __init__(self, counts: pa.Table):
+        items = pc.unique(counts["item_id"])
+        self.items = items.take(pc.sort_indices(items))
+        types = pc.unique(counts["event_type"])
+        self.types = types.take(pc.sort_indices(types))
+        type_code = pc.index_in(counts["event_type"], value_set=self.types)
+        item_code = pc.index_in(counts["item_id"], value_set=self.items)
+        start = counts["slice_start"].to_numpy()
+        self._levels = {}
+        self._finest = (type_code.to_numpy(), start, item_code.to_numpy(),
+                        counts["count"].to_numpy())
+
+    def at(self, step_ms: int):
+        """Rows ``(type, pane_index, item, count)`` unique per key, for panes
+        of ``step_ms``, rolled up from the coarsest cached level dividing
+        it (1m -> 1h -> 1d -> 30d each read the previous level)."""
+        if step_ms in self._levels:
+            return self._levels[step_ms]
+        source_step, source = None, None
+        for cached, rows in self._levels.items():
+            if step_ms % cached == 0 and (source_step is None
+                                          or cached > source_step):
+                source_step, source = cached, rows
+        if source is None:
+            t, start, item, count = self._finest
+            pane = start // step_ms
+        else:
+            t, pane, item, count = source
+            pane = pane // (step_ms // source_step)
+        rows = _sum_rows((t, pane, item), count, len(self.items))
+        self._levels[step_ms] = rows
+        return rows
+
+    def top_k(self, spec: WindowSpec, k: int, all_types: bool) -> WindowTopK:
+        t, pane, item, count = self.at(spec.step_ms)
+        groups = [(self.types[int(code)].as_py(), t == code)
+                  for code in range(len(self.types))]
+        parts = []
+        for name, mask in groups:
+            parts.append(self._rank(spec, k, name, pane[mask], item[mask],
+                                    count[mask]))
+        if all_types:
+            _, all_pane, all_item, all_count = _sum_rows(
+                (np.zeros_like(t), pane, item), count, len(self.items))
+            parts.append(self._rank(spec, k, schema.ALL_TYPES, all_pane,
+                                    all_item, all_count))
+        return WindowTopK(
+            pa.concat_tables([p.candidates for p in parts]),
+            pa.concat_tables([p.totals for p in parts]))
+
+    def _rank(self, spec, k, event_type, pane, item, count) -> WindowTopK:
+        if spec.panes_per_window == 1:
+            start, code, value, win, total = _tumbling_top_k(pane, item, count, k)
+        else:
+            start, code, value, win, total = _sliding_top_k(
+                pane, item, count, len(self.items), spec.panes_per_window, k)
         cands = pa.table({
-            "event_type": panes["event_type"],
-            "window_start": panes["slice_start"],
-            "item_id": panes["item_id"],
-            "count": panes["count"],
+            "event_type": pa.array([event_type] * len(code), pa.string()),
+            "window_start": pa.array(start * spec.step_ms),
+            "item_id": self.items.take(pa.array(code)),
+            "count": pa.array(value),
         }, schema=CANDIDATES_SCHEMA)
-        totals = cands.group_by(["event_type", "window_start"]).aggregate(
-            [("count", "sum")]).rename_columns(
-                ["event_type", "window_start", "total"])
-        return WindowTopK(top_k_rows(cands, ["event_type", "window_start"], k),
-                          totals.select(TOTALS_SCHEMA.names).cast(TOTALS_SCHEMA))
-    parts = [
-        _sliding_top_k(panes.filter(pc.equal(panes["event_type"], et)), et,
-                       spec, k)
-        for et in pc.unique(panes["event_type"]).to_pylist()
-    ]
-    return WindowTopK(
-        pa.concat_tables([p.candidates for p in parts]),
-        pa.concat_tables([p.totals for p in parts]))
+        totals = pa.table({
+            "event_type": pa.array([event_type] * len(win), pa.string()),
+            "window_start": pa.array(win * spec.step_ms),
+            "total": pa.array(total),
+        }, schema=TOTALS_SCHEMA)
+        return WindowTopK(cands, totals)
 
 
-def _sliding_top_k(panes: pa.Table, event_type: str, spec: WindowSpec,
-                   k: int) -> WindowTopK:
-    # Sliding windows are consecutive runs of panes. Walk the windows in
-    # order, adding the pane that enters and subtracting the one that leaves
-    # a dense count vector, so each pane is touched twice instead of being
-    # copied into every window that contains it (stream slicing).
-    items = pc.unique(panes["item_id"])
-    items = items.take(pc.sort_indices(items))  # code order == item_id order
-    codes = pc.index_in(panes["item_id"], value_set=items).to_numpy()
-    pane_idx = panes["slice_start"].to_numpy() // spec.step_ms
-    values = panes["count"].to_numpy()
-    order = np.argsort(pane_idx, kind="stable")
-    pane_idx, codes, values = pane_idx[order], codes[order], values[order]
-    n = spec.panes_per_window
-    starts = np.unique((np.unique(pane_idx)[:, None]
-                        - np.arange(n)[None, :]).ravel())
-    dense = np.zeros(len(items), np.int64)
-    total = 0
-    added = removed = 0  # row cursors into the pane-sorted arrays
-    out_start, out_code, out_count, tot_start, tot_value = [], [], [], [], []
-    for w in starts:
-        hi = np.searchsorted(pane_idx, w + n, side="left")
-        if hi > added:
-            dense[codes[added:hi]] += values[added:hi]
-            total += int(values[added:hi].sum())
-            added = hi
-        lo = np.searchsorted(pane_idx, w, side="left")
-        if lo > removed:
-            dense[codes[removed:lo]] -= values[removed:lo]
-            total -= int(values[removed:lo].sum())
-            removed = lo
-        sel = top_k_codes(dense, k)
-        out_start.append(np.full(len(sel), w))
-        out_code.append(sel)
-        out_count.append(dense[sel])
-        tot_start.append(w)
-        tot_value.append(total)
-    sel_codes = np.concatenate(out_code)
-    cands = pa.table({
-        "event_type": pa.array(np.full(len(sel_codes), event_type)),
-        "window_start": pa.array(np.concatenate(out_start) * spec.step_ms),
-        "item_id": items.take(pa.array(sel_codes)),
-        "count": pa.array(np.concatenate(out_count)),
-    }, schema=CANDIDATES_SCHEMA)
-    totals = pa.table({
-        "event_type": pa.array(np.full(len(tot_start), event_type)),
-        "window_start": pa.array(np.asarray(tot_start) * spec.step_ms),
-        "total": pa.array(tot_value, pa.int64()),
-    }, schema=TOTALS_SCHEMA)
-    return WindowTopK(cands, totals)
+def _sum_rows(keys: tuple, count: np.ndarray, n_items: int):
+    """Sum ``count`` by the ``(type, pane, item)`` key columns; returns the
+    unique key columns and sums, ordered by (type, pane, item)."""
+    t, pane, item = keys
+    if len(count) == 0:
+        return t, pane, item, count
+    lo = pane.min()
+    n_panes = int(pane.max() - lo) + 1
+    key = (t.astype(np.int64) * n_panes + (pane - lo)) * n_items + item
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sums = np.add.reduceat(count[order], starts)
+    key = key[starts]
+    item_out = key % n_items
+    rest = key // n_items
+    return (rest // n_panes).astype(t.dtype), rest % n_panes + lo, item_out, sums
 
 
-def top_k_codes(dense: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest positive entries; ties go to the smaller
-    index (indices are in item_id order). Unordered."""
-    if k >= dense.size:
-        return np.flatnonzero(dense > 0)
-    kth = np.partition(dense, dense.size - k)[dense.size - k]
-    if kth <= 0:
-        return np.flatnonzero(dense > 0)
-    above = np.flatnonzero(dense > kth)
-    tied = np.flatnonzero(dense == kth)[:k - len(above)]
-    return np.concatenate([above, tied])
+def _tumbling_top_k(pane, item, count, k):
+    """Rows unique per (pane, item) -> top-k per pane, and pane totals."""
+    if len(count) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty, empty
+    order = np.lexsort((item, -count, pane))
+    pane, item, count = pane[order], item[order], count[order]
+    first = np.r_[True, pane[1:] != pane[:-1]]
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(pane)) - np.repeat(starts, np.diff(np.r_[starts, len(pane)]))
+    keep = rank < k
+    totals = np.add.reduceat(count, starts)
+    return pane[keep], item[keep], count[keep], pane[starts], totals
+
+
+#: Cells of the (panes x items) matrix one block of sliding windows uses.
+BLOCK_CELLS = 4_000_000
+
+
+def _sliding_top_k(pane, item, count, n_items, n, k):
+    # Sliding windows are runs of n consecutive panes. For a block of
+    # consecutive windows, lay the panes out as a dense (pane x item) matrix
+    # over the items present, take cumulative sums along time, and every
+    # window's counts are one row difference: each pane is added once, not
+    # copied into the n windows containing it (stream slicing), and the top-k
+    # of all the block's windows is one vectorised argpartition.
+    empty = np.zeros(0, np.int64)
+    if len(pane) == 0:
+        return empty, empty, empty, empty, empty
+    order = np.argsort(pane, kind="stable")
+    pane, item, count = pane[order], item[order], count[order]
+    starts = np.unique((np.unique(pane)[:, None] - np.arange(n)[None, :]).ravel())
+    block = max(16, BLOCK_CELLS // max(n_items, 1) - n + 1)
+    out_start, out_code, out_count, out_total = [], [], [], []
+    i = 0
+    while i < len(starts):
+        w0 = starts[i]
+        j = np.searchsorted(starts, w0 + block)
+        windows = starts[i:j] - w0
+        lo = np.searchsorted(pane, w0)
+        hi = np.searchsorted(pane, w0 + block + n - 1)
+        codes, local = np.unique(item[lo:hi], return_inverse=True)
+        cum = np.zeros((block + n, len(codes)), np.int64)
+        cum[pane[lo:hi] - w0 + 1, local] = count[lo:hi]
+        np.cumsum(cum, axis=0, out=cum)
+        counts = cum[windows + n] - cum[windows]  # (windows, items)
+        out_total.append(counts.sum(axis=1))
+        # One key per cell: count first, then the smaller item code wins.
+        width = len(codes)
+        key = counts * width + (width - 1 - np.arange(width))
+        if width > k:
+            sel = np.argpartition(-key, k - 1, axis=1)[:, :k]
+        else:
+            sel = np.broadcast_to(np.arange(width), (len(windows), width))
+        picked = np.take_along_axis(counts, sel, axis=1)
+        keep = picked > 0
+        out_start.append(np.broadcast_to((windows + w0)[:, None], sel.shape)[keep])
+        out_code.append(codes[sel[keep]])
+        out_count.append(picked[keep])
+        i = j
+    return (np.concatenate(out_start), np.concatenate(out_code),
+            np.concatenate(out_count), starts, np.concatenate(out_total))
 
 
 def top_k_rows(table: pa.Table, group_cols: list[str], k: int,

@@ -45,7 +45,9 @@ Commands:
             import DuckDB's spatial + avro extensions from PyPI (offline). No-op when already done.
   start     Start the emulator in the background on 127.0.0.1 (installs first if
             needed), wait until its REST endpoint answers, and print
-            BIGQUERY_EMULATOR_HOST=http://127.0.0.1:PORT and GOOGLE_CLOUD_PROJECT=ID.
+            BIGQUERY_EMULATOR_HOST=http://127.0.0.1:PORT and GOOGLE_CLOUD_PROJECT=ID
+            on stdout (progress goes to stderr), so
+            \`export \$($(basename "$0") start ...)\` sets both.
             Options:
               --rest-port P   REST port      (default $REST_PORT)
               --grpc-port Q   gRPC port      (default $GRPC_PORT)
@@ -85,34 +87,50 @@ parse_opts() {
   ENDPOINT="http://127.0.0.1:$REST_PORT"
 }
 
-installed() {
+DUCKDB_EXTENSIONS=(spatial avro)
+DUCKDB_VERSION=1.5.5
+
+packages_installed() {
   [ -x "$BQEMU_VENV/bin/bqemulator" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_CONTENT" ]
 }
 
+# DuckDB installs extensions under ~/.duckdb/extensions/vX.Y.Z/<platform>/ (outside the
+# venv), so check them separately: a wiped ~/.duckdb must not pass for "installed".
+extensions_installed() {
+  local ext f
+  for ext in "${DUCKDB_EXTENSIONS[@]}"; do
+    f=$(compgen -G "$HOME/.duckdb/extensions/v$DUCKDB_VERSION/*/$ext.duckdb_extension" | head -n1) || return 1
+    [ -n "$f" ] || return 1
+  done
+}
+
 cmd_install() {
-  if installed; then
+  if packages_installed && extensions_installed; then
     echo "bqemulator already installed in $BQEMU_VENV"
     return 0
   fi
-  echo "installing bqemulator into $BQEMU_VENV ..."
-  mkdir -p "$(dirname "$BQEMU_VENV")" "$PIP_CACHE"
-  [ -x "$BQEMU_VENV/bin/python" ] || "$BQEMU_PYTHON" -m venv "$BQEMU_VENV"
   local py="$BQEMU_VENV/bin/python"
-  "$py" -m pip install --cache-dir "$PIP_CACHE" -q --disable-pip-version-check "${PKGS[@]}"
-  # Put the spatial extension where DuckDB looks for it (~/.duckdb/extensions/...),
-  # then prove DuckDB loads it with autoinstall switched off.
-  "$py" - <<'PY'
-import duckdb, duckdb_extensions
-for ext in ("spatial", "avro"):
+  if ! packages_installed; then
+    echo "installing bqemulator into $BQEMU_VENV ..."
+    mkdir -p "$(dirname "$BQEMU_VENV")" "$PIP_CACHE"
+    [ -x "$py" ] || "$BQEMU_PYTHON" -m venv "$BQEMU_VENV"
+    "$py" -m pip install --cache-dir "$PIP_CACHE" -q --disable-pip-version-check "${PKGS[@]}"
+  fi
+  # Put the extensions where DuckDB looks for them, then prove DuckDB loads them with
+  # autoinstall switched off (i.e. without the network).
+  "$py" - "${DUCKDB_EXTENSIONS[@]}" <<'PY'
+import sys, duckdb, duckdb_extensions
+exts = sys.argv[1:]
+for ext in exts:
     duckdb_extensions.import_extension(ext)
 con = duckdb.connect()
 con.execute("SET autoinstall_known_extensions=false")
-for ext in ("spatial", "avro"):
+for ext in exts:
     con.execute(f"LOAD {ext}")
-print("duckdb", duckdb.__version__, "spatial + avro extensions load offline")
+print("duckdb", duckdb.__version__, "extensions load offline:", ", ".join(exts))
 PY
   echo "$STAMP_CONTENT" > "$STAMP"
-  echo "bqemulator installed: $("$BQEMU_VENV/bin/pip" show bqemulator 2>/dev/null | awk '/^Version/{print $2}')"
+  echo "bqemulator $("$py" -c 'import importlib.metadata as m; print(m.version("bqemulator"))') installed"
 }
 
 # The REST endpoint answers a dataset list for the project (404/200 both mean "up").
@@ -130,7 +148,10 @@ PY
 running_pid() {
   [ -f "$PID_FILE" ] || return 1
   local pid; pid="$(cat "$PID_FILE")"
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  # Only a live bqemulator counts (a stale pid may have been reused by something else).
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
+    && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'bqemulator start' \
+    && echo "$pid"
 }
 
 print_env() {
@@ -140,11 +161,11 @@ print_env() {
 
 cmd_start() {
   parse_opts "$@"
-  cmd_install >/dev/null
+  cmd_install >&2
   mkdir -p "$DATA_DIR"
   if pid="$(running_pid)"; then
     answers || die "pid $pid from $PID_FILE runs but $ENDPOINT does not answer (see $LOG_FILE)"
-    echo "bqemulator already running (pid $pid)"
+    echo "bqemulator already running (pid $pid)" >&2
     print_env
     return 0
   fi
@@ -181,7 +202,7 @@ cmd_start() {
     fi
     sleep 0.3
   done
-  echo "bqemulator started (pid $pid, $(( ($(date +%s%N) - start_ns) / 1000000 )) ms, log $LOG_FILE)"
+  echo "bqemulator started (pid $pid, $(( ($(date +%s%N) - start_ns) / 1000000 )) ms, log $LOG_FILE)" >&2
   print_env
 }
 

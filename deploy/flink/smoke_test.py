@@ -6,6 +6,7 @@ Run with the project's Python (apache-beam installed), after `flink.sh install` 
     eval "$(deploy/flink/flink.sh env)"
     python deploy/flink/smoke_test.py            # batch: sum, GroupByKey, fixed windows
     python deploy/flink/smoke_test.py --streaming  # the same with --streaming
+    python deploy/flink/smoke_test.py --job_endpoint=$FLINK_JOB_ENDPOINT  # PortableRunner
 
 Each pipeline writes to a local file; the script checks the contents and prints wall times.
 Exit status 0 when every check passes.
@@ -23,11 +24,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 
 def flink_args(args):
-    out = [
-        '--runner=FlinkRunner',
-        '--flink_master=%s' % args.flink_master,
-        '--flink_version=%s' % args.flink_version,
-        '--flink_job_server_jar=%s' % args.job_server_jar,
+    if args.job_endpoint:
+        # A job server that is already running (flink.sh jobserver start).
+        out = ['--runner=PortableRunner', '--job_endpoint=%s' % args.job_endpoint]
+    else:
+        # FlinkRunner starts the job server jar itself (java -jar) for each pipeline.
+        out = [
+            '--runner=FlinkRunner',
+            '--flink_master=%s' % args.flink_master,
+            '--flink_version=%s' % args.flink_version,
+            '--flink_job_server_jar=%s' % args.job_server_jar,
+        ]
+    out += [
         '--environment_type=%s' % args.environment_type,
         '--parallelism=%d' % args.parallelism,
     ]
@@ -104,13 +112,15 @@ def main(argv=None):
     parser.add_argument('--flink_master', default=os.environ.get('FLINK_REST', '127.0.0.1:8081'))
     parser.add_argument('--flink_version', default=os.environ.get('FLINK_VERSION', '1.19'))
     parser.add_argument('--job_server_jar', default=os.environ.get('FLINK_JOB_SERVER_JAR'))
+    parser.add_argument('--job_endpoint', default='',
+                        help='use PortableRunner against this job server instead of FlinkRunner')
     parser.add_argument('--environment_type', default='LOOPBACK')
     parser.add_argument('--environment_config', default='')
     parser.add_argument('--parallelism', type=int, default=2)
     parser.add_argument('--streaming', action='store_true')
     parser.add_argument('--only', choices=['sum', 'gbk', 'windowed'])
     args = parser.parse_args(argv)
-    if not args.job_server_jar:
+    if not args.job_server_jar and not args.job_endpoint:
         parser.error('--job_server_jar (or FLINK_JOB_SERVER_JAR) is required')
 
     opts = flink_args(args)

@@ -27,6 +27,25 @@ class ArrowTableCoder(beam.coders.Coder):
         return pa.Table
 
 
+class ArrowTableListCoder(beam.coders.Coder):
+    """Encodes a list of same-schema tables (a CombineFn accumulator) as one
+    concatenated table; decodes to a one-element list."""
+
+    def __init__(self):
+        self._table = ArrowTableCoder()
+
+    def encode(self, tables: list) -> bytes:
+        if not tables:
+            return b""
+        return self._table.encode(pa.concat_tables(tables, promote_options="default"))
+
+    def decode(self, encoded: bytes) -> list:
+        return [self._table.decode(encoded)] if encoded else []
+
+    def is_deterministic(self) -> bool:
+        return False
+
+
 def register() -> None:
     """Make Beam use ``ArrowTableCoder`` wherever a step declares tables."""
     beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)

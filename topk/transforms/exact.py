@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 import pyarrow as pa
 
 from topk import counting, schema, sharding
-from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
+from topk.transforms import coders
 
 #: Rows an accumulator may collect before it is compacted (de-duplicated or
 #: summed) to bound memory between inputs.
@@ -42,8 +42,8 @@ class DedupSliceCountsFn(beam.CombineFn):
     def merge_accumulators(self, accs):
         return self._maybe_compact([t for acc in accs for t in acc])
 
-    def compact(self, acc):
-        return [counting.dedup_events(pa.concat_tables(acc))] if len(acc) > 1 else acc
+    def get_accumulator_coder(self):
+        return coders.ArrowTableListCoder()
 
     def extract_output(self, acc):
         if not acc:
@@ -53,8 +53,10 @@ class DedupSliceCountsFn(beam.CombineFn):
         return counting.count_slices(unique, self._slice_ms)
 
     def _maybe_compact(self, acc):
+        # Not Beam's ``compact`` hook: that runs on every bundle's output,
+        # where de-duplicating rarely shrinks anything.
         if len(acc) > 1 and sum(t.num_rows for t in acc) > self._compact_rows:
-            return self.compact(acc)
+            return [counting.dedup_events(pa.concat_tables(acc))]
         return acc
 
 
@@ -75,7 +77,11 @@ class MergeSliceCountsFn(beam.CombineFn):
         return self._maybe_compact([t for acc in accs for t in acc])
 
     def compact(self, acc):
+        # Partial counts do shrink when summed: worth it before a shuffle.
         return [counting.merge_counts(acc)] if len(acc) > 1 else acc
+
+    def get_accumulator_coder(self):
+        return coders.ArrowTableListCoder()
 
     def extract_output(self, acc):
         return counting.merge_counts(acc)

@@ -34,24 +34,24 @@ class RankWindows(beam.PTransform):
 
     def expand(self, shard_counts):
         # Locals, not self, in the lambdas: they are pickled to the workers.
-        k, source, timing = self._k, self._source, self._pane_timing
-        with_all = shard_counts | "AddAllTypes" >> beam.MapTuple(
-            lambda shard, counts: (shard, ranking.with_all_types(counts)))
-        ranked = []
-        for spec in self._specs:
-            ranked.append(
-                with_all
-                | f"TopKPerShard[{spec.name}]" >> beam.MapTuple(
-                    lambda _, counts, spec=spec: (
-                        spec.key,
-                        ranking.shard_window_top_k(counts, spec, k)))
-                | f"GatherShards[{spec.name}]" >> beam.GroupByKey()
-                | f"MergeShards[{spec.name}]" >> beam.MapTuple(
-                    lambda _, parts, spec=spec: ranking.to_ranked_windows(
-                        ranking.merge_window_top_k(list(parts), k),
-                        spec, source=source, pane_timing=timing,
-                        emitted_at_ms=_now_ms())))
-        return ranked | "AllSpecs" >> beam.Flatten()
+        specs, k = self._specs, self._k
+        source, timing = self._source, self._pane_timing
+        by_key = {spec.key: spec for spec in specs}
+
+        def per_shard(shard_and_counts):
+            results = ranking.shard_top_k(shard_and_counts[1], specs, k)
+            return [(spec.key, top) for spec, top in results.items()]
+
+        def merge(key, parts):
+            return ranking.to_ranked_windows(
+                ranking.merge_window_top_k(list(parts), k), by_key[key],
+                source=source, pane_timing=timing, emitted_at_ms=_now_ms())
+
+        return (
+            shard_counts
+            | "TopKPerShard" >> beam.FlatMap(per_shard)
+            | "GatherShards" >> beam.GroupByKey()
+            | "MergeShards" >> beam.MapTuple(merge))
 
 
 class SliceTables(beam.PTransform):

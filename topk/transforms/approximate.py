@@ -1,0 +1,75 @@
+"""Approximate top-K combiners: thin Beam wiring around ``topk.sketches``.
+
+``ApproximateTopKFn`` turns the exact partial counts of one window or slice
+(tables in ``SLICE_COUNTS_SCHEMA``: event_type, slice_start, item_id, count;
+already pre-aggregated, so a hot item is one row) into a fixed-size sketch;
+``MergeSketchesFn`` rolls sketches of slices up into longer windows. All
+logic, and every guarantee, lives in the Beam-free sketch modules.
+Accumulators are the sketch objects, which pickle as their compact bytes.
+"""
+import apache_beam as beam
+import pyarrow as pa
+
+from topk import sketches
+
+
+class ApproximateTopKFn(beam.CombineFn):
+    """Exact slice-count tables -> one sketch (``sketches.ApproxTopK``).
+
+    Every row of every input table is counted, so key the input by what one
+    sketch should cover (e.g. ``(event_type, slice_start)``). ``method`` is
+    ``cms`` or ``frequent_items``; ``budget_bytes`` caps the sketch's
+    serialized size; ``options`` go to the sketch class.
+    """
+
+    def __init__(self, method: str,
+                 budget_bytes: int = sketches.DEFAULT_BUDGET_BYTES,
+                 **options):
+        # Fail at construction (pipeline build time), not on a worker.
+        sketches.new_sketch(method, budget_bytes, **options)
+        self._method = method
+        self._budget_bytes = budget_bytes
+        self._options = options
+
+    def create_accumulator(self):
+        return sketches.new_sketch(self._method, self._budget_bytes,
+                                   **self._options)
+
+    def add_input(self, acc, table: pa.Table):
+        return acc.update(table["item_id"], table["count"])
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        merged = next(accs)
+        for acc in accs:
+            merged.merge(acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+class MergeSketchesFn(beam.CombineFn):
+    """Sketches (objects or their bytes) of one method and parameters ->
+    their merge (e.g. 1m slices -> 1h). Empty input -> ``None``."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, sketch):
+        if isinstance(sketch, (bytes, bytearray, memoryview)):
+            sketch = sketches.sketch_from_bytes(sketch)
+        if acc is None:
+            # A copy, so inputs that Beam may reuse are never modified.
+            return sketches.sketch_from_bytes(sketch.to_bytes())
+        return acc.merge(sketch)
+
+    def merge_accumulators(self, accs):
+        merged = None
+        for acc in accs:
+            if acc is not None:
+                merged = acc if merged is None else merged.merge(acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
