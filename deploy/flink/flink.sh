@@ -84,13 +84,16 @@ install_flink() {
   fi
   mkdir -p "$DL_DIR"
   [[ -x "$VENV_DIR/bin/python" ]] || "$PYTHON_BIN" -m venv "$VENV_DIR"
-  log "downloading apache-flink==$FLINK_VERSION and apache-flink-libraries==$FLINK_VERSION (~230 MB, cached in $DL_DIR)"
-  # Download into our own cache first (pip's cache does not keep files that large reliably),
-  # then install from there without touching the index again.
-  "$VENV_DIR/bin/python" -m pip download -q --no-deps -d "$DL_DIR" \
-    "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+  # Download into our own cache dir once, then install from there without the index, so a
+  # re-created venv needs no network.
+  if ! compgen -G "$DL_DIR/apache_flink-$FLINK_VERSION-*.whl" >/dev/null \
+      || ! compgen -G "$DL_DIR/apache[-_]flink[-_]libraries-$FLINK_VERSION*" >/dev/null; then
+    log "downloading apache-flink==$FLINK_VERSION and apache-flink-libraries==$FLINK_VERSION (~230-310 MB) into $DL_DIR"
+    "$VENV_DIR/bin/python" -m pip download -q --no-deps -d "$DL_DIR" \
+      "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+  fi
   # apache-flink-libraries 1.x is an sdist: build its wheel once and keep it beside it, so a
-  # re-created venv installs from local wheels only.
+  # re-created venv installs from local wheels only (2.x ships a wheel).
   if ! compgen -G "$DL_DIR/apache_flink_libraries-$FLINK_VERSION-*.whl" >/dev/null; then
     log "building the apache-flink-libraries wheel (once)"
     "$VENV_DIR/bin/python" -m pip wheel -q --no-deps -w "$DL_DIR" \
@@ -112,7 +115,7 @@ install_jobserver() {
   mkdir -p "$CACHE_DIR"
   local artifact="org.apache.beam:beam-runners-flink-$FLINK_MINOR-job-server:$JOBSERVER_BEAM_VERSION"
   # 1) Beam's published shaded jar, where the Maven repository has it.
-  if "${MVN[@]}" dependency:copy -Dartifact="$artifact" -DoutputDirectory="$CACHE_DIR" \
+  if "${MVN[@]}" -U dependency:copy -Dartifact="$artifact" -DoutputDirectory="$CACHE_DIR" \
       >/dev/null 2>&1 && [[ -s "$JOBSERVER_JAR" ]]; then
     log "fetched $artifact"
     return 0
@@ -122,10 +125,12 @@ install_jobserver() {
   local build="$CACHE_DIR/jobserver-build"
   mkdir -p "$build"
   cp "$SCRIPT_DIR/jobserver/pom.xml" "$build/pom.xml"
-  (cd "$build" && "${MVN[@]}" package -Dbeam.version="$JOBSERVER_BEAM_VERSION" \
-      -Dflink.minor="$FLINK_MINOR" 2>&1 | grep -E "ERROR|BUILD" >&2 || true)
   local built="$build/target/beam-runners-flink-$FLINK_MINOR-job-server-$JOBSERVER_BEAM_VERSION.jar"
-  [[ -s "$built" ]] || die "job server build failed (see: cd $build && mvn package)"
+  if ! (cd "$build" && "${MVN[@]}" package -Dbeam.version="$JOBSERVER_BEAM_VERSION" \
+      -Dflink.minor="$FLINK_MINOR" >"$build/build.log" 2>&1) || [[ ! -s "$built" ]]; then
+    grep -E "ERROR" "$build/build.log" | head -n 20 >&2 || true
+    die "job server build failed (log: $build/build.log)"
+  fi
   cp "$built" "$JOBSERVER_JAR.tmp" && mv "$JOBSERVER_JAR.tmp" "$JOBSERVER_JAR"
   rm -rf "$build/target"
   log "job server jar at $JOBSERVER_JAR"
@@ -184,6 +189,7 @@ cmd_start() {
   done
   [[ "$slots" =~ ^[0-9]+$ && "$slots" -ge 1 ]] || die "--slots must be a positive integer"
 
+  # shellcheck disable=SC2153  # REST_PORT comes from the state file
   if load_state && overview "$REST_PORT" >/dev/null 2>&1; then
     if [[ "$REST_PORT" == "$rest_port" ]]; then
       log "already running at 127.0.0.1:$REST_PORT"
@@ -274,7 +280,9 @@ cmd_stop() {
   for f in "$FLINK_PID_DIR"/*.pid; do
     [[ -f "$f" ]] || continue
     while read -r pid; do
-      [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+      if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid" 2>/dev/null || true
+      fi
     done <"$f"
     rm -f "$f"
   done

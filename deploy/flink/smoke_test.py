@@ -15,6 +15,7 @@ Exit status 0 when every check passes.
 import argparse
 import glob
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -134,6 +135,10 @@ def main(argv=None):
         print('%s %s (%.1fs)%s' % ('PASS' if ok else 'FAIL', name, time.time() - t0,
                                    '' if ok else ': ' + msg))
         ok_all = ok_all and ok
+    if ok_all:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+        print('outputs kept in %s' % out_dir)
     return 0 if ok_all else 1
 
 

@@ -1,7 +1,7 @@
 """Beam 2.77 WriteToBigQuery into the local emulator, STREAMING_INSERTS and FILE_LOADS.
 
-    BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050 GOOGLE_CLOUD_PROJECT=topk-local \
-        python deploy/bigquery/examples/beam_smoke.py
+    export $(deploy/bigquery/emulator.sh start)   # BIGQUERY_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT
+    python deploy/bigquery/examples/beam_smoke.py
 
 Needs apache-beam[gcp]==2.77.0 in the running interpreter.
 """

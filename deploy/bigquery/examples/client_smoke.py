@@ -1,9 +1,8 @@
 """google-cloud-bigquery against the local emulator: dataset, partitioned + clustered
 table, streaming insert, Parquet load, parameterised query, MERGE.
 
-    eval "$(deploy/bigquery/emulator.sh start)"   # exports nothing by itself: see README
-    BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050 GOOGLE_CLOUD_PROJECT=topk-local \
-        python deploy/bigquery/examples/client_smoke.py
+    export $(deploy/bigquery/emulator.sh start)   # BIGQUERY_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT
+    python deploy/bigquery/examples/client_smoke.py
 
 Needs google-cloud-bigquery and pyarrow in the running interpreter (not the emulator's).
 """
