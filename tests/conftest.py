@@ -18,3 +18,56 @@ def pipeline():
     """A ``TestPipeline`` on the local batch runner; use as ``with pipeline
     as p:`` (running and waiting happen on exit)."""
     return TestPipeline(runner=LOCAL_RUNNER)
+
+
+# --- A real Kafka broker for the Kafka source and producer tests -----------
+
+class KafkaBroker:
+    """A broker started by deploy/kafka/kafka.sh in a temporary dir.
+
+    ``bootstrap`` is its address; ``stop()`` and ``start()`` restart it on
+    the same dir and port (topics and offsets survive).
+    """
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "deploy", "kafka", "kafka.sh")
+
+    def __init__(self, directory):
+        self.dir = str(directory)
+        self.bootstrap = None
+
+    def _run(self, *args):
+        import subprocess
+        env = dict(os.environ, KAFKA_PROBE_PYTHON=sys.executable)
+        proc = subprocess.run(
+            ["bash", self.SCRIPT, *args, "--dir", self.dir], env=env,
+            capture_output=True, text=True, timeout=300,
+            stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kafka.sh {' '.join(args)} failed:\n"
+                               f"{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def start(self, port="") -> str:
+        out = self._run("start", *(["--port", str(port)] if port != ""
+                                   else []))
+        for line in out.splitlines():
+            if line.startswith("KAFKA_BOOTSTRAP="):
+                self.bootstrap = line.split("=", 1)[1].strip()
+        assert self.bootstrap, out
+        return self.bootstrap
+
+    def stop(self) -> None:
+        self._run("stop")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """One real single-node Kafka broker for the whole test session, on a
+    free port in a temporary dir; stopped at the end."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start(port=0)
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -151,6 +151,9 @@ def parse_record(raw: bytes | str) -> tuple[Event | None, str | None]:
             return None, "invalid UTF-8"
     if raw.strip() == "":
         return None, "blank line"
+    if raw.startswith("\ufeff"):
+        # RFC 8259 section 8.1: a parser MAY ignore a byte order mark.
+        raise Unspecified("byte order mark")
     try:
         obj = json.loads(raw, parse_constant=_reject_constant,
                          object_pairs_hook=_pairs)

@@ -92,6 +92,7 @@ def test_every_record_is_accounted_for():
 def test_split_lines_keeps_blank_records_and_drops_one_trailing_newline():
     assert events.split_lines(b"a\n\nb\n").to_pylist() == ["a", "", "b"]
     assert events.split_lines(b"").to_pylist() == []
+    assert events.split_lines(b"\n").to_pylist() == [""]
 
 
 def test_validate_table_accepts_timestamps_and_strings():

@@ -17,6 +17,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -56,6 +57,14 @@ ITEMS = ["a", "b", "c", "B", "ab", "a b", "é", "\ue000", "😀", "item-10",
          "item-2"]
 TYPES = ["play", "click", "view"]
 
+#: Run longer locally with e.g. TOPK_HYPOTHESIS_SCALE=20 (default: < 60 s).
+SCALE = float(os.environ.get("TOPK_HYPOTHESIS_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
 SETTINGS = dict(deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
@@ -81,24 +90,31 @@ def rfc3339(ts_ms: int, offset_min: int, frac: str, zulu: str) -> str:
         text += ".0"
     elif ms:
         text += ".%03d" % ms
-    if offset_min == 0 and zulu == "Z":
-        return text + "Z"
+    if offset_min == 0 and zulu in ("Z", "z"):
+        return text + zulu
     sign = "-" if offset_min < 0 or zulu == "-" else "+"
     return text + "%s%02d:%02d" % (sign, abs(offset_min) // 60,
                                    abs(offset_min) % 60)
 
 
 @st.composite
-def ts_values(draw, ts_ms: int):
-    """A JSON value denoting instant ``ts_ms``: integer ms or RFC 3339."""
-    if draw(st.booleans()):
+def ts_values(draw, ts_ms: int, ts_mode: str = "mixed"):
+    """A JSON value denoting instant ``ts_ms``: integer ms or RFC 3339
+    (``ts_mode`` "ms", "rfc" or "mixed"). A block with one kind of ``ts``
+    only can take the Arrow fast path; a mixed one cannot."""
+    if ts_mode == "ms" or (ts_mode == "mixed" and draw(st.booleans())):
         return ts_ms
     offset = draw(st.sampled_from([0, 0, 0, 330, -60, 600, -720, 840, 1439]))
-    # Uppercase T and Z only, at most millisecond precision: lower case and
-    # finer fractions hit known bugs (see test_known_bug_*).
-    frac = draw(st.sampled_from(["full", "trim", "none", "zero"]))
-    zulu = draw(st.sampled_from(["Z", "Z", "+", "-"]))
-    return rfc3339(ts_ms, offset, frac, zulu)
+    frac = draw(st.sampled_from(["full", "trim", "none", "zero", "micro"]))
+    zulu = draw(st.sampled_from(["Z", "Z", "z", "+", "-"]))
+    text = rfc3339(ts_ms, offset, "full" if frac == "micro" else frac, zulu)
+    if frac == "micro":  # finer than ms: cut, never rounded
+        cut = text.index(".") + 4
+        text = text[:cut] + draw(st.sampled_from(["0", "5", "999", "9999"])) + (
+            text[cut:])
+    if draw(st.integers(0, 9)) == 0:
+        text = text.replace("T", "t", 1)
+    return text
 
 
 @st.composite
@@ -123,12 +139,12 @@ def render(draw, obj: dict):
 
 
 @st.composite
-def valid_objects(draw, event: dict):
+def valid_objects(draw, event: dict, ts_mode: str = "mixed"):
     """A JSON object that the spec reads as ``event`` (dict with event_id,
     item_id, event_type, ts, weight)."""
     obj = {"event_id": event["event_id"], "item_id": event["item_id"],
            "event_type": event["event_type"],
-           "ts": draw(ts_values(event["ts"]))}
+           "ts": draw(ts_values(event["ts"], ts_mode))}
     user = draw(st.sampled_from(["absent", "null", "u1", "long"]))
     if user != "absent":
         obj["user_id"] = {"null": None, "u1": "user-1",
@@ -138,7 +154,7 @@ def valid_objects(draw, event: dict):
     elif draw(st.booleans()):
         obj["weight"] = None
     if draw(st.integers(0, 5)) == 0:
-        obj["extra"] = {"nested": [1, None, "x"], "ts": "no"}
+        obj["extra"] = {"nested": [1, None, 2], "ts": "no"}
     return obj
 
 
@@ -164,12 +180,35 @@ MALFORMED_KINDS = ["truncated", "single_quotes", "bare_key", "garbage",
                    "bad_utf8"]
 
 
+#: Kinds that keep a block readable by Arrow's JSON reader (valid JSON
+#: objects, consistent column types), so that the fast path validates them.
+CLEAN_KINDS = ["missing", "null_field", "empty", "too_long", "reserved_type",
+               "ts_boundary", "bad_weight", "bad_user"]
+
+
 @st.composite
-def malformed_records(draw, event: dict):
+def malformed_records(draw, event: dict, ts_mode: str = "mixed",
+                      clean: bool = False):
     """A record derived from ``event`` that (mostly) breaks one rule; the
-    oracle decides which ones really are dead letters."""
-    kind = draw(st.sampled_from(MALFORMED_KINDS))
-    obj = draw(valid_objects(event))
+    oracle decides which ones really are dead letters. ``clean``: only
+    ``CLEAN_KINDS``, with values of the column's JSON type."""
+    kind = draw(st.sampled_from(CLEAN_KINDS if clean else MALFORMED_KINDS))
+    if clean:
+        obj = draw(valid_objects(event, ts_mode))
+        if kind == "ts_boundary":
+            want = int if ts_mode == "ms" else str
+            obj["ts"] = draw(st.sampled_from(
+                [t for t in TS_BOUNDARY if isinstance(t, want)
+                 and (want is str or t < 2**63)]))
+        elif kind == "bad_weight":
+            obj["weight"] = draw(st.sampled_from(
+                [0, -1, -1000, oracle.MAX_WEIGHT + 1]))
+        elif kind == "bad_user":
+            obj["user_id"] = draw(st.sampled_from(
+                ["u" * (oracle.MAX_ID_LENGTH + 1), ""]))
+        if kind in ("ts_boundary", "bad_weight", "bad_user"):
+            return render(draw, obj)
+    obj = draw(valid_objects(event, ts_mode))
     if kind == "truncated":
         line = render(draw, obj).rstrip()
         return line[:draw(st.integers(1, len(line) - 1))]
@@ -244,6 +283,10 @@ def streams(draw, max_events=25, malformed=True, anchors=tuple(ANCHORS),
     malformed records, shuffled."""
     anchor = draw(st.sampled_from(anchors))
     scale = draw(st.sampled_from(scales))
+    ts_mode = draw(st.sampled_from(["mixed", "ms", "rfc"]))
+    # Half of the unmixed streams keep every record Arrow-readable, so that
+    # the fast path (not only the per-line fallback) meets dead letters.
+    clean = ts_mode != "mixed" and draw(st.booleans())
     n = draw(st.integers(0, max_events))
     ids = ["e%d" % i for i in range(n)]
     if n and draw(st.booleans()):  # ids with non-ASCII and odd characters
@@ -251,7 +294,7 @@ def streams(draw, max_events=25, malformed=True, anchors=tuple(ANCHORS),
     evs = [draw(event_dicts(anchor, scale, i)) for i in ids]
     records = []
     for e in evs:
-        obj = draw(valid_objects(e))
+        obj = draw(valid_objects(e, ts_mode))
         line = render(draw, obj)
         records.append(line)
         copies = draw(st.sampled_from([0, 0, 0, 1, 2]))
@@ -260,23 +303,43 @@ def streams(draw, max_events=25, malformed=True, anchors=tuple(ANCHORS),
             if how == "exact":
                 records.append(line)
             elif how == "rerendered":
-                records.append(render(draw, draw(valid_objects(e))))
+                records.append(render(draw, draw(valid_objects(e, ts_mode))))
             else:
                 other = draw(event_dicts(anchor, scale, e["event_id"]))
                 for field in ("item_id", "event_type", "ts", "weight"):
                     if draw(st.booleans()):
                         other[field] = e[field]
-                records.append(render(draw, draw(valid_objects(other))))
+                records.append(render(draw, draw(valid_objects(other,
+                                                                ts_mode))))
         if malformed and draw(st.integers(0, 3)) == 0:
-            records.append(draw(malformed_records(e)))
+            records.append(draw(malformed_records(e, ts_mode, clean)))
     if malformed and draw(st.integers(0, 3)) == 0:
         dummy = draw(event_dicts(anchor, scale, "m"))
         for _ in range(draw(st.integers(1, 4))):
-            records.append(draw(malformed_records(dummy)))
+            records.append(draw(malformed_records(dummy, ts_mode, clean)))
     return draw(st.permutations(records))
 
 
+def _dodge_known_bugs(records):
+    """Keep the generic properties clear of the known bugs that have their
+    own minimal tests below: a block whose first non-blank record is
+    ``null`` crashes the process (test_known_bug_null_first_record_...),
+    and a block of one blank line loses it
+    (test_known_bug_lone_blank_line_...)."""
+    records = list(records)
+    for i, r in enumerate(records):
+        text = r.decode("utf-8", "replace") if isinstance(r, bytes) else r
+        if text.strip():
+            if text.strip() == "null":
+                records[i] = "[null]"
+            break
+    if records == [""] or records == [b""]:
+        records = [" "]
+    return records
+
+
 def to_block(records, trailing_newline=True, as_bytes=False):
+    records = _dodge_known_bugs(records)
     if as_bytes or any(isinstance(r, bytes) for r in records):
         parts = [r if isinstance(r, bytes) else r.encode() for r in records]
         return b"\n".join(parts) + (b"\n" if trailing_newline and parts
@@ -325,7 +388,7 @@ def counts_dict(table: pa.Table) -> dict:
 # Parsing
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=examples(150), **SETTINGS)
 @given(records=streams(max_events=12, anchors=tuple(ANCHORS) + (
            oracle.MIN_TS_MS, oracle.MAX_TS_MS - 1)),
        trailing=st.booleans(), as_bytes=st.booleans())
@@ -349,20 +412,24 @@ def test_parse_json_lines_matches_oracle(records, trailing, as_bytes):
             assert isinstance(d["reason"], str) and d["reason"].strip()
             assert d["source"] == "prop"
     # The Arrow fast path and the per-line DuckDB path agree exactly,
-    # reasons included.
+    # reasons included (except a ``null`` record after the first, which
+    # Arrow reads as a row of nulls: test_known_bug_fast_path_reason_...).
     assert event_tuples(got.events) == event_tuples(slow.events)
-    assert collections.Counter(
-        (d["raw"], d["reason"]) for d in got.dead_letters.to_pylist()) == (
-        collections.Counter((d["raw"], d["reason"])
-                            for d in slow.dead_letters.to_pylist()))
+
+    def reasons(parsed):
+        return collections.Counter(
+            (d["raw"], d["reason"]) for d in parsed.dead_letters.to_pylist()
+            if d["raw"].strip() != "null")
+    assert reasons(got) == reasons(slow)
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(records=streams(max_events=8), cuts=st.lists(st.integers(0, 100)))
 def test_parsing_blocks_separately_equals_parsing_them_together(records, cuts):
     """A block may be split at any line boundary (file ranges, Kafka
     messages): the parts' results add up to the whole's."""
-    records = [r for r in records if not isinstance(r, bytes)]
+    records = [r for r in records if not isinstance(r, bytes)
+               and r.strip() != "null" and r != ""]
     bounds = sorted({0, len(records), *(c % (len(records) + 1) for c in cuts)})
     whole = events.parse_json_lines(to_block(records))
     evs, dead = [], []
@@ -375,7 +442,7 @@ def test_parsing_blocks_separately_equals_parsing_them_together(records, cuts):
         (d["raw"], d["reason"]) for d in whole.dead_letters.to_pylist())
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=examples(200), **SETTINGS)
 @given(ts=st.integers(oracle.MIN_TS_MS - DAY, oracle.MAX_TS_MS + DAY),
        offset=st.integers(-23 * 60 - 59, 23 * 60 + 59),
        frac=st.sampled_from(["full", "trim", "none", "zero"]))
@@ -398,7 +465,7 @@ def test_rfc3339_times_with_any_offset(ts, offset, frac):
 # De-duplication and slices
 
 
-@settings(max_examples=100, **SETTINGS)
+@settings(max_examples=examples(100), **SETTINGS)
 @given(records=streams(max_events=25, malformed=False),
        batches=st.integers(1, 4), data=st.data())
 def test_dedup_and_slices_match_oracle(records, batches, data):
@@ -437,37 +504,73 @@ def test_dedup_and_slices_match_oracle(records, batches, data):
 # Ranking: per-shard top-K and the merge
 
 
-def impl_ranked(counts: pa.Table, spec: WindowSpec, k: int, shards: int,
-                slice_ms: int):
-    counts = counting.rollup(counts, slice_ms)
-    parts = []
-    if counts.num_rows:
-        shard = sharding.shard_of(counts["item_id"], shards)
-        for _, rows in sharding.split_by_shard(counts, shard, shards):
-            parts.append(ranking.shard_window_top_k(
-                ranking.with_all_types(rows), spec, k))
-    merged = ranking.merge_window_top_k(parts, k)
+def _rows(merged: pa.Table):
     return [(r["event_type"], r["window_start"], r["rank"], r["item_id"],
              r["count"], r["window_total"]) for r in merged.to_pylist()]
 
 
-@settings(max_examples=60, **SETTINGS)
+def _shards(counts: pa.Table, shards: int):
+    if counts.num_rows == 0:
+        return []
+    shard = sharding.shard_of(counts["item_id"], shards)
+    return [rows for _, rows in sharding.split_by_shard(counts, shard, shards)]
+
+
+def impl_ranked(counts: pa.Table, spec: WindowSpec, k: int, shards: int,
+                slice_ms: int):
+    """One spec at a time: ``with_all_types`` + ``shard_window_top_k`` per
+    shard, then ``merge_window_top_k``."""
+    parts = [ranking.shard_window_top_k(ranking.with_all_types(rows), spec, k)
+             for rows in _shards(counting.rollup(counts, slice_ms), shards)]
+    return _rows(ranking.merge_window_top_k(parts, k))
+
+
+def impl_ranked_all_specs(counts: pa.Table, specs, k: int, shards: int):
+    """All specs at once, as the pipeline does: ``shard_top_k`` per shard
+    (ranking over all types itself), then one merge per spec."""
+    per_shard = [ranking.shard_top_k(rows, specs, k)
+                 for rows in _shards(counts, shards)]
+    return {spec: _rows(ranking.merge_window_top_k(
+        [p[spec] for p in per_shard], k)) for spec in specs}
+
+
+@settings(max_examples=examples(50), **SETTINGS)
 @given(records=streams(max_events=30, malformed=False),
-       k=st.sampled_from([1, 2, 3, 1000]), shards=st.sampled_from([1, 2, 3, 7]),
-       coarse=st.booleans())
-def test_ranked_windows_match_oracle(records, k, shards, coarse):
+       k=st.sampled_from([1, 2, 3, 1000]), shards=st.sampled_from([1, 2, 5]),
+       path=st.sampled_from(["per_spec", "per_spec_coarse", "all_specs"]),
+       blocks=st.sampled_from([None, (1, 1000), (40, 3), (10**6, 1)]))
+def test_ranked_windows_match_oracle(records, k, shards, path, blocks):
+    """``path``: one spec at a time from 1-minute counts, the same from the
+    coarsest counts each spec accepts, or all specs at once (the pipeline's
+    way). ``blocks`` (BLOCK_CELLS, WINDOWS_PER_BLOCK) shrinks the blocks of
+    sliding windows, so that block edges are exercised by small inputs."""
     evs, _ = oracle_parse(to_block(records))
     unique = oracle.dedup(evs)
     minute = counting.count_slices(event_table(unique))
-    for name, (length, slide) in oracle.WINDOW_SPECS.items():
-        spec = WindowSpec.parse(name)
-        step = slide or length
-        # Counts of any slice length dividing the step are valid input.
-        slice_ms = max(s for s in (MINUTE, HOUR, DAY)
-                       if step % s == 0) if coarse else MINUTE
+    specs = [WindowSpec.parse(name) for name in oracle.WINDOW_SPECS]
+    saved = {name: getattr(ranking, name) for name in
+             ("BLOCK_CELLS", "WINDOWS_PER_BLOCK") if hasattr(ranking, name)}
+    if blocks is not None:
+        ranking.BLOCK_CELLS = blocks[0]
+        if "WINDOWS_PER_BLOCK" in saved:
+            ranking.WINDOWS_PER_BLOCK = blocks[1]
+    try:
+        if path == "all_specs":
+            got = impl_ranked_all_specs(minute, specs, k, shards)
+        else:
+            got = {}
+            for spec in specs:
+                # Counts of any slice length dividing the step are valid.
+                slice_ms = MINUTE if path == "per_spec" else max(
+                    s for s in (MINUTE, HOUR, DAY) if spec.step_ms % s == 0)
+                got[spec] = impl_ranked(minute, spec, k, shards, slice_ms)
+    finally:
+        for name, value in saved.items():
+            setattr(ranking, name, value)
+    for spec, (name, (length, slide)) in zip(specs,
+                                             oracle.WINDOW_SPECS.items()):
         want = oracle.ranked_windows(unique, length, slide, k)
-        got = impl_ranked(minute, spec, k, shards, slice_ms)
-        assert got == want, f"window {name}, k={k}, shards={shards}"
+        assert got[spec] == want, f"window {name}, k={k}, shards={shards}"
 
 
 TIE_EVENTS = [  # (item, type, minute offset, weight): ties everywhere
@@ -483,9 +586,13 @@ def test_ranked_windows_hand_made_ties(k, shards):
     unique = [oracle.Event("id%d" % i, item, et, T30 + m * MINUTE + i, None, w)
               for i, (item, et, m, w) in enumerate(TIE_EVENTS)]
     minute = counting.count_slices(event_table(unique))
-    for name, (length, slide) in oracle.WINDOW_SPECS.items():
-        got = impl_ranked(minute, WindowSpec.parse(name), k, shards, MINUTE)
-        assert got == oracle.ranked_windows(unique, length, slide, k), name
+    specs = [WindowSpec.parse(name) for name in oracle.WINDOW_SPECS]
+    together = impl_ranked_all_specs(minute, specs, k, shards)
+    for spec, (name, (length, slide)) in zip(specs,
+                                             oracle.WINDOW_SPECS.items()):
+        want = oracle.ranked_windows(unique, length, slide, k)
+        assert impl_ranked(minute, spec, k, shards, MINUTE) == want, name
+        assert together[spec] == want, name
     # The oracle itself, on the first minute over all types: 2-2-1-1 ties.
     first = [r for r in oracle.ranked_windows(unique, MINUTE, None, 10)
              if r[0] == "*" and r[1] == T30]
@@ -516,7 +623,7 @@ def ranges(draw):
     return start, start + length
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=examples(150), **SETTINGS)
 @given(rng=ranges())
 def test_decompose_range_is_an_exact_minimal_aligned_cover(rng):
     start, end = rng
@@ -573,7 +680,7 @@ def query_ranges(draw, unique):
     return start, start + length
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(records=streams(max_events=25, malformed=False), data=st.data())
 def test_query_topk_over_parquet_matches_oracle(records, data):
     evs, _ = oracle_parse(to_block(records))
@@ -593,63 +700,101 @@ def test_query_topk_over_parquet_matches_oracle(records, data):
 
 
 # ---------------------------------------------------------------------------
-# Known bugs, each with its minimal input (they fail until fixed).
+# RFC 3339 corner cases (regression tests: each of these was wrong once)
 
 _OK = '"event_id":"e","item_id":"a","event_type":"play"'
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_known_bug_trailing_comma_is_not_json(fast):
-    """RFC 8259 has no trailing commas; the generator's ``invalid_json``
-    kind relies on that, yet the record is counted as a valid event."""
-    line = '{%s,"ts":1714557600000,}' % _OK
-    assert oracle.parse_record(line) == (None, "invalid JSON")
-    parsed = events.parse_json_lines(line, fast=fast)
-    assert parsed.events.num_rows == 0
-    assert parsed.dead_letters["raw"].to_pylist() == [line]
+def _parse_ts(ts: str, fast: bool):
+    parsed = events.parse_json_lines('{%s,"ts":"%s"}' % (_OK, ts), fast=fast)
+    return parsed.events["ts"].to_pylist()
 
 
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("ts, want", [
-    # 10:00:59.9995 is in minute 10:00 (and 2099 is in range); rounding to
-    # the nearest millisecond moves it to 10:01:00.000 (or to 2100).
+    # 10:00:59.9995 lies in minute 10:00, and 2099-12-31T23:59:59.9999 in
+    # range: sub-millisecond digits are cut, never rounded up.
     ("2024-05-01T10:00:59.9995Z", 1714557659999),
     ("2099-12-31T23:59:59.9999Z", oracle.MAX_TS_MS - 1),
+    # RFC 3339 section 5.6: "T" and "Z" may be lower case.
+    ("2024-05-01t10:00:00Z", 1714557600000),
+    ("2024-05-01T10:00:00z", 1714557600000),
 ])
-def test_known_bug_sub_millisecond_fractions_round_up(fast, ts, want):
-    line = '{%s,"ts":"%s"}' % (_OK, ts)
-    assert oracle.parse_record(line)[0].ts == want
-    parsed = events.parse_json_lines(line, fast=fast)
-    assert parsed.events["ts"].to_pylist() == [want]
-
-
-@pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("ts", ["2024-05-01t10:00:00Z",
-                                "2024-05-01T10:00:00z"])
-def test_known_bug_lower_case_t_and_z_are_rfc3339(fast, ts):
-    """RFC 3339 section 5.6: "T" and "Z" may alternatively be lower case."""
-    line = '{%s,"ts":"%s"}' % (_OK, ts)
-    parsed = events.parse_json_lines(line, fast=fast)
-    assert parsed.events["ts"].to_pylist() == [1714557600000]
+def test_rfc3339_valid_corner_cases(fast, ts, want):
+    assert oracle.rfc3339_to_ms(ts) == want
+    assert _parse_ts(ts, fast) == [want]
 
 
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("ts", [
-    "2024-05-01",                 # a date, no time
-    "2024-05-01T10:00:00",        # no offset: local time of what zone?
-    "2024-05-01T10:00Z",          # no seconds
-    "2024-5-1T10:00:00Z",         # one-digit month and day
-    "2024-05-01T10:00:00+0530",   # offset without colon
-    "2024-05-01T10:00:00+05",     # offset without minutes
-    "2024-05-01T10:00:00 UTC",    # zone name
-    "2024-05-01T24:00:00Z",       # hour 24
-    "2024-05-01T10:00:00+24:00",  # offset hour 24
-    " 2024-05-01T10:00:00Z",      # padding
+    "2024-05-01", "2024-05-01T10:00:00", "2024-05-01T10:00Z",
+    "2024-5-1T10:00:00Z", "2024-05-01T10:00:00+0530", "2024-05-01T10:00:00+05",
+    "2024-05-01T10:00:00 UTC", "2024-05-01T24:00:00Z",
+    "2024-05-01T10:00:00+24:00", " 2024-05-01T10:00:00Z",
+    "2024-05-01 10:00:00Z", "2024-05-01T10:00:00.Z",
 ])
-def test_known_bug_non_rfc3339_times_are_accepted(fast, ts):
+def test_rfc3339_lookalikes_are_dead_letters(fast, ts):
     """Spec: ts is integer epoch ms or an RFC 3339 string; anything else is
-    a dead letter. DuckDB's lenient TIMESTAMPTZ cast accepts these."""
-    line = '{%s,"ts":"%s"}' % (_OK, ts)
-    assert oracle.parse_record(line)[0] is None
-    parsed = events.parse_json_lines(line, fast=fast)
-    assert parsed.events.num_rows == 0, parsed.events.to_pylist()
+    a dead letter (DuckDB's TIMESTAMPTZ cast alone accepts all of these)."""
+    assert oracle.rfc3339_to_ms(ts) is None
+    assert _parse_ts(ts, fast) == []
+
+
+# ---------------------------------------------------------------------------
+# Known bugs, each with its minimal input (these fail until fixed).
+
+
+def test_known_bug_trailing_comma_is_not_json():
+    """RFC 8259 has no trailing commas, and the generator's ``invalid_json``
+    kind relies on that (``line[:-1] + ",}"``), yet both parse paths count
+    the record as a valid event."""
+    line = '{%s,"ts":1714557600000,}' % _OK
+    assert oracle.parse_record(line) == (None, "invalid JSON")
+    for fast in (True, False):
+        parsed = events.parse_json_lines(line, fast=fast)
+        assert (parsed.events.num_rows, parsed.dead_letters.num_rows) == (
+            0, 1), f"fast={fast}"
+
+
+def test_known_bug_null_first_record_crashes_the_process():
+    """pyarrow.json.read_json (the fast path) segfaults when the first
+    non-blank record of a block is the JSON literal ``null`` (the
+    generator's ``not_object`` kind writes such records). Run in a child
+    process, as it kills the interpreter."""
+    code = ("from topk import events\n"
+            "p = events.parse_json_lines(b'null\\n')\n"
+            "print(p.events.num_rows, p.dead_letters.num_rows)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-300:]}"
+    assert proc.stdout.split() == ["0", "1"]
+
+
+def test_known_bug_fast_path_reason_for_null_record():
+    """After a first valid line, Arrow reads a ``null`` record as a row of
+    nulls: the fast path says "missing event_id", the per-line path "not a
+    JSON object" (the record is a dead letter either way)."""
+    block = '{%s,"ts":1714557600000}\nnull\n' % _OK
+    fast, slow = (events.parse_json_lines(block, fast=f).dead_letters
+                  .to_pylist() for f in (True, False))
+    assert fast == slow
+
+
+def test_known_bug_lone_blank_line_is_dropped():
+    """"\n\n" is two blank records and " \n" one, but "\n" is none: the
+    record vanishes instead of becoming a dead letter."""
+    assert oracle.split_records(b"\n") == [b""]
+    for fast in (True, False):
+        parsed = events.parse_json_lines(b"\n", fast=fast)
+        assert parsed.dead_letters.num_rows == 1, f"fast={fast}"
+
+
+def test_known_bug_byte_order_mark_depends_on_the_neighbours():
+    """A UTF-8 byte order mark before the first record: the fast path (a
+    clean block) accepts the record, the per-line path (any block with one
+    bad line) rejects it, so its fate depends on the other records."""
+    line = "\ufeff" + '{%s,"ts":1714557600000}' % _OK
+    alone = events.parse_json_lines(line)
+    with_bad_neighbour = events.parse_json_lines(line + "\nx")
+    assert alone.events.num_rows == with_bad_neighbour.events.num_rows

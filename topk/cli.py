@@ -265,6 +265,108 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_produce(sub):
+    from topk.generator import GeneratorConfig
+    d = GeneratorConfig()
+    p = sub.add_parser(
+        "produce", help="Send synthetic events to a Kafka topic.",
+        description="Generate seedable synthetic events (as `topk generate` "
+        "does) and send them to a Kafka topic with kafka-python, at a target "
+        "rate or as fast as possible, printing progress. Creates the topic "
+        "if it does not exist. Each message carries --events-per-message "
+        "newline-delimited events and, by default, its newest event time as "
+        "its Kafka timestamp.")
+    p.add_argument("--bootstrap", required=True,
+                   help="Kafka bootstrap servers, host:port[,host:port].")
+    p.add_argument("--topic", required=True, help="Topic to write.")
+    p.add_argument("--events", type=int, required=True,
+                   help="Number of valid, distinct events (duplicates and "
+                   "malformed records come on top).")
+    p.add_argument("--events-per-message", type=int, default=1,
+                   help="Events packed into one message, newline-delimited "
+                   "(default 1).")
+    p.add_argument("--rate", type=float, default=None,
+                   help="Target events per second sent (default: as fast as "
+                   "possible).")
+    p.add_argument("--partitions", type=int, default=4,
+                   help="Partitions of the topic if it is created (default "
+                   "4).")
+    p.add_argument("--acks", choices=("0", "1", "all"), default="1",
+                   help="Producer acks (default 1: the leader wrote it).")
+    p.add_argument("--linger-ms", type=int, default=None,
+                   help="Producer linger.ms (default tuned: 20).")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="Producer batch.size in bytes (default tuned: 1 MB).")
+    p.add_argument("--timestamps", choices=("event", "now"), default="event",
+                   help="Kafka timestamp of a message: its newest event time "
+                   "(default) or the producer's clock.")
+    p.add_argument("--retention-ms", type=int, default=-1,
+                   help="retention.ms of a topic this command creates "
+                   "(default -1, forever: time retention looks at message "
+                   "timestamps, which may be old event times).")
+    p.add_argument("--progress-every", type=float, default=5.0,
+                   help="Seconds between progress lines (default 5).")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"Random seed (default {d.seed}).")
+    p.add_argument("--items", type=int, default=d.items,
+                   help=f"Catalogue size (default {d.items}).")
+    p.add_argument("--zipf", type=float, default=d.zipf,
+                   help=f"Popularity exponent (default {d.zipf}).")
+    p.add_argument("--start", default=d.start,
+                   help=f"First event time, RFC 3339 or 'now' (default "
+                   f"{d.start}).")
+    p.add_argument("--event-rate", type=float, default=None,
+                   help="Events per second of event time (default: --rate "
+                   f"if given, else {d.rate:g}).")
+    p.add_argument("--jitter", type=float, default=d.jitter_s,
+                   help=f"Out-of-order jitter in seconds (default "
+                   f"{d.jitter_s:g}).")
+    p.add_argument("--duplicates", type=float, default=d.duplicate_share,
+                   help="Share of extra re-deliveries (default "
+                   f"{d.duplicate_share:g}).")
+    p.add_argument("--malformed", type=float, default=d.malformed_share,
+                   help="Share of extra malformed records (default "
+                   f"{d.malformed_share:g}).")
+    p.add_argument("--ts-format", choices=("ms", "rfc3339", "mixed"),
+                   default=d.ts_format,
+                   help=f"How ts is written (default {d.ts_format}).")
+    p.set_defaults(func=cmd_produce)
+
+
+def cmd_produce(args) -> int:
+    from topk import generator, producer
+    if args.events < 1:
+        raise CliError("--events must be at least 1")
+    if args.events_per_message < 1:
+        raise CliError("--events-per-message must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        raise CliError("--rate must be positive")
+    try:
+        start = producer.resolve_start(args.start)
+        config = generator.GeneratorConfig(
+            events=args.events, items=args.items, zipf=args.zipf,
+            start=start, rate=args.event_rate or args.rate or
+            generator.GeneratorConfig.rate, jitter_s=args.jitter,
+            duplicate_share=args.duplicates, malformed_share=args.malformed,
+            ts_format=args.ts_format, seed=args.seed)
+        tuned = {}
+        if args.linger_ms is not None:
+            tuned["linger_ms"] = args.linger_ms
+        if args.batch_size is not None:
+            tuned["batch_size"] = args.batch_size
+        summary = producer.produce(
+            args.bootstrap, args.topic, config,
+            events_per_message=args.events_per_message, rate=args.rate,
+            partitions=args.partitions,
+            acks="all" if args.acks == "all" else int(args.acks),
+            timestamps=args.timestamps, retention_ms=args.retention_ms,
+            progress=lambda line: print(line, flush=True),
+            progress_every_s=args.progress_every, **tuned)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    return 1 if summary.failed_messages else 0
+
+
 def _make_parent(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -282,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_batch(sub)
     _add_query(sub)
+    _add_produce(sub)
     return parser
 
 

@@ -41,10 +41,10 @@ def split_lines(block: bytes | str) -> pa.Array:
     """
     if isinstance(block, str):
         block = block.encode()
-    if block.endswith(b"\n"):
-        block = block[:-1]
     if not block:
         return pa.array([], pa.large_string())
+    if block.endswith(b"\n"):
+        block = block[:-1]
     whole = pa.array([block], pa.large_binary())
     lines = pc.split_pattern(whole, b"\n").flatten()
     try:
@@ -83,34 +83,41 @@ def rfc3339_ms_sql(expr: str) -> str:
             f"epoch_ms(TRY_CAST(upper(regexp_replace({expr}, "
             r"'(\.[0-9]{3})[0-9]+', '\1')) AS TIMESTAMPTZ)) END")
 
-# Per-line checks. json_extract with a list of paths parses each line once.
-# Order matters: a record gets the reason of the first rule it breaks.
-_JSON_SQL = f"""
-WITH src AS (
-  SELECT line, json_valid(line) AS ok FROM line_table
-), parsed AS (
-  SELECT line, ok,
-    CASE WHEN ok THEN json_type(line) END AS root,
-    CASE WHEN ok THEN json_extract(line,
-      ['$.event_id', '$.item_id', '$.event_type', '$.ts', '$.user_id',
-       '$.weight']) END AS f
-  FROM src
-), typed AS (
+#: Event fields read from JSON; anything else in a record is ignored.
+FIELDS = ("event_id", "item_id", "event_type", "ts", "user_id", "weight")
+
+# Per-line checks: each line becomes six JSON values (``j_<field>``, one
+# json_extract parse per line) plus ``ok`` (valid JSON) and ``root`` (its
+# JSON type). Order matters: a record gets the reason of the first rule it
+# breaks.
+_PER_LINE_SOURCE = """
+  SELECT line, ok, CASE WHEN ok THEN json_type(line) END AS root,
+    f[1] AS j_event_id, f[2] AS j_item_id, f[3] AS j_event_type,
+    f[4] AS j_ts, f[5] AS j_user_id, f[6] AS j_weight
+  FROM (
+    SELECT line, json_valid(line) AS ok,
+      CASE WHEN json_valid(line) THEN json_extract(line,
+        ['$.event_id', '$.item_id', '$.event_type', '$.ts', '$.user_id',
+         '$.weight']) END AS f
+    FROM line_table)
+"""
+_VALIDATE_SQL = f"""
+WITH src AS ({{source}}), typed AS (
   SELECT line, ok, root,
-    json_type(f[1]) AS t_id, f[1] ->> '$' AS event_id,
-    json_type(f[2]) AS t_item, f[2] ->> '$' AS item_id,
-    json_type(f[3]) AS t_type, f[3] ->> '$' AS event_type,
-    json_type(f[4]) AS t_ts,
-    CASE json_type(f[4])
-      WHEN 'UBIGINT' THEN TRY_CAST(f[4] AS BIGINT)
-      WHEN 'BIGINT' THEN TRY_CAST(f[4] AS BIGINT)
-      WHEN 'VARCHAR' THEN {rfc3339_ms_sql("(f[4] ->> '$')")}
+    json_type(j_event_id) AS t_id, j_event_id ->> '$' AS event_id,
+    json_type(j_item_id) AS t_item, j_item_id ->> '$' AS item_id,
+    json_type(j_event_type) AS t_type, j_event_type ->> '$' AS event_type,
+    json_type(j_ts) AS t_ts,
+    CASE json_type(j_ts)
+      WHEN 'UBIGINT' THEN TRY_CAST(j_ts AS BIGINT)
+      WHEN 'BIGINT' THEN TRY_CAST(j_ts AS BIGINT)
+      WHEN 'VARCHAR' THEN {rfc3339_ms_sql("(j_ts ->> '$')")}
     END AS ts,
-    json_type(f[5]) AS t_user, f[5] ->> '$' AS user_id,
-    json_type(f[6]) AS t_weight,
-    CASE WHEN json_type(f[6]) IN ('UBIGINT', 'BIGINT')
-      THEN TRY_CAST(f[6] AS BIGINT) END AS weight
-  FROM parsed
+    json_type(j_user_id) AS t_user, j_user_id ->> '$' AS user_id,
+    json_type(j_weight) AS t_weight,
+    CASE WHEN json_type(j_weight) IN ('UBIGINT', 'BIGINT')
+      THEN TRY_CAST(j_weight AS BIGINT) END AS weight
+  FROM src
 )
 SELECT line, event_id, item_id, event_type, ts, user_id,
   coalesce(weight, 1) AS weight,
@@ -139,11 +146,14 @@ FROM typed
 """
 
 
-# The fast path: Arrow's multi-threaded JSON reader. It fails the whole
-# block on one bad line (and skips blank lines), so any such block goes to
-# the per-line DuckDB path instead, which has the same rules.
-# ``ts`` is declared too (epoch ms, else text), because left to inference
-# Arrow turns some non-RFC 3339 strings into timestamps.
+# The fast path: Arrow's multi-threaded JSON reader with the field types
+# declared, so that a wrongly typed value fails the block instead of being
+# converted (``ts`` as epoch ms, else as text: left to inference Arrow turns
+# some non-RFC 3339 strings into timestamps). It fails the whole block on one
+# bad line and skips blank lines, so such a block goes to the per-line path,
+# which has the same rules. (DuckDB's reader is faster but converts numbers
+# into string columns silently; with JSON-typed columns plus checks it is
+# slower than this.)
 _FAST_PARSE = [
     pa_json.ParseOptions(
         explicit_schema=pa.schema([
@@ -155,12 +165,20 @@ _FAST_PARSE = [
 _FAST_READ = pa_json.ReadOptions(block_size=8 << 20)
 
 
+def _all_lines_open_an_object(body: bytes) -> bool:
+    # Only such blocks go to Arrow's reader: it skips blank lines, reads a
+    # ``null`` record as a row of nulls, and crashes the process (pyarrow 25)
+    # when a block starts with one. Two memchr-speed counts, no regex.
+    return body.startswith(b"{") and body.count(b"\n{") == body.count(b"\n")
+
+
 def parse_json_lines(block: bytes | str, source: str | None = None,
                      fast: bool = True) -> ParsedBatch:
     """Parse a newline-delimited JSON block (one event per line)."""
     if isinstance(block, str):
         block = block.encode()
-    if fast and block.strip():
+    body = block[:-1] if block.endswith(b"\n") else block
+    if fast and _all_lines_open_an_object(body):
         n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         for options in _FAST_PARSE:
             try:
@@ -181,7 +199,8 @@ def parse_json_lines(block: bytes | str, source: str | None = None,
 def parse_lines(lines: pa.Array, source: str | None = None) -> ParsedBatch:
     """Parse one JSON record per string, checking every line on its own."""
     line_table = pa.table({"line": lines})  # noqa: F841 (DuckDB scans it)
-    out = connection().sql(_JSON_SQL).to_arrow_table()
+    out = connection().sql(_VALIDATE_SQL.replace("{source}", _PER_LINE_SOURCE)
+                           ).to_arrow_table()
     return _finish(out, out.column("line"), source)
 
 

@@ -15,6 +15,7 @@ All instants are epoch milliseconds (UTC), like the rest of the project.
 import dataclasses
 import logging
 import random
+import threading
 import time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -121,11 +122,14 @@ def resolve_start_offset(kind: str, beginning: int, end: int,
 @dataclasses.dataclass(frozen=True)
 class PartitionPlan:
     """What one reader owns: ``[start, stop)`` of ``topic``/``partition``;
-    ``stop`` is ``None`` when unbounded. (The Beam source's element.)"""
+    ``stop`` is ``None`` when unbounded. ``all_partitions`` lists every
+    partition of the topic read by the same transform (for aligned
+    watermarks). (The Beam source's element.)"""
     topic: str
     partition: int
     start: int
     stop: int | None = None
+    all_partitions: tuple = ()
 
     @property
     def bounded(self) -> bool:
@@ -142,10 +146,11 @@ def plan_partitions(topic: str, start_offsets: dict, end_offsets: dict,
     ``PartitionPlan`` per partition, sorted by partition. Bounded plans stop
     at the end offsets present now (what a backfill or a test reads)."""
     plans = []
-    for p in sorted(start_offsets):
+    everyone = tuple(sorted(start_offsets))
+    for p in everyone:
         start = start_offsets[p]
         stop = max(end_offsets[p], start) if bounded else None
-        plans.append(PartitionPlan(topic, p, start, stop))
+        plans.append(PartitionPlan(topic, p, start, stop, everyone))
     return plans
 
 
@@ -275,6 +280,88 @@ def idle_watermark(current: int | None, now_ms: int,
         return current
     candidate = now_ms - skew_ms
     return candidate if current is None else max(current, candidate)
+
+
+#: The watermark of a partition that has been read to its (bounded) end.
+DONE = (1 << 63) - 1
+
+
+class AlignedWatermarks:
+    """Per-partition watermarks of one read, shared by every reader in the
+    process; each reader reports the minimum over all partitions.
+
+    Why: Prism (2.77) takes the output watermark of a splittable DoFn's stage
+    from the residuals of the *last* bundle that returned any, not the
+    minimum over all outstanding restrictions. With one restriction per
+    partition, one partition that ran ahead would move the stage's watermark
+    past the batches the others have yet to emit, and Prism drops those as
+    late. If every restriction reports the minimum over all partitions, the
+    last bundle's estimate is right. Correct only when all partitions are
+    read in one process (Prism's loopback worker, the DirectRunner);
+    runners that combine restriction watermarks themselves (Flink, Dataflow)
+    use per-partition watermarks instead.
+
+    A partition's new watermark is *pending* until its next ``process``
+    call starts, and only *confirmed* values count: a runner schedules a
+    residual only after it has taken the previous bundle's output, so until
+    then the batches that moved the watermark may still be on their way,
+    and another partition must not carry the new value to the runner before
+    them. ``None`` means "not known yet" (holds everyone back); ``DONE`` a
+    partition read to the end of its bounded range (which, having no next
+    call, stays pending: aligned bounded reads hold the watermark until
+    every partition is done, when the runner closes the input anyway).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reads = {}  # read id -> {partition: [confirmed, pending]}
+
+    def _marks(self, read_id, partitions) -> dict:
+        marks = self._reads.setdefault(read_id, {})
+        for p in partitions:
+            marks.setdefault(p, [None, None])
+        return marks
+
+    def begin(self, read_id, partitions, partition) -> int | None:
+        """A ``process`` call of ``partition`` starts: confirm its pending
+        watermark. Returns the partition's own watermark (``None`` if
+        unknown)."""
+        with self._lock:
+            mark = self._marks(read_id, partitions)[partition]
+            mark[0] = _later(mark[0], mark[1])
+            return mark[0]
+
+    def end(self, read_id, partitions, partition,
+            watermark: int | None) -> int | None:
+        """A call ends with ``partition`` at ``watermark`` (pending). Returns
+        the minimum confirmed watermark over ``partitions``."""
+        with self._lock:
+            marks = self._marks(read_id, partitions)
+            mark = marks[partition]
+            mark[1] = _later(mark[1], watermark)
+            return aligned_minimum(marks[p][0] for p in partitions)
+
+    def forget(self, read_id) -> None:
+        with self._lock:
+            self._reads.pop(read_id, None)
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def aligned_minimum(watermarks) -> int | None:
+    """The minimum of partition watermarks; ``None`` if any is unknown."""
+    low = None
+    for wm in watermarks:
+        if wm is None:
+            return None
+        low = wm if low is None else min(low, wm)
+    return low
 
 
 class Backoff:

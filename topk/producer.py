@@ -195,10 +195,11 @@ def resolve_start(text: str) -> str:
 
 
 def ensure_topic(bootstrap_servers, topic: str, partitions: int,
-                 replication_factor: int = 1, timeout_s: float = 30.0) -> bool:
-    """Create ``topic`` with ``partitions`` partitions unless it exists.
-    Returns whether it was created (an existing topic keeps its own
-    partition count)."""
+                 replication_factor: int = 1, timeout_s: float = 30.0,
+                 topic_config: dict | None = None) -> bool:
+    """Create ``topic`` with ``partitions`` partitions and ``topic_config``
+    (e.g. ``{"retention.ms": -1}``) unless it exists. Returns whether it
+    was created (an existing topic keeps its own settings)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers,
                              client_id="topk-produce-admin",
                              request_timeout_ms=int(timeout_s * 1000))
@@ -206,8 +207,10 @@ def ensure_topic(bootstrap_servers, topic: str, partitions: int,
         if topic in admin.list_topics():
             return False
         try:
-            admin.create_topics([NewTopic(topic, partitions,
-                                          replication_factor)],
+            admin.create_topics([NewTopic(
+                topic, partitions, replication_factor,
+                topic_configs={k: str(v) for k, v in
+                               (topic_config or {}).items()})],
                                 timeout_ms=int(timeout_s * 1000))
         except TopicAlreadyExistsError:
             return False
@@ -233,6 +236,7 @@ def produce(bootstrap_servers, topic: str,
             events_per_message: int = 1, rate: float | None = None,
             partitions: int = 4, acks=1, linger_ms: int = LINGER_MS,
             batch_size: int = BATCH_SIZE, timestamps: str = "event",
+            retention_ms: int | None = -1,
             progress: Callable[[str], None] | None = print,
             progress_every_s: float = 5.0,
             producer_config: dict | None = None) -> ProduceSummary:
@@ -241,9 +245,13 @@ def produce(bootstrap_servers, topic: str,
     ``rate``: target events per second (``None``: as fast as possible).
     ``acks``: 0, 1 (default: the leader wrote it) or ``"all"``.
     ``timestamps``: ``"event"`` (newest event time in the message) or
-    ``"now"`` (the producer's clock). Creates the topic with ``partitions``
-    partitions if it does not exist. ``progress`` gets a line every
-    ``progress_every_s`` seconds (``None``: silent).
+    ``"now"`` (the producer's clock). Creates the topic if it does not
+    exist, with ``partitions`` partitions and, unless ``retention_ms`` is
+    ``None``, that ``retention.ms`` (default -1: keep forever; Kafka's time
+    retention looks at record timestamps, so a broker that keeps 7 days
+    deletes a replayed day of 2024 within minutes when messages carry event
+    times). ``progress`` gets a line every ``progress_every_s`` seconds
+    (``None``: silent).
     """
     if events_per_message < 1:
         raise ValueError("events_per_message must be >= 1")
@@ -253,7 +261,9 @@ def produce(bootstrap_servers, topic: str,
         raise ValueError("timestamps must be 'event' or 'now'")
     if acks == "all":
         acks = -1
-    created = ensure_topic(bootstrap_servers, topic, partitions)
+    created = ensure_topic(
+        bootstrap_servers, topic, partitions, topic_config=(
+            None if retention_ms is None else {"retention.ms": retention_ms}))
     settings = dict(
         bootstrap_servers=bootstrap_servers, client_id="topk-produce",
         acks=acks, linger_ms=linger_ms, batch_size=batch_size,
@@ -270,14 +280,17 @@ def produce(bootstrap_servers, topic: str,
 
     try:
         parts = _partitions(producer, topic, 30.0)
-        bucket = (TokenBucket(rate, burst=max(rate * 0.1, SEND_GROUP_EVENTS))
-                  if rate else None)
+        # Rate-limited: groups of ~50 ms of events, so the pace is smooth
+        # and the first burst small.
+        group_events = (max(1, min(SEND_GROUP_EVENTS, int(rate / 20)))
+                        if rate else SEND_GROUP_EVENTS)
+        bucket = TokenBucket(rate, burst=group_events) if rate else None
         started = time.monotonic()
         last_report, reported_events = started, 0
         sent_events = sent_messages = sent_bytes = 0
         previous_ts = parse_time(config.start)
         part_index, part_bytes = 0, 0
-        group = max(1, SEND_GROUP_EVENTS // events_per_message)
+        group = max(1, group_events // events_per_message)
         # Chunks of whole messages, so no message straddles two chunks (the
         # generator's output does not depend on its chunk size).
         chunk_size = max(1, generator.CHUNK_SIZE // events_per_message) * (

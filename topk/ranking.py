@@ -191,22 +191,26 @@ def _tumbling_top_k(pane, item, count, k):
 
 #: Cells of the (panes x items) matrix one block of sliding windows uses.
 BLOCK_CELLS = 4_000_000
+#: Sliding windows ranked together (one matrix, one argpartition).
+WINDOWS_PER_BLOCK = 32
 
 
 def _sliding_top_k(pane, item, count, n_items, n, k):
     # Sliding windows are runs of n consecutive panes. For a block of
-    # consecutive windows, lay the panes out as a dense (pane x item) matrix
-    # over the items present, take cumulative sums along time, and every
-    # window's counts are one row difference: each pane is added once, not
-    # copied into the n windows containing it (stream slicing), and the top-k
-    # of all the block's windows is one vectorised argpartition.
+    # consecutive windows, lay the panes out as a dense (pane x item) matrix,
+    # take cumulative sums along time, and every window's counts are one row
+    # difference: each pane is added once, not copied into the n windows
+    # containing it (stream slicing), and the top-k of all the block's
+    # windows is one vectorised argpartition. Items that cannot reach any
+    # top-k of the block are pruned before the matrix is built.
     empty = np.zeros(0, np.int64)
     if len(pane) == 0:
         return empty, empty, empty, empty, empty
     order = np.argsort(pane, kind="stable")
     pane, item, count = pane[order], item[order], count[order]
     starts = np.unique((np.unique(pane)[:, None] - np.arange(n)[None, :]).ravel())
-    block = max(16, BLOCK_CELLS // max(n_items, 1) - n + 1)
+    # Small blocks keep the windows of a block alike, which prunes best.
+    block = max(1, min(WINDOWS_PER_BLOCK, BLOCK_CELLS // max(n_items, 1) - n + 1))
     out_start, out_code, out_count, out_total = [], [], [], []
     i = 0
     while i < len(starts):
@@ -215,12 +219,18 @@ def _sliding_top_k(pane, item, count, n_items, n, k):
         windows = starts[i:j] - w0
         lo = np.searchsorted(pane, w0)
         hi = np.searchsorted(pane, w0 + block + n - 1)
+        rel = pane[lo:hi] - w0 + 1  # matrix row; row 0 stays zero
+        span = int(windows[-1]) + n + 1
         codes, local = np.unique(item[lo:hi], return_inverse=True)
-        cum = np.zeros((block + n, len(codes)), np.int64)
-        cum[pane[lo:hi] - w0 + 1, local] = count[lo:hi]
-        np.cumsum(cum, axis=0, out=cum)
-        counts = cum[windows + n] - cum[windows]  # (windows, items)
-        out_total.append(counts.sum(axis=1))
+        values = count[lo:hi]
+        out_total.append(_window_sums(rel, values, windows, n, span))
+        if len(codes) > 4 * k:
+            keep = _prunable(rel, local, values, len(codes), windows, n, span, k)
+            rows = keep[local]
+            codes = codes[keep]
+            local = (np.cumsum(keep) - 1)[local[rows]]
+            rel, values = rel[rows], values[rows]
+        counts = _window_counts(rel, local, values, len(codes), windows, n, span)
         # One key per cell: count first, then the smaller item code wins.
         width = len(codes)
         key = counts * width + (width - 1 - np.arange(width))
@@ -229,13 +239,52 @@ def _sliding_top_k(pane, item, count, n_items, n, k):
         else:
             sel = np.broadcast_to(np.arange(width), (len(windows), width))
         picked = np.take_along_axis(counts, sel, axis=1)
-        keep = picked > 0
-        out_start.append(np.broadcast_to((windows + w0)[:, None], sel.shape)[keep])
-        out_code.append(codes[sel[keep]])
-        out_count.append(picked[keep])
+        keep_cell = picked > 0
+        out_start.append(np.broadcast_to((windows + w0)[:, None],
+                                         sel.shape)[keep_cell])
+        out_code.append(codes[sel[keep_cell]])
+        out_count.append(picked[keep_cell])
         i = j
     return (np.concatenate(out_start), np.concatenate(out_code),
             np.concatenate(out_count), starts, np.concatenate(out_total))
+
+
+def _window_counts(rel, local, values, width, windows, n, span):
+    """(windows x items) counts from rows (matrix row, item column, value)
+    that are unique per (row, column)."""
+    cum = np.zeros((span, width), np.int64)
+    cum[rel, local] = values
+    np.cumsum(cum, axis=0, out=cum)
+    return cum[windows + n] - cum[windows]
+
+
+def _window_sums(rel, values, windows, n, span):
+    cum = np.zeros(span, np.int64)
+    np.add.at(cum, rel, values)
+    cum = np.cumsum(cum)
+    return cum[windows + n] - cum[windows]
+
+
+def _prunable(rel, local, values, width, windows, n, span, k):
+    """Mask of the items that may be in some window's top-k of the block.
+
+    An item's count in any window of the block is at most its total over
+    the block. The k-th largest count of a window is at least the k-th
+    largest among any subset of items, here the 2k largest by block total.
+    Items whose block total is below the smallest such lower bound can never
+    make a top-k, whatever the window.
+    """
+    block_total = np.zeros(width, np.int64)
+    np.add.at(block_total, local, values)
+    subset = np.argpartition(-block_total, 2 * k)[:2 * k]
+    in_subset = np.zeros(width, bool)
+    in_subset[subset] = True
+    rows = in_subset[local]
+    position = np.cumsum(in_subset) - 1
+    sub = _window_counts(rel[rows], position[local[rows]], values[rows],
+                         2 * k, windows, n, span)
+    kth = np.partition(sub, 2 * k - k, axis=1)[:, 2 * k - k]
+    return block_total >= max(int(kth.min()), 1)
 
 
 def top_k_rows(table: pa.Table, group_cols: list[str], k: int,

@@ -7,6 +7,7 @@ it over the final name, so readers never see a half-written file and a rerun
 replaces what the previous run wrote instead of adding to it. Paths go
 through Beam's ``FileSystems``, so ``gs://`` outputs work on Dataflow.
 """
+import typing
 import uuid
 
 import apache_beam as beam
@@ -65,7 +66,9 @@ class WriteParquetTable(beam.PTransform):
 
         return (
             tables
-            | "Partition" >> beam.FlatMap(self._partitions)
+            | "Partition" >> beam.FlatMap(self._partitions).with_output_types(
+                typing.Tuple[typing.Tuple[typing.Tuple[str, str], ...],
+                             pa.Table])
             | "GatherPartition" >> beam.GroupByKey()
             | "WriteFile" >> beam.MapTuple(write))
 
@@ -98,5 +101,5 @@ class WriteOutputTables(beam.PTransform):
                 | "WriteSlices" >> WriteParquetTable(
                     self._output, output_layout.SLICES,
                     output_layout.slices_partitions, self._file,
-                    ["slice_start", "event_type", "item_id"]))
+                    ["slice_start"]))
         return tuple(written) | "AllWritten" >> beam.Flatten()

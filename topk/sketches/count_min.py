@@ -48,8 +48,7 @@ import pyarrow.compute as pc
 
 from topk.sketches import budget as _budget
 from topk.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
-                                  TOPK_SCHEMA, check_k, coerce_batch,
-                                  top_k_table)
+                                  check_k, coerce_batch, top_k_table)
 from topk.sketches.hashing import HASH_VERSION, hash64
 
 MAGIC = b"TKCM"
@@ -266,6 +265,14 @@ class CountMinTopK:
         # estimate and at most the bound on untracked items.
         fresh = np.flatnonzero(~known)
         f_hi = np.minimum(est_before[fresh], self._dropped) + counts[fresh]
+        if len(hi) >= self._capacity and len(fresh):
+            # A full set keeps `capacity` items whose bounds only grew, so a
+            # newcomer below the smallest of them cannot get in: settle it
+            # here (most of a batch) instead of in the selection below.
+            low = f_hi < hi.min()
+            if low.any():
+                self._dropped = max(self._dropped, int(f_hi[low].max()))
+                fresh, f_hi = fresh[~low], f_hi[~low]
         self._select(items.take(pa.array(fresh)) if len(fresh) < len(items)
                      else items, h[fresh], counts[fresh], f_hi, lo, hi)
         return self
@@ -508,7 +515,10 @@ def _top_indices(hi: np.ndarray, hsh: np.ndarray, capacity: int) -> np.ndarray:
     n = len(hi)
     if n <= capacity:
         return np.arange(n)
-    threshold = np.partition(hi, n - capacity)[n - capacity]
+    # A stable (radix/tim) sort, not np.partition: bounds repeat a lot
+    # (every newcomer seen once gets the same one), which makes
+    # introselect several times slower than this.
+    threshold = np.sort(hi, kind="stable")[n - capacity]
     above = np.flatnonzero(hi > threshold)
     tied = np.flatnonzero(hi == threshold)
     need = capacity - len(above)
@@ -525,8 +535,8 @@ def _has_duplicates(h: np.ndarray) -> bool:
 
 def _aggregate(items: pa.Array, counts: np.ndarray):
     """Sum counts of repeated items (exactly, by string)."""
-    out = pa.table({"item": items, "count": counts}).group_by("item").aggregate(
-        [("count", "sum")])
+    out = pa.table({"item": items, "count": counts}).group_by(
+        "item").aggregate([("count", "sum")])
     return (out["item"].combine_chunks().cast(pa.string()),
             out["count_sum"].to_numpy().astype(np.int64))
 

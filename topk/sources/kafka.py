@@ -2,54 +2,64 @@
 
 Beam's own ``ReadFromKafka`` is a cross-language transform that needs a Java
 expansion service; this one is a Python splittable DoFn, so it runs wherever
-Python Beam runs (Prism, Flink, Dataflow; see deploy/prism/README.md for the
-local runners).
+Python Beam runs: Prism (the local streaming runner, deploy/prism/), the
+FnApiRunner (bounded reads only), Flink, Dataflow.
 
-Shape of the pipeline::
+Shape::
 
     Impulse -> PlanPartitions: one PartitionPlan per partition (start offsets
-               resolved once, at run time)
-            -> Reshuffle (spread the partitions over workers)
-            -> ReadPartition: splittable DoFn, restriction = OffsetRange of
-               the partition's offsets
+               and, when bounded, end offsets resolved once, at run time)
+            -> Reshuffle (spreads the partitions over workers)
+            -> ReadPartitions: splittable DoFn; restriction = OffsetRange
+               of the partition's offsets
 
 Output: **one element per poll batch**, never per message:
-``(source, payload)`` with ``source = "topic/partition@first-last"`` and
+``(source, payload)``, ``source = "topic/partition@first-last"`` and
 ``payload`` the batch's message values as newline-delimited bytes (a message
 may itself carry many events), ready for ``ParseEvents``. Empty messages stay
 empty records, so the parser dead-letters them.
 
-Timestamps and watermarks (per partition):
+Timestamps and watermarks:
 
 - An element's timestamp is the largest Kafka record timestamp in its batch:
-  the newest event time known without parsing (producers stamp a message
-  when they send it, after its events happened; ``topk produce`` stamps it
+  the newest event time known without parsing (a producer stamps a message
+  when it sends it, after its events happened; ``topk produce`` stamps it
   with its newest event's time). Records without timestamps get the wall
   clock.
-- The watermark is the largest record timestamp read so far minus
-  ``allowed_skew_ms``: messages may arrive up to that much out of order. So a
-  batch within the skew is never behind the watermark when it is emitted.
-- A partition that has had no new message for ``idle_timeout_ms`` and whose
-  reader is at its end (checked with the broker, so a broker outage is not
-  mistaken for idleness) advances its watermark to ``now - allowed_skew_ms``,
-  so one quiet partition does not stall every window.
+- A partition's watermark is the largest record timestamp read from it so
+  far minus ``allowed_skew_ms`` (messages may arrive up to that much out of
+  order), so a batch within the skew is never behind the watermark when it
+  is emitted.
+- A partition with no new message for ``idle_timeout_ms`` whose reader is at
+  its end (asked of the broker, so an outage is not taken for idleness)
+  moves its watermark to ``now - allowed_skew_ms``: one quiet partition does
+  not stall every window.
+- ``align_watermarks`` (default: on for Prism and the DirectRunner): every
+  partition reports the minimum watermark over all partitions of the read,
+  kept per process. Prism 2.77 takes an SDF stage's watermark from the last
+  bundle's restrictions only; without alignment a partition that ran ahead
+  makes the others' batches late and Prism drops them (see
+  ``kafka_offsets.AlignedWatermarks``). Flink and Dataflow combine the
+  restrictions' watermarks themselves and get per-partition ones.
 
 Checkpoints: the offsets are the restriction, i.e. the runner's state. The
 DoFn claims each batch's last offset (``BatchOffsetTracker``), emits it, and
 after ``max_read_s`` or an empty poll hands the rest back with
-``defer_remainder`` so the runner checkpoints and resumes it later. Nothing
-is auto-committed; ``commit_offsets=True`` commits the offsets of emitted
-batches to ``group_id`` for monitoring (consumer lag) and as a starting point
-for a *new* job (``start="committed"``).
+``defer_remainder``, so the runner checkpoints and resumes it later (and
+downstream stages see the output of the bundle). Nothing is auto-committed;
+``commit_offsets=True`` commits the offsets of emitted batches to
+``group_id`` for monitoring (consumer lag) and as the starting point of a
+*new* job (``start="committed"``).
 
-Broker outages: kafka-python reconnects by itself; polls that fail or time
-out are retried by deferring with exponential backoff, so the pipeline
-neither crashes nor skips or repeats an offset. Consumers are cached per
-partition in the DoFn instance (creating one is slow).
+Broker outages: kafka-python reconnects by itself; a poll that fails or
+finds nothing is retried after a delay (exponential backoff for errors),
+so the pipeline neither crashes nor skips or repeats an offset. Consumers
+are cached per partition in the DoFn instance (creating one is slow).
 """
 import logging
 import time
 import typing
+import uuid
 
 import apache_beam as beam
 from apache_beam.io.iobase import RestrictionProgress
@@ -57,6 +67,7 @@ from apache_beam.io.restriction_trackers import (OffsetRange,
                                                  OffsetRestrictionTracker)
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -69,6 +80,13 @@ _LOG = logging.getLogger(__name__)
 #: unbounded restrictions (restriction_size must not call the broker).
 _KNOWN_ENDS: dict = {}
 
+#: Process-wide partition watermarks of aligned reads.
+_ALIGNED = ko.AlignedWatermarks()
+
+#: Runners that get aligned watermarks by default (single process, and
+#: Prism's SDF watermark is the last bundle's, see the module docstring).
+ALIGNING_RUNNERS = ("PrismRunner", "DirectRunner", "SwitchingDirectRunner")
+
 
 class BatchOffsetTracker(OffsetRestrictionTracker):
     """An ``OffsetRestrictionTracker`` whose claims cover whole batches.
@@ -79,14 +97,21 @@ class BatchOffsetTracker(OffsetRestrictionTracker):
     The caller then emits the batch's messages below
     ``current_restriction().stop``. A split can only cut above the last
     claimed offset, so what was claimed stays claimed even if the runner
-    splits right after the claim. (The plain tracker would reject a batch
-    that a concurrent split made straddle the end, and the messages before
-    the end would be lost.)
+    splits right after the claim. (With the plain tracker a batch that a
+    concurrent split made straddle the end would be refused, and its
+    messages before the end lost.)
 
-    Unbounded restrictions (stop = ``UNBOUNDED_STOP``) accept only
-    checkpoints (``try_split(0)``): a fractional split of an open-ended range
-    would cut at an offset that will not exist for ages.
+    Unbounded restrictions (stop = ``UNBOUNDED_STOP``) and trackers built
+    with ``fractional_splits=False`` accept only checkpoints
+    (``try_split(0)``): a fractional split of an open-ended range would cut
+    at an offset that will not exist for ages, and aligned watermarks assume
+    one restriction per partition.
     """
+
+    def __init__(self, offset_range: OffsetRange,
+                 fractional_splits: bool = True):
+        super().__init__(offset_range)
+        self._fractional_splits = fractional_splits
 
     def try_claim(self, position):
         if (self._last_claim_attempt is not None
@@ -108,14 +133,15 @@ class BatchOffsetTracker(OffsetRestrictionTracker):
         return True
 
     def try_split(self, fraction_of_remainder):
-        if fraction_of_remainder > 0 and not self.is_bounded():
+        if fraction_of_remainder > 0 and (
+                not self.is_bounded() or not self._fractional_splits):
             return None
         return super().try_split(fraction_of_remainder)
 
     def current_progress(self) -> RestrictionProgress:
         if self.is_bounded():
             return super().current_progress()
-        # Open-ended: progress is offsets done and, as far as known, left.
+        # Open-ended: report offsets done; what is left is unknown here.
         done = 0 if self._current_position is None else (
             self._current_position + 1 - self._range.start)
         return RestrictionProgress(completed=float(done), remaining=0.0)
@@ -129,17 +155,18 @@ class _OffsetRangeProvider(RestrictionProvider):
 
     ``split_size`` > 0 splits a bounded range into pieces of that many
     offsets up front, so a backfill of one big partition spreads over
-    workers; each piece gets its own consumer position.
+    workers; each piece seeks on its own.
     """
 
-    def __init__(self, split_size: int = 0):
+    def __init__(self, split_size: int = 0, fractional_splits: bool = True):
         self._split_size = split_size
+        self._fractional_splits = fractional_splits
 
     def initial_restriction(self, plan):
         return OffsetRange(plan.start, plan.restriction_stop)
 
     def create_tracker(self, restriction):
-        return BatchOffsetTracker(restriction)
+        return BatchOffsetTracker(restriction, self._fractional_splits)
 
     def split(self, plan, restriction):
         if not plan.bounded or self._split_size <= 0:
@@ -169,27 +196,16 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
 
     It is its own restriction provider (delegating to
     ``_OffsetRangeProvider``), because ``RestrictionParam`` takes a provider
-    fixed at class definition and ``split_size`` is a per-instance setting.
+    fixed at class definition and the split settings are per instance.
     """
 
-    def __init__(self, bootstrap_servers, group_id, commit_offsets,
-                 max_batch_records, max_batch_bytes, poll_timeout_ms,
-                 consumer_config, allowed_skew_ms, idle_timeout_ms,
-                 max_read_s, resume_delay_s, commit_interval_s,
-                 split_size=0):
-        self._provider = _OffsetRangeProvider(split_size)
-        self._bootstrap = bootstrap_servers
-        self._group_id = group_id
-        self._commit = commit_offsets
-        self._max_records = max_batch_records
-        self._max_bytes = max_batch_bytes
-        self._poll_timeout_ms = poll_timeout_ms
-        self._consumer_config = dict(consumer_config or {})
-        self._skew_ms = allowed_skew_ms
-        self._idle_ms = idle_timeout_ms
-        self._max_read_s = max_read_s
-        self._resume_delay_s = resume_delay_s
-        self._commit_interval_s = commit_interval_s
+    def __init__(self, settings: dict):
+        self._s = dict(settings)
+        self._read_id = self._s["read_id"]
+        self._align = self._s["align_watermarks"]
+        split_size = 0 if self._align else self._s["split_size"]
+        self._provider = _OffsetRangeProvider(
+            split_size, fractional_splits=not self._align)
         self._readers = {}
         self._backoff = {}
         self._committed_at = {}
@@ -197,10 +213,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         self.batches = Metrics.counter("topk", "kafka_batches")
         self.value_bytes = Metrics.counter("topk", "kafka_bytes")
         self.retries = Metrics.counter("topk", "kafka_retries")
-        self.skipped = Metrics.counter("topk", "kafka_offsets_lost_to_retention")
+        self.lost = Metrics.counter("topk", "kafka_offsets_lost_to_retention")
         self.batch_sizes = Metrics.distribution("topk", "kafka_batch_messages")
 
-    # RestrictionProvider, delegated.
+    # -- RestrictionProvider, delegated ------------------------------------
+
     def initial_restriction(self, plan):
         return self._provider.initial_restriction(plan)
 
@@ -215,6 +232,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
 
     def truncate(self, plan, restriction):
         return self._provider.truncate(plan, restriction)
+
+    # -- lifecycle -----------------------------------------------------------
 
     def setup(self):
         self._readers = {}
@@ -231,8 +250,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         reader = self._readers.get(key)
         if reader is None:
             reader = ko.PartitionReader(
-                self._bootstrap, plan.topic, plan.partition, self._group_id,
-                self._consumer_config)
+                self._s["bootstrap_servers"], plan.topic, plan.partition,
+                self._s["group_id"], self._s["consumer_config"])
             self._readers[key] = reader
         return reader
 
@@ -240,6 +259,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         reader = self._readers.pop((plan.topic, plan.partition), None)
         if reader is not None:
             reader.close()
+
+    # -- reading -------------------------------------------------------------
 
     def process(
             self, plan,
@@ -249,44 +270,55 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         return self._read(plan, tracker, watermark)
 
     def _read(self, plan, tracker, watermark):
+        """Read batches of ``plan`` 's partition within the restriction.
+
+        Every exit goes through ``_end_call``, which reports the watermark.
+        """
+        s = self._s
         restriction = tracker.current_restriction()
+        own_wm = self._begin_call(plan, watermark, restriction)
         if restriction.start >= restriction.stop:
+            self._end_call(plan, watermark, own_wm, done=plan.bounded)
             return
         key = (plan.topic, plan.partition)
         backoff = self._backoff.setdefault(key, ko.Backoff())
-        deadline = time.monotonic() + self._max_read_s
+        deadline = time.monotonic() + s["max_read_s"]
         try:
             reader = self._reader(plan)
             reader.seek(restriction.start)
         except (ko.KafkaError, OSError) as e:
-            yield from self._retry_later(plan, tracker, backoff, e)
+            self._retry_later(plan, tracker, watermark, own_wm, backoff, e)
             return
         next_offset = restriction.start
         while True:
             try:
-                batch = reader.read_batch(self._max_records, self._max_bytes,
-                                          self._poll_timeout_ms)
+                batch = reader.read_batch(s["max_batch_records"],
+                                          s["max_batch_bytes"],
+                                          s["poll_timeout_ms"])
             except (ko.KafkaError, OSError) as e:
-                # Keep the consumer for transient errors (it reconnects);
-                # replace it when they persist.
+                # kafka-python reconnects by itself: keep the consumer for
+                # transient errors, replace it when they persist.
                 if backoff.failures >= 3:
                     self._drop_reader(plan)
                 else:
                     reader.forget_position()
-                yield from self._retry_later(plan, tracker, backoff, e)
+                self._retry_later(plan, tracker, watermark, own_wm, backoff,
+                                  e)
                 return
             if reader.skipped:
-                self.skipped.inc(reader.skipped)
+                self.lost.inc(reader.skipped)
                 reader.skipped = 0
             if batch is None:
-                self._advance_idle(reader, watermark, next_offset)
-                self._maybe_commit(reader, next_offset, force=True)
-                tracker.defer_remainder(Duration.of(self._resume_delay_s))
+                own_wm = self._idle_watermark(reader, own_wm, next_offset)
+                self._end_call(plan, watermark, own_wm)
+                tracker.defer_remainder(Duration.of(s["resume_delay_s"]))
                 return
             backoff.reset()
             if not tracker.try_claim(batch.last_offset):
+                # The runner split our range below this batch: the rest is
+                # the residual's.
                 reader.forget_position()
-                self._maybe_commit(reader, next_offset, force=True)
+                self._end_call(plan, watermark, own_wm)
                 return
             stop = tracker.current_restriction().stop
             mine = batch.before(stop)
@@ -302,60 +334,102 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 self.batch_sizes.update(len(mine))
                 yield TimestampedValue((mine.source(), mine.payload()), ts)
                 next_offset = mine.last_offset + 1
-                wm = ko.data_watermark(_ms(watermark.current_watermark()),
-                                       max_ts, self._skew_ms)
-                _set_watermark(watermark, wm)
+                own_wm = ko.data_watermark(own_wm, max_ts,
+                                           s["allowed_skew_ms"])
                 self._note_end(reader)
             if batch.last_offset >= stop - 1:
                 # The range is done: the last claim reached its end.
-                self._maybe_commit(reader, stop, force=True)
+                self._end_call(plan, watermark, own_wm, done=plan.bounded)
+                if plan.bounded:
+                    # No later call will confirm it: commit the end now.
+                    self._maybe_commit(reader, stop, force=True)
                 return
-            self._maybe_commit(reader, next_offset)
             if time.monotonic() >= deadline:
                 # Hand the rest back so the runner can checkpoint and
                 # downstream stages see this bundle's output.
-                self._maybe_commit(reader, next_offset, force=True)
+                self._end_call(plan, watermark, own_wm)
                 tracker.defer_remainder(Duration.of(0))
                 return
 
-    def _retry_later(self, plan, tracker, backoff, error):
+    def _retry_later(self, plan, tracker, watermark, own_wm, backoff,
+                     error):
         delay = backoff.next()
         self.retries.inc()
         _LOG.warning("kafka %s/%d: %r; retrying in %.1fs", plan.topic,
                      plan.partition, error, delay)
+        self._end_call(plan, watermark, own_wm)
         tracker.defer_remainder(Duration.of(delay))
-        return iter(())
 
-    def _advance_idle(self, reader, watermark, next_offset) -> None:
-        if self._idle_ms is None:
-            return
+    def _begin_call(self, plan, watermark, restriction) -> int | None:
+        """Start of a ``process`` call: everything before
+        ``restriction.start`` was emitted by earlier calls whose output the
+        runner has taken (it only schedules a residual after that). So this
+        is where an aligned partition's last watermark becomes confirmed and
+        where offsets are committed to the group. Returns the partition's
+        own watermark so far (ms)."""
+        current = _ms(watermark.current_watermark())
+        if self._s["commit_offsets"] and restriction.start > plan.start:
+            reader = self._readers.get((plan.topic, plan.partition))
+            if reader is not None:
+                self._maybe_commit(reader, restriction.start)
+        if not self._align:
+            return current
+        own = _ALIGNED.begin(self._read_id, plan.all_partitions,
+                             plan.partition)
+        return _later(own, current)
+
+    def _end_call(self, plan, watermark, own_wm, done=False) -> None:
+        """Report the watermark at the end of a ``process`` call.
+
+        Per-partition mode: the restriction's estimator gets the partition's
+        own watermark; the runner commits it with the bundle's output.
+        Aligned mode: the estimator gets the minimum confirmed watermark
+        over all partitions, and this partition's new one waits for its
+        next call (see ``kafka_offsets.AlignedWatermarks``).
+        """
+        final = ko.DONE if done else own_wm
+        if self._align:
+            wm = _ALIGNED.end(self._read_id, plan.all_partitions,
+                              plan.partition, final)
+        else:
+            wm = own_wm
+        if wm is not None and wm < ko.DONE:
+            _set_watermark(watermark, wm)
+
+    # -- watermarks ----------------------------------------------------------
+
+    def _idle_watermark(self, reader, own_wm, next_offset) -> int | None:
+        idle_ms = self._s["idle_timeout_ms"]
+        if idle_ms is None:
+            return own_wm
         now = int(time.time() * 1000)
-        if now - reader.last_data_ms < self._idle_ms:
-            return
+        if now - reader.last_data_ms < idle_ms:
+            return own_wm
         try:
             end = reader.end_offset(timeout_ms=2_000)
-            caught_up = next_offset >= end
             _KNOWN_ENDS[(reader.topic, reader.partition)] = end
-        except (ko.KafkaError, OSError):
-            caught_up = False  # a broker we cannot reach is not idleness
-        wm = ko.idle_watermark(_ms(watermark.current_watermark()), now,
-                               reader.last_data_ms, self._idle_ms,
-                               self._skew_ms, caught_up)
-        _set_watermark(watermark, wm)
+            caught_up = next_offset >= end
+        except Exception:  # noqa: BLE001 (an unreachable broker, a closed
+            # consumer at shutdown: either way this is not idleness)
+            caught_up = False
+        return ko.idle_watermark(own_wm, now, reader.last_data_ms, idle_ms,
+                                 self._s["allowed_skew_ms"], caught_up)
 
     def _note_end(self, reader) -> None:
         end = reader.consumer.highwater(reader.tp)
         if end is not None:
             _KNOWN_ENDS[(reader.topic, reader.partition)] = end
 
+    # -- commits -------------------------------------------------------------
+
     def _maybe_commit(self, reader, next_offset, force=False) -> None:
-        if not self._commit:
+        if not self._s["commit_offsets"]:
             return
         key = (reader.topic, reader.partition)
         last_offset, last_time = self._committed_at.get(key, (None, 0.0))
         now = time.monotonic()
         if next_offset == last_offset or (
-                not force and now - last_time < self._commit_interval_s):
+                not force and now - last_time < self._s["commit_interval_s"]):
             return
         try:
             reader.commit(next_offset)
@@ -381,25 +455,40 @@ class _ReadUnboundedPartitionFn(_ReadPartitionFn):
         return self._read(plan, tracker, watermark)
 
 
+def _later(a, b):
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
 def _ms(ts) -> int | None:
     if ts is None:
         return None
     return ts.micros // 1000
 
 
-def _set_watermark(estimator, wm_ms) -> None:
-    if wm_ms is None:
-        return
+def _set_watermark(estimator, wm_ms: int) -> None:
     new = Timestamp(micros=wm_ms * 1000)
     current = estimator.current_watermark()
     if current is None or new > current:
         estimator.set_watermark(new)
 
 
+def runner_aligns(options) -> bool:
+    """Whether pipelines with these options run where aligned watermarks
+    are needed (Prism, and the DirectRunner, which hands streaming work to
+    Prism or to the FnApiRunner; both single-process)."""
+    runner = options.view_as(StandardOptions).runner if options else None
+    if runner is None:
+        return True  # Beam's default, the DirectRunner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] in ALIGNING_RUNNERS
+
+
 class ReadFromKafkaBatches(beam.PTransform):
     """Read a Kafka topic as batches of newline-delimited messages.
 
-    Yields ``(source, payload)`` tuples, one per poll batch (up to
+    Yields ``(source, payload)`` tuples, one per poll batch (up to about
     ``max_batch_records`` messages or ``max_batch_bytes`` of values):
     ``source = "topic/partition@first-last"``, ``payload`` = the message
     values joined by newlines (bytes), timestamped with the batch's largest
@@ -410,13 +499,14 @@ class ReadFromKafkaBatches(beam.PTransform):
       topic: the topic; all its partitions present at start are read.
       start: ``"earliest"``, ``"latest"``, ``"committed"`` (the group's
         committed offsets; partitions without one start at the earliest), or
-        a time: epoch ms or RFC 3339 (the first message at or after it).
+        a time: epoch ms or RFC 3339 (the first message whose Kafka
+        timestamp is at or after it).
       bounded: stop at the end offsets present at start (backfills, tests);
         otherwise read forever.
       group_id: consumer group for ``start="committed"`` and commits; the
         source never joins the group (no rebalancing: the runner assigns).
       commit_offsets: commit the offsets of emitted batches to ``group_id``
-        (at most every ``commit_interval_s``, and when a read pauses or
+        (at most every ``commit_interval_s``, and whenever a read pauses or
         ends), for monitoring and for a later job's ``start="committed"``.
       max_batch_records, max_batch_bytes, poll_timeout_ms: batch limits and
         how long one poll waits for the first message.
@@ -425,12 +515,18 @@ class ReadFromKafkaBatches(beam.PTransform):
       allowed_skew_ms: how far behind the newest record timestamp a message
         may arrive and still be on time: the watermark lags that much.
       idle_timeout_ms: after this long without new messages at its end, a
-        partition's watermark moves to now - skew (``None``: never).
-      split_size: bounded mode only: split each partition's range into
-        pieces of this many offsets read in parallel (0: one per partition).
+        partition's watermark moves to now - skew (``None``: never; use it
+        for replays of old data that must not be closed by the wall clock).
+      align_watermarks: report the minimum watermark over all partitions
+        from every partition (``None``: yes on Prism/DirectRunner, no on
+        other runners). See the module docstring.
+      split_size: bounded, non-aligned reads only: split each partition's
+        range into pieces of this many offsets read in parallel (0: one
+        restriction per partition).
       max_read_s: how long one ``process`` call reads before it hands the
         rest of its range back for a checkpoint.
-      resume_delay_s: how long an empty partition waits before polling again.
+      resume_delay_s: how long a partition with nothing new waits before
+        polling again.
     """
 
     def __init__(self, bootstrap_servers, topic: str, start="earliest",
@@ -442,6 +538,7 @@ class ReadFromKafkaBatches(beam.PTransform):
                  consumer_config: dict | None = None,
                  allowed_skew_ms: int = ko.ALLOWED_SKEW_MS,
                  idle_timeout_ms: int | None = ko.IDLE_TIMEOUT_MS,
+                 align_watermarks: bool | None = None,
                  split_size: int = 0, max_read_s: float = 5.0,
                  resume_delay_s: float = 0.5,
                  commit_interval_s: float = 1.0,
@@ -454,24 +551,37 @@ class ReadFromKafkaBatches(beam.PTransform):
             raise ValueError("commit_offsets=True needs a group_id")
         if max_batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch limits must be positive")
-        self._bootstrap = bootstrap_servers
         self._topic = topic
         self._start = start
         self._bounded = bounded
-        self._group_id = group_id
-        self._consumer_config = dict(consumer_config or {})
         self._plan_timeout_s = plan_timeout_s
-        fn_class = _ReadPartitionFn if bounded else _ReadUnboundedPartitionFn
-        self._fn = fn_class(
-            bootstrap_servers, group_id, commit_offsets, max_batch_records,
-            max_batch_bytes, poll_timeout_ms, self._consumer_config,
-            allowed_skew_ms, idle_timeout_ms, max_read_s, resume_delay_s,
-            commit_interval_s, split_size)
+        self._align = align_watermarks
+        self._settings = dict(
+            bootstrap_servers=bootstrap_servers, group_id=group_id,
+            commit_offsets=commit_offsets,
+            max_batch_records=max_batch_records,
+            max_batch_bytes=max_batch_bytes, poll_timeout_ms=poll_timeout_ms,
+            consumer_config=dict(consumer_config or {}),
+            allowed_skew_ms=allowed_skew_ms, idle_timeout_ms=idle_timeout_ms,
+            split_size=split_size, max_read_s=max_read_s,
+            resume_delay_s=resume_delay_s,
+            commit_interval_s=commit_interval_s,
+            # One id per read: aligned watermarks of two reads of the same
+            # topic in one process must not mix.
+            read_id=uuid.uuid4().hex)
 
     def expand(self, pbegin):
-        bootstrap, topic, start = self._bootstrap, self._topic, self._start
-        bounded, group_id = self._bounded, self._group_id
-        config, timeout = self._consumer_config, self._plan_timeout_s
+        settings = dict(self._settings)
+        align = self._align
+        if align is None:
+            align = runner_aligns(pbegin.pipeline.options)
+        settings["align_watermarks"] = align
+        fn_class = (_ReadPartitionFn if self._bounded
+                    else _ReadUnboundedPartitionFn)
+        bootstrap, topic, start = (settings["bootstrap_servers"],
+                                   self._topic, self._start)
+        bounded, group_id = self._bounded, settings["group_id"]
+        config, timeout = settings["consumer_config"], self._plan_timeout_s
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
@@ -479,5 +589,5 @@ class ReadFromKafkaBatches(beam.PTransform):
                 lambda _: ko.plan_topic(bootstrap, topic, start, bounded,
                                         group_id, config, timeout))
             | "Spread" >> beam.Reshuffle()
-            | "ReadPartitions" >> beam.ParDo(self._fn).with_output_types(
-                typing.Tuple[str, bytes]))
+            | "ReadPartitions" >> beam.ParDo(fn_class(settings))
+            .with_output_types(typing.Tuple[str, bytes]))

@@ -7,12 +7,17 @@ that stage is pre-aggregated ``(event_type, slice_start, item_id, count)``,
 re-keyed by a hash of the item: a hot item is then one row per minute and
 shard, and every item's full counts meet in exactly one item shard.
 """
+import typing
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 import pyarrow as pa
 
 from topk import counting, schema, sharding
 from topk.transforms import coders
+
+#: Element type of the shuffles: (shard number, table).
+ShardTable = typing.Tuple[int, pa.Table]
 
 #: Rows an accumulator may collect before it is compacted (de-duplicated or
 #: summed) to bound memory between inputs.
@@ -117,14 +122,18 @@ class ExactSliceCounts(beam.PTransform):
         self._slice_ms = slice_ms
 
     def expand(self, events):
+        # Type hints make Beam encode (shard, table) with ArrowTableCoder
+        # instead of pickling the table (~15x slower).
         return (
             events
             | "KeyByEventId" >> beam.FlatMap(
-                key_by_shard, "event_id", self._dedup_shards)
+                key_by_shard, "event_id", self._dedup_shards
+            ).with_output_types(ShardTable)
             | "DedupAndCount" >> beam.CombinePerKey(
-                DedupSliceCountsFn(self._slice_ms))
+                DedupSliceCountsFn(self._slice_ms)).with_output_types(ShardTable)
             | "KeyByItem" >> beam.FlatMap(
                 lambda kv, n: key_by_shard(kv[1], "item_id", n),
-                self._item_shards)
-            | "MergePerItemShard" >> beam.CombinePerKey(MergeSliceCountsFn()))
+                self._item_shards).with_output_types(ShardTable)
+            | "MergePerItemShard" >> beam.CombinePerKey(
+                MergeSliceCountsFn()).with_output_types(ShardTable))
 

@@ -43,4 +43,4 @@ class ParseEvents(beam.PTransform):
 
     def expand(self, batches):
         return batches | "Parse" >> beam.ParDo(_ParseBatchFn()).with_outputs(
-            DEAD_LETTERS, main="events")
+            DEAD_LETTERS, main="events").with_output_types(pa.Table)

@@ -3,6 +3,7 @@ output tables."""
 import time
 
 import apache_beam as beam
+import pyarrow as pa
 
 from topk import counting, ranking
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
@@ -51,7 +52,7 @@ class RankWindows(beam.PTransform):
             shard_counts
             | "TopKPerShard" >> beam.FlatMap(per_shard)
             | "GatherShards" >> beam.GroupByKey()
-            | "MergeShards" >> beam.MapTuple(merge))
+            | "MergeShards" >> beam.MapTuple(merge).with_output_types(pa.Table))
 
 
 class SliceTables(beam.PTransform):
@@ -77,4 +78,5 @@ class SliceTables(beam.PTransform):
                 if rolled.num_rows:
                     yield counting.to_slices_table(rolled, name, source, now)
 
-        return shard_counts | "RollUp" >> beam.FlatMap(tables)
+        return shard_counts | "RollUp" >> beam.FlatMap(tables).with_output_types(
+            pa.Table)
