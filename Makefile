@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_CACHE ?= $(HOME)/.cache/pip
 
-.PHONY: venv demo test unit bench clean
+.PHONY: venv services demo test unit clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/topk demo
 
-test: venv
+# Prism (Beam's portable local runner, built from the Go module proxy once
+# and cached) runs the unbounded streaming tests; Kafka is started by the
+# tests themselves (deploy/kafka/kafka.sh).
+services:
+	deploy/kafka/kafka.sh install
+	deploy/prism/prism.sh install
+
+test: venv services
 	$(PY) -m pytest -p no:cacheprovider tests
 
 unit: venv

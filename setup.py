@@ -13,17 +13,20 @@ setuptools.setup(
         "pyarrow>=15",
         "numpy>=1.26",
         "duckdb>=1.1",
+        "datasketches>=5.0",
     ],
     extras_require={
-        "kafka": ["kafka-python>=2.0.2"],
-        "sketches": ["datasketches>=5.0"],
+        # crc32c: kafka-python's pure-Python checksums otherwise cap a
+        # consumer at ~10k messages/s.
+        "kafka": ["kafka-python>=2.0.2", "crc32c>=2.3"],
         "bigquery": ["google-cloud-bigquery>=3.20"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
             "kafka-python>=2.0.2",
-            "datasketches>=5.0",
+            "crc32c>=2.3",
         ],
+        "bench": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["topk=topk.cli:main"]},
 )

@@ -1,4 +1,5 @@
 """Stable hashing into shards (no Beam)."""
+import os
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ def test_shards_are_stable_across_processes():
     here = sharding.shard_of(pa.array(ids), 8).tolist()
     code = ("import pyarrow as pa; from topk import sharding; "
             f"print(sharding.shard_of(pa.array({ids!r}), 8).tolist())")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     there = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                           text=True, check=True, cwd=sys.path[0]).stdout
+                           text=True, check=True, cwd=repo).stdout
     assert str(here) == there.strip()
 
 

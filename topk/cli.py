@@ -4,7 +4,7 @@
     topk generate --events N --out PATH [--seed S] ...
     topk batch --input GLOB --output DIR [--windows ...] [--k K] [beam options]
     topk query --output DIR --k K --start T --end T [--event-type E]
-               [--format table|json]
+               [--method exact|cms|frequent_items] [--format table|json]
 
 Bad input exits with status 2 and a one-line reason on stderr.
 """
@@ -107,9 +107,10 @@ def cmd_generate(args) -> int:
 def _add_batch(sub):
     p = sub.add_parser(
         "batch", help="Run the batch pipeline over event files.",
-        description="Exact top-K of every window over JSON-lines or Parquet "
-        "event files, written as Parquet tables under --output. Any other "
-        "option is passed to Apache Beam (e.g. --runner FlinkRunner).",
+        description="Exact (and, with --method, approximate) top-K of every "
+        "window over JSON-lines or Parquet event files, written as Parquet "
+        "tables under --output. Any other option is passed to Apache Beam "
+        "(e.g. --runner FlinkRunner).",
         add_help=False)
     p.add_argument("-h", "--help", action="store_true",
                    help="Show this help and the pipeline options.")
@@ -174,10 +175,12 @@ def options_parser(prog: str, pipeline_module, options_classes,
 
 def _add_query(sub):
     p = sub.add_parser(
-        "query", help="Exact top-K of any minute-aligned range up to 30 "
-        "days.", description="Answer topk(k, start, end) exactly from the "
-        "slices table with DuckDB: the range is covered by the fewest "
-        "aligned day/hour/minute slices, summed in one SQL statement.")
+        "query", help="Top-K of any minute-aligned range up to 30 days.",
+        description="Answer topk(k, start, end) from the output tables: the "
+        "range is covered by the fewest aligned day/hour/minute slices. "
+        "Exact (default): their counts are summed in one DuckDB statement "
+        "over the slices table. cms / frequent_items: their sketches are "
+        "merged, and every count comes with lower and upper bounds.")
     p.add_argument("--output", required=True,
                    help="Output directory of `topk batch` / `topk stream`.")
     p.add_argument("--k", type=int, required=True, help="How many items.")
@@ -187,33 +190,60 @@ def _add_query(sub):
                    help="Range end (exclusive), RFC 3339 UTC, whole minute.")
     p.add_argument("--event-type", default=None,
                    help="Only this event type (default: all types).")
+    p.add_argument("--method", choices=("exact", "cms", "frequent_items"),
+                   default="exact",
+                   help="exact (default; the slices table) or an approximate "
+                   "method whose sketches the pipeline wrote (--method of "
+                   "`topk batch`).")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json: a list of objects with "
-                   "rank, item_id, count.")
+                   "rank, item_id, count, and for approximate methods "
+                   "lower_bound, upper_bound and guaranteed (certainly in "
+                   "the true top k).")
     p.set_defaults(func=cmd_query)
 
 
 def cmd_query(args) -> int:
     from topk import query
     try:
-        rows = query.topk(args.output, args.k, args.start, args.end,
-                          args.event_type)
+        if args.method == "exact":
+            rows = query.topk(args.output, args.k, args.start, args.end,
+                              args.event_type)
+        else:
+            rows = query.topk_approx(args.output, args.k, args.start,
+                                     args.end, args.method, args.event_type)
     except query.QueryError as e:
         raise CliError(str(e)) from None
+    approximate = args.method != "exact"
     if args.format == "json":
-        print(json.dumps([{"rank": r.rank, "item_id": r.item_id,
-                           "count": r.count} for r in rows]))
+        print(json.dumps([_json_row(r, approximate) for r in rows]))
     else:
-        print(format_table(rows))
+        print(format_table(rows, approximate))
     return 0
 
 
-def format_table(rows) -> str:
+def _json_row(r, approximate: bool) -> dict:
+    row = {"rank": r.rank, "item_id": r.item_id, "count": r.count}
+    if approximate:
+        row.update(lower_bound=r.lower_bound, upper_bound=r.upper_bound,
+                   guaranteed=r.guaranteed)
+    return row
+
+
+def format_table(rows, approximate: bool = False) -> str:
     if not rows:
         return "(no events in range)"
     width = max(len("item_id"), *(len(r.item_id) for r in rows))
-    lines = [f"{'rank':>4}  {'item_id':<{width}}  {'count':>10}"]
-    lines += [f"{r.rank:>4}  {r.item_id:<{width}}  {r.count:>10}" for r in rows]
+    head = f"{'rank':>4}  {'item_id':<{width}}  {'count':>10}"
+    if approximate:
+        head += f"  {'lower':>10}  {'upper':>10}  guaranteed"
+    lines = [head]
+    for r in rows:
+        line = f"{r.rank:>4}  {r.item_id:<{width}}  {r.count:>10}"
+        if approximate:
+            line += (f"  {r.lower_bound:>10}  {r.upper_bound:>10}  "
+                     f"{'yes' if r.guaranteed else 'no'}")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -378,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
         "hitters) over 1-minute to 30-day windows with Apache Beam.")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="Log pipeline progress (INFO).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # A command's argument errors (bad choice, missing option) are one
+    # line too, like every other user error.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=_OptionsParser)
     sub.required = True
     _add_demo(sub)
     _add_generate(sub)
@@ -391,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except CliError as e:
+        print(f"topk: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -25,17 +25,20 @@ def dedup_events(events: pa.Table) -> pa.Table:
     smallest ``(ts, event_type, item_id, weight)`` wins, so the result does
     not depend on arrival order.
     """
-    t = events.select(list(DEDUP_COLUMNS))  # noqa: F841 (DuckDB scans it)
+    t = events.select(list(DEDUP_COLUMNS))
     con = connection()
     unique_rows = con.sql("SELECT DISTINCT * FROM t").to_arrow_table()
     [(ids,)] = con.sql(
         "SELECT count(DISTINCT event_id) FROM unique_rows").fetchall()
-    if ids == unique_rows.num_rows:
-        return unique_rows
-    # Rare: same id, different content. A sort settles it deterministically.
-    return con.sql(
-        "SELECT DISTINCT ON (event_id) * FROM unique_rows "
-        "ORDER BY event_id, ts, event_type, item_id, weight").to_arrow_table()
+    if ids != unique_rows.num_rows:
+        # Rare: same id, different content. A sort settles it.
+        unique_rows = con.sql(
+            "SELECT DISTINCT ON (event_id) * FROM unique_rows "
+            "ORDER BY event_id, ts, event_type, item_id, weight"
+        ).to_arrow_table()
+    # Same schema as the input (DuckDB drops NOT NULL), so results and new
+    # inputs can be concatenated in one accumulator.
+    return unique_rows.cast(t.schema)
 
 
 def count_slices(events: pa.Table, slice_ms: int = schema.MINUTE_MS) -> pa.Table:

@@ -17,6 +17,7 @@ line costs its batch a slower parse but never its neighbours.
 import dataclasses
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -77,6 +78,13 @@ _RFC3339 = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
             r"[0-5][0-9](\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])")
 
 
+# DuckDB's and Arrow's JSON parsers both accept a comma before a closing
+# bracket; JSON (RFC 8259) does not. Checked outside string values.
+_TRAILING_COMMA = r",[ \t\r\n]*[]}]"
+_JSON_STRING = r'"([^"\\]|\\.)*"'
+_TRAILING_COMMA_BYTES = re.compile(_TRAILING_COMMA.encode())
+
+
 def rfc3339_ms_sql(expr: str) -> str:
     """DuckDB expression: epoch ms of the RFC 3339 text ``expr``, or NULL."""
     return (f"CASE WHEN regexp_full_match({expr}, '{_RFC3339}') THEN "
@@ -125,6 +133,9 @@ SELECT line, event_id, item_id, event_type, ts, user_id,
     WHEN starts_with(line, '{_BAD_UTF8}') THEN 'invalid UTF-8'
     WHEN trim(line) = '' THEN 'empty record'
     WHEN NOT ok THEN 'invalid JSON'
+    WHEN regexp_matches(line, '{_TRAILING_COMMA}') AND regexp_matches(
+      regexp_replace(line, '{_JSON_STRING}', '""', 'g'), '{_TRAILING_COMMA}')
+      THEN 'invalid JSON'
     WHEN root <> 'OBJECT' THEN 'not a JSON object'
     WHEN t_id IS NULL OR t_id = 'NULL' THEN 'missing event_id'
     WHEN t_id <> 'VARCHAR' THEN 'event_id must be a string'
@@ -165,11 +176,23 @@ _FAST_PARSE = [
 _FAST_READ = pa_json.ReadOptions(block_size=8 << 20)
 
 
-def _all_lines_open_an_object(body: bytes) -> bool:
-    # Only such blocks go to Arrow's reader: it skips blank lines, reads a
-    # ``null`` record as a row of nulls, and crashes the process (pyarrow 25)
-    # when a block starts with one. Two memchr-speed counts, no regex.
-    return body.startswith(b"{") and body.count(b"\n{") == body.count(b"\n")
+def _fits_fast_path(body: bytes) -> bool:
+    """Whether Arrow's reader may parse the block: it skips blank lines,
+    reads a ``null`` record as a row of nulls and crashes the process
+    (pyarrow 25) when a block starts with one, accepts trailing commas, and
+    does not check UTF-8 inside strings. Blocks with any of that (or merely
+    text that looks like a trailing comma inside a string) take the per-line
+    path. All checks run at memory speed."""
+    if not (body.startswith(b"{")
+            and body.count(b"\n{") == body.count(b"\n")):
+        return False
+    if _TRAILING_COMMA_BYTES.search(body):
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def parse_json_lines(block: bytes | str, source: str | None = None,
@@ -178,7 +201,7 @@ def parse_json_lines(block: bytes | str, source: str | None = None,
     if isinstance(block, str):
         block = block.encode()
     body = block[:-1] if block.endswith(b"\n") else block
-    if fast and _all_lines_open_an_object(body):
+    if fast and _fits_fast_path(body):
         n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         for options in _FAST_PARSE:
             try:

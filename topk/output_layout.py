@@ -3,13 +3,19 @@
 An output directory holds Hive-style partitioned Parquet tables::
 
     OUTPUT/ranked_windows/window_spec=1h_1m/date=2024-05-01/part-batch.parquet
+    OUTPUT/ranked_windows/window_spec=1h_1m/date=2024-05-01/part-batch-cms.parquet
     OUTPUT/slices/slice_length=1h/date=2024-05-01/part-batch.parquet
+    OUTPUT/sketches/slice_length=1h/date=2024-05-01/part-batch-cms.parquet
     OUTPUT/dead_letters/part-batch-<input hash>.parquet
 
 ``date`` is the UTC day of ``window_start`` / ``slice_start``. A writer owns
-whole files, named by what they hold (source, and pane for the stream), and
-replaces them atomically, so rerunning a job over the same input rewrites the
-same files instead of adding duplicates.
+whole files, named by what they hold (source, pane for the stream, and the
+approximate method: ``method_file_name``), and replaces them atomically, so
+rerunning a job over the same input rewrites the same files instead of
+adding duplicates, and a rerun with other ``--method``s replaces only those
+methods' files. The method is a column and a file name, not a partition
+directory, so the exact tables keep the layout they had before approximate
+methods existed (readers filter on the ``method`` column).
 """
 import datetime as dt
 import hashlib
@@ -23,7 +29,11 @@ from topk.schema import DAY_MS
 
 RANKED_WINDOWS = "ranked_windows"
 SLICES = "slices"
+SKETCHES = "sketches"
 DEAD_LETTERS = "dead_letters"
+
+#: The method whose rows are written under the writer's plain file name.
+EXACT = "exact"
 
 
 def table_dir(output: str, table: str) -> str:
@@ -43,6 +53,12 @@ def partition_path(output: str, table: str, partition: tuple, file_name: str
 
 def day_name(day_index: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day_index))).isoformat()
+
+
+def method_file_name(base: str, method: str) -> str:
+    """File name (without ``.parquet``) of one method's rows: ``part-batch``
+    for exact rows, ``part-batch-cms`` for cms rows."""
+    return base if method == EXACT else f"{base}-{method}"
 
 
 def window_key(window_length: str, slide: str | None) -> str:
@@ -81,6 +97,16 @@ def ranked_windows_partitions(ranked: pa.Table) -> list[tuple[tuple, pa.Table]]:
 
 def slices_partitions(slices: pa.Table) -> list[tuple[tuple, pa.Table]]:
     """``slices`` rows -> ``(partition, rows)`` by slice length and day."""
+    return _by_slice_length_and_day(slices)
+
+
+def sketches_partitions(sketches: pa.Table) -> list[tuple[tuple, pa.Table]]:
+    """``sketches`` rows -> ``(partition, rows)`` by slice length and day
+    (the same partitions as ``slices``)."""
+    return _by_slice_length_and_day(sketches)
+
+
+def _by_slice_length_and_day(slices: pa.Table) -> list[tuple[tuple, pa.Table]]:
     out = []
     for length in pc.unique(slices["slice_length"]).to_pylist():
         rows = slices.filter(pc.equal(slices["slice_length"], length))

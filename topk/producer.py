@@ -1,4 +1,4 @@
-"""Synthetic events -> a Kafka topic (the load generator behind ``topk produce``).
+"""Synthetic events -> a Kafka topic: the load generator of ``topk produce``.
 
 Takes the generator's JSON-lines records in emission order
 (``topk.generator.generate_records``: duplicates and malformed records
@@ -169,7 +169,8 @@ class TokenBucket:
     def take(self, n: float) -> float:
         """Take ``n`` units; returns the seconds slept."""
         now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.tokens = min(self.burst,
+                          self.tokens + (now - self.last) * self.rate)
         self.last = now
         self.tokens -= n
         if self.tokens >= 0:
@@ -261,6 +262,8 @@ def produce(bootstrap_servers, topic: str,
         raise ValueError("timestamps must be 'event' or 'now'")
     if acks == "all":
         acks = -1
+    from topk.kafka_offsets import check_crc32c
+    check_crc32c()
     created = ensure_topic(
         bootstrap_servers, topic, partitions, topic_config=(
             None if retention_ms is None else {"retention.ms": retention_ms}))

@@ -1,17 +1,21 @@
-"""The query layer: exact ``topk(k, start, end)`` over the slices table.
+"""The query layer: ``topk(k, start, end)`` over the slices or sketches table.
 
 The range is decomposed into the fewest aligned day/hour/minute slices
-(``windows.decompose_range``) and answered by one DuckDB statement over the
-Hive-partitioned Parquet ``slices`` table. The top-K of a range is not the
-union of the top-Ks of its parts, so this sums exact slice counts rather
-than merging ranked windows. Where both the stream and a batch
-reprocessing wrote a slice, the batch rows win.
+(``windows.decompose_range``). ``topk`` answers exactly with one DuckDB
+statement over the Hive-partitioned Parquet ``slices`` table; ``topk_approx``
+reads the per-slice sketches of one method for the same slices from the
+``sketches`` table and merges them (``sketches.merge_all``), so its counts
+come with bounds. The top-K of a range is not the union of the top-Ks of its
+parts, so both merge mergeable slices rather than ranked windows. Where both
+the stream and a batch reprocessing wrote a slice, the batch rows win.
 """
 import dataclasses
 import datetime as dt
 import os
 
-from topk import output_layout, schema
+import duckdb
+
+from topk import output_layout, schema, sketches
 from topk.local_duckdb import connection
 from topk.windows import (DAY_MS, decompose_range, format_time, parse_time,
                           validate_range)
@@ -26,6 +30,19 @@ class RankedItem:
     rank: int
     item_id: str
     count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ApproxRankedItem:
+    """One row of an approximate answer: ``lower_bound <= true count <=
+    upper_bound`` always holds; ``guaranteed`` says the item is certainly
+    among the true top ``k`` of the range."""
+    rank: int
+    item_id: str
+    count: int
+    lower_bound: int
+    upper_bound: int
+    guaranteed: bool
 
 
 def to_ms(t) -> int:
@@ -73,14 +90,7 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
     to whole minutes, at most 30 days apart. ``event_type=None`` counts all
     types. Ties rank by ``item_id``. Raises ``QueryError`` on bad arguments.
     """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise QueryError(f"k must be a positive integer, got {k!r}")
-    start_ms, end_ms = to_ms(start), to_ms(end)
-    try:
-        validate_range(start_ms, end_ms)
-    except ValueError as e:
-        raise QueryError(f"{e} ({format_time(start_ms)} .. "
-                         f"{format_time(end_ms)})") from None
+    start_ms, end_ms = _check_query(k, start, end)
     if event_type == schema.ALL_TYPES:
         event_type = None
     slices_dir = output_layout.table_dir(output, output_layout.SLICES)
@@ -117,11 +127,91 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
             enumerate(rows)]
 
 
-def _check_event_type(glob: str, event_type: str) -> None:
+def topk_approx(output: str, k: int, start, end, method: str,
+                event_type: str | None = None) -> list[ApproxRankedItem]:
+    """The approximate ``k`` most frequent items in ``[start, end)``, with
+    bounds, from the per-slice sketches of ``method`` (``cms`` or
+    ``frequent_items``).
+
+    Arguments as for ``topk``. The sketches of the range's slices (the same
+    day/hour/minute decomposition) are merged into one sketch, whose top
+    ``k`` is returned: ``count`` is the method's estimate, the bounds always
+    contain the true count of the range. Raises ``QueryError`` on bad
+    arguments or when the output holds no sketches of ``method``.
+    """
+    if method not in sketches.METHODS:
+        raise QueryError(f"unknown approximate method {method!r}; choose "
+                         f"from {', '.join(sketches.METHODS)}")
+    start_ms, end_ms = _check_query(k, start, end)
+    event_type = schema.ALL_TYPES if event_type is None else event_type
+    if not os.path.isdir(output):
+        raise QueryError(f"output directory {output!r} does not exist")
+    missing = QueryError(f"{output!r} has no {method} sketches: run `topk "
+                         f"batch --method {method}` with --output pointing "
+                         "there")
+    if not os.path.isdir(output_layout.table_dir(output,
+                                                 output_layout.SKETCHES)):
+        raise missing
+    where, params = _range_sql(decompose_range(start_ms, end_ms))
+    sql = f"""
+        WITH s AS (
+          SELECT slice_length, slice_start, sketch, source
+          FROM read_parquet(?, hive_partitioning = true)
+          WHERE ({where}) AND method = ? AND event_type = ?
+        ), batch_slices AS (
+          SELECT DISTINCT slice_length, slice_start FROM s
+          WHERE source = 'batch'
+        )
+        SELECT sketch FROM s
+        WHERE source = 'batch' OR (slice_length, slice_start) NOT IN (
+          SELECT (slice_length, slice_start) FROM batch_slices)
+        ORDER BY slice_start, slice_length, source"""
+    glob = output_layout.table_glob(output, output_layout.SKETCHES)
+    con = connection()
+    try:
+        blobs = [r[0] for r in con.execute(
+            sql, [glob, *params, method, event_type]).fetchall()]
+        if not blobs:
+            [(stored,)] = con.execute(
+                "SELECT count(*) FROM read_parquet(?, hive_partitioning = "
+                "true) WHERE method = ?", [glob, method]).fetchall()
+    except duckdb.IOException:  # a sketches directory without files
+        raise missing from None
+    if not blobs:
+        if not stored:
+            raise missing
+        if event_type != schema.ALL_TYPES:
+            _check_event_type(glob, event_type, "AND method = ?", [method])
+        return []
+    try:
+        top = sketches.merge_all(blobs).top_k(k)
+    except ValueError as e:  # e.g. sketches sized by different budgets
+        raise QueryError(f"cannot merge the {method} sketches of this "
+                         f"range: {e}") from None
+    return [ApproxRankedItem(i + 1, **row) for i, row in
+            enumerate(top.to_pylist())]
+
+
+def _check_query(k, start, end) -> tuple[int, int]:
+    """Validate ``k`` and the range; returns ``(start_ms, end_ms)``."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise QueryError(f"k must be a positive integer, got {k!r}")
+    start_ms, end_ms = to_ms(start), to_ms(end)
+    try:
+        validate_range(start_ms, end_ms)
+    except ValueError as e:
+        raise QueryError(f"{e} ({format_time(start_ms)} .. "
+                         f"{format_time(end_ms)})") from None
+    return start_ms, end_ms
+
+
+def _check_event_type(glob: str, event_type: str, extra_filter: str = "",
+                      params=()) -> None:
     # Every type that ever occurred has rows in the (small) day slices.
     known = [r[0] for r in connection().execute(
         "SELECT DISTINCT event_type FROM read_parquet(?, hive_partitioning "
-        "= true) WHERE slice_length = '1d' ORDER BY 1", [glob]).fetchall()]
+        f"= true) WHERE slice_length = '1d' AND event_type <> '*' "
+        f"{extra_filter} ORDER BY 1", [glob, *params]).fetchall()]
     if event_type not in known:
         raise QueryError(f"unknown event type {event_type!r}; known: "
                          f"{', '.join(known) or 'none'}")

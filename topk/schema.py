@@ -2,8 +2,8 @@
 
 Events travel between the source and the first aggregation as Arrow tables of
 ``EVENT_SCHEMA`` (one Beam element per batch, never per event). The output
-tables (ranked windows, exact slices, dead letters) are the output contract of
-DESIGN.md and are identical for Parquet and BigQuery.
+tables (ranked windows, exact slices, sketches, dead letters) are the output
+contract of DESIGN.md and are identical for Parquet and BigQuery.
 
 All instants are epoch milliseconds (UTC) inside the pipeline and
 ``timestamp[ms, tz=UTC]`` in the written tables.
@@ -80,6 +80,26 @@ SLICES_SCHEMA = pa.schema([
     pa.field("event_type", pa.string(), nullable=False),
     pa.field("item_id", pa.string(), nullable=False),
     pa.field("count", pa.int64(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),  # stream|batch
+    pa.field("emitted_at", TIMESTAMP, nullable=False),
+])
+
+#: Output table ``sketches`` (approximate): one mergeable sketch per
+#: (method, event type, slice), 1m slices rolled up to 1h and 1d. Rows with
+#: ``event_type = ALL_TYPES`` hold the sketch over all types, so an
+#: all-types range query merges them directly. ``sketch`` is the method's
+#: own versioned serialization (``topk.sketches.sketch_from_bytes``);
+#: ``total`` is exact (every count added), ``nbytes`` the length of
+#: ``sketch``, never above ``budget_bytes``.
+SKETCHES_SCHEMA = pa.schema([
+    pa.field("slice_start", TIMESTAMP, nullable=False),
+    pa.field("slice_length", pa.string(), nullable=False),  # 1m|1h|1d
+    pa.field("method", pa.string(), nullable=False),  # cms|frequent_items
+    pa.field("event_type", pa.string(), nullable=False),  # ALL_TYPES = all
+    pa.field("sketch", pa.binary(), nullable=False),
+    pa.field("total", pa.int64(), nullable=False),
+    pa.field("nbytes", pa.int32(), nullable=False),
+    pa.field("budget_bytes", pa.int32(), nullable=False),
     pa.field("source", pa.string(), nullable=False),  # stream|batch
     pa.field("emitted_at", TIMESTAMP, nullable=False),
 ])

@@ -93,3 +93,26 @@ def test_rank_windows_and_slice_tables(pipeline):
         assert_that(ranked | "schema" >> beam.Map(lambda t: t.schema ==
                                                    schema.RANKED_WINDOWS_SCHEMA),
                     equal_to([True]), label="schema")
+
+
+def test_dedup_accumulator_compaction_keeps_exact_counts():
+    # Compaction (de-duplicating inside the accumulator once it grows) must
+    # mix compacted and fresh tables without changing any count.
+    from topk.events import parse_json_lines
+    from topk.transforms.exact import DedupSliceCountsFn
+
+    fn = DedupSliceCountsFn(compact_rows=5)
+    ids = [[(b * 7 + i) % 20 for i in range(7)] for b in range(6)]
+    batches = [parse_json_lines(b"\n".join(
+        ev(f"e{n}", f"i{n % 3}", T0) for n in batch)).events
+        for batch in ids]
+    acc = fn.create_accumulator()
+    for t in batches:
+        acc = fn.add_input(acc, t)
+    acc = fn.merge_accumulators([acc, fn.add_input(fn.create_accumulator(),
+                                                   batches[0])])
+    out = fn.extract_output(acc)
+    unique = {r["event_id"]: r["item_id"] for t in batches
+              for r in t.to_pylist()}
+    expected = collections.Counter(unique.values())
+    assert dict(zip(out["item_id"].to_pylist(), out["count"].to_pylist())) == expected

@@ -1,10 +1,15 @@
-"""Batch top-K: event files -> exact ranked windows and slices in Parquet.
+"""Batch top-K: event files -> ranked windows, slices and sketches in Parquet.
 
 The precise path's reprocessing job: it reads JSON-lines or Parquet event
 files, de-duplicates by ``event_id`` over the whole input, counts exact
 one-minute slices and ranks every window of the chosen specs::
 
     topk batch --input 'events/*.jsonl' --output out/ --windows 1h,1h/1m --k 10
+
+With ``--method cms`` and/or ``frequent_items`` (``exact`` is the default;
+several may be given, comma-separated), the de-duplicated minute counts also
+feed fixed-size sketches: per-slice sketches (the sketches table) and ranked
+windows with lower and upper bounds, one set per method.
 
 It uses the same transforms as the streaming pipeline.
 """
@@ -13,13 +18,16 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from topk import output_layout
+from topk import output_layout, sketch_windows
 from topk.pipelines.options import TopKOptions, check_required
 from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
 from topk.sources.files import ReadEventFiles, matching_files
-from topk.transforms.exact import ExactSliceCounts
+from topk.transforms.exact import (DedupSliceCounts, ExactSliceCounts,
+                                   ItemShardCounts)
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.rank import RankWindows, SliceTables
+from topk.transforms.sketch_windows import (ApproximateSlices,
+                                            ApproximateWindows, SketchTables)
 from topk.windows import parse_windows
 
 _LOG = logging.getLogger(__name__)
@@ -47,17 +55,36 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
     opts = options.view_as(TopKOptions)
     inputs = options.view_as(BatchOptions).input
     specs = parse_windows(opts.windows)
+    methods = sketch_windows.parse_methods(opts.method)
+    approximate = sketch_windows.approximate_methods(methods)
     parsed = (
         pipeline
         | "ReadFiles" >> ReadEventFiles(inputs)
         | "ParseEvents" >> ParseEvents())
-    counts = parsed.events | "ExactSlices" >> ExactSliceCounts(
-        item_shards=opts.item_shards, dedup_shards=opts.dedup_shards)
-    tables = {
-        output_layout.RANKED_WINDOWS: counts | "RankWindows" >> RankWindows(
-            specs, opts.k),
-        output_layout.SLICES: counts | "SliceTables" >> SliceTables(),
-    }
+    ranked, tables = [], {}
+    if not approximate:
+        # Exact only: the same steps, and step names, as before approximate
+        # methods existed.
+        counts = parsed.events | "ExactSlices" >> ExactSliceCounts(
+            item_shards=opts.item_shards, dedup_shards=opts.dedup_shards)
+    else:
+        # Both paths start from the same de-duplicated minute partials.
+        partials = parsed.events | "DedupSlices" >> DedupSliceCounts(
+            dedup_shards=opts.dedup_shards)
+        if sketch_windows.EXACT in methods:
+            counts = partials | "ItemShards" >> ItemShardCounts(
+                item_shards=opts.item_shards)
+        sketched = partials | "ApproximateSlices" >> ApproximateSlices(
+            approximate, opts.sketch_budget_bytes)
+        tables[output_layout.SKETCHES] = (
+            sketched | "SketchTables" >> SketchTables())
+        ranked.append(sketched | "ApproximateWindows" >> ApproximateWindows(
+            specs, opts.k))
+    if sketch_windows.EXACT in methods:
+        ranked.insert(0, counts | "RankWindows" >> RankWindows(specs, opts.k))
+        tables[output_layout.SLICES] = counts | "SliceTables" >> SliceTables()
+    tables[output_layout.RANKED_WINDOWS] = ranked[0] if len(ranked) == 1 else (
+        ranked | "AllRankedWindows" >> beam.Flatten())
     written = tables | "WriteOutput" >> WriteOutputTables(opts.output)
     dead_file = f"part-batch-{output_layout.input_fingerprint(inputs)}"
     (parsed[DEAD_LETTERS]

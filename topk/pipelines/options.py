@@ -10,6 +10,8 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from topk import sketch_windows
+from topk.sketches import DEFAULT_BUDGET_BYTES
 from topk.windows import DEFAULT_WINDOWS, parse_windows
 
 
@@ -28,6 +30,26 @@ def _windows(text: str) -> str:
     return text
 
 
+def _methods(text: str) -> str:
+    try:
+        sketch_windows.parse_methods(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _sketch_budget(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer number of bytes: {text}") from None
+    try:
+        return sketch_windows.check_budget(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 class TopKOptions(PipelineOptions):
     """What to count and rank, and where the results go."""
 
@@ -36,7 +58,8 @@ class TopKOptions(PipelineOptions):
         parser.add_argument(
             "--output",
             help="Output directory (local path or gs://...) for the "
-            "ranked_windows, slices and dead_letters Parquet tables.")
+            "ranked_windows, slices, sketches and dead_letters Parquet "
+            "tables.")
         parser.add_argument(
             "--windows", type=_windows, default=",".join(DEFAULT_WINDOWS),
             help="Comma-separated windows to rank: tumbling 1m, 1h, 1d, 30d "
@@ -53,6 +76,20 @@ class TopKOptions(PipelineOptions):
             "--dedup_shards", "--dedup-shards", type=_positive_int, default=8,
             help="Shards event ids are hashed into for de-duplication "
             "(default 8).")
+        parser.add_argument(
+            "--method", type=_methods, default=sketch_windows.EXACT,
+            help="Comma-separated counting methods: exact (exact counts, "
+            "the slices table), cms (Count-Min sketch + candidates), "
+            "frequent_items (DataSketches frequent items). Approximate "
+            "methods write per-slice sketches (the sketches table) and "
+            "ranked windows with lower/upper bounds, in fixed memory. "
+            "Default: exact.")
+        parser.add_argument(
+            "--sketch_budget_bytes", "--sketch-budget-bytes",
+            type=_sketch_budget, default=DEFAULT_BUDGET_BYTES,
+            help="Memory budget of each approximate sketch (per slice and "
+            "per window), in bytes of its serialized form; a sketch never "
+            f"exceeds it (default {DEFAULT_BUDGET_BYTES}).")
 
 
 def check_required(options: PipelineOptions, names: list[str]) -> None:

@@ -40,45 +40,65 @@ class WriteParquetTable(beam.PTransform):
 
     ``partitions`` maps a batch to ``[(partition, rows)]`` (see
     ``output_layout``); all rows of a partition land in one file
-    ``<file_name>.parquet`` sorted by ``sort_keys``. Yields the paths written.
+    ``<file_name>.parquet`` sorted by ``sort_keys``. With ``per_method``,
+    each ``method`` value of a partition gets its own file instead, named
+    by ``output_layout.method_file_name`` (exact rows keep ``file_name``).
+    Yields the paths written.
     """
 
     def __init__(self, output: str, table: str, partitions, file_name: str,
-                 sort_keys: list[str]):
+                 sort_keys: list[str], per_method: bool = False):
         super().__init__()
         self._output = output
         self._table = table
         self._partitions = partitions
         self._file_name = file_name
         self._sort_keys = sort_keys
+        self._per_method = per_method
 
     def expand(self, tables):
         output, table_name = self._output, self._table
         file_name, sort_keys = self._file_name, self._sort_keys
+        partitions, per_method = self._partitions, self._per_method
 
-        def write(partition, parts):
+        def locate(table):
+            # Key = (partition, file name): one writer per file.
+            for partition, rows in partitions(table):
+                if not per_method:
+                    yield (partition, file_name), rows
+                    continue
+                methods = pc.unique(rows["method"]).to_pylist()
+                for method in methods:
+                    yield ((partition,
+                            output_layout.method_file_name(file_name, method)),
+                           rows if len(methods) == 1 else rows.filter(
+                               pc.equal(rows["method"], method)))
+
+        def write(location, parts):
+            partition, name = location
             rows = pa.concat_tables(list(parts))
             rows = rows.take(pc.sort_indices(
                 rows, sort_keys=[(k, "ascending") for k in sort_keys]))
             return write_parquet_atomically(
                 rows, output_layout.partition_path(
-                    output, table_name, partition, f"{file_name}.parquet"))
+                    output, table_name, partition, f"{name}.parquet"))
 
         return (
             tables
-            | "Partition" >> beam.FlatMap(self._partitions).with_output_types(
-                typing.Tuple[typing.Tuple[typing.Tuple[str, str], ...],
-                             pa.Table])
+            | "Partition" >> beam.FlatMap(locate).with_output_types(
+                typing.Tuple[typing.Tuple[typing.Tuple[
+                    typing.Tuple[str, str], ...], str], pa.Table])
             | "GatherPartition" >> beam.GroupByKey()
             | "WriteFile" >> beam.MapTuple(write))
 
 
 class WriteOutputTables(beam.PTransform):
-    """Write the ranked windows and exact slices of one run.
+    """Write the ranked windows, exact slices and sketches of one run.
 
-    Takes a dict ``{"ranked_windows": PCollection[pa.Table],
-    "slices": PCollection[pa.Table]}`` (either may be absent); yields the
-    paths written.
+    Takes a dict ``{"ranked_windows": PCollection[pa.Table], "slices":
+    PCollection[pa.Table], "sketches": PCollection[pa.Table]}`` (any may be
+    absent); yields the paths written. Ranked windows and sketches are
+    written one file per method (``output_layout.method_file_name``).
     """
 
     def __init__(self, output: str, source: str = "batch"):
@@ -94,7 +114,7 @@ class WriteOutputTables(beam.PTransform):
                 | "WriteRankedWindows" >> WriteParquetTable(
                     self._output, output_layout.RANKED_WINDOWS,
                     output_layout.ranked_windows_partitions, self._file,
-                    ["event_type", "window_start", "rank"]))
+                    ["event_type", "window_start", "rank"], per_method=True))
         if output_layout.SLICES in pcolls:
             written.append(
                 pcolls[output_layout.SLICES]
@@ -102,4 +122,11 @@ class WriteOutputTables(beam.PTransform):
                     self._output, output_layout.SLICES,
                     output_layout.slices_partitions, self._file,
                     ["slice_start"]))
+        if output_layout.SKETCHES in pcolls:
+            written.append(
+                pcolls[output_layout.SKETCHES]
+                | "WriteSketches" >> WriteParquetTable(
+                    self._output, output_layout.SKETCHES,
+                    output_layout.sketches_partitions, self._file,
+                    ["event_type", "slice_start"], per_method=True))
         return tuple(written) | "AllWritten" >> beam.Flatten()

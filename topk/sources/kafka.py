@@ -1,4 +1,4 @@
-"""``ReadFromKafkaBatches``: a pure-Python Kafka source (kafka-python) for Beam.
+"""``ReadFromKafkaBatches``: a pure-Python Kafka source (kafka-python), Beam.
 
 Beam's own ``ReadFromKafka`` is a cross-language transform that needs a Java
 expansion service; this one is a Python splittable DoFn, so it runs wherever
@@ -47,9 +47,14 @@ DoFn claims each batch's last offset (``BatchOffsetTracker``), emits it, and
 after ``max_read_s`` or an empty poll hands the rest back with
 ``defer_remainder``, so the runner checkpoints and resumes it later (and
 downstream stages see the output of the bundle). Nothing is auto-committed;
-``commit_offsets=True`` commits the offsets of emitted batches to
-``group_id`` for monitoring (consumer lag) and as the starting point of a
-*new* job (``start="committed"``).
+``commit_offsets=True`` commits offsets to ``group_id`` for monitoring
+(consumer lag) and as the starting point of a *new* job
+(``start="committed"``): a partition's offset is committed when its next
+``process`` call starts, i.e. once the runner has taken the output of the
+batches before it (a bounded read commits its end when done). That is output
+handed to the runner, not yet written by the sinks: a job restarted from
+committed offsets after a crash needs idempotent sinks and may have to start
+a little earlier.
 
 Broker outages: kafka-python reconnects by itself; a poll that fails or
 finds nothing is retried after a delay (exponential backoff for errors),
@@ -309,6 +314,14 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 self.lost.inc(reader.skipped)
                 reader.skipped = 0
             if batch is None:
+                stop = tracker.current_restriction().stop
+                if plan.bounded and reader.position() >= stop:
+                    # Nothing left but offsets no consumer ever sees
+                    # (transaction markers): the range is done.
+                    if tracker.try_claim(stop - 1):
+                        self._end_call(plan, watermark, own_wm, done=True)
+                        self._maybe_commit(reader, stop, force=True)
+                        return
                 own_wm = self._idle_watermark(reader, own_wm, next_offset)
                 self._end_call(plan, watermark, own_wm)
                 tracker.defer_remainder(Duration.of(s["resume_delay_s"]))
@@ -505,9 +518,10 @@ class ReadFromKafkaBatches(beam.PTransform):
         otherwise read forever.
       group_id: consumer group for ``start="committed"`` and commits; the
         source never joins the group (no rebalancing: the runner assigns).
-      commit_offsets: commit the offsets of emitted batches to ``group_id``
-        (at most every ``commit_interval_s``, and whenever a read pauses or
-        ends), for monitoring and for a later job's ``start="committed"``.
+      commit_offsets: commit the offsets whose batches the runner has taken
+        to ``group_id`` (at most every ``commit_interval_s``; a bounded read
+        commits its end when done), for monitoring and for a later job's
+        ``start="committed"``.
       max_batch_records, max_batch_bytes, poll_timeout_ms: batch limits and
         how long one poll waits for the first message.
       consumer_config: extra kafka-python ``KafkaConsumer`` settings
@@ -524,7 +538,9 @@ class ReadFromKafkaBatches(beam.PTransform):
         range into pieces of this many offsets read in parallel (0: one
         restriction per partition).
       max_read_s: how long one ``process`` call reads before it hands the
-        rest of its range back for a checkpoint.
+        rest of its range back for a checkpoint. Output and watermark reach
+        the runner when the call ends, so this adds to latency (see
+        deploy/prism/README.md).
       resume_delay_s: how long a partition with nothing new waits before
         polling again.
     """
@@ -539,7 +555,7 @@ class ReadFromKafkaBatches(beam.PTransform):
                  allowed_skew_ms: int = ko.ALLOWED_SKEW_MS,
                  idle_timeout_ms: int | None = ko.IDLE_TIMEOUT_MS,
                  align_watermarks: bool | None = None,
-                 split_size: int = 0, max_read_s: float = 5.0,
+                 split_size: int = 0, max_read_s: float = 1.0,
                  resume_delay_s: float = 0.5,
                  commit_interval_s: float = 1.0,
                  plan_timeout_s: float = 60.0):

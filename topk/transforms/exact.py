@@ -111,7 +111,9 @@ class ExactSliceCounts(beam.PTransform):
     Takes ``pa.Table`` batches in ``EVENT_SCHEMA``; yields
     ``(item_shard, pa.Table)`` with one table per shard (per Beam window) in
     ``SLICE_COUNTS_SCHEMA``: the de-duplicated exact counts of that shard's
-    items per ``(event_type, slice_start, item_id)``.
+    items per ``(event_type, slice_start, item_id)``. The same steps as
+    ``DedupSliceCounts`` followed by ``ItemShardCounts``, for pipelines that
+    need nothing in between.
     """
 
     def __init__(self, item_shards: int = 8, dedup_shards: int = 8,
@@ -122,18 +124,67 @@ class ExactSliceCounts(beam.PTransform):
         self._slice_ms = slice_ms
 
     def expand(self, events):
-        # Type hints make Beam encode (shard, table) with ArrowTableCoder
-        # instead of pickling the table (~15x slower).
-        return (
-            events
-            | "KeyByEventId" >> beam.FlatMap(
-                key_by_shard, "event_id", self._dedup_shards
-            ).with_output_types(ShardTable)
-            | "DedupAndCount" >> beam.CombinePerKey(
-                DedupSliceCountsFn(self._slice_ms)).with_output_types(ShardTable)
-            | "KeyByItem" >> beam.FlatMap(
-                lambda kv, n: key_by_shard(kv[1], "item_id", n),
-                self._item_shards).with_output_types(ShardTable)
-            | "MergePerItemShard" >> beam.CombinePerKey(
-                MergeSliceCountsFn()).with_output_types(ShardTable))
+        return _item_shard_steps(
+            _dedup_steps(events, self._dedup_shards, self._slice_ms),
+            self._item_shards)
 
+
+class DedupSliceCounts(beam.PTransform):
+    """Validated event tables -> de-duplicated exact partial slice counts.
+
+    Takes ``pa.Table`` batches in ``EVENT_SCHEMA``; yields ``(dedup_shard,
+    pa.Table)`` in ``SLICE_COUNTS_SCHEMA``: the exact counts of the events
+    whose ``event_id`` hashes to that shard (every id counted once), any
+    item, any event type. Partials of different shards add up to the exact
+    counts; this is where the approximate path branches off
+    (``ItemShardCounts`` continues the exact one).
+    """
+
+    def __init__(self, dedup_shards: int = 8,
+                 slice_ms: int = schema.MINUTE_MS):
+        super().__init__()
+        self._dedup_shards = dedup_shards
+        self._slice_ms = slice_ms
+
+    def expand(self, events):
+        return _dedup_steps(events, self._dedup_shards, self._slice_ms)
+
+
+class ItemShardCounts(beam.PTransform):
+    """De-duplicated partial counts -> exact counts per item shard.
+
+    Takes ``(dedup_shard, pa.Table)`` from ``DedupSliceCounts``; yields
+    ``(item_shard, pa.Table)`` as ``ExactSliceCounts`` does.
+    """
+
+    def __init__(self, item_shards: int = 8):
+        super().__init__()
+        self._item_shards = item_shards
+
+    def expand(self, partials):
+        return _item_shard_steps(partials, self._item_shards)
+
+
+# The steps, shared by the composites above; their labels nest under
+# whichever composite calls them, so ExactSliceCounts keeps its step names.
+
+def _dedup_steps(events, dedup_shards: int, slice_ms: int):
+    # Type hints make Beam encode (shard, table) with ArrowTableCoder
+    # instead of pickling the table (~15x slower).
+    return (
+        events
+        | "KeyByEventId" >> beam.FlatMap(
+            key_by_shard, "event_id", dedup_shards
+        ).with_output_types(ShardTable)
+        | "DedupAndCount" >> beam.CombinePerKey(
+            DedupSliceCountsFn(slice_ms)).with_output_types(ShardTable))
+
+
+def _item_shard_steps(partials, item_shards: int):
+    return (
+        partials
+        | "KeyByItem" >> beam.FlatMap(
+            lambda kv, n: key_by_shard(kv[1], "item_id", n),
+            item_shards).with_output_types(ShardTable)
+        | "MergePerItemShard" >> beam.CombinePerKey(
+            MergeSliceCountsFn()).with_output_types(ShardTable))
