@@ -36,19 +36,37 @@ def _add_generate(sub):
     p.add_argument("--events", type=int, required=True,
                    help="Number of valid, distinct events.")
     p.add_argument("--out", required=True, help="File to write.")
+    p.add_argument("--rate", type=float, default=d.rate,
+                   help=f"Events per second of event time (default {d.rate:g}"
+                   "); the span is events / rate.")
+    _add_event_shape_options(p, d)
+    p.add_argument("--burst-item", default=None,
+                   help="Item that bursts (hot-item burst); off by default.")
+    p.add_argument("--burst-share", type=float, default=0.5,
+                   help="Share of events inside the burst that go to the "
+                   "burst item (default 0.5).")
+    p.add_argument("--burst-start", default=None,
+                   help="Burst start, RFC 3339 (default: middle of the span).")
+    p.add_argument("--burst-duration", type=float, default=d.burst_duration_s,
+                   help=f"Burst length in seconds (default "
+                   f"{d.burst_duration_s:g}).")
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_event_shape_options(p, d, start_help: str = "") -> None:
+    """Options shared by ``generate`` and ``produce``: what the synthetic
+    events look like (``d``: the generator's defaults)."""
     p.add_argument("--seed", type=int, default=d.seed,
                    help=f"Random seed (default {d.seed}); same seed, same "
-                   "bytes.")
+                   "events.")
     p.add_argument("--items", type=int, default=d.items,
                    help=f"Catalogue size (default {d.items}).")
     p.add_argument("--zipf", type=float, default=d.zipf,
                    help=f"Popularity exponent s, P(rank r) ~ 1/r^s "
                    f"(default {d.zipf}).")
     p.add_argument("--start", default=d.start,
-                   help=f"First event time, RFC 3339 (default {d.start}).")
-    p.add_argument("--rate", type=float, default=d.rate,
-                   help=f"Events per second of event time (default {d.rate:g}"
-                   "); the span is events / rate.")
+                   help=f"First event time, RFC 3339{start_help} (default "
+                   f"{d.start}).")
     p.add_argument("--jitter", type=float, default=d.jitter_s,
                    help=f"Out-of-order jitter in seconds (default "
                    f"{d.jitter_s:g}).")
@@ -61,17 +79,6 @@ def _add_generate(sub):
     p.add_argument("--ts-format", choices=("ms", "rfc3339", "mixed"),
                    default=d.ts_format,
                    help=f"How ts is written (default {d.ts_format}).")
-    p.add_argument("--burst-item", default=None,
-                   help="Item that bursts (hot-item burst); off by default.")
-    p.add_argument("--burst-share", type=float, default=0.5,
-                   help="Share of events inside the burst that go to the "
-                   "burst item (default 0.5).")
-    p.add_argument("--burst-start", default=None,
-                   help="Burst start, RFC 3339 (default: middle of the span).")
-    p.add_argument("--burst-duration", type=float, default=d.burst_duration_s,
-                   help=f"Burst length in seconds (default "
-                   f"{d.burst_duration_s:g}).")
-    p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args) -> int:
@@ -336,30 +343,10 @@ def _add_produce(sub):
                    "timestamps, which may be old event times).")
     p.add_argument("--progress-every", type=float, default=5.0,
                    help="Seconds between progress lines (default 5).")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help=f"Random seed (default {d.seed}).")
-    p.add_argument("--items", type=int, default=d.items,
-                   help=f"Catalogue size (default {d.items}).")
-    p.add_argument("--zipf", type=float, default=d.zipf,
-                   help=f"Popularity exponent (default {d.zipf}).")
-    p.add_argument("--start", default=d.start,
-                   help=f"First event time, RFC 3339 or 'now' (default "
-                   f"{d.start}).")
     p.add_argument("--event-rate", type=float, default=None,
                    help="Events per second of event time (default: --rate "
                    f"if given, else {d.rate:g}).")
-    p.add_argument("--jitter", type=float, default=d.jitter_s,
-                   help=f"Out-of-order jitter in seconds (default "
-                   f"{d.jitter_s:g}).")
-    p.add_argument("--duplicates", type=float, default=d.duplicate_share,
-                   help="Share of extra re-deliveries (default "
-                   f"{d.duplicate_share:g}).")
-    p.add_argument("--malformed", type=float, default=d.malformed_share,
-                   help="Share of extra malformed records (default "
-                   f"{d.malformed_share:g}).")
-    p.add_argument("--ts-format", choices=("ms", "rfc3339", "mixed"),
-                   default=d.ts_format,
-                   help=f"How ts is written (default {d.ts_format}).")
+    _add_event_shape_options(p, d, start_help=" or 'now'")
     p.set_defaults(func=cmd_produce)
 
 

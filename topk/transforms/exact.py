@@ -19,57 +19,28 @@ from topk.transforms import coders
 #: Element type of the shuffles: (shard number, table).
 ShardTable = typing.Tuple[int, pa.Table]
 
-#: Rows an accumulator may collect before it is compacted (de-duplicated or
-#: summed) to bound memory between inputs.
-COMPACT_ROWS = 2_000_000
+#: Rows an accumulator may take in between two compactions (de-duplicating
+#: or summing what it holds), to bound memory between inputs.
+COMPACT_ROWS = 4_000_000
+
+_COMPACTED = {b"topk.compacted": b"1"}
 
 
-class DedupSliceCountsFn(beam.CombineFn):
-    """Event tables -> exact slice counts with every ``event_id`` once.
+class _CompactingTablesFn(beam.CombineFn):
+    """A CombineFn whose accumulator is a list of Arrow tables that
+    ``_shrink`` can reduce to one table with the same meaning.
 
-    The accumulator is a list of event tables (``DEDUP_COLUMNS``) that is
-    de-duplicated whenever it grows past ``compact_rows``; de-duplication
-    must see every copy of an id, so it keeps one row per distinct event.
+    It compacts once ``compact_rows`` rows arrived since the last compaction,
+    not whenever the total is large: what compaction leaves can itself be
+    large (every distinct event), and re-shrinking it on every input would
+    make the combine quadratic.
     """
-
-    def __init__(self, slice_ms: int = schema.MINUTE_MS,
-                 compact_rows: int = COMPACT_ROWS):
-        self._slice_ms = slice_ms
-        self._compact_rows = compact_rows
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, acc, table):
-        acc.append(table.select(list(counting.DEDUP_COLUMNS)))
-        return self._maybe_compact(acc)
-
-    def merge_accumulators(self, accs):
-        return self._maybe_compact([t for acc in accs for t in acc])
-
-    def get_accumulator_coder(self):
-        return coders.ArrowTableListCoder()
-
-    def extract_output(self, acc):
-        if not acc:
-            return schema.SLICE_COUNTS_SCHEMA.empty_table()
-        unique = counting.dedup_events(pa.concat_tables(acc))
-        Metrics.counter("topk", "events_unique").inc(unique.num_rows)
-        return counting.count_slices(unique, self._slice_ms)
-
-    def _maybe_compact(self, acc):
-        # Not Beam's ``compact`` hook: that runs on every bundle's output,
-        # where de-duplicating rarely shrinks anything.
-        if len(acc) > 1 and sum(t.num_rows for t in acc) > self._compact_rows:
-            return [counting.dedup_events(pa.concat_tables(acc))]
-        return acc
-
-
-class MergeSliceCountsFn(beam.CombineFn):
-    """Exact slice-count tables -> their sum (``SLICE_COUNTS_SCHEMA``)."""
 
     def __init__(self, compact_rows: int = COMPACT_ROWS):
         self._compact_rows = compact_rows
+
+    def _shrink(self, tables: list) -> pa.Table:
+        raise NotImplementedError
 
     def create_accumulator(self):
         return []
@@ -81,20 +52,61 @@ class MergeSliceCountsFn(beam.CombineFn):
     def merge_accumulators(self, accs):
         return self._maybe_compact([t for acc in accs for t in acc])
 
-    def compact(self, acc):
-        # Partial counts do shrink when summed: worth it before a shuffle.
-        return [counting.merge_counts(acc)] if len(acc) > 1 else acc
-
     def get_accumulator_coder(self):
         return coders.ArrowTableListCoder()
 
-    def extract_output(self, acc):
-        return counting.merge_counts(acc)
-
     def _maybe_compact(self, acc):
-        if len(acc) > 1 and sum(t.num_rows for t in acc) > self._compact_rows:
-            return self.compact(acc)
+        fresh = sum(t.num_rows for t in acc
+                    if (t.schema.metadata or {}).get(b"topk.compacted") is None)
+        if len(acc) > 1 and fresh > self._compact_rows:
+            shrunk = self._shrink(self._plain(acc))
+            return [shrunk.replace_schema_metadata(_COMPACTED)]
         return acc
+
+    @staticmethod
+    def _plain(acc) -> list:
+        return [t.replace_schema_metadata(None) for t in acc]
+
+
+class DedupSliceCountsFn(_CompactingTablesFn):
+    """Event tables -> exact slice counts with every ``event_id`` once.
+
+    The accumulator holds event tables (``DEDUP_COLUMNS``); compaction
+    de-duplicates them, and de-duplication must see every copy of an id, so
+    it keeps one row per distinct event until the output.
+    """
+
+    def __init__(self, slice_ms: int = schema.MINUTE_MS,
+                 compact_rows: int = COMPACT_ROWS):
+        super().__init__(compact_rows)
+        self._slice_ms = slice_ms
+
+    def add_input(self, acc, table):
+        return super().add_input(acc, table.select(list(counting.DEDUP_COLUMNS)))
+
+    def _shrink(self, tables):
+        return counting.dedup_events(pa.concat_tables(tables))
+
+    def extract_output(self, acc):
+        if not acc:
+            return schema.SLICE_COUNTS_SCHEMA.empty_table()
+        unique = self._shrink(self._plain(acc))
+        Metrics.counter("topk", "events_unique").inc(unique.num_rows)
+        return counting.count_slices(unique, self._slice_ms)
+
+
+class MergeSliceCountsFn(_CompactingTablesFn):
+    """Exact slice-count tables -> their sum (``SLICE_COUNTS_SCHEMA``)."""
+
+    def _shrink(self, tables):
+        return counting.merge_counts(tables)
+
+    def compact(self, acc):
+        # Beam's hook before a shuffle: partial counts do shrink when summed.
+        return [self._shrink(self._plain(acc))] if len(acc) > 1 else acc
+
+    def extract_output(self, acc):
+        return self._shrink(self._plain(acc))
 
 
 def key_by_shard(table: pa.Table, column: str, shards: int):
