@@ -1,6 +1,5 @@
 """Exact counting and ranking units (no Beam); the oracle comparisons live in
 test_properties.py."""
-import numpy as np
 import pyarrow as pa
 import pytest
 

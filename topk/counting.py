@@ -8,7 +8,6 @@ aggregation happen in any order.
 """
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from topk import schema
 from topk.local_duckdb import connection

@@ -22,7 +22,7 @@ from topk import output_layout, sketch_windows
 from topk.pipelines.options import TopKOptions, check_required
 from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
 from topk.sources.files import ReadEventFiles, matching_files
-from topk.transforms.exact import (DedupSliceCounts, ExactSliceCounts,
+from topk.transforms.exact import (DedupSliceCounts,
                                    ItemShardCounts)
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.rank import RankWindows, SliceTables
@@ -61,28 +61,22 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
         pipeline
         | "ReadFiles" >> ReadEventFiles(inputs)
         | "ParseEvents" >> ParseEvents())
+    # Every method starts from the same de-duplicated minute partials.
+    partials = parsed.events | "DedupSlices" >> DedupSliceCounts(
+        dedup_shards=opts.dedup_shards)
     ranked, tables = [], {}
-    if not approximate:
-        # Exact only: the same steps, and step names, as before approximate
-        # methods existed.
-        counts = parsed.events | "ExactSlices" >> ExactSliceCounts(
-            item_shards=opts.item_shards, dedup_shards=opts.dedup_shards)
-    else:
-        # Both paths start from the same de-duplicated minute partials.
-        partials = parsed.events | "DedupSlices" >> DedupSliceCounts(
-            dedup_shards=opts.dedup_shards)
-        if sketch_windows.EXACT in methods:
-            counts = partials | "ItemShards" >> ItemShardCounts(
-                item_shards=opts.item_shards)
+    if sketch_windows.EXACT in methods:
+        counts = partials | "ItemShards" >> ItemShardCounts(
+            item_shards=opts.item_shards)
+        ranked.append(counts | "RankWindows" >> RankWindows(specs, opts.k))
+        tables[output_layout.SLICES] = counts | "SliceTables" >> SliceTables()
+    if approximate:
         sketched = partials | "ApproximateSlices" >> ApproximateSlices(
             approximate, opts.sketch_budget_bytes)
         tables[output_layout.SKETCHES] = (
             sketched | "SketchTables" >> SketchTables())
         ranked.append(sketched | "ApproximateWindows" >> ApproximateWindows(
             specs, opts.k))
-    if sketch_windows.EXACT in methods:
-        ranked.insert(0, counts | "RankWindows" >> RankWindows(specs, opts.k))
-        tables[output_layout.SLICES] = counts | "SliceTables" >> SliceTables()
     tables[output_layout.RANKED_WINDOWS] = ranked[0] if len(ranked) == 1 else (
         ranked | "AllRankedWindows" >> beam.Flatten())
     written = tables | "WriteOutput" >> WriteOutputTables(opts.output)
@@ -94,7 +88,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
     return written
 
 
-def run(argv=None, save_main_session=False):
+def run(argv=None):
     """Run the batch pipeline; returns the Beam ``PipelineResult``."""
     options = PipelineOptions(argv)
     check_required(options, ["input", "output"])
