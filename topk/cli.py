@@ -3,6 +3,8 @@
     topk demo                      # synthetic day -> batch pipeline -> queries
     topk generate --events N --out PATH [--seed S] ...
     topk batch --input GLOB --output DIR [--windows ...] [--k K] [beam options]
+    topk stream --bootstrap HOST:PORT --topic T --output DIR --bounded [...]
+    topk produce --bootstrap HOST:PORT --topic T --events N [...]
     topk query --output DIR --k K --start T --end T [--event-type E]
                [--method exact|cms|frequent_items] [--format table|json]
 
@@ -121,22 +123,46 @@ def _add_batch(sub):
         add_help=False)
     p.add_argument("-h", "--help", action="store_true",
                    help="Show this help and the pipeline options.")
-    p.set_defaults(func=cmd_batch)
+    p.set_defaults(func=cmd_batch, takes_beam_args=True)
 
 
 def cmd_batch(args, beam_args) -> int:
     from topk.pipelines import batch
+    return _run_pipeline(args, beam_args, "topk batch", batch,
+                         [batch.BatchOptions], ("input", "output"))
+
+
+def _add_stream(sub):
+    p = sub.add_parser(
+        "stream", help="Rank the events of a Kafka topic (bounded mode).",
+        description="Read a Kafka topic up to its current end offsets "
+        "(--bounded) and write exact top-K tables like `topk batch`, with "
+        "source = stream. Unbounded streaming is not built yet.",
+        add_help=False)
+    p.add_argument("-h", "--help", action="store_true",
+                   help="Show this help and the pipeline options.")
+    p.set_defaults(func=cmd_stream, takes_beam_args=True)
+
+
+def cmd_stream(args, beam_args) -> int:
+    from topk.pipelines import stream
+    return _run_pipeline(args, beam_args, "topk stream", stream,
+                         [stream.StreamOptions],
+                         ("bootstrap", "topic", "output"))
+
+
+def _run_pipeline(args, beam_args, prog, module, options_classes,
+                  required) -> int:
     from topk.pipelines.options import TopKOptions
-    parser = options_parser("topk batch", batch,
-                            [batch.BatchOptions, TopKOptions],
-                            required=("input", "output"))
+    parser = options_parser(prog, module, [*options_classes, TopKOptions],
+                            required=required)
     if args.help:
         parser.print_help()
         return 0
     parser.parse_known_args(beam_args)  # our options' errors, in one line
     started = time.perf_counter()
     try:
-        result = batch.run(beam_args)
+        result = module.run(beam_args)
     except ValueError as e:
         raise CliError(str(e)) from None
     _print_run_summary(result, time.perf_counter() - started)
@@ -403,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_generate(sub)
     _add_batch(sub)
+    _add_stream(sub)
     _add_query(sub)
     _add_produce(sub)
     return parser
@@ -420,7 +447,7 @@ def main(argv=None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "batch":
+        if getattr(args, "takes_beam_args", False):
             return args.func(args, rest)
         if rest:
             raise CliError(f"unrecognized arguments: {' '.join(rest)}")

@@ -146,8 +146,14 @@ def pack_messages(lines: pa.Array, events_per_message: int) -> list:
         terminated.offset:terminated.offset + n + 1]
     blob = data.to_pybytes()[off[0]:off[-1]] if off[0] else data.to_pybytes()
     off = off - off[0]
-    cuts = off[np.append(np.arange(0, n, events_per_message), n)].tolist()
-    return [blob[a:b - 1] for a, b in zip(cuts[:-1], cuts[1:])]
+    firsts = np.append(np.arange(0, n, events_per_message), n)
+    cuts = off[firsts].tolist()
+    # A message's trailing newline is dropped unless its last record is
+    # empty: readers take one trailing newline as a terminator, so "x\n"
+    # means ["x"] and ["x", ""] must be sent as "x\n\n".
+    last_empty = (np.diff(off)[firsts[1:] - 1] == 1).tolist()
+    return [blob[a:b if keep else b - 1]
+            for a, b, keep in zip(cuts[:-1], cuts[1:], last_empty)]
 
 
 class TokenBucket:
