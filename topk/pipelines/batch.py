@@ -52,15 +52,27 @@ class BatchOptions(PipelineOptions):
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions):
     """Add the batch top-K steps to ``pipeline``; returns the written paths."""
-    opts = options.view_as(TopKOptions)
     inputs = options.view_as(BatchOptions).input
-    specs = parse_windows(opts.windows)
-    methods = sketch_windows.parse_methods(opts.method)
-    approximate = sketch_windows.approximate_methods(methods)
     parsed = (
         pipeline
         | "ReadFiles" >> ReadEventFiles(inputs)
         | "ParseEvents" >> ParseEvents())
+    return add_top_k_tables(parsed, options, "batch",
+                            output_layout.input_fingerprint(inputs))
+
+
+def add_top_k_tables(parsed, options: PipelineOptions, source: str,
+                     input_name: str):
+    """The steps after ``ParseEvents`` shared by ``topk batch`` and ``topk
+    stream``: de-duplicated minute partials, then for each ``--method`` the
+    ranked windows and slice tables, all written under ``--output`` with
+    ``source`` in the rows and file names; dead letters go to
+    ``dead_letters/part-<source>-<input_name>.parquet``. Returns the paths
+    written."""
+    opts = options.view_as(TopKOptions)
+    specs = parse_windows(opts.windows)
+    methods = sketch_windows.parse_methods(opts.method)
+    approximate = sketch_windows.approximate_methods(methods)
     # Every method starts from the same de-duplicated minute partials.
     partials = parsed.events | "DedupSlices" >> DedupSliceCounts(
         dedup_shards=opts.dedup_shards)
@@ -68,23 +80,26 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
     if sketch_windows.EXACT in methods:
         counts = partials | "ItemShards" >> ItemShardCounts(
             item_shards=opts.item_shards)
-        ranked.append(counts | "RankWindows" >> RankWindows(specs, opts.k))
-        tables[output_layout.SLICES] = counts | "SliceTables" >> SliceTables()
+        ranked.append(counts | "RankWindows" >> RankWindows(
+            specs, opts.k, source=source))
+        tables[output_layout.SLICES] = counts | "SliceTables" >> SliceTables(
+            source=source)
     if approximate:
         sketched = partials | "ApproximateSlices" >> ApproximateSlices(
             approximate, opts.sketch_budget_bytes)
         tables[output_layout.SKETCHES] = (
-            sketched | "SketchTables" >> SketchTables())
+            sketched | "SketchTables" >> SketchTables(source=source))
         ranked.append(sketched | "ApproximateWindows" >> ApproximateWindows(
-            specs, opts.k))
+            specs, opts.k, source=source))
     tables[output_layout.RANKED_WINDOWS] = ranked[0] if len(ranked) == 1 else (
         ranked | "AllRankedWindows" >> beam.Flatten())
-    written = tables | "WriteOutput" >> WriteOutputTables(opts.output)
-    dead_file = f"part-batch-{output_layout.input_fingerprint(inputs)}"
+    written = tables | "WriteOutput" >> WriteOutputTables(opts.output,
+                                                          source=source)
     (parsed[DEAD_LETTERS]
      | "WriteDeadLetters" >> WriteParquetTable(
          opts.output, output_layout.DEAD_LETTERS,
-         lambda t: [((), t)], dead_file, ["source", "raw"]))
+         lambda t: [((), t)], f"part-{source}-{input_name}",
+         ["source", "raw"]))
     return written
 
 

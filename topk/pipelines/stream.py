@@ -1,12 +1,13 @@
-"""Kafka top-K, bounded mode: a topic's events -> exact ranked windows.
+"""Kafka top-K, bounded mode: a topic's events -> ranked windows and slices.
 
     topk stream --bootstrap 127.0.0.1:9092 --topic events --output out/ --bounded
 
 Reads the topic from ``--start`` up to the end offsets present at start
 (``--bounded``, for backfills and tests) with the pure-Python Kafka source
-(``topk.sources.kafka``), then runs the same transforms as ``topk batch``:
-parse and validate, de-duplicate by ``event_id``, exact one-minute slices,
-every window's top-K, Parquet. Rows are written with ``source = stream``.
+(``topk.sources.kafka``), then runs the same transforms as ``topk batch``
+(``batch.add_top_k_tables``): parse and validate, de-duplicate by
+``event_id``, exact slices and/or sketches per ``--method``, every window's
+top-K, Parquet. Rows are written with ``source = stream``.
 
 Unbounded streaming (early, on-time and late panes while windows are open)
 is not built yet: without ``--bounded`` the command says so and exits.
@@ -17,14 +18,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from topk import output_layout
-from topk.pipelines.batch import LOCAL_BATCH_RUNNER
-from topk.pipelines.options import TopKOptions, check_required
-from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
+from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
+from topk.pipelines.options import check_required
 from topk.sources.kafka import ReadFromKafkaBatches
-from topk.transforms.exact import ExactSliceCounts
-from topk.transforms.parse import DEAD_LETTERS, ParseEvents
-from topk.transforms.rank import RankWindows, SliceTables
-from topk.windows import parse_windows
+from topk.transforms.parse import ParseEvents
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,33 +56,18 @@ class StreamOptions(PipelineOptions):
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions):
-    """Add the bounded Kafka top-K steps to ``pipeline``."""
-    opts = options.view_as(TopKOptions)
+    """Add the bounded Kafka top-K steps to ``pipeline``; returns the
+    written paths."""
     kafka = options.view_as(StreamOptions)
-    specs = parse_windows(opts.windows)
     parsed = (
         pipeline
         | "ReadKafka" >> ReadFromKafkaBatches(
             kafka.bootstrap, kafka.topic, start=kafka.start, bounded=True,
             group_id=kafka.group, commit_offsets=kafka.commit_offsets)
         | "ParseEvents" >> ParseEvents())
-    counts = parsed.events | "ExactSlices" >> ExactSliceCounts(
-        item_shards=opts.item_shards, dedup_shards=opts.dedup_shards)
-    tables = {
-        output_layout.RANKED_WINDOWS: counts | "RankWindows" >> RankWindows(
-            specs, opts.k, source=SOURCE),
-        output_layout.SLICES: counts | "SliceTables" >> SliceTables(
-            source=SOURCE),
-    }
-    written = tables | "WriteOutput" >> WriteOutputTables(opts.output,
-                                                          source=SOURCE)
-    dead_file = "part-stream-" + output_layout.input_fingerprint(
-        f"{kafka.bootstrap}/{kafka.topic}")
-    (parsed[DEAD_LETTERS]
-     | "WriteDeadLetters" >> WriteParquetTable(
-         opts.output, output_layout.DEAD_LETTERS,
-         lambda t: [((), t)], dead_file, ["source", "raw"]))
-    return written
+    return add_top_k_tables(parsed, options, SOURCE,
+                            output_layout.input_fingerprint(
+                                f"{kafka.bootstrap}/{kafka.topic}"))
 
 
 def run(argv=None):
@@ -95,9 +77,6 @@ def run(argv=None):
     if not options.view_as(StreamOptions).bounded:
         raise ValueError("unbounded streaming is not built yet; use "
                          "--bounded to read up to the current end offsets")
-    if options.view_as(TopKOptions).method != "exact":
-        raise ValueError("topk stream ranks exactly for now: use "
-                         "--method exact (approximate methods: topk batch)")
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_BATCH_RUNNER  # runs bounded reads
