@@ -152,8 +152,12 @@ def main() -> None:
     path = os.path.join(args.dir, f"events-{args.events}.jsonl")
     small = os.path.join(args.dir, f"events-{args.events}-head"
                          f"{args.naive_events}.jsonl")
-    print(f"generating {args.events:,} events -> {path} (cached)")
+    started = time.perf_counter()
+    cached = os.path.exists(path)
     generate(path, args.events, seed=1)
+    print(f"input: {args.events:,} events -> {path} ("
+          + ("cached" if cached else
+             f"generated in {time.perf_counter() - started:.1f} s") + ")")
     head(path, small, args.naive_events)
     size_mb = os.path.getsize(path) / 1e6
 

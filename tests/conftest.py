@@ -2,8 +2,12 @@
 import os
 import sys
 
-# Tests import the package from the working tree even without an install.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Tests import the package from the working tree even without an install,
+# and the shared brute-force oracle (tests/oracle.py) as ``import oracle``
+# (importlib mode puts no test folder on sys.path by itself).
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_TESTS))
+sys.path.insert(0, _TESTS)
 
 import pytest  # noqa: E402
 from apache_beam.testing.test_pipeline import TestPipeline  # noqa: E402

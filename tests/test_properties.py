@@ -15,7 +15,6 @@ others.
 """
 import collections
 import datetime as dt
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,19 +31,7 @@ from topk import counting, events, output_layout, query, ranking, schema, shardi
 from topk.windows import WindowSpec, decompose_range
 
 
-def _load_oracle():
-    name = "topk_tests_oracle"
-    if name not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                            "oracle.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-oracle = _load_oracle()
+import oracle  # tests/ is on sys.path (conftest.py)
 
 MINUTE, HOUR, DAY = oracle.MINUTE_MS, oracle.HOUR_MS, oracle.DAY_MS
 #: 2024-05-17T00:00:00Z, a multiple of 30 days since the epoch (30d windows

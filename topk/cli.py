@@ -113,17 +113,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _add_batch(sub):
-    p = sub.add_parser(
-        "batch", help="Run the batch pipeline over event files.",
-        description="Exact (and, with --method, approximate) top-K of every "
-        "window over JSON-lines or Parquet event files, written as Parquet "
-        "tables under --output. Any other option is passed to Apache Beam "
-        "(e.g. --runner FlinkRunner).",
-        add_help=False)
+def _add_pipeline(sub, name: str, help_text: str, description: str, func):
+    # Pipeline commands parse their own options (and pass Beam's through)
+    # in ``_run_pipeline``, so argparse only sees -h here.
+    p = sub.add_parser(name, help=help_text, description=description,
+                       add_help=False)
     p.add_argument("-h", "--help", action="store_true",
                    help="Show this help and the pipeline options.")
-    p.set_defaults(func=cmd_batch, takes_beam_args=True)
+    p.set_defaults(func=func, takes_beam_args=True)
+
+
+def _add_batch(sub):
+    _add_pipeline(
+        sub, "batch", "Run the batch pipeline over event files.",
+        "Exact (and, with --method, approximate) top-K of every window over "
+        "JSON-lines or Parquet event files, written as Parquet tables under "
+        "--output. Any other option is passed to Apache Beam (e.g. --runner "
+        "FlinkRunner).", cmd_batch)
 
 
 def cmd_batch(args, beam_args) -> int:
@@ -133,15 +139,11 @@ def cmd_batch(args, beam_args) -> int:
 
 
 def _add_stream(sub):
-    p = sub.add_parser(
-        "stream", help="Rank the events of a Kafka topic (bounded mode).",
-        description="Read a Kafka topic up to its current end offsets "
-        "(--bounded) and write exact top-K tables like `topk batch`, with "
-        "source = stream. Unbounded streaming is not built yet.",
-        add_help=False)
-    p.add_argument("-h", "--help", action="store_true",
-                   help="Show this help and the pipeline options.")
-    p.set_defaults(func=cmd_stream, takes_beam_args=True)
+    _add_pipeline(
+        sub, "stream", "Rank the events of a Kafka topic (bounded mode).",
+        "Read a Kafka topic up to its current end offsets (--bounded) and "
+        "write the same tables as `topk batch`, with source = stream. "
+        "Unbounded streaming is not built yet.", cmd_stream)
 
 
 def cmd_stream(args, beam_args) -> int:

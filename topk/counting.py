@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from topk import schema
 from topk.local_duckdb import connection
+from topk.windows import floor_to
 
 #: Columns a de-duplication stage keeps per event.
 DEDUP_COLUMNS = ("event_id", "event_type", "item_id", "ts", "weight")
@@ -70,10 +71,10 @@ def rollup(counts: pa.Table, slice_ms: int) -> pa.Table:
 
 
 def floor_ms(ts: pa.ChunkedArray | pa.Array, size_ms: int) -> pa.Array:
-    """Align epoch-ms values down to a multiple of ``size_ms`` (ts >= 0)."""
+    """Align an Arrow column of epoch-ms values down to ``size_ms``."""
     np_ts = ts.to_numpy() if isinstance(ts, pa.ChunkedArray) else (
         ts.to_numpy(zero_copy_only=False))
-    return pa.array(np_ts - np_ts % size_ms)
+    return pa.array(floor_to(np_ts, size_ms))
 
 
 def _sum_by_key(t: pa.Table) -> pa.Table:

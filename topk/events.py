@@ -176,15 +176,14 @@ _FAST_PARSE = [
 _FAST_READ = pa_json.ReadOptions(block_size=8 << 20)
 
 
-def _fits_fast_path(body: bytes) -> bool:
+def _fits_fast_path(body: bytes, newlines: int) -> bool:
     """Whether Arrow's reader may parse the block: it skips blank lines,
     reads a ``null`` record as a row of nulls and crashes the process
     (pyarrow 25) when a block starts with one, accepts trailing commas, and
     does not check UTF-8 inside strings. Blocks with any of that (or merely
     text that looks like a trailing comma inside a string) take the per-line
     path. All checks run at memory speed."""
-    if not (body.startswith(b"{")
-            and body.count(b"\n{") == body.count(b"\n")):
+    if not (body.startswith(b"{") and body.count(b"\n{") == newlines):
         return False
     if _TRAILING_COMMA_BYTES.search(body):
         return False
@@ -201,8 +200,9 @@ def parse_json_lines(block: bytes | str, source: str | None = None,
     if isinstance(block, str):
         block = block.encode()
     body = block[:-1] if block.endswith(b"\n") else block
-    if fast and _fits_fast_path(body):
-        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+    newlines = body.count(b"\n")
+    if fast and _fits_fast_path(body, newlines):
+        n_lines = newlines + 1
         for options in _FAST_PARSE:
             try:
                 table = pa_json.read_json(io.BytesIO(block), _FAST_READ,
@@ -210,7 +210,7 @@ def parse_json_lines(block: bytes | str, source: str | None = None,
             except pa.ArrowInvalid:
                 continue
             if table.num_rows != n_lines:
-                break  # blank lines: only the per-line path keeps them
+                break  # rows must map 1:1 to lines (raw records of dead letters)
             try:
                 return validate_table(table, source,
                                       raw=lambda: split_lines(block))

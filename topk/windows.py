@@ -11,6 +11,7 @@ No Beam here: the query layer reuses this module.
 import dataclasses
 import datetime as dt
 import re
+import time
 
 import numpy as np
 
@@ -189,6 +190,11 @@ def parse_time(text: str) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     return int(t.timestamp() * 1000)
+
+
+def now_ms() -> int:
+    """The wall clock as epoch ms (``emitted_at`` of output rows)."""
+    return int(time.time() * 1000)
 
 
 def format_time(ms: int) -> str:

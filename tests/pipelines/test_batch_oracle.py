@@ -9,11 +9,9 @@ a rerun into the same directory rewrites the same files (no duplicates), and
 """
 import collections
 import datetime as dt
-import importlib.util
 import json
 import os
 import random
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,19 +20,7 @@ from topk import cli, generator, query
 from topk.pipelines import batch
 
 
-def _load_oracle():
-    name = "topk_tests_oracle"
-    if name not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))), "oracle.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-oracle = _load_oracle()
+import oracle  # tests/ is on sys.path (conftest.py)
 MINUTE, HOUR, DAY = oracle.MINUTE_MS, oracle.HOUR_MS, oracle.DAY_MS
 #: 2024-05-17T00:00:00Z: a 30-day window starts here (30 * 661 days).
 T30 = 19860 * DAY

@@ -1,15 +1,12 @@
 """``topk stream --bounded`` on a real Kafka broker against the oracle."""
 import os
-import sys
 import uuid
 
 import duckdb
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import oracle  # noqa: E402
-
-from topk import cli, generator, producer  # noqa: E402
+import oracle  # tests/ is on sys.path (conftest.py)
+from topk import cli, generator, producer
 
 pytestmark = pytest.mark.integration
 

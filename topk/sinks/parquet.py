@@ -106,27 +106,24 @@ class WriteOutputTables(beam.PTransform):
         self._output = output
         self._file = f"part-{source}"
 
+    #: table -> (step label, partitioner, sort keys, one file per method)
+    _TABLES = {
+        output_layout.RANKED_WINDOWS: (
+            "WriteRankedWindows", output_layout.ranked_windows_partitions,
+            ["event_type", "window_start", "rank"], True),
+        output_layout.SLICES: (
+            "WriteSlices", output_layout.slices_partitions, ["slice_start"],
+            False),
+        output_layout.SKETCHES: (
+            "WriteSketches", output_layout.sketches_partitions,
+            ["event_type", "slice_start"], True),
+    }
+
     def expand(self, pcolls):
-        written = []
-        if output_layout.RANKED_WINDOWS in pcolls:
-            written.append(
-                pcolls[output_layout.RANKED_WINDOWS]
-                | "WriteRankedWindows" >> WriteParquetTable(
-                    self._output, output_layout.RANKED_WINDOWS,
-                    output_layout.ranked_windows_partitions, self._file,
-                    ["event_type", "window_start", "rank"], per_method=True))
-        if output_layout.SLICES in pcolls:
-            written.append(
-                pcolls[output_layout.SLICES]
-                | "WriteSlices" >> WriteParquetTable(
-                    self._output, output_layout.SLICES,
-                    output_layout.slices_partitions, self._file,
-                    ["slice_start"]))
-        if output_layout.SKETCHES in pcolls:
-            written.append(
-                pcolls[output_layout.SKETCHES]
-                | "WriteSketches" >> WriteParquetTable(
-                    self._output, output_layout.SKETCHES,
-                    output_layout.sketches_partitions, self._file,
-                    ["event_type", "slice_start"], per_method=True))
+        written = [
+            pcolls[table] | label >> WriteParquetTable(
+                self._output, table, partitions, self._file, sort_keys,
+                per_method=per_method)
+            for table, (label, partitions, sort_keys, per_method)
+            in self._TABLES.items() if table in pcolls]
         return tuple(written) | "AllWritten" >> beam.Flatten()

@@ -1,17 +1,11 @@
 """``RankWindows`` and ``SliceTables``: from per-shard exact counts to the
 output tables."""
-import time
-
 import apache_beam as beam
 import pyarrow as pa
 
 from topk import counting, ranking
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
-from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
 
 
 class RankWindows(beam.PTransform):
@@ -46,7 +40,7 @@ class RankWindows(beam.PTransform):
         def merge(key, parts):
             return ranking.to_ranked_windows(
                 ranking.merge_window_top_k(list(parts), k), by_key[key],
-                source=source, pane_timing=timing, emitted_at_ms=_now_ms())
+                source=source, pane_timing=timing, emitted_at_ms=now_ms())
 
         return (
             shard_counts
@@ -72,7 +66,7 @@ class SliceTables(beam.PTransform):
 
         def tables(shard_and_counts):
             counts = shard_and_counts[1]
-            now = _now_ms()
+            now = now_ms()
             for name in lengths:
                 rolled = counting.rollup(counts, duration_ms(name))
                 if rolled.num_rows:

@@ -6,7 +6,6 @@ It branches off the exact path after de-duplication (``DedupSliceCounts``):
 partial counts are already pre-aggregated per (event type, minute, item), so
 a sketch is fed one row per distinct item, never one per event.
 """
-import time
 import typing
 
 import apache_beam as beam
@@ -16,14 +15,11 @@ from topk import sketch_windows, sketches
 from topk.schema import DAY_MS, HOUR_MS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.transforms.approximate import ApproximateTopKFn, MergeSketchesFn
-from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms
+from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
 
 #: Rows fed to one sketch, keyed by ``(event_type, slice_start_ms)``.
 SliceRows = typing.Tuple[typing.Tuple[str, int], pa.Table]
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _with_method(key_and_sketch, method: str):
@@ -127,7 +123,7 @@ class SketchTables(beam.PTransform):
 
         def table(where, rows):
             return sketch_windows.sketches_table(list(rows), where[0], source,
-                                                 _now_ms())
+                                                 now_ms())
 
         located = [levels[length] | f"Locate[{length}]" >> beam.Map(
             locate, length) for length in SLICE_LENGTHS]
@@ -186,7 +182,7 @@ class _RankSpec(beam.PTransform):
         def rank(event_type, windows):
             return sketch_windows.ranked_windows(
                 windows, spec, pane_ms, k, event_type, source=source,
-                pane_timing=timing, emitted_at_ms=_now_ms())
+                pane_timing=timing, emitted_at_ms=now_ms())
 
         if n == 1:
             # Each pane is a window: nothing to merge, nothing to gather.
