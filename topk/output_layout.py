@@ -7,6 +7,13 @@ An output directory holds Hive-style partitioned Parquet tables::
     OUTPUT/slices/slice_length=1h/date=2024-05-01/part-batch.parquet
     OUTPUT/sketches/slice_length=1h/date=2024-05-01/part-batch-cms.parquet
     OUTPUT/dead_letters/part-batch-<input hash>.parquet
+    OUTPUT/archive/date=2024-05-01/hour=09/part-stream-<writer id>.parquet
+
+``archive`` holds the validated events the stream read (``EVENT_SCHEMA``,
+hourly partitions by event time), not yet de-duplicated: the input of
+``topk batch --from-archive``, which de-duplicates over the whole range.
+Stream writers add files (a replay may add a copy of an event; the batch
+de-duplication removes it) and never rewrite them.
 
 ``date`` is the UTC day of ``window_start`` / ``slice_start``. A writer owns
 whole files, named by what they hold (source, pane for the stream, and the
@@ -25,12 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from topk.schema import DAY_MS
+from topk.schema import DAY_MS, HOUR_MS
 
 RANKED_WINDOWS = "ranked_windows"
 SLICES = "slices"
 SKETCHES = "sketches"
 DEAD_LETTERS = "dead_letters"
+ARCHIVE = "archive"
 
 #: The method whose rows are written under the writer's plain file name.
 EXACT = "exact"
@@ -111,6 +119,33 @@ def _by_slice_length_and_day(slices: pa.Table) -> list[tuple[tuple, pa.Table]]:
     for length in pc.unique(slices["slice_length"]).to_pylist():
         rows = slices.filter(pc.equal(slices["slice_length"], length))
         out.extend(split_by_day(rows, "slice_start", (("slice_length", length),)))
+    return out
+
+
+def archive_partitions(events: pa.Table) -> list[tuple[tuple, pa.Table]]:
+    """Validated events (``EVENT_SCHEMA``) -> ``(partition, rows)`` by UTC
+    date and hour of ``ts``: ``(("date", "2024-05-01"), ("hour", "09"))``."""
+    if events.num_rows == 0:
+        return []
+    hours = events["ts"].to_numpy() // HOUR_MS
+    out = []
+    for hour in np.unique(hours):
+        rows = events.filter(pa.array(hours == hour))
+        day, hour_of_day = divmod(int(hour), 24)
+        out.append(((("date", day_name(day)), ("hour", f"{hour_of_day:02d}")),
+                    rows))
+    return out
+
+
+def archive_hour_dirs(output: str, start_ms: int, end_ms: int) -> list[str]:
+    """The archive's hourly partition directories covering event times
+    ``[start_ms, end_ms)`` (whole hours: the hours that overlap the range)."""
+    first, last = start_ms // HOUR_MS, -(-end_ms // HOUR_MS)
+    out = []
+    for hour in range(first, last):
+        day, hour_of_day = divmod(hour, 24)
+        out.append(os.path.join(output, ARCHIVE, f"date={day_name(day)}",
+                                f"hour={hour_of_day:02d}"))
     return out
 
 
