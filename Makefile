@@ -24,6 +24,8 @@ demo: venv
 services:
 	deploy/kafka/kafka.sh install
 	deploy/prism/prism.sh install
+	deploy/bigquery/emulator.sh install
+	deploy/flink/flink.sh install
 
 test: venv services
 	$(PY) -m pytest -p no:cacheprovider tests

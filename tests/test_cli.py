@@ -24,7 +24,7 @@ def test_batch_help_lists_pipeline_options(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["batch", "--output", "x"], "the following arguments are required: --input"),
+    (["batch", "--output", "x"], "missing required option(s): --input (or --from-archive)"),
     (["batch", "--input", "/no/such/*.jsonl", "--output", "x"], "no input files match"),
     (["batch", "--input", "x", "--output", "y", "--k", "-1"], "must be a positive integer"),
     (["query", "--output", "/no/such/dir", "--k", "3", "--start",

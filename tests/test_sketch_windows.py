@@ -1,13 +1,18 @@
 """Approximate slices and windows without Beam: method and budget parsing,
-slice splitting, pane plans, and sliding-window sketches (block prefix and
-suffix merges) against a brute-force merge of every window's panes."""
+slice splitting, pane plans, sliding-window sketches (block prefix and
+suffix merges, Count-Min range merges) against a brute-force merge of every
+window's panes, and the ranked windows' bounds and guaranteed flags against
+the brute-force oracle (``tests/oracle.py``)."""
 import collections
 import random
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from topk import schema, sketch_windows, sketches
+import oracle  # tests/ is on sys.path (conftest.py)
+from topk import ranking, schema, sketch_windows, sketches
 from topk.windows import SUPPORTED_WINDOWS, WindowSpec
 
 
@@ -43,8 +48,13 @@ def test_split_slices_one_table_per_type_and_slice_with_all_types():
         "slice_start": [0, 0, 0, 60_000, 60_000],
         "item_id": ["a", "a", "b", "a", "c"],
         "count": [2, 3, 1, 4, 5]}, schema=schema.SLICE_COUNTS_SCHEMA)
-    got = {key: sorted(zip(t["item_id"].to_pylist(), t["count"].to_pylist()))
-           for key, t in sketch_windows.split_slices(counts)}
+    got = {}
+    for key, t in sketch_windows.split_slices(counts):
+        assert key not in got, f"{key} split twice"
+        summed = collections.Counter()
+        for item, n in zip(t["item_id"].to_pylist(), t["count"].to_pylist()):
+            summed[item] += n  # ALL_TYPES rows repeat an item once per type
+        got[key] = sorted(summed.items())
     assert got == {
         ("*", 0): [("a", 5), ("b", 1)], ("*", 60_000): [("a", 4), ("c", 5)],
         ("click", 0): [("a", 3)], ("click", 60_000): [("c", 5)],
@@ -90,7 +100,8 @@ def test_window_sketches_match_brute_force(method, n, step):
         for first, sketch in sketch_windows.window_sketches(
                 block, n, step, here, following):
             assert first not in got, "a window from two blocks"
-            assert first // n == block and first % step == 0
+            assert first // sketch_windows.block_panes(n) == block
+            assert first % step == 0
             got[first] = sketch
     # Brute force: every window start (multiple of step) covering a pane.
     want = {w for p in panes for w in range(p - n + 1, p + 1)
@@ -115,7 +126,7 @@ def test_ranked_windows_rows():
     spec = WindowSpec.parse("1h/1m")
     a = sketches.new_sketch("cms").update(["x", "y", "z"], [5, 3, 3])
     b = sketches.new_sketch("cms").update(["y"], [4])
-    ab = sketch_windows.copy_sketch(a).merge(b)
+    ab = a.copy().merge(b)
     rows = sketch_windows.ranked_windows(
         [(10, a), (11, ab), (12, ab)], spec, 60_000, 2, "play",
         emitted_at_ms=7).to_pylist()
@@ -163,3 +174,154 @@ def test_pending_sketch_adds_in_bulk_and_pickles_as_its_sketch():
 
 def ranked_items(sketch):
     return [(r["item_id"], r["count"]) for r in sketch.top_k(5).to_pylist()]
+
+
+# --- The guaranteed flag against the brute-force oracle --------------------
+
+#: 2024-05-17T00:00Z starts a 30-day window: streams around it cross minute,
+#: hour, day and 30-day boundaries.
+T30 = 19860 * schema.DAY_MS
+FLAG_SPECS = ["1m", "1h", "1h/1m", "1d/1h", "30d", "30d/1d"]
+
+
+def _events(rows):
+    return [oracle.Event(f"e{i}", f"i{item}", etype,
+                         T30 + minute * schema.MINUTE_MS + second * 1000,
+                         None, weight)
+            for i, (item, etype, minute, second, weight) in enumerate(rows)]
+
+
+def _partials(events, shards=2):
+    """Exact minute partials of the events, one table per de-duplication
+    shard (as ``DedupSliceCounts`` emits them: items repeat across
+    shards)."""
+    tables = []
+    for s in range(shards):
+        counts = oracle.slice_counts(events[s::shards], schema.MINUTE_MS)
+        tables.append(pa.table(
+            {"event_type": [t for t, _, _ in counts],
+             "slice_start": [m for _, m, _ in counts],
+             "item_id": [i for _, _, i in counts],
+             "count": list(counts.values())},
+            schema=schema.SLICE_COUNTS_SCHEMA))
+    return tables
+
+
+def _pane_levels(partials, method, budget):
+    """The sketches of every 1m, 1h and 1d slice, built as the pipeline
+    builds them: minute sketches fed every shard's rows, hours and days
+    merged from the level below (``ApproximateSlices``)."""
+    minutes = collections.defaultdict(lambda: sketch_windows.PendingSketch(
+        sketches.new_sketch(method, budget)))
+    for table in partials:
+        for key, rows in sketch_windows.split_slices(table):
+            minutes[key].add(rows)
+    levels = {"1m": {key: p.flush() for key, p in minutes.items()}}
+    for name, finer in (("1h", "1m"), ("1d", "1h")):
+        size = WindowSpec.parse(name).length_ms
+        groups = collections.defaultdict(list)
+        for (etype, start), sketch in levels[finer].items():
+            groups[(etype, start - start % size)].append(sketch)
+        levels[name] = {key: sketches.merge_many(group)
+                        for key, group in groups.items()}
+    return levels
+
+
+def _approximate_rows(levels, spec, k):
+    """Ranked windows of one spec as ``ApproximateWindows`` computes them:
+    pane sketches keyed by block (``blocks_of``), each block ranked by
+    ``rank_block``."""
+    length, n, step = sketch_windows.pane_plan(spec)
+    pane_ms = WindowSpec.parse(length).length_ms
+    blocks = collections.defaultdict(list)
+    for (etype, start), sketch in levels[length].items():
+        for block, is_next in sketch_windows.blocks_of(start // pane_ms, n,
+                                                       step):
+            blocks[(etype, block)].append((is_next, start // pane_ms,
+                                           sketch))
+    tables = [sketch_windows.rank_block(spec, k, etype, block, panes,
+                                        emitted_at_ms=0)
+              for (etype, block), panes in blocks.items()]
+    return pa.concat_tables(tables).to_pylist()
+
+
+def _true_windows(events, spec):
+    """{(event_type, window_start): {item: true count}}: the oracle's
+    ranking of every window, uncut."""
+    windows = collections.defaultdict(dict)
+    for etype, start, _, item, count, _ in oracle.ranked_windows(
+            events, spec.length_ms, spec.slide_ms, None):
+        windows[(etype, start)][item] = count
+    return windows
+
+
+event_rows = st.lists(st.tuples(
+    st.integers(0, 39),                 # item: more than a small sketch holds
+    st.sampled_from(["play", "click"]),
+    st.integers(-150, 150),             # minute around T30
+    st.integers(0, 59),
+    st.one_of(st.just(1), st.integers(1, 9))), min_size=1, max_size=200)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(rows=event_rows, k=st.integers(1, 6),
+       method=st.sampled_from(sketches.METHODS),
+       budget=st.sampled_from([512, 1024]))
+def test_guaranteed_flag_is_never_wrong(rows, k, method, budget):
+    """Every approximate ranked-window row: its bounds contain the true
+    count, and if it is flagged guaranteed, the item is in the true top-k of
+    the window whatever the tie rule (fewer than k other items reach its
+    count), so in the oracle's top-k too. Windows are those the oracle
+    has."""
+    events = _events(rows)
+    levels = _pane_levels(_partials(events), method, budget)
+    for name in FLAG_SPECS:
+        spec = WindowSpec.parse(name)
+        true = _true_windows(events, spec)
+        got = _approximate_rows(levels, spec, k)
+        assert {(r["event_type"], r["window_start"].timestamp() * 1000)
+                for r in got} == set(true), name
+        for r in got:
+            counts = true[(r["event_type"],
+                           int(r["window_start"].timestamp() * 1000))]
+            c = counts.get(r["item_id"], 0)
+            assert r["lower_bound"] <= c <= r["upper_bound"], (name, r, c)
+            assert r["method"] == method and r["rank"] <= k
+            if r["guaranteed"]:
+                others = sum(v >= c for i, v in counts.items()
+                             if i != r["item_id"])
+                assert others <= k - 1, (name, r, counts)
+                assert r["item_id"] in dict(oracle.ranked(counts, k)), r
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=event_rows, k=st.integers(1, 6))
+def test_exact_rows_are_the_oracle_top_k_and_all_guaranteed(rows, k):
+    events = _events(rows)
+    counts = pa.concat_tables(_partials(events))
+    for name in FLAG_SPECS:
+        spec = WindowSpec.parse(name)
+        merged = ranking.merge_window_top_k(
+            [ranking.shard_window_top_k(ranking.with_all_types(counts), spec,
+                                        k)], k)
+        out = ranking.to_ranked_windows(merged, spec, emitted_at_ms=0)
+        assert out["guaranteed"].to_pylist() == [True] * out.num_rows
+        assert sorted(
+            (r["event_type"], int(r["window_start"].timestamp() * 1000),
+             r["rank"], r["item_id"], r["count"], r["window_total"])
+            for r in out.to_pylist()) == oracle.ranked_windows(
+                events, spec.length_ms, spec.slide_ms, k)
+
+
+def test_rows_with_bounds_but_no_flags_claim_nothing():
+    # A caller passing bounds without flags (not the sketches' path) gets
+    # False, never an unproven True.
+    spec = WindowSpec.parse("1h")
+    merged = pa.table({"event_type": ["play"], "window_start": [0],
+                       "rank": pa.array([1], pa.int32()), "item_id": ["x"],
+                       "count": [4], "window_total": [9]})
+    out = ranking.to_ranked_windows(merged, spec, emitted_at_ms=0,
+                                    lower=pa.array([3]), upper=pa.array([5]))
+    assert out["guaranteed"].to_pylist() == [False]
+    assert out.schema == schema.RANKED_WINDOWS_SCHEMA

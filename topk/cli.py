@@ -7,6 +7,7 @@
     topk produce --bootstrap HOST:PORT --topic T --events N [...]
     topk query --output DIR --k K --start T --end T [--event-type E]
                [--method exact|cms|frequent_items] [--format table|json]
+    topk query --backend bigquery --bq-dataset D --k K --start T --end T ...
 
 Bad input exits with status 2 and a one-line reason on stderr.
 """
@@ -135,15 +136,21 @@ def _add_batch(sub):
 def cmd_batch(args, beam_args) -> int:
     from topk.pipelines import batch
     return _run_pipeline(args, beam_args, "topk batch", batch,
-                         [batch.BatchOptions], ("input", "output"))
+                         [batch.BatchOptions], ("output",))
 
 
 def _add_stream(sub):
     _add_pipeline(
-        sub, "stream", "Rank the events of a Kafka topic (bounded mode).",
-        "Read a Kafka topic up to its current end offsets (--bounded) and "
-        "write the same tables as `topk batch`, with source = stream. "
-        "Unbounded streaming is not built yet.", cmd_stream)
+        sub, "stream", "Rank the events of a Kafka topic as they arrive.",
+        "Read a Kafka topic and write ranked windows as early panes (every "
+        "--early_firing_s while a window is open), one on-time pane at the "
+        "watermark and late panes within --allowed_lateness, plus exact "
+        "slices, the raw-event archive, late events and dead letters (also "
+        "to a Kafka topic). Runs until stopped, on Prism locally (built by "
+        "deploy/prism/prism.sh install) or on --runner FlinkRunner / "
+        "DataflowRunner. With --bounded, reads up to the current end "
+        "offsets and writes the same tables as `topk batch` (source = "
+        "stream).", cmd_stream)
 
 
 def cmd_stream(args, beam_args) -> int:
@@ -156,7 +163,9 @@ def cmd_stream(args, beam_args) -> int:
 def _run_pipeline(args, beam_args, prog, module, options_classes,
                   required) -> int:
     from topk.pipelines.options import TopKOptions
-    parser = options_parser(prog, module, [*options_classes, TopKOptions],
+    from topk.sinks.bigquery import BigQuerySinkOptions
+    parser = options_parser(prog, module, [*options_classes, TopKOptions,
+                                           BigQuerySinkOptions],
                             required=required)
     if args.help:
         parser.print_help()
@@ -177,11 +186,13 @@ def _print_run_summary(result, seconds: float) -> None:
     valid = counters.get("events_valid", 0)
     unique = counters.get("events_unique", 0)
     dead = counters.get("events_dead_letter", 0)
+    late = counters.get("events_late", 0)
     rate = (valid + dead) / seconds if seconds else 0
     runner = type(result).__module__.rsplit(".", 1)[-1]
     print(f"done in {seconds:.1f} s on {runner} ({rate:,.0f} records/s): "
           f"{valid} valid events, {unique} unique events counted, "
-          f"{valid - unique} duplicates dropped, {dead} dead letters")
+          f"{valid - unique - late} duplicates dropped, {dead} dead letters"
+          + (f", {late} late events not counted" if late else ""))
 
 
 class _OptionsParser(argparse.ArgumentParser):
@@ -209,15 +220,24 @@ def options_parser(prog: str, pipeline_module, options_classes,
 
 
 def _add_query(sub):
+    from topk import bigquery_client
     p = sub.add_parser(
         "query", help="Top-K of any minute-aligned range up to 30 days.",
         description="Answer topk(k, start, end) from the output tables: the "
         "range is covered by the fewest aligned day/hour/minute slices. "
         "Exact (default): their counts are summed in one DuckDB statement "
-        "over the slices table. cms / frequent_items: their sketches are "
-        "merged, and every count comes with lower and upper bounds.")
-    p.add_argument("--output", required=True,
-                   help="Output directory of `topk batch` / `topk stream`.")
+        "over the slices table (--backend bigquery: one BigQuery statement, "
+        "same answers). cms / frequent_items: their sketches are merged, and "
+        "every count comes with lower and upper bounds.")
+    p.add_argument("--output",
+                   help="Output directory of `topk batch` / `topk stream` "
+                   "(--backend duckdb).")
+    p.add_argument("--backend", choices=("duckdb", "bigquery"),
+                   default="duckdb",
+                   help="duckdb (default): the Parquet tables under --output; "
+                   "bigquery: the tables of --bq-dataset (written with --sink "
+                   "bigquery), with Application Default Credentials.")
+    bigquery_client.add_arguments(p)
     p.add_argument("--k", type=int, required=True, help="How many items.")
     p.add_argument("--start", required=True,
                    help="Range start (inclusive), RFC 3339 UTC, whole minute.")
@@ -239,15 +259,23 @@ def _add_query(sub):
 
 
 def cmd_query(args) -> int:
-    from topk import query
+    from topk import bigquery_client, query
+    if args.backend == "duckdb" and not args.output:
+        raise CliError("--output is required with --backend duckdb")
     try:
+        backend, where = query, (args.output,)
+        if args.backend == "bigquery":
+            from topk import query_bigquery as backend
+            where = bigquery_client.connect(
+                args.bq_project, args.bq_dataset, args.bq_table_prefix,
+                args.bq_endpoint, args.bq_location)
         if args.method == "exact":
-            rows = query.topk(args.output, args.k, args.start, args.end,
-                              args.event_type)
+            rows = backend.topk(*where, args.k, args.start, args.end,
+                                args.event_type)
         else:
-            rows = query.topk_approx(args.output, args.k, args.start,
-                                     args.end, args.method, args.event_type)
-    except query.QueryError as e:
+            rows = backend.topk_approx(*where, args.k, args.start, args.end,
+                                       args.method, args.event_type)
+    except (query.QueryError, bigquery_client.BigQueryError) as e:
         raise CliError(str(e)) from None
     approximate = args.method != "exact"
     if args.format == "json":

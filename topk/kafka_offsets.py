@@ -302,6 +302,22 @@ def idle_watermark(current: int | None, now_ms: int,
 DONE = (1 << 63) - 1
 
 
+def _span_cut(records, max_span_ms: int) -> int:
+    """How many of ``records`` are stamped within ``max_span_ms`` of the
+    first (at least one). A batch is one element with one timestamp and
+    the watermark moves past a whole batch at once, so a batch spanning
+    more event time than the lateness allows would make its own oldest
+    events late (catch-up of a sparse backlog)."""
+    first = records[0].timestamp
+    if first is None or first < 0:
+        return len(records)
+    for i, r in enumerate(records):
+        if r.timestamp is not None and r.timestamp >= 0 and abs(
+                r.timestamp - first) > max_span_ms:
+            return max(i, 1)
+    return len(records)
+
+
 class AlignedWatermarks:
     """Per-partition watermarks of one read, shared by every reader in the
     process; each reader reports the minimum over all partitions.
@@ -530,12 +546,15 @@ class PartitionReader:
 
     def read_batch(self, max_records: int = MAX_BATCH_RECORDS,
                    max_bytes: int = MAX_BATCH_BYTES,
-                   timeout_ms: int = POLL_TIMEOUT_MS) -> Batch | None:
+                   timeout_ms: int = POLL_TIMEOUT_MS,
+                   max_span_ms: int | None = None) -> Batch | None:
         """The next messages, or ``None`` when none came within
         ``timeout_ms``. Waits only for the first poll; then takes what the
         consumer already holds, up to ``max_records`` messages or
         ``max_bytes`` of values (a batch ends at the first poll that would
-        wait). Raises kafka-python errors (the caller retries)."""
+        wait), and, with ``max_span_ms``, only messages stamped within that
+        much of the first one (the rest is read again next time). Raises
+        kafka-python errors (the caller retries)."""
         records = []
         nbytes = 0
         wait = timeout_ms
@@ -563,6 +582,13 @@ class PartitionReader:
             records = [r for r in records if r.offset >= self._next]
             if not records:
                 return None
+        if max_span_ms is not None:
+            cut = _span_cut(records, max_span_ms)
+            if cut < len(records):
+                records = records[:cut]
+                nbytes = sum(r.serialized_value_size for r in records
+                             if r.serialized_value_size > 0)
+                self.consumer.seek(self.tp, records[-1].offset + 1)
         self._next = records[-1].offset + 1
         self.last_data_ms = int(time.time() * 1000)
         return Batch(self.topic, self.partition, records, nbytes)

@@ -8,6 +8,8 @@ An output directory holds Hive-style partitioned Parquet tables::
     OUTPUT/sketches/slice_length=1h/date=2024-05-01/part-batch-cms.parquet
     OUTPUT/dead_letters/part-batch-<input hash>.parquet
     OUTPUT/archive/date=2024-05-01/hour=09/part-stream-<writer id>.parquet
+    OUTPUT/late_events/date=2024-05-01/part-stream-<writer id>.parquet
+    OUTPUT/late_counts/date=2024-05-01/part-stream-<writer id>.parquet
 
 ``archive`` holds the validated events the stream read (``EVENT_SCHEMA``,
 hourly partitions by event time), not yet de-duplicated: the input of
@@ -39,6 +41,8 @@ SLICES = "slices"
 SKETCHES = "sketches"
 DEAD_LETTERS = "dead_letters"
 ARCHIVE = "archive"
+LATE_EVENTS = "late_events"
+LATE_COUNTS = "late_counts"
 
 #: The method whose rows are written under the writer's plain file name.
 EXACT = "exact"

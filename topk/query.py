@@ -106,9 +106,15 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
         params.append(event_type)
     sql = f"""
         WITH s AS (
-          SELECT slice_length, slice_start, item_id, count, source
+          -- A stream writes a slice row per pane, each with the full count
+          -- so far: the latest one counts. (arg_max, not a window function:
+          -- DuckDB 2.0.1 computes window partitions over a hive-partitioned
+          -- read_parquet wrongly.)
+          SELECT source, slice_length, slice_start, item_id,
+                 arg_max(count, emitted_at) AS count
           FROM read_parquet(?, hive_partitioning = true)
           WHERE ({where}) {type_filter}
+          GROUP BY source, slice_length, slice_start, event_type, item_id
         ), batch_slices AS (
           SELECT DISTINCT slice_length, slice_start FROM s
           WHERE source = 'batch'
@@ -183,6 +189,12 @@ def topk_approx(output: str, k: int, start, end, method: str,
         if event_type != schema.ALL_TYPES:
             _check_event_type(glob, event_type, "AND method = ?", [method])
         return []
+    return merged_top_k(blobs, k, method)
+
+
+def merged_top_k(blobs, k: int, method: str) -> list[ApproxRankedItem]:
+    """The top ``k`` of the merge of serialized ``method`` sketches (also
+    the BigQuery backend's last step)."""
     try:
         top = sketches.merge_all(blobs).top_k(k)
     except ValueError as e:  # e.g. sketches sized by different budgets

@@ -342,11 +342,19 @@ def to_ranked_windows(merged: pa.Table, spec: WindowSpec, *,
                       method: str = "exact", pane_timing: str = "batch",
                       pane_index: int = 0, source: str = "batch",
                       emitted_at_ms: int, lower: pa.Array | None = None,
-                      upper: pa.Array | None = None) -> pa.Table:
+                      upper: pa.Array | None = None,
+                      guaranteed: pa.Array | None = None) -> pa.Table:
     """Shape ``merge_window_top_k`` output as the ``ranked_windows`` table.
-    Exact counts are their own bounds."""
+
+    Exact counts are their own bounds and their ranks are the true top-K,
+    so without ``lower``/``upper`` every row is ``guaranteed``. With
+    bounds (a sketch's rows), pass the sketch's flags as ``guaranteed``;
+    if they are missing, no row claims to be guaranteed (a flag is never
+    set without proof)."""
     n = merged.num_rows
     start = merged["window_start"]
+    if guaranteed is None:
+        guaranteed = pa.array(np.full(n, lower is None and upper is None))
     return pa.table({
         "window_start": start.cast(pa.int64()).cast(schema.TIMESTAMP),
         "window_end": pc.add(start, spec.length_ms).cast(schema.TIMESTAMP),
@@ -359,6 +367,7 @@ def to_ranked_windows(merged: pa.Table, spec: WindowSpec, *,
         "count": merged["count"],
         "lower_bound": merged["count"] if lower is None else lower,
         "upper_bound": merged["count"] if upper is None else upper,
+        "guaranteed": guaranteed,
         "window_total": merged["window_total"],
         "pane_timing": pa.array([pane_timing] * n, pa.string()),
         "pane_index": pa.array(np.full(n, pane_index, np.int32)),

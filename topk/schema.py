@@ -66,6 +66,11 @@ RANKED_WINDOWS_SCHEMA = pa.schema([
     pa.field("count", pa.int64(), nullable=False),
     pa.field("lower_bound", pa.int64(), nullable=False),
     pa.field("upper_bound", pa.int64(), nullable=False),
+    # Whether the item is provably in the window's true top-K (count desc,
+    # item_id asc): always for exact rows; for a sketch's rows, when its
+    # lower bound exceeds the K-th largest upper bound among all other
+    # items (then it is in the top-K under any tie rule).
+    pa.field("guaranteed", pa.bool_(), nullable=False),
     pa.field("window_total", pa.int64(), nullable=False),
     pa.field("pane_timing", pa.string(), nullable=False),  # early|on_time|late|batch
     pa.field("pane_index", pa.int32(), nullable=False),

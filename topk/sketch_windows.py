@@ -11,12 +11,15 @@ the stored slices whose length is the spec's step (1m, 1h, 1d; 30 day slices
 for a 30-day step, ``pane_plan``). Every sketch, window sketches included,
 stays within its byte budget (the sketches guarantee ``nbytes <= budget``).
 
-Sliding windows of ``n`` panes do not merge ``n`` panes each: panes are cut
-into aligned blocks of ``n``, and a window starting in block ``b`` is a
-suffix of block ``b`` plus a prefix of block ``b + 1`` (the van Herk /
-Gil-Werman scheme). The suffix and prefix merges of a block are computed
-once, so a window costs about three merges whatever ``n`` is
-(``window_sketches``).
+Windows are ranked a block of panes at a time (``blocks_of``,
+``rank_block``): one table per block, not per window. Sliding windows of
+``n`` panes do not merge ``n`` panes each: panes are cut into aligned
+blocks of ``n``, and a window starting in block ``b`` is a suffix of block
+``b`` plus a prefix of block ``b + 1``. Count-Min merges a block's windows
+all at once over running sums (``CountMinTopK.merge_ranges``); frequent
+items merges the suffixes and prefixes of a block once each (the van Herk /
+Gil-Werman scheme), so a window costs about three merges whatever ``n`` is
+(``window_sketches``). A window of one pane is that pane's sketch.
 
 No Beam here (the wiring is ``topk.transforms.sketch_windows``).
 """
@@ -71,22 +74,31 @@ def approximate_methods(methods: list[str]) -> list[str]:
 def split_slices(counts: pa.Table) -> list[tuple[tuple[str, int], pa.Table]]:
     """Exact partials (``SLICE_COUNTS_SCHEMA``) -> one ``((event_type,
     slice_start), rows)`` per type and slice, ``ALL_TYPES`` included;
-    ``rows`` has columns ``item_id`` and ``count``, one row per item (what a
-    sketch is fed)."""
-    counts = ranking.with_all_types(counts)
+    ``rows`` has columns ``item_id`` and ``count`` (what a sketch is fed).
+
+    Rows are sorted by slice, then type, so that every table is a
+    zero-copy slice: a type's rows of one slice, or for ``ALL_TYPES`` all
+    rows of the slice, where an item may repeat once per type (sketches
+    sum repeated items themselves, so no group-by is needed here)."""
     if counts.num_rows == 0:
         return []
-    counts = counts.take(pc.sort_indices(counts, sort_keys=[
-        ("event_type", "ascending"), ("slice_start", "ascending")]))
     types = pc.unique(counts["event_type"])
     code = pc.index_in(counts["event_type"], value_set=types).to_numpy()
     start = counts["slice_start"].to_numpy()
-    cuts = np.flatnonzero((code[1:] != code[:-1]) | (start[1:] != start[:-1]))
-    bounds = np.r_[0, cuts + 1, counts.num_rows]
-    items = counts.select(["item_id", "count"])
-    return [((types[int(code[a])].as_py(), int(start[a])),
-             items.slice(int(a), int(b - a)))
-            for a, b in zip(bounds[:-1], bounds[1:])]
+    order = np.lexsort((code, start))
+    code, start = code[order], start[order]
+    items = counts.select(["item_id", "count"]).take(pa.array(order))
+    new_slice = np.r_[True, start[1:] != start[:-1]]
+    new_type = new_slice | np.r_[True, code[1:] != code[:-1]]
+
+    def runs(first_rows, event_type_of):
+        bounds = np.r_[np.flatnonzero(first_rows), len(start)]
+        return [((event_type_of(a), int(start[a])),
+                 items.slice(int(a), int(b - a)))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+    return (runs(new_type, lambda a: types[int(code[a])].as_py())
+            + runs(new_slice, lambda a: schema.ALL_TYPES))
 
 
 class PendingSketch:
@@ -172,46 +184,95 @@ def pane_plan(spec: WindowSpec) -> tuple[str, int, int]:
     raise ValueError(f"window {spec.name} is not made of whole slices")
 
 
+#: Panes per block when every window is one pane (1m, 1h, 1d): ranked
+#: together, one table per block, and never more than 60 budgets held.
+SINGLE_PANE_BLOCK = 60
+
+
+def block_panes(n: int) -> int:
+    """Panes per block of the windows of ``n`` panes: ``n`` (a window is a
+    suffix of its block and a prefix of the next), or ``SINGLE_PANE_BLOCK``
+    for windows of one pane."""
+    return n if n > 1 else SINGLE_PANE_BLOCK
+
+
 def blocks_of(pane: int, n: int, step: int) -> list[tuple[int, bool]]:
-    """The blocks whose windows contain pane index ``pane``, as ``(block,
-    is_next)``: its own block ``pane // n`` (``is_next`` False) and, for
-    sliding windows, the block before, whose late windows reach into this
-    one (``is_next`` True). Tumbling windows are whole blocks."""
-    block = pane // n
+    """The blocks (``block_panes(n)`` panes each) whose windows contain
+    pane index ``pane``, as ``(block, is_next)``: its own block (``is_next``
+    False) and, for sliding windows, the block before, whose late windows
+    reach into this one (``is_next`` True). Tumbling windows never leave
+    their block."""
+    block = pane // block_panes(n)
     return [(block, False)] + ([(block - 1, True)] if step < n else [])
 
 
 def window_sketches(block: int, n: int, step: int, here, following
                     ) -> list[tuple[int, object]]:
     """Sketches of the windows of ``n`` panes starting every ``step`` panes
-    in block ``block`` (pane indices ``[block * n, block * n + n)``).
+    in block ``block`` (pane indices ``[block * size, (block + 1) * size)``,
+    ``size = block_panes(n)``).
 
     ``here``: ``(pane, sketch)`` of this block's panes; ``following``: those
     of the next block. Returns ``(first pane, sketch)`` for every window
-    holding at least one pane, in order. A window is a suffix of ``here``
-    merged with a prefix of ``following``; both are cumulative merges done
-    once per block, and windows covering the same panes share one sketch
-    object. Inputs are never modified (merges work on copies).
+    holding at least one pane, in order; windows covering the same panes
+    share one sketch object. A window of several panes is a suffix of
+    ``here`` followed by a prefix of ``following``. Sketches that merge
+    many ranges at once
+    (``CountMinTopK.merge_ranges``) get them all in one call; others
+    (DataSketches merges one pair at a time) merge cumulative suffixes and
+    prefixes, each once per block, so a window costs about three merges
+    whatever ``n`` is. Inputs are never modified.
     """
     here = sorted(here, key=lambda p: p[0])
     following = sorted(following, key=lambda p: p[0])
-    here_panes = [p for p, _ in here]
-    next_panes = [p for p, _ in following]
-    suffix = _cumulative([s for _, s in reversed(here)])[::-1]
-    prefix = _cumulative([s for _, s in following])
-    out, merged = [], {}
-    for first in range(block * n, block * n + n, step):
-        i = bisect.bisect_left(here_panes, first)  # suffix here[i:]
-        j = bisect.bisect_right(next_panes, first + n - 1)  # prefix [:j]
-        if i == len(here) and j == 0:
-            continue
-        if (i, j) not in merged:
-            parts = ([suffix[i]] if i < len(here) else []) + (
-                [prefix[j - 1]] if j else [])
-            merged[(i, j)] = (parts[0] if len(parts) == 1
-                              else copy_sketch(parts[0]).merge(parts[1]))
-        out.append((first, merged[(i, j)]))
-    return out
+    starts = [p for p, _ in here + following]  # ascending
+    panes = [s for _, s in here + following]
+    size = block_panes(n)
+    spans = {}  # first pane -> the window's panes, panes[a:b]
+    for first in range(block * size, (block + 1) * size, step):
+        a = bisect.bisect_left(starts, first)
+        b = bisect.bisect_left(starts, first + n)
+        if a < b:
+            spans[first] = (a, b)
+    # A window of one pane is that pane's sketch, unmerged.
+    by_span = {span: panes[span[0]] for span in spans.values()
+               if span[1] - span[0] == 1}
+    todo = [span for span in dict.fromkeys(spans.values())
+            if span not in by_span]
+    if todo:
+        merge_ranges = getattr(type(panes[0]), "merge_ranges", None)
+        by_span.update(zip(todo, merge_ranges(panes, todo) if merge_ranges
+                           else _suffix_prefix_merges(panes, len(here), todo)))
+    return [(first, by_span[span]) for first, span in spans.items()]
+
+
+def rank_block(spec: WindowSpec, k: int, event_type: str, block: int,
+               panes, *, emitted_at_ms: int, source: str = "batch",
+               pane_timing: str = "batch") -> pa.Table:
+    """The ranked windows (``ranked_windows`` rows) of ``spec`` starting in
+    ``block``, from ``panes``: ``(is_next, pane, sketch)`` of one method
+    and event type, as ``blocks_of`` keys them (``is_next``: the pane
+    belongs to the next block)."""
+    length, n, step = pane_plan(spec)
+    here = [(pane, sketch) for is_next, pane, sketch in panes if not is_next]
+    following = [(pane, sketch) for is_next, pane, sketch in panes
+                 if is_next]
+    return ranked_windows(
+        window_sketches(block, n, step, here, following), spec,
+        duration_ms(length), k, event_type, emitted_at_ms=emitted_at_ms,
+        source=source, pane_timing=pane_timing)
+
+
+def _suffix_prefix_merges(panes: list, split: int, spans) -> list:
+    """The merge of ``panes[a:b]`` for every ``(a, b)`` of ``spans``, where
+    ``a <= split <= b`` (a window of several panes reaches the end of its
+    block, ``split``): cumulative merges of the block's suffixes and of the
+    next block's prefixes, each made once, and one more merge per window."""
+    suffix = _cumulative(panes[split - 1::-1] if split else [])[::-1]
+    prefix = _cumulative(panes[split:])
+    return [suffix[a] if b == split else prefix[b - split - 1] if a == split
+            else suffix[a].copy().merge(prefix[b - split - 1])
+            for a, b in spans]
 
 
 def ranked_windows(windows, spec: WindowSpec, pane_ms: int, k: int,
@@ -220,31 +281,18 @@ def ranked_windows(windows, spec: WindowSpec, pane_ms: int, k: int,
                    pane_index: int = 0) -> pa.Table:
     """``[(first pane, sketch)]`` of one method and event type -> the top
     ``k`` of each window as ``ranked_windows`` rows (``method`` = the
-    sketch's, bounds from the sketch, ``window_total`` = its exact total).
-    """
-    parts, tops = [], {}
-    for first, sketch in windows:
-        start_ms = first * pane_ms
-        if id(sketch) not in tops:
-            tops[id(sketch)] = sketches.ranked_rows(sketch, k, event_type,
-                                                    start_ms)
-        rows = tops[id(sketch)]
-        parts.append(rows.set_column(
-            rows.schema.get_field_index("window_start"), "window_start",
-            pa.array(np.full(rows.num_rows, start_ms, np.int64))))
-    if not parts:
+    sketch's, bounds and the guaranteed flag from the sketch,
+    ``window_total`` = its exact total)."""
+    if not windows:
         return schema.RANKED_WINDOWS_SCHEMA.empty_table()
-    method = windows[0][1].method
-    rows = pa.concat_tables(parts).combine_chunks()
+    rows = sketches.windows_ranked_rows(
+        [(first * pane_ms, sketch) for first, sketch in windows], k,
+        event_type)
     return ranking.to_ranked_windows(
-        rows, spec, method=method, pane_timing=pane_timing,
+        rows, spec, method=windows[0][1].method, pane_timing=pane_timing,
         pane_index=pane_index, source=source, emitted_at_ms=emitted_at_ms,
-        lower=rows["lower_bound"], upper=rows["upper_bound"])
-
-
-def copy_sketch(sketch):
-    """An independent copy (merges modify the sketch they are called on)."""
-    return sketches.sketch_from_bytes(sketch.to_bytes())
+        lower=rows["lower_bound"], upper=rows["upper_bound"],
+        guaranteed=rows["guaranteed"])
 
 
 def _cumulative(items: list) -> list:
@@ -252,5 +300,5 @@ def _cumulative(items: list) -> list:
     (never modified)."""
     out = []
     for s in items:
-        out.append(s if not out else copy_sketch(out[-1]).merge(s))
+        out.append(s if not out else out[-1].copy().merge(s))
     return out

@@ -45,9 +45,10 @@ Commands:
             import DuckDB's spatial + avro extensions from PyPI (offline). No-op when already done.
   start     Start the emulator in the background on 127.0.0.1 (installs first if
             needed), wait until its REST endpoint answers, and print
-            BIGQUERY_EMULATOR_HOST=http://127.0.0.1:PORT and GOOGLE_CLOUD_PROJECT=ID
-            on stdout (progress goes to stderr), so
-            \`export \$($(basename "$0") start ...)\` sets both.
+            BIGQUERY_EMULATOR_HOST=http://127.0.0.1:PORT, GOOGLE_CLOUD_PROJECT=ID
+            and GOOGLE_APPLICATION_CREDENTIALS=D/adc.json (offline placeholder
+            credentials) on stdout (progress goes to stderr), so
+            \`export \$($(basename "$0") start ...)\` sets all three.
             Options:
               --rest-port P   REST port      (default $REST_PORT)
               --grpc-port Q   gRPC port      (default $GRPC_PORT)
@@ -84,6 +85,7 @@ parse_opts() {
   [ -n "$DATA_DIR" ] || DATA_DIR="$BQEMU_STATE_DIR/$REST_PORT"
   PID_FILE="$DATA_DIR/bqemulator.pid"
   LOG_FILE="$DATA_DIR/bqemulator.log"
+  ADC_FILE="$DATA_DIR/adc.json"
   ENDPOINT="http://127.0.0.1:$REST_PORT"
 }
 
@@ -154,9 +156,25 @@ running_pid() {
     && echo "$pid"
 }
 
+# An offline-only authorized_user ADC file (placeholders, never a secret): its
+# access token never expires, so google-auth never refreshes (no network).
+# Beam's BigQuery IO and `topk ... --sink bigquery` use Application Default
+# Credentials; the emulator accepts any token.
+write_adc() {
+  mkdir -p "$DATA_DIR"
+  cat > "$ADC_FILE" <<'JSON'
+{"type": "authorized_user", "client_id": "bqemulator-local",
+ "client_secret": "not-a-secret", "refresh_token": "not-a-token",
+ "token": "bqemulator-local-token", "expiry": "2999-12-31T23:59:59Z"}
+JSON
+  chmod 600 "$ADC_FILE"
+}
+
 print_env() {
+  [ -f "$ADC_FILE" ] || write_adc
   echo "BIGQUERY_EMULATOR_HOST=$ENDPOINT"
   echo "GOOGLE_CLOUD_PROJECT=$PROJECT"
+  echo "GOOGLE_APPLICATION_CREDENTIALS=$ADC_FILE"
 }
 
 cmd_start() {

@@ -20,6 +20,9 @@ PYTHON_BIN="${TOPK_FLINK_PYTHON:-python3}"              # creates the cluster's 
 DL_DIR="$CACHE_DIR/dl"
 JOBSERVER_JAR="$CACHE_DIR/beam-runners-flink-$FLINK_MINOR-job-server-$JOBSERVER_BEAM_VERSION.jar"
 STATE_FILE="$RUN_DIR/state.env"
+# The Flink Kubernetes Operator's CRDs (for checking deploy/k8s offline) come from its API jar.
+OPERATOR_VERSION="${TOPK_FLINK_OPERATOR_VERSION:-1.10.0}"
+CRD_DIR="$CACHE_DIR/operator-crds-$OPERATOR_VERSION"
 MVN=(mvn -B -q -Dstyle.color=never)
 
 die() { echo "flink.sh: $*" >&2; exit 1; }
@@ -31,15 +34,22 @@ Usage: deploy/flink/flink.sh COMMAND [OPTIONS]
 
 Commands:
   install               Create the Flink venv ($VENV_DIR) with apache-flink==$FLINK_VERSION
-                        (--no-deps: cluster only) and fetch or build Beam's Flink job server jar
-                        into $CACHE_DIR. Idempotent.
+                        (--no-deps: cluster only), fetch or build Beam's Flink job server jar
+                        into $CACHE_DIR and extract the Flink Kubernetes Operator's CRDs
+                        ($OPERATOR_VERSION) into $CRD_DIR. Idempotent.
   start [--rest-port P] [--slots N] [--rpc-port P] [--tm-memory SIZE] [--jm-memory SIZE]
                         Start a JobManager + TaskManager bound to 127.0.0.1 (defaults: rest 8081,
                         4 slots, rpc port picked free, TM 2048m, JM 1024m) with a copy of the conf
                         dir under $RUN_DIR; wait until REST /overview reports a TaskManager.
-  health                Print REST /overview JSON; exit non-zero if the cluster is down.
+  health [--min-slots N] Print REST /overview JSON; exit non-zero if the cluster is down, has no
+                        TaskManager or fewer than N task slots in all (default 1).
   stop                  Stop the cluster started by 'start'.
   jobserver-jar         Print the job server jar path (non-zero exit if not installed).
+  options [--parallelism N] [--environment_type T] [--environment_config C]
+                        Print the Beam options that submit a pipeline to this cluster
+                        (FlinkRunner, REST address, Flink version, job server jar, LOOPBACK,
+                        parallelism 2): topk batch ... \$(deploy/flink/flink.sh options)
+  crds                  Print the directory of the operator's CRD YAML files (extracts them first).
   env                   Print shell exports (FLINK_REST, FLINK_VERSION, FLINK_JOB_SERVER_JAR, ...):
                         eval "\$(deploy/flink/flink.sh env)"
   jobserver start [--port P] | jobserver stop
@@ -136,11 +146,34 @@ install_jobserver() {
   log "job server jar at $JOBSERVER_JAR"
 }
 
+install_operator_crds() {
+  if compgen -G "$CRD_DIR/flinkdeployments.*-v1.yml" >/dev/null; then
+    return 0
+  fi
+  local artifact="org.apache.flink:flink-kubernetes-operator-api:$OPERATOR_VERSION"
+  local tmp="$CACHE_DIR/operator-crds.tmp"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  "${MVN[@]}" dependency:copy -Dartifact="$artifact" -DoutputDirectory="$tmp" >/dev/null 2>&1 \
+    || die "could not resolve $artifact with mvn"
+  # The fabric8 CRD generator puts the CRDs into the API jar (apiextensions.k8s.io/v1 files).
+  unzip -q -o -j -d "$tmp/crds" "$tmp"/*.jar 'META-INF/fabric8/*-v1.yml' \
+    || die "no CRDs in $artifact"
+  rm -rf "$CRD_DIR" && mv "$tmp/crds" "$CRD_DIR" && rm -rf "$tmp"
+  log "Flink Kubernetes Operator $OPERATOR_VERSION CRDs in $CRD_DIR"
+}
+
 cmd_install() {
   command -v java >/dev/null || die "java not found (Java 11 or 17 needed)"
   command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
   install_flink
   install_jobserver
+  install_operator_crds
+}
+
+cmd_crds() {
+  command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
+  install_operator_crds
+  echo "$CRD_DIR"
 }
 
 # ---- cluster ---------------------------------------------------------------------------------
@@ -258,12 +291,21 @@ EOF
 }
 
 cmd_health() {
+  local min_slots=1
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --min-slots) min_slots="$2"; shift 2 ;;
+      *) die "health: unknown option $1" ;;
+    esac
+  done
   load_state || die "no cluster state in $RUN_DIR (not started)"
-  local json n
+  local json n slots
   json="$(overview "$REST_PORT")" || die "REST API at 127.0.0.1:$REST_PORT does not answer"
   echo "$json"
   n="$(taskmanagers_of <<<"$json")"
   [[ "${n:-0}" -ge 1 ]] || die "no TaskManager registered"
+  slots="$(sed -n 's/.*"slots-total":\([0-9]*\).*/\1/p' <<<"$json")"
+  [[ "${slots:-0}" -ge "$min_slots" ]] || die "only ${slots:-0} task slots, fewer than $min_slots"
 }
 
 cmd_stop() {
@@ -357,10 +399,8 @@ cmd_jobserver_jar() {
 }
 
 cmd_env() {
-  local port="${TOPK_FLINK_REST_PORT:-8081}"
-  if load_state; then port="$REST_PORT"; fi
   cat <<EOF
-export FLINK_REST=127.0.0.1:$port
+export FLINK_REST=127.0.0.1:$(rest_port)
 export FLINK_VERSION=$FLINK_MINOR
 export FLINK_JOB_SERVER_JAR=$JOBSERVER_JAR
 export FLINK_HOME=$(pyflink_home || echo "")
@@ -369,6 +409,30 @@ EOF
   if jobserver_pid >/dev/null; then
     echo "export FLINK_JOB_ENDPOINT=127.0.0.1:$(cat "$RUN_DIR/jobserver.port")"
   fi
+}
+
+rest_port() {  # the running cluster's REST port, else TOPK_FLINK_REST_PORT / 8081
+  if load_state; then echo "$REST_PORT"; else echo "${TOPK_FLINK_REST_PORT:-8081}"; fi
+}
+
+cmd_options() {
+  local parallelism=2 env_type=LOOPBACK env_config=""
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --parallelism) parallelism="$2"; shift 2 ;;
+      --environment_type) env_type="$2"; shift 2 ;;
+      --environment_config) env_config="$2"; shift 2 ;;
+      *) die "options: unknown option $1" ;;
+    esac
+  done
+  [[ "$parallelism" =~ ^[0-9]+$ && "$parallelism" -ge 1 ]] || die "--parallelism must be a positive integer"
+  local jar port out
+  jar="$(cmd_jobserver_jar)"
+  port="$(rest_port)"
+  out="--runner=FlinkRunner --flink_master=127.0.0.1:$port --flink_version=$FLINK_MINOR"
+  out+=" --flink_job_server_jar=$jar --environment_type=$env_type --parallelism=$parallelism"
+  [[ -z "$env_config" ]] || out+=" --environment_config=$env_config"
+  echo "$out"
 }
 
 cmd_logs() {
@@ -391,6 +455,8 @@ main() {
     jobserver-jar) cmd_jobserver_jar "$@" ;;
     jobserver) cmd_jobserver "$@" ;;
     env) cmd_env "$@" ;;
+    options) cmd_options "$@" ;;
+    crds) cmd_crds "$@" ;;
     logs) cmd_logs "$@" ;;
     -h|--help|help) usage ;;
     "") usage >&2; exit 2 ;;

@@ -49,7 +49,7 @@ def test_bounded_stream_equals_the_oracle(kafka_broker, tmp_path, capsys):
     assert all(reason for _, reason in dead_rows)
 
 
-def test_unbounded_mode_is_refused_with_one_line(capsys):
+def test_unbounded_sketches_are_refused_with_one_line(capsys):
     assert cli.main(["stream", "--bootstrap", "127.0.0.1:1", "--topic", "t",
-                     "--output", "o"]) == 2
-    assert "unbounded streaming is not built yet" in capsys.readouterr().err
+                     "--output", "o", "--method", "cms"]) == 2
+    assert "unbounded streams count exactly" in capsys.readouterr().err

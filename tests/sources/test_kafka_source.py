@@ -122,6 +122,16 @@ def test_batch_truncation_source_and_timestamps():
     assert ko.Batch("t", 0, [_Rec(1, b"x", -1)], 1).max_timestamp() is None
 
 
+def test_a_batch_spans_at_most_the_skew_of_record_time():
+    # A sparse backlog: one poll would hold an hour of event time, whose
+    # oldest events the watermark (newest - skew) would pass at once.
+    records = [_Rec(i, b"x", 1_000_000 + i * 4_000) for i in range(10)]
+    assert ko._span_cut(records, 10_000) == 3  # 0, 4 and 8 s after the first
+    assert ko._span_cut(records, 60_000) == 10
+    assert ko._span_cut(records[:1], 0) == 1  # always at least one
+    assert ko._span_cut([_Rec(0, b"x", -1), _Rec(1, b"x", 9e9)], 10) == 2
+
+
 def test_watermark_arithmetic():
     assert ko.data_watermark(None, 1000, 100) == 900
     assert ko.data_watermark(950, 1000, 100) == 950  # never back

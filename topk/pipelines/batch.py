@@ -11,15 +11,27 @@ several may be given, comma-separated), the de-duplicated minute counts also
 feed fixed-size sketches: per-slice sketches (the sketches table) and ranked
 windows with lower and upper bounds, one set per method.
 
+With ``--from-archive OUTPUT --start D --end D`` it reads the raw event
+archive that the stream keeps (``OUTPUT/archive``) instead of ``--input``
+and rebuilds the exact results of those whole UTC days
+(``topk.reprocess``)::
+
+    topk batch --from-archive out/ --start 2024-05-01 --end 2024-05-02 \
+        --output out/
+
 It uses the same transforms as the streaming pipeline.
 """
 import logging
+import sys
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from topk import output_layout, sketch_windows
+from topk import output_layout, reprocess, sketch_windows
 from topk.pipelines.options import TopKOptions, check_required
+from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
+                                 WriteBigQueryTables, parse_sinks)
 from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
 from topk.sources.files import ReadEventFiles, matching_files
 from topk.transforms.exact import (DedupSliceCounts,
@@ -48,27 +60,72 @@ class BatchOptions(PipelineOptions):
             help="Glob of event files: .json/.jsonl/.ndjson (optionally "
             ".gz), one JSON event per line, or .parquet with columns "
             "event_id, item_id, event_type, ts[, user_id, weight].")
+        parser.add_argument(
+            "--from_archive", "--from-archive",
+            help="Instead of --input, reprocess the raw event archive of "
+            "this output directory (OUTPUT/archive, or the archive directory "
+            "itself) between --start and --end, rounded out to whole UTC "
+            "days: rebuilds every slice of those days and every window "
+            "inside them, as batch rows that supersede the stream's.")
+        parser.add_argument(
+            "--archive_start", "--archive-start",
+            help="With --from-archive: first day (2024-05-01) or time (RFC "
+            "3339; rounded down to its day). `topk batch` also takes it as "
+            "--start.")
+        parser.add_argument(
+            "--archive_end", "--archive-end",
+            help="With --from-archive: end day (exclusive) or time (rounded "
+            "up to the next midnight UTC). `topk batch` also takes it as "
+            "--end.")
+
+
+def archive_range(options: PipelineOptions) -> tuple[int, int] | None:
+    """``[start, end)`` epoch ms (whole days) of a ``--from-archive`` run,
+    ``None`` for an ``--input`` run; ``ValueError`` on a missing or bad
+    range."""
+    batch = options.view_as(BatchOptions)
+    if not batch.from_archive:
+        if batch.archive_start or batch.archive_end:
+            raise ValueError("--start/--end need --from-archive")
+        return None
+    if not (batch.archive_start and batch.archive_end):
+        raise ValueError("--from-archive needs --start and --end")
+    return reprocess.day_range(batch.archive_start, batch.archive_end)
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions):
     """Add the batch top-K steps to ``pipeline``; returns the written paths."""
-    inputs = options.view_as(BatchOptions).input
-    parsed = (
-        pipeline
-        | "ReadFiles" >> ReadEventFiles(inputs)
-        | "ParseEvents" >> ParseEvents())
-    return add_top_k_tables(parsed, options, "batch",
-                            output_layout.input_fingerprint(inputs))
+    batch = options.view_as(BatchOptions)
+    days = archive_range(options)
+    if days is None:
+        raw = pipeline | "ReadFiles" >> ReadEventFiles(batch.input)
+        input_name = output_layout.input_fingerprint(batch.input)
+    else:
+        start_ms, end_ms = days
+        raw = (
+            [pipeline | f"ReadArchive{i}" >> ReadEventFiles(glob)
+             for i, glob in enumerate(reprocess.archive_day_globs(
+                 batch.from_archive, start_ms, end_ms))]
+            | "AllArchiveDays" >> beam.Flatten()
+            | "KeepRange" >> beam.MapTuple(
+                lambda source, events: (source, reprocess.events_within(
+                    events, start_ms, end_ms))))
+        input_name = output_layout.input_fingerprint(
+            f"{batch.from_archive}@{start_ms}-{end_ms}")
+    parsed = raw | "ParseEvents" >> ParseEvents()
+    return add_top_k_tables(parsed, options, "batch", input_name,
+                            window_range=days)
 
 
 def add_top_k_tables(parsed, options: PipelineOptions, source: str,
-                     input_name: str):
+                     input_name: str, window_range=None):
     """The steps after ``ParseEvents`` shared by ``topk batch`` and ``topk
     stream``: de-duplicated minute partials, then for each ``--method`` the
     ranked windows and slice tables, all written under ``--output`` with
     ``source`` in the rows and file names; dead letters go to
-    ``dead_letters/part-<source>-<input_name>.parquet``. Returns the paths
-    written."""
+    ``dead_letters/part-<source>-<input_name>.parquet``. With
+    ``window_range = (start_ms, end_ms)``, only the windows inside it are
+    written (reprocessing). Returns the paths written."""
     opts = options.view_as(TopKOptions)
     specs = parse_windows(opts.windows)
     methods = sketch_windows.parse_methods(opts.method)
@@ -93,8 +150,21 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
             specs, opts.k, source=source))
     tables[output_layout.RANKED_WINDOWS] = ranked[0] if len(ranked) == 1 else (
         ranked | "AllRankedWindows" >> beam.Flatten())
-    written = tables | "WriteOutput" >> WriteOutputTables(opts.output,
-                                                          source=source)
+    if window_range is not None:
+        tables[output_layout.RANKED_WINDOWS] = (
+            tables[output_layout.RANKED_WINDOWS]
+            | "WholeWindowsOnly" >> beam.Map(reprocess.windows_within,
+                                             *window_range))
+    sinks = parse_sinks(options.view_as(BigQuerySinkOptions).sink)
+    written = []
+    if PARQUET in sinks:
+        written.append(tables | "WriteOutput" >> WriteOutputTables(
+            opts.output, source=source))
+    if BIGQUERY in sinks:
+        written.append(tables | "WriteBigQuery" >> (
+            WriteBigQueryTables.from_options(options, tables)))
+    written = written[0] if len(written) == 1 else (
+        tuple(written) | "AllSinks" >> beam.Flatten())
     (parsed[DEAD_LETTERS]
      | "WriteDeadLetters" >> WriteParquetTable(
          opts.output, output_layout.DEAD_LETTERS,
@@ -103,17 +173,49 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
     return written
 
 
+def check_archive(path: str, start_ms: int, end_ms: int) -> None:
+    """``ValueError`` unless the archive holds event files in the range."""
+    globs = reprocess.archive_day_globs(path, start_ms, end_ms)
+    if not any(r.metadata_list for r in FileSystems.match(globs)):
+        raise ValueError(
+            f"no archived events in {reprocess.archive_output(path)}/"
+            f"{output_layout.ARCHIVE} for "
+            f"[{reprocess.describe_range(start_ms, end_ms)})")
+
+
+def parse_args(argv: list[str]) -> PipelineOptions:
+    """The pipeline options of ``argv`` (``--start``/``--end`` name the
+    archive range), checked without touching any file: ``ValueError`` with
+    a one-line reason."""
+    options = PipelineOptions(reprocess.rename_range_flags(argv))
+    check_required(options, ["output"])
+    batch = options.view_as(BatchOptions)
+    if not (batch.input or batch.from_archive):
+        raise ValueError("missing required option(s): --input (or "
+                         "--from-archive)")
+    if batch.input and batch.from_archive:
+        raise ValueError("--input and --from-archive exclude each other")
+    archive_range(options)
+    return options
+
+
 def run(argv=None):
     """Run the batch pipeline; returns the Beam ``PipelineResult``."""
-    options = PipelineOptions(argv)
-    check_required(options, ["input", "output"])
-    inputs = options.view_as(BatchOptions).input
-    matching_files(inputs)  # fail fast, with the pattern, on no input
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    batch = options.view_as(BatchOptions)
+    days = archive_range(options)
+    if days is None:
+        matching_files(batch.input)  # fail fast, with the pattern, on no input
+        what = f"input {batch.input}"
+    else:
+        check_archive(batch.from_archive, *days)
+        what = (f"archive {batch.from_archive} "
+                f"[{reprocess.describe_range(*days)})")
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_BATCH_RUNNER
-    _LOG.info("topk batch: runner %s, input %s, output %s", standard.runner,
-              inputs, options.view_as(TopKOptions).output)
+    _LOG.info("topk batch: runner %s, %s, output %s", standard.runner, what,
+              options.view_as(TopKOptions).output)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
     result = pipeline.run()

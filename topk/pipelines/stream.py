@@ -1,31 +1,84 @@
-"""Kafka top-K, bounded mode: a topic's events -> ranked windows and slices.
+"""Kafka top-K: a topic's events -> ranked windows with panes, slices, archive.
 
-    topk stream --bootstrap 127.0.0.1:9092 --topic events --output out/ --bounded
+    topk stream --bootstrap 127.0.0.1:9092 --topic events --output out/
 
-Reads the topic from ``--start`` up to the end offsets present at start
-(``--bounded``, for backfills and tests) with the pure-Python Kafka source
-(``topk.sources.kafka``), then runs the same transforms as ``topk batch``
-(``batch.add_top_k_tables``): parse and validate, de-duplicate by
-``event_id``, exact slices and/or sketches per ``--method``, every window's
-top-K, Parquet. Rows are written with ``source = stream``.
+**Unbounded** (the default) on Prism, the local streaming runner, or on
+Flink/Dataflow with ``--runner``: Kafka (``topk.sources.kafka``) -> parse
+and validate -> dead letters to ``--dead_letter_topic`` and the
+``dead_letters`` table -> the raw archive (validated events, hourly Parquet
+partitions, the input of ``topk batch --from-archive``) -> ``StreamTopK``:
+de-duplication, exact slices, and every window's top-K as early panes
+(every ``--early_firing_s`` while a window is open), one on-time pane when
+the watermark passes its end and late panes within ``--allowed_lateness``;
+events later than that go to the ``late_events`` table and the
+``events_late`` counter. Pane tables are written per bundle; readers take
+the latest row by ``emitted_at``.
 
-Unbounded streaming (early, on-time and late panes while windows are open)
-is not built yet: without ``--bounded`` the command says so and exits.
+A restart re-reads the topic from ``--start`` (Prism keeps no state across
+processes): start early enough to cover the open windows (e.g. the
+earliest retained offset, or a time one window length + lateness back).
+Panes are accumulating and readers take the latest, so the replay rebuilds
+the same counts and never double counts; archive copies are removed by the
+batch de-duplication.
+
+**Bounded** (``--bounded``): reads up to the end offsets present at start
+and runs the same steps as ``topk batch`` (``batch.add_top_k_tables``), all
+windows final, rows with ``source = stream``.
 """
+import glob
 import logging
+import os
+import signal
+import threading
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (PipelineOptions,
+                                                  PortableOptions,
+                                                  PrismRunnerOptions,
+                                                  StandardOptions)
 
 from topk import output_layout
 from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
-from topk.pipelines.options import check_required
+from topk.pipelines.options import TopKOptions, check_required
+from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
+                                 WriteBigQueryTables, parse_sinks)
+from topk.sinks.bundle_files import WriteBundleFiles
+from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
-from topk.transforms.parse import ParseEvents
+from topk.transforms.parse import DEAD_LETTERS, ParseEvents
+from topk.transforms.stream_topk import LATE_COUNTS, LATE_EVENTS, StreamTopK
+from topk.windows import duration_ms, parse_windows
 
 _LOG = logging.getLogger(__name__)
 
 SOURCE = "stream"
+
+#: The local runner for unbounded pipelines (the FnApiRunner cannot run an
+#: unbounded source; see deploy/prism/README.md).
+LOCAL_STREAM_RUNNER = "PrismRunner"
+
+_BEAM_JOB_SERVER_TIMEOUT = 300
+#: Job service timeout of unbounded runs (10 days; pass --job_server_timeout
+#: to choose another).
+UNBOUNDED_JOB_SERVER_TIMEOUT_S = 10 * 24 * 3600
+
+
+def _lateness(text: str) -> int:
+    import argparse
+    if text.strip() == "0":
+        return 0
+    try:
+        return duration_ms(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    import argparse
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
 
 
 class StreamOptions(PipelineOptions):
@@ -40,11 +93,15 @@ class StreamOptions(PipelineOptions):
         parser.add_argument(
             "--start", default="earliest",
             help="Where to start: earliest (default), latest, committed (the "
-            "consumer group's offsets) or an RFC 3339 time / epoch ms.")
+            "consumer group's offsets) or an RFC 3339 time / epoch ms (the "
+            "first message stamped at or after it). After a restart, start "
+            "early enough to cover the open windows: state is rebuilt by "
+            "re-reading.")
         parser.add_argument(
             "--bounded", action="store_true",
             help="Stop at the end offsets present at start (backfills, "
-            "tests). Required for now: unbounded streaming is not built yet.")
+            "tests): the batch steps, every window final. Default: run "
+            "until stopped, with early, on-time and late panes.")
         parser.add_argument(
             "--group", default=None,
             help="Consumer group, for --start committed and for "
@@ -53,36 +110,178 @@ class StreamOptions(PipelineOptions):
             "--commit_offsets", "--commit-offsets", action="store_true",
             help="Commit the offsets read to --group (monitoring only: the "
             "runner, not the group, owns the read position).")
+        parser.add_argument(
+            "--allowed_lateness", "--allowed-lateness", type=_lateness,
+            default=10 * 60_000,
+            help="How long after the watermark passes a window's end its "
+            "events are still counted (late panes), e.g. 10m (default), 1h, "
+            "0. Older events go to the late_events table.")
+        parser.add_argument(
+            "--early_firing_s", "--early-firing-s", type=_seconds,
+            default=5.0,
+            help="Seconds of processing time between early panes of an open "
+            "window (default 5).")
+        parser.add_argument(
+            "--dead_letter_topic", "--dead-letter-topic", default=None,
+            help="Kafka topic for records that fail validation (JSON with "
+            "raw, reason, source); default <topic>-dead-letters. They also "
+            "go to the dead_letters table.")
+        parser.add_argument(
+            "--idle_timeout_ms", "--idle-timeout-ms", type=int, default=None,
+            help="After this long without new messages, a partition's "
+            "watermark follows the wall clock (default: the source's, 5 s). "
+            "Use 0 to never do that (replays of old data).")
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions):
-    """Add the bounded Kafka top-K steps to ``pipeline``; returns the
-    written paths."""
+    """Add the Kafka top-K steps to ``pipeline`` (bounded or unbounded by
+    ``--bounded``)."""
     kafka = options.view_as(StreamOptions)
+    read_args = {}
+    if kafka.idle_timeout_ms is not None:
+        read_args["idle_timeout_ms"] = kafka.idle_timeout_ms or None
     parsed = (
         pipeline
         | "ReadKafka" >> ReadFromKafkaBatches(
-            kafka.bootstrap, kafka.topic, start=kafka.start, bounded=True,
-            group_id=kafka.group, commit_offsets=kafka.commit_offsets)
+            kafka.bootstrap, kafka.topic, start=kafka.start,
+            bounded=kafka.bounded, group_id=kafka.group,
+            commit_offsets=kafka.commit_offsets, **read_args)
         | "ParseEvents" >> ParseEvents())
-    return add_top_k_tables(parsed, options, SOURCE,
-                            output_layout.input_fingerprint(
-                                f"{kafka.bootstrap}/{kafka.topic}"))
+    if kafka.bounded:
+        return add_top_k_tables(parsed, options, SOURCE,
+                                output_layout.input_fingerprint(
+                                    f"{kafka.bootstrap}/{kafka.topic}"))
+    return _add_unbounded_tables(parsed, options)
 
 
-def run(argv=None):
-    """Run the bounded Kafka pipeline; returns the Beam ``PipelineResult``."""
+def _add_unbounded_tables(parsed, options: PipelineOptions):
+    kafka = options.view_as(StreamOptions)
+    opts = options.view_as(TopKOptions)
+    output = opts.output
+    if opts.method != "exact":
+        raise ValueError("unbounded streams count exactly for now: use "
+                         "--method exact, or --bounded for sketches")
+    (parsed[DEAD_LETTERS]
+     | "DeadLetterTopic" >> WriteDeadLettersToKafka(
+         kafka.bootstrap,
+         kafka.dead_letter_topic or f"{kafka.topic}-dead-letters"))
+    (parsed[DEAD_LETTERS]
+     | "WriteDeadLetters" >> WriteBundleFiles(
+         output, output_layout.DEAD_LETTERS, lambda t: [((), t)]))
+    (parsed.events
+     | "WriteArchive" >> WriteBundleFiles(
+         output, output_layout.ARCHIVE, output_layout.archive_partitions,
+         ["ts"]))
+    tables = parsed.events | "StreamTopK" >> StreamTopK(
+        parse_windows(opts.windows), opts.k, item_shards=opts.item_shards,
+        dedup_shards=opts.dedup_shards,
+        allowed_lateness_ms=kafka.allowed_lateness,
+        early_firing_s=kafka.early_firing_s)
+    sinks = parse_sinks(options.view_as(BigQuerySinkOptions).sink)
+    if PARQUET in sinks:
+        (tables[output_layout.RANKED_WINDOWS]
+         | "WriteRankedWindows" >> WriteBundleFiles(
+             output, output_layout.RANKED_WINDOWS,
+             output_layout.ranked_windows_partitions,
+             ["event_type", "window_start", "rank"]))
+        (tables[output_layout.SLICES]
+         | "WriteSlices" >> WriteBundleFiles(
+             output, output_layout.SLICES, output_layout.slices_partitions,
+             ["slice_start"]))
+    if BIGQUERY in sinks:
+        panes = {name: tables[name] for name in (output_layout.RANKED_WINDOWS,
+                                                 output_layout.SLICES)}
+        panes | "WriteBigQuery" >> WriteBigQueryTables.from_options(
+            options, panes)
+    (tables[LATE_EVENTS]
+     | "WriteLateEvents" >> WriteBundleFiles(
+         output, output_layout.LATE_EVENTS,
+         lambda t: output_layout.split_by_day(t, "ts", ()), ["ts"]))
+    (tables[LATE_COUNTS]
+     | "WriteLateCounts" >> WriteBundleFiles(
+         output, output_layout.LATE_COUNTS,
+         lambda t: output_layout.split_by_day(t, "slice_start", ()),
+         ["slice_start"]))
+
+
+def prism_binary() -> str | None:
+    """The Prism binary ``deploy/prism/prism.sh install`` built, if any
+    (``$TOPK_PRISM`` wins)."""
+    if os.environ.get("TOPK_PRISM"):
+        return os.environ["TOPK_PRISM"]
+    cache = os.environ.get("TOPK_PRISM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "topk", "prism")
+    version = beam.__version__
+    path = os.path.join(cache, f"v{version}", "bin", "prism")
+    if os.path.exists(path):
+        return path
+    found = sorted(glob.glob(os.path.join(cache, "v*", "bin", "prism")))
+    return found[-1] if found else None
+
+
+def _choose_runner(options: PipelineOptions) -> str:
+    standard = options.view_as(StandardOptions)
+    bounded = options.view_as(StreamOptions).bounded
+    if not standard.runner:
+        standard.runner = LOCAL_BATCH_RUNNER if bounded else LOCAL_STREAM_RUNNER
+    if not bounded:
+        standard.streaming = True
+    runner = standard.runner if isinstance(standard.runner, str) else type(
+        standard.runner).__name__
+    prism = options.view_as(PrismRunnerOptions)
+    if runner.endswith("PrismRunner") and not prism.prism_location:
+        prism.prism_location = prism_binary()
+        if not prism.prism_location:
+            raise ValueError("Prism is not installed: run deploy/prism/"
+                             "prism.sh install, or pass --prism_location")
+    portable = options.view_as(PortableOptions)
+    if not bounded and portable.job_server_timeout == _BEAM_JOB_SERVER_TIMEOUT:
+        # Beam's default (300 s) is also how long the driver waits on the
+        # job's state stream: an unbounded job would die after 5 minutes
+        # with DEADLINE_EXCEEDED.
+        portable.job_server_timeout = UNBOUNDED_JOB_SERVER_TIMEOUT_S
+    return runner
+
+
+def run(argv=None, wait: bool = True):
+    """Run the Kafka pipeline; returns the Beam ``PipelineResult`` (an
+    unbounded one runs until cancelled or the process stops)."""
     options = PipelineOptions(argv)
     check_required(options, ["bootstrap", "topic", "output"])
-    if not options.view_as(StreamOptions).bounded:
-        raise ValueError("unbounded streaming is not built yet; use "
-                         "--bounded to read up to the current end offsets")
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = LOCAL_BATCH_RUNNER  # runs bounded reads
-    _LOG.info("topk stream: runner %s", standard.runner)
+    runner = _choose_runner(options)
+    kafka = options.view_as(StreamOptions)
+    _LOG.info("topk stream: runner %s, %s, topic %s at %s, output %s",
+              runner, "bounded" if kafka.bounded else "unbounded",
+              kafka.topic, kafka.bootstrap,
+              options.view_as(TopKOptions).output)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
     result = pipeline.run()
-    result.wait_until_finish()
+    if not wait:
+        return result
+    if kafka.bounded:
+        result.wait_until_finish()
+        return result
+    # Runs until stopped: Ctrl-C or SIGTERM cancel the job (which also
+    # stops a local Prism) instead of leaving it running without us.
+    previous = _raise_on_sigterm()
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        _LOG.info("topk stream: stopping")
+        result.cancel()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return result
+
+
+def _raise_on_sigterm():
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)

@@ -30,7 +30,7 @@ from topk.sketches.frequent_items import FrequentItemsTopK
 __all__ = [
     "ApproxTopK", "CountMinTopK", "FrequentItemsTopK", "DEFAULT_BUDGET_BYTES",
     "METHODS", "TOPK_SCHEMA", "new_sketch", "sketch_from_bytes", "merge_all",
-    "ranked_rows",
+    "merge_many", "ranked_rows", "windows_ranked_rows",
 ]
 
 #: Method names, as in ``--method`` and the output tables' ``method``.
@@ -52,6 +52,13 @@ class ApproxTopK(Protocol):
     def merge(self, other: "ApproxTopK") -> "ApproxTopK":
         """Add another sketch of the same method and parameters; returns
         self."""
+
+    @classmethod
+    def merge_many(cls, sketches) -> "ApproxTopK":
+        """The merge of several sketches as a new one; inputs unchanged."""
+
+    def copy(self) -> "ApproxTopK":
+        """An independent copy."""
 
     def top_k(self, k: int) -> pa.Table:
         """``TOPK_SCHEMA``: item_id, count, lower_bound, upper_bound,
@@ -108,17 +115,19 @@ def sketch_from_bytes(data: bytes) -> ApproxTopK:
 
 
 def merge_all(sketches: Iterable) -> ApproxTopK | None:
-    """Merge sketches (objects or their bytes) into a new sketch: a copy of
-    the first, so no input is modified. ``None`` for no input."""
-    merged = None
-    for s in sketches:
-        if isinstance(s, (bytes, bytearray, memoryview)):
-            s = sketch_from_bytes(s)
-        if merged is None:
-            merged = sketch_from_bytes(s.to_bytes())
-        else:
-            merged.merge(s)
-    return merged
+    """Merge sketches (objects or their bytes) into a new sketch; no input
+    is modified. ``None`` for no input."""
+    return merge_many([sketch_from_bytes(s) if isinstance(
+        s, (bytes, bytearray, memoryview)) else s for s in sketches])
+
+
+def merge_many(sketches: list) -> ApproxTopK | None:
+    """The merge of sketch objects of one method as a new sketch (the
+    method's ``merge_many``: Count-Min merges them all at once); ``None``
+    for none."""
+    if not sketches:
+        return None
+    return type(sketches[0]).merge_many(sketches)
 
 
 def ranked_rows(sketch: ApproxTopK, k: int, event_type: str,
@@ -127,17 +136,34 @@ def ranked_rows(sketch: ApproxTopK, k: int, event_type: str,
     output (event_type, window_start, rank, item_id, count, window_total)
     plus lower_bound, upper_bound and guaranteed, so that
     ``ranking.to_ranked_windows(rows, spec, method=sketch.method,
-    lower=rows["lower_bound"], upper=rows["upper_bound"], ...)`` writes it.
-    """
-    top = sketch.top_k(k)
+    lower=rows["lower_bound"], upper=rows["upper_bound"],
+    guaranteed=rows["guaranteed"], ...)`` writes it."""
+    return windows_ranked_rows([(window_start_ms, sketch)], k, event_type)
+
+
+def windows_ranked_rows(windows, k: int, event_type: str) -> pa.Table:
+    """``ranked_rows`` of many ``(window_start_ms, sketch)`` in one table;
+    a sketch shared by several windows is ranked once."""
+    tops = {}
+    for _, sketch in windows:
+        if id(sketch) not in tops:
+            tops[id(sketch)] = sketch.top_k(k)
+    parts = [tops[id(sketch)] for _, sketch in windows]
+    sizes = np.array([t.num_rows for t in parts], np.int64)
+    top = (pa.concat_tables(parts).combine_chunks() if parts
+           else TOPK_SCHEMA.empty_table())
     n = top.num_rows
+    # Ranks restart at 1 in every window.
+    rank = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
     return pa.table({
         "event_type": pa.array([event_type] * n, pa.string()),
-        "window_start": pa.array(np.full(n, window_start_ms, np.int64)),
-        "rank": pa.array(np.arange(1, n + 1, dtype=np.int32)),
+        "window_start": pa.array(np.repeat(
+            np.array([start for start, _ in windows], np.int64), sizes)),
+        "rank": pa.array(rank.astype(np.int32)),
         "item_id": top["item_id"],
         "count": top["count"],
-        "window_total": pa.array(np.full(n, sketch.total, np.int64)),
+        "window_total": pa.array(np.repeat(np.array(
+            [sketch.total for _, sketch in windows], np.int64), sizes)),
         "lower_bound": top["lower_bound"],
         "upper_bound": top["upper_bound"],
         "guaranteed": top["guaranteed"],

@@ -102,10 +102,17 @@ def top_k_table(items: pa.Array, count: np.ndarray, lower: np.ndarray,
     k = check_k(k)
     if len(items) == 0:
         return TOPK_SCHEMA.empty_table()
-    t = pa.table({"item_id": items, "count": pa.array(count, pa.int64())})
+    # Only items reaching the k-th largest count can rank (ties included);
+    # sort those few by (count, item_id), not the whole set by strings.
+    near = np.arange(len(count))
+    if len(count) > k:
+        kth = np.partition(count, len(count) - k)[len(count) - k]
+        near = np.flatnonzero(count >= kth)
+    t = pa.table({"item_id": items.take(pa.array(near)),
+                  "count": pa.array(count[near], pa.int64())})
     order = pc.sort_indices(t, sort_keys=[("count", "descending"),
                                           ("item_id", "ascending")])
-    top = order.to_numpy()[:k]
+    top = near[order.to_numpy()[:k]]
     flags = guaranteed_flags(lower[top], upper[top], upper, unseen_bound, k)
     return pa.table({
         "item_id": items.take(pa.array(top)).cast(pa.string()),

@@ -16,7 +16,11 @@ two exact-arithmetic bounds on its true count:
 is not a candidate (including never-seen ones): whenever an item leaves the
 set or is not admitted, its upper bound at that moment raises it, and an
 untracked item's count cannot grow without the item passing through
-``update`` again. Together these make the reported bounds and the
+``update`` again. A merge (``merge_ranges``: any number of sketches at once)
+sums, for every item any input tracks, its bounds in each input (``[0,
+dropped_bound]`` where untracked), caps the upper bound by the summed
+counters' estimate, and trims the union once; its ``dropped_bound`` starts
+at the sum of the inputs'. Together these make the reported bounds and the
 "guaranteed in top-K" flag deterministic: they hold for every input, not
 with some probability, assuming only 64-bit integer arithmetic.
 
@@ -233,16 +237,15 @@ class CountMinTopK:
             return self
         if pa.types.is_large_string(items.type):
             items = items.cast(pa.string())
-        h = hash64(items)
-        if not assume_unique and _has_duplicates(h):
-            items, counts = _aggregate(items, counts)
-            h = hash64(items)
         batch_total = _checked_sum(counts)
         if self._total + batch_total > _INT64_MAX:
             raise OverflowError("total count would exceed 2**63 - 1")
+        if not assume_unique:
+            items, counts = _aggregate(items, counts, batch_total)
+        h = hash64(items)
         cells = self._cells(h)
         flat = self._counters.reshape(-1)
-        est_before = flat[cells].min(axis=0)
+        est_before = _row_min(flat[cells])
         if self._conservative:
             # Raise each cell only as far as the new estimate of the items
             # in it; with pre-aggregated batches this is the batch version
@@ -279,43 +282,122 @@ class CountMinTopK:
 
     def merge(self, other: "CountMinTopK") -> "CountMinTopK":
         """Add ``other`` (same width, depth and update rule) into this
-        sketch. Counters add (exactly the counters of the concatenated
-        stream with the plain rule); candidate sets are unioned, each
-        item's bounds combined with the other side's bound for it, and the
-        union trimmed to this sketch's capacity and budget. Returns
-        ``self``."""
-        if not self.compatible(other):
-            raise ValueError(
-                "can only merge Count-Min sketches with the same width, "
-                f"depth and update rule (this: {self._depth}x{self._width}"
-                f"{' conservative' if self._conservative else ''}, other: "
-                f"{_describe(other)})")
-        if other is self:
-            other = CountMinTopK.from_bytes(other.to_bytes())
-        if self._total + other._total > _INT64_MAX:
-            raise OverflowError("total count would exceed 2**63 - 1")
-        pos = pc.index_in(other._cand_items, value_set=self._cand_items
-                          ).fill_null(-1).to_numpy()
-        both = pos >= 0
-        lo, hi = self._cand_lo.copy(), self._cand_hi.copy()
-        lo[pos[both]] += other._cand_lo[both]
-        hi[pos[both]] += other._cand_hi[both]
-        # An item tracked on one side only: the other side contributes
-        # at least 0 and at most its bound for that item.
-        mine_only = np.ones(len(lo), dtype=bool)
-        mine_only[pos[both]] = False
-        hi[mine_only] += np.minimum(
-            other._estimate(self._cand_hash[mine_only]), other._dropped)
-        theirs = np.flatnonzero(~both)
-        t_lo = other._cand_lo[theirs]
-        t_hi = other._cand_hi[theirs] + np.minimum(
-            self._estimate(other._cand_hash[theirs]), self._dropped)
-        self._counters += other._counters
-        self._total += other._total
-        self._dropped += other._dropped
-        self._select(other._cand_items.take(pa.array(theirs)),
-                     other._cand_hash[theirs], t_lo, t_hi, lo, hi)
+        sketch: ``merge_many([self, other])``, kept in ``self`` (its
+        capacity and budget). Returns ``self``."""
+        merged = CountMinTopK.merge_many([self, other])
+        self._counters, self._total = merged._counters, merged._total
+        self._dropped = merged._dropped
+        self._set_candidates(merged._cand_items, merged._cand_hash,
+                             merged._cand_lo, merged._cand_hi)
         return self
+
+    @classmethod
+    def merge_many(cls, sketches) -> "CountMinTopK":
+        """The merge of ``sketches`` (same width, depth and update rule) as a
+        new sketch with the first one's capacity and budget; the inputs are
+        not modified. See ``merge_ranges``."""
+        sketches = list(sketches)
+        return cls.merge_ranges(sketches, [(0, len(sketches))])[0]
+
+    @classmethod
+    def merge_ranges(cls, sketches, ranges) -> list["CountMinTopK"]:
+        """The merge of ``sketches[a:b]`` for every ``(a, b)`` of
+        ``ranges``, each a new sketch with the first sketch's capacity and
+        budget; the inputs are not modified.
+
+        A merge of m sketches at once: counters add (with the plain rule,
+        exactly the counters of the concatenated streams); every item that
+        any of them tracks gets, per sketch, its bounds there if tracked,
+        else ``[0, that sketch's dropped bound]``, summed, and the upper
+        bound is capped by the summed counters' estimate; the union is then
+        trimmed once to capacity and budget (``_choose``), whatever is left
+        out raising the bound on untracked items, which starts at the sum
+        of the inputs' bounds. All bounds hold deterministically if the
+        inputs' do.
+
+        Sliding windows are many overlapping ranges: the items of all
+        sketches are encoded once, and running sums move from one range to
+        the next by adding the sketches that enter and subtracting those
+        that leave, so each range costs work in proportion to its own
+        candidates, not to the number of sketches it spans (and no string
+        is compared twice).
+        """
+        sketches = list(sketches)
+        if not sketches:
+            raise ValueError("nothing to merge")
+        first = sketches[0]
+        for s in sketches[1:]:
+            if not first.compatible(s):
+                raise ValueError(
+                    "can only merge Count-Min sketches with the same width, "
+                    f"depth and update rule (this: {_describe(first)}, "
+                    f"other: {_describe(s)})")
+        if sum(s._total for s in sketches) > _INT64_MAX:
+            raise OverflowError("total count would exceed 2**63 - 1")
+        for a, b in ranges:
+            if not 0 <= a < b <= len(sketches):
+                raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
+                                 "sketches")
+        union, codes, starts = _encode_candidates(sketches)
+        hsh = np.zeros(len(union), np.uint64)
+        hsh[codes] = np.concatenate([s._cand_hash for s in sketches])
+        # Codes in hash order: then any subset in code order is in the
+        # canonical order ``_choose`` wants.
+        order = np.argsort(hsh, kind="stable")
+        recode = np.empty_like(order)
+        recode[order] = np.arange(len(order))
+        codes, union, hsh = recode[codes], union.take(pa.array(order)), hsh[order]
+        length = np.zeros(len(union), np.int64)
+        length[codes] = np.concatenate([s._cand_len for s in sketches])
+        cells = first._cells(hsh)
+        # Per entry (sketch, candidate): its lower bound, and how far its
+        # upper bound exceeds its sketch's bound for untracked items, so
+        # that a range's upper bound is (sum of excesses) + (sum of the
+        # untracked bounds) for every item at once.
+        lo_in = np.concatenate([s._cand_lo for s in sketches])
+        excess_in = np.concatenate([s._cand_hi - s._dropped for s in sketches])
+        lo_sum = np.zeros(len(union), np.int64)
+        excess_sum = np.zeros(len(union), np.int64)
+        tracked = np.zeros(len(union), np.int32)
+        counters = np.zeros_like(first._counters)
+        total = dropped = 0
+
+        def move(x, y, sign):
+            """Add (``sign`` 1) or subtract the sketches ``[x, y)``."""
+            nonlocal total, dropped
+            for p in range(x, y):
+                seg = slice(starts[p], starts[p + 1])
+                c = codes[seg]  # unique within one sketch
+                lo_sum[c] += sign * lo_in[seg]
+                excess_sum[c] += sign * excess_in[seg]
+                tracked[c] += sign
+                np.add(counters, sign * sketches[p]._counters, out=counters)
+                total += sign * sketches[p]._total
+                dropped += sign * sketches[p]._dropped
+
+        out, at = [], (0, 0)
+        for a, b in ranges:
+            # [at) -> [a, b): add what enters, subtract what leaves.
+            move(at[1], b, 1) if b >= at[1] else move(b, at[1], -1)
+            move(at[0], a, -1) if a >= at[0] else move(a, at[0], 1)
+            at = (a, b)
+            idx = np.flatnonzero(tracked)
+            lo = lo_sum[idx]
+            est = _row_min(counters.reshape(-1)[cells])[idx]
+            hi = np.minimum(excess_sum[idx] + dropped, est)
+            # Valid inputs give est >= true >= lo; this only keeps lo <= hi
+            # for inputs that are merely well-formed.
+            hi = np.maximum(hi, lo)
+            merged = first._empty_like()
+            merged._counters = counters.copy()
+            merged._total = total
+            keep, worst = _choose(hi, length[idx], merged._capacity,
+                                  merged._candidate_room())
+            merged._dropped = max(dropped, worst)
+            merged._set_candidates(union.take(pa.array(idx[keep])),
+                                   hsh[idx[keep]], lo[keep], hi[keep])
+            out.append(merged)
+        return out
 
     # -- queries --------------------------------------------------------
 
@@ -356,6 +438,16 @@ class CountMinTopK:
                          "lower_bound": pa.array(self._cand_lo),
                          "upper_bound": pa.array(self._cand_hi)})
 
+    def copy(self) -> "CountMinTopK":
+        """An independent copy (cheaper than a round trip through bytes)."""
+        sketch = self._empty_like()
+        sketch._counters = self._counters.copy()
+        sketch._total, sketch._dropped = self._total, self._dropped
+        # Candidate arrays are replaced, never written in place: shared.
+        sketch._set_candidates(self._cand_items, self._cand_hash,
+                               self._cand_lo, self._cand_hi)
+        return sketch
+
     # -- serialization --------------------------------------------------
 
     def to_bytes(self) -> bytes:
@@ -376,9 +468,11 @@ class CountMinTopK:
         ])
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CountMinTopK":
+    def from_bytes(cls, data: bytes, _hashes: bytes | None = None
+                   ) -> "CountMinTopK":
         """Inverse of ``to_bytes``; raises ``ValueError`` on anything that
-        is not a valid sketch of this format and hash version."""
+        is not a valid sketch of this format and hash version.
+        (``_hashes``: the candidates' hashes, when a pickle carries them.)"""
         data = bytes(data)
         if len(data) < _HEADER.size or data[:4] != MAGIC:
             raise ValueError("not a Count-Min top-K sketch")
@@ -425,12 +519,19 @@ class CountMinTopK:
                      conservative=bool(flags & _FLAG_CONSERVATIVE))
         sketch._counters = counters.reshape(depth, width)
         sketch._total, sketch._dropped = int(total), int(dropped)
-        sketch._set_candidates(items, hash64(items), lo, hi)
+        if _hashes is not None and len(_hashes) != 8 * n:
+            raise ValueError("corrupt Count-Min sketch: wrong hashes")
+        hashes = (hash64(items) if _hashes is None
+                  else np.frombuffer(_hashes, np.uint64).copy())
+        sketch._set_candidates(items, hashes, lo, hi)
         return sketch
 
     def __reduce__(self):
-        # Beam pickles accumulators; the bytes are the canonical state.
-        return (CountMinTopK.from_bytes, (self.to_bytes(),))
+        # Beam pickles accumulators and shuffled sketches; the bytes are the
+        # canonical state. The hashes travel along (a pickle is trusted
+        # anyway), so unpickling does not hash every candidate again.
+        return (CountMinTopK.from_bytes, (self.to_bytes(),
+                                          self._cand_hash.tobytes()))
 
     def __repr__(self) -> str:
         return (f"CountMinTopK({self._depth}x{self._width}, "
@@ -444,20 +545,18 @@ class CountMinTopK:
 
         Double hashing (Kirsch & Mitzenmacher): row r uses ``a + r*b`` of
         the two 32-bit halves of the item hash, mapped to ``[0, width)`` by
-        a multiply-shift (Lemire), so no division and no bias."""
+        a multiply-shift (Lemire), so no division and no bias. All rows at
+        once (broadcast over r)."""
         a = h & _MASK32
         b = (h >> _S32) | np.uint64(1)
-        w = np.uint64(self._width)
-        out = np.empty((self._depth, len(h)), dtype=np.int64)
-        for r in range(self._depth):
-            g = (a + np.uint64(r) * b) & _MASK32
-            out[r] = ((g * w) >> _S32).astype(np.int64) + r * self._width
-        return out
+        r = np.arange(self._depth, dtype=np.uint64)[:, None]
+        g = (a + r * b) & _MASK32
+        cells = ((g * np.uint64(self._width)) >> _S32).astype(np.int64)
+        cells += (np.arange(self._depth, dtype=np.int64) * self._width)[:, None]
+        return cells
 
     def _estimate(self, h: np.ndarray) -> np.ndarray:
-        if len(h) == 0:
-            return np.empty(0, np.int64)
-        return self._counters.reshape(-1)[self._cells(h)].min(axis=0)
+        return _row_min(self._counters.reshape(-1)[self._cells(h)])
 
     def _set_candidates(self, items, hashes, lo, hi) -> None:
         self._cand_items = items
@@ -472,73 +571,122 @@ class CountMinTopK:
         """Keep the best of (current candidates with bounds old_lo/old_hi)
         and (new items), within capacity and budget; everything left out
         raises the bound on untracked items."""
-        m = len(self._cand_items)
-        all_hi = np.concatenate([old_hi, new_hi])
         all_hash = np.concatenate([self._cand_hash, new_hash])
-        keep = _top_indices(all_hi, all_hash, self._capacity)
-        new_len = _lengths(new_items)
-        all_len = np.concatenate([self._cand_len, new_len])
-        # Byte budget: drop the weakest candidates until everything fits.
-        size = (_budget.cms_fixed_bytes(self._width, self._depth)
-                + int((_budget.CMS_CANDIDATE_OVERHEAD + all_len[keep]).sum()))
-        if size > self._budget_bytes:
-            order = np.lexsort((~all_hash[keep], all_hi[keep]))
-            freed = np.cumsum(
-                _budget.CMS_CANDIDATE_OVERHEAD + all_len[keep][order])
-            cut = int(np.searchsorted(freed, size - self._budget_bytes)) + 1
-            keep = np.sort(keep[order[cut:]])
-        dropped = np.ones(len(all_hi), dtype=bool)
-        dropped[keep] = False
-        if dropped.any():
-            self._dropped = max(self._dropped, int(all_hi[dropped].max()))
-        # Canonical order (by hash): equal states serialize identically.
-        keep = keep[np.argsort(all_hash[keep], kind="stable")]
-        from_old = keep < m
-        pieces = pa.concat_arrays([
-            self._cand_items.take(pa.array(keep[from_old], pa.int64())),
-            new_items.take(pa.array(keep[~from_old] - m, pa.int64())
-                           ).cast(pa.string()),
-        ])
-        # The concatenation lists the old candidates first; put it back in
-        # hash order.
-        at = np.empty(len(keep), np.int64)
-        at[from_old] = np.arange(from_old.sum())
-        at[~from_old] = from_old.sum() + np.arange((~from_old).sum())
-        all_lo = np.concatenate([old_lo, new_lo])
-        self._set_candidates(pieces.take(pa.array(at)), all_hash[keep],
-                             all_lo[keep], all_hi[keep])
+        order = np.argsort(all_hash, kind="stable")
+        all_hi = np.concatenate([old_hi, new_hi])[order]
+        keep, worst = _choose(
+            all_hi, np.concatenate([self._cand_len, _lengths(new_items)])[order],
+            self._capacity, self._candidate_room())
+        self._dropped = max(self._dropped, worst)
+        kept = order[keep]
+        items = pa.chunked_array([self._cand_items, new_items], pa.string()
+                                 ).take(pa.array(kept))
+        self._set_candidates(items.combine_chunks(), all_hash[kept],
+                             np.concatenate([old_lo, new_lo])[kept],
+                             all_hi[keep])
+
+    def _candidate_room(self) -> int:
+        """Bytes of the budget left for candidates beside the counters."""
+        return self._budget_bytes - _budget.cms_fixed_bytes(self._width,
+                                                            self._depth)
+
+    def _empty_like(self) -> "CountMinTopK":
+        """An empty sketch with this one's parameters (no validation: they
+        were checked when this one was made)."""
+        sketch = CountMinTopK.__new__(CountMinTopK)
+        sketch._width, sketch._depth = self._width, self._depth
+        sketch._capacity = self._capacity
+        sketch._budget_bytes = self._budget_bytes
+        sketch._conservative = self._conservative
+        sketch._counters = np.zeros_like(self._counters)
+        sketch._total = sketch._dropped = 0
+        sketch._set_candidates(pa.array([], pa.string()),
+                               np.empty(0, np.uint64), np.empty(0, np.int64),
+                               np.empty(0, np.int64))
+        return sketch
 
 
-def _top_indices(hi: np.ndarray, hsh: np.ndarray, capacity: int) -> np.ndarray:
-    """Indices of the ``capacity`` largest ``hi``; ties at the threshold go
-    to the smaller hash, so the choice does not depend on input order."""
+def _choose(hi: np.ndarray, length: np.ndarray, capacity: int,
+            room: int) -> tuple[np.ndarray, int]:
+    """Which of some items, given in hash order, to keep as candidates:
+    the ``capacity`` largest upper bounds ``hi``, then, if their ids
+    (``length`` bytes each) overflow ``room`` bytes, without the weakest
+    until they fit. Ties go to the smaller hash, so the choice does not
+    depend on input order. Returns the kept indices, ascending (hash order,
+    the canonical order: equal states serialize identically), and the
+    largest upper bound left out (0 if none), which the bound on untracked
+    items must cover."""
     n = len(hi)
-    if n <= capacity:
-        return np.arange(n)
-    # A stable (radix/tim) sort, not np.partition: bounds repeat a lot
-    # (every newcomer seen once gets the same one), which makes
-    # introselect several times slower than this.
-    threshold = np.sort(hi, kind="stable")[n - capacity]
-    above = np.flatnonzero(hi > threshold)
-    tied = np.flatnonzero(hi == threshold)
-    need = capacity - len(above)
-    tied = tied[np.argsort(hsh[tied], kind="stable")[:need]]
-    return np.sort(np.concatenate([above, tied]))
+    if n > capacity:
+        # A stable (radix/tim) sort, not np.partition: bounds repeat a lot
+        # (every newcomer seen once gets the same one), which makes
+        # introselect up to 20x slower than this.
+        threshold = np.sort(hi, kind="stable")[n - capacity]
+        mask = hi > threshold
+        tied = np.flatnonzero(hi == threshold)
+        mask[tied[:capacity - int(mask.sum())]] = True
+        keep = np.flatnonzero(mask)
+    else:
+        keep = np.arange(n)
+    size = int((_budget.CMS_CANDIDATE_OVERHEAD + length[keep]).sum())
+    if size > room:
+        # Weakest first: smallest bound, then the larger hash.
+        order = np.lexsort((-keep, hi[keep]))
+        freed = np.cumsum(_budget.CMS_CANDIDATE_OVERHEAD + length[keep][order])
+        cut = int(np.searchsorted(freed, size - room)) + 1
+        keep = np.sort(keep[order[cut:]])
+    worst = 0
+    if len(keep) < n:
+        left_out = np.ones(n, dtype=bool)
+        left_out[keep] = False
+        worst = int(hi[left_out].max())
+    return keep, worst
 
 
-def _has_duplicates(h: np.ndarray) -> bool:
-    if len(h) < 2:
-        return False
-    s = np.sort(h)
-    return bool((s[1:] == s[:-1]).any())
+def _encode_candidates(sketches) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Every sketch's candidate ids as codes into one dictionary: ``(union
+    of ids, code of every candidate, sketch i's candidates at
+    codes[starts[i]:starts[i + 1]])``."""
+    starts = np.zeros(len(sketches) + 1, np.int64)
+    np.cumsum([len(s._cand_items) for s in sketches], out=starts[1:])
+    if starts[-1] == 0:
+        return pa.array([], pa.string()), np.empty(0, np.int64), starts
+    encoded = pc.dictionary_encode(
+        pa.concat_arrays([s._cand_items for s in sketches]))
+    return (encoded.dictionary, encoded.indices.to_numpy().astype(np.int64),
+            starts)
 
 
-def _aggregate(items: pa.Array, counts: np.ndarray):
+def _row_min(rows: np.ndarray) -> np.ndarray:
+    """Minimum over the rows of a ``(depth, n)`` array (``min(axis=0)`` is
+    ~10x slower for a few long rows)."""
+    out = rows[0].copy()
+    for row in rows[1:]:
+        np.minimum(out, row, out=out)
+    return out
+
+
+def _aggregate(items: pa.Array, counts: np.ndarray, total: int):
     """Sum counts of repeated items (exactly, by string)."""
-    out = pa.table({"item": items, "count": counts}).group_by(
-        "item").aggregate([("count", "sum")])
-    return (out["item"].combine_chunks().cast(pa.string()),
-            out["count_sum"].to_numpy().astype(np.int64))
+    encoded = pc.dictionary_encode(items)
+    if len(encoded.dictionary) == len(items):
+        return items, counts
+    return encoded.dictionary, _sum_by_index(
+        encoded.indices.to_numpy(), counts, len(encoded.dictionary), total)
+
+
+def _sum_by_index(index: np.ndarray, values: np.ndarray, n: int,
+                  total: int) -> np.ndarray:
+    """``out[i] = sum of values[index == i]`` for ``i < n``, exactly, given
+    that ``total`` bounds every sum."""
+    if total < MAX_EXACT_FLOAT:
+        # bincount sums in float64, exact below 2**53, and is ~10x faster
+        # than np.add.at.
+        return np.bincount(index, weights=values, minlength=n).astype(
+            np.int64)
+    out = np.zeros(n, np.int64)
+    np.add.at(out, index, values)
+    return out
 
 
 def _checked_sum(counts: np.ndarray) -> int:
@@ -553,14 +701,9 @@ def _checked_sum(counts: np.ndarray) -> int:
 
 def _add_counts(flat: np.ndarray, cells: np.ndarray, counts: np.ndarray,
                 batch_total: int) -> None:
-    depth = cells.shape[0]
-    if batch_total < MAX_EXACT_FLOAT:
-        # bincount sums in float64, exact below 2**53, and is ~10x faster
-        # than np.add.at.
-        flat += np.bincount(cells.ravel(), weights=np.tile(counts, depth),
-                            minlength=len(flat)).astype(np.int64)
-    else:
-        np.add.at(flat, cells.ravel(), np.tile(counts, depth))
+    # No cell of a row can receive more than the batch total.
+    flat += _sum_by_index(cells.ravel(), np.tile(counts, cells.shape[0]),
+                          len(flat), batch_total)
 
 
 def _lengths(items: pa.Array) -> np.ndarray:

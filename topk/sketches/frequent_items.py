@@ -26,7 +26,8 @@ If even the smallest map cannot hold the ids, ``update`` raises
 
 Updates cost one Python call per (item, count) pair (DataSketches has no
 batch update in Python); pairs are pre-aggregated, so this is per distinct
-item per batch, not per event. No Beam here.
+item per batch, not per event. Merges are DataSketches' own, one pair at a
+time. No Beam here.
 """
 import struct
 
@@ -189,6 +190,21 @@ class FrequentItemsTopK:
         self._fit_budget()
         return self
 
+    @classmethod
+    def merge_many(cls, sketches) -> "FrequentItemsTopK":
+        """The merge of ``sketches`` as a new sketch (a copy of the first,
+        the others merged into it in order); inputs are not modified."""
+        sketches = iter(sketches)
+        merged = next(sketches).copy()
+        for s in sketches:
+            merged.merge(s)
+        return merged
+
+    def copy(self) -> "FrequentItemsTopK":
+        """An independent copy (DataSketches objects copy only through
+        their bytes)."""
+        return FrequentItemsTopK.from_bytes(self.to_bytes())
+
     # -- queries --------------------------------------------------------
 
     def top_k(self, k: int) -> pa.Table:
@@ -197,15 +213,36 @@ class FrequentItemsTopK:
         deterministic, ``guaranteed`` marks items certainly in the true top
         ``k``."""
         k = check_k(k)
-        rows = self._sketch.get_frequent_items(_NO_FALSE_NEGATIVES, 0)
+        rows = self._rows_above_kth(k + 1)
         if not rows:
             return TOPK_SCHEMA.empty_table()
-        items = pa.array([r[0] for r in rows], pa.string())
-        est = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        lower = np.fromiter((r[2] for r in rows), np.int64, len(rows))
-        upper = np.fromiter((r[3] for r in rows), np.int64, len(rows))
+        items, est, lower, upper = zip(*rows)
+        upper = np.array(upper, np.int64)
         # Untracked items have counter 0, so their upper bound is the offset.
-        return top_k_table(items, est, lower, upper, self.max_error, k)
+        return top_k_table(pa.array(items, pa.string()),
+                           np.array(est, np.int64), np.array(lower, np.int64),
+                           upper, self.max_error, k)
+
+    def _rows_above_kth(self, n: int) -> list:
+        """DataSketches' rows ``(item, estimate, lower, upper)`` of at least
+        every item whose upper bound reaches the ``n``-th largest one (all
+        of them if fewer are tracked).
+
+        Ranking and the guaranteed flag only need those; asking
+        DataSketches for items above a threshold returns them without
+        turning the whole map (up to thousands of items) into Python
+        tuples. The threshold starts high and drops until ``n`` items
+        clear it; a lower threshold only returns more rows, never wrong
+        ones."""
+        offset = self.max_error
+        threshold = offset + self.total // n
+        while True:
+            rows = self._sketch.get_frequent_items(_NO_FALSE_NEGATIVES,
+                                                   threshold)
+            if len(rows) >= n or threshold <= offset:
+                return rows  # at the offset: every tracked item
+            # Upper bounds are counter + offset; quarter the margin.
+            threshold = offset + (threshold - offset) // 4
 
     def bounds(self, items) -> tuple[np.ndarray, np.ndarray]:
         """Deterministic (lower, upper) bounds of any items."""

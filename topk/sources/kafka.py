@@ -299,7 +299,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             try:
                 batch = reader.read_batch(s["max_batch_records"],
                                           s["max_batch_bytes"],
-                                          s["poll_timeout_ms"])
+                                          s["poll_timeout_ms"],
+                                          s["allowed_skew_ms"])
             except (ko.KafkaError, OSError) as e:
                 # kafka-python reconnects by itself: keep the consumer for
                 # transient errors, replace it when they persist.
@@ -527,7 +528,8 @@ class ReadFromKafkaBatches(beam.PTransform):
       consumer_config: extra kafka-python ``KafkaConsumer`` settings
         (security, fetch sizes, ...). ``enable_auto_commit`` stays off.
       allowed_skew_ms: how far behind the newest record timestamp a message
-        may arrive and still be on time: the watermark lags that much.
+        may arrive and still be on time: the watermark lags that much. A
+        batch also never spans more than this of record time.
       idle_timeout_ms: after this long without new messages at its end, a
         partition's watermark moves to now - skew (``None``: never; use it
         for replays of old data that must not be closed by the wall clock).

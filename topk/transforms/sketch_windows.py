@@ -6,30 +6,31 @@ It branches off the exact path after de-duplication (``DedupSliceCounts``):
 partial counts are already pre-aggregated per (event type, minute, item), so
 a sketch is fed one row per distinct item, never one per event.
 """
+import pickle
 import typing
 
 import apache_beam as beam
 import pyarrow as pa
 
 from topk import sketch_windows, sketches
-from topk.schema import DAY_MS, HOUR_MS
+from topk.schema import DAY_MS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.transforms.approximate import ApproximateTopKFn, MergeSketchesFn
-from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
+from topk.windows import WindowSpec, duration_ms, now_ms
 
 #: Rows fed to one sketch, keyed by ``(event_type, slice_start_ms)``.
 SliceRows = typing.Tuple[typing.Tuple[str, int], pa.Table]
 
 
-
-def _with_method(key_and_sketch, method: str):
+def _as_minute(key_and_sketch, method: str):
     (event_type, start), sketch = key_and_sketch
-    return (method, event_type, start), sketch
+    return ("1m", method, event_type, start), sketch
 
 
-def _to_coarser(key_and_sketch, size_ms: int):
-    (method, event_type, start), sketch = key_and_sketch
-    return (method, event_type, start - start % size_ms), sketch
+def _to_coarser(key_and_sketch, length: str):
+    (_, method, event_type, start), sketch = key_and_sketch
+    return (length, method, event_type,
+            start - start % duration_ms(length)), sketch
 
 
 class SliceSketchFn(ApproximateTopKFn):
@@ -61,10 +62,12 @@ class ApproximateSlices(beam.PTransform):
     """De-duplicated partial counts -> sketches of every 1m, 1h, 1d slice.
 
     Takes ``(dedup_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (the output
-    of ``DedupSliceCounts``); returns ``{"1m": ..., "1h": ..., "1d": ...}``,
-    each a PCollection of ``((method, event_type, slice_start_ms),
-    sketch)`` with one sketch per method, slice and event type
-    (``ALL_TYPES`` included), every one within ``budget_bytes``.
+    of ``DedupSliceCounts``); returns one PCollection of ``((slice_length,
+    method, event_type, slice_start_ms), sketch)`` with one sketch per
+    slice length (``1m``, ``1h``, ``1d``), method, slice and event type
+    (``ALL_TYPES`` included), every one within ``budget_bytes``. (One
+    PCollection, not one per length: every step downstream is then one
+    transform, and a pipeline pays a fixed cost per transform.)
     """
 
     def __init__(self, methods: list[str],
@@ -87,22 +90,22 @@ class ApproximateSlices(beam.PTransform):
         minutes = [
             keyed
             | f"SketchMinutes[{m}]" >> beam.CombinePerKey(self._fns[m])
-            | f"KeyByMethod[{m}]" >> beam.Map(_with_method, m)
+            | f"KeyByMethod[{m}]" >> beam.Map(_as_minute, m)
             for m in self._methods]
         minutes = minutes | "AllMethods" >> beam.Flatten()
         hours = (minutes
-                 | "KeyByHour" >> beam.Map(_to_coarser, HOUR_MS)
+                 | "KeyByHour" >> beam.Map(_to_coarser, "1h")
                  | "RollUpHours" >> beam.CombinePerKey(MergeSketchesFn()))
         days = (hours
-                | "KeyByDay" >> beam.Map(_to_coarser, DAY_MS)
+                | "KeyByDay" >> beam.Map(_to_coarser, "1d")
                 | "RollUpDays" >> beam.CombinePerKey(MergeSketchesFn()))
-        return {"1m": minutes, "1h": hours, "1d": days}
+        return (minutes, hours, days) | "AllLengths" >> beam.Flatten()
 
 
 class SketchTables(beam.PTransform):
     """Slice sketches -> ``sketches`` table rows.
 
-    Takes the dict ``ApproximateSlices`` returns; yields ``pa.Table`` in
+    Takes what ``ApproximateSlices`` returns; yields ``pa.Table`` in
     ``SKETCHES_SCHEMA``, one per (slice length, day), the unit the Parquet
     sink writes (so sketches are gathered once, not one tiny table each).
     """
@@ -111,13 +114,13 @@ class SketchTables(beam.PTransform):
         super().__init__()
         self._source = source
 
-    def expand(self, levels):
+    def expand(self, slices):
         source = self._source
 
-        def locate(key_and_sketch, length):
+        def locate(key_and_sketch):
             # Bytes, not the sketch object, cross the shuffle: the table
             # stores bytes anyway.
-            (method, event_type, start), sketch = key_and_sketch
+            (length, method, event_type, start), sketch = key_and_sketch
             return ((length, start // DAY_MS), sketch_windows.sketch_row(
                 method, event_type, start, sketch))
 
@@ -125,11 +128,9 @@ class SketchTables(beam.PTransform):
             return sketch_windows.sketches_table(list(rows), where[0], source,
                                                  now_ms())
 
-        located = [levels[length] | f"Locate[{length}]" >> beam.Map(
-            locate, length) for length in SLICE_LENGTHS]
         return (
-            located
-            | "AllLengths" >> beam.Flatten()
+            slices
+            | "Locate" >> beam.Map(locate)
             | "GatherDay" >> beam.GroupByKey()
             | "ToTable" >> beam.MapTuple(table).with_output_types(pa.Table))
 
@@ -137,11 +138,17 @@ class SketchTables(beam.PTransform):
 class ApproximateWindows(beam.PTransform):
     """Slice sketches -> ranked top-K windows with bounds, per method.
 
-    Takes the dict ``ApproximateSlices`` returns; yields ``pa.Table`` in
+    Takes what ``ApproximateSlices`` returns; yields ``pa.Table`` in
     ``RANKED_WINDOWS_SCHEMA``: for every spec, method and event type
     (``ALL_TYPES`` included), the top ``k`` of every window holding an
-    event, with ``count``, ``lower_bound`` and ``upper_bound`` from the
-    window's sketch (a merge of its panes, see ``sketch_windows``).
+    event, with ``count``, ``lower_bound``, ``upper_bound`` and
+    ``guaranteed`` from the window's sketch (a merge of its panes, see
+    ``sketch_windows``).
+
+    Pane sketches are keyed by ``(spec, method, event type, block)``
+    (``sketch_windows.blocks_of``) and every block is ranked in one step
+    (``sketch_windows.rank_block``): one shuffle for all specs, one output
+    table per block.
     """
 
     def __init__(self, specs: list[WindowSpec], k: int, source: str = "batch",
@@ -154,60 +161,41 @@ class ApproximateWindows(beam.PTransform):
         self._source = source
         self._pane_timing = pane_timing
 
-    def expand(self, levels):
-        ranked = [levels[sketch_windows.pane_plan(spec)[0]]
-                  | f"Rank[{spec.key}]" >> _RankSpec(
-                      spec, self._k, self._source, self._pane_timing)
-                  for spec in self._specs]
-        return ranked | "AllSpecs" >> beam.Flatten()
-
-
-class _RankSpec(beam.PTransform):
-    """Pane sketches -> ranked windows of one spec (``ApproximateWindows``)."""
-
-    def __init__(self, spec: WindowSpec, k: int, source: str,
-                 pane_timing: str):
-        super().__init__()
-        self._spec = spec
-        self._k = k
-        self._source = source
-        self._pane_timing = pane_timing
-
-    def expand(self, panes):
-        spec, k, source, timing = (self._spec, self._k, self._source,
-                                   self._pane_timing)
-        length, n, step = sketch_windows.pane_plan(spec)
-        pane_ms = duration_ms(length)
-
-        def rank(event_type, windows):
-            return sketch_windows.ranked_windows(
-                windows, spec, pane_ms, k, event_type, source=source,
-                pane_timing=timing, emitted_at_ms=now_ms())
-
-        if n == 1:
-            # Each pane is a window: nothing to merge, nothing to gather.
-            return panes | "RankPanes" >> beam.MapTuple(
-                lambda key, sketch: rank(key[1], [(key[2] // pane_ms, sketch)])
-            ).with_output_types(pa.Table)
+    def expand(self, slices):
+        k, source, timing = self._k, self._source, self._pane_timing
+        by_key = {spec.key: spec for spec in self._specs}
+        by_length = {}
+        for spec in self._specs:
+            by_length.setdefault(sketch_windows.pane_plan(spec)[0],
+                                 []).append(spec)
 
         def to_blocks(key_and_sketch):
-            (method, event_type, start), sketch = key_and_sketch
-            pane = start // pane_ms
-            for block, is_next in sketch_windows.blocks_of(pane, n, step):
-                yield (method, event_type, block), (is_next, pane, sketch)
+            (length, method, event_type, start), sketch = key_and_sketch
+            if length not in by_length:
+                return
+            pane = start // duration_ms(length)
+            # The pickled sketch, as bytes, crosses the shuffle: the runner
+            # decodes and re-encodes grouped values, which costs a copy for
+            # bytes but a whole deserialization for a sketch, and a pickle
+            # carries what makes unpickling cheap (Count-Min: the hashes).
+            data = pickle.dumps(sketch)
+            for spec in by_length[length]:
+                _, n, step = sketch_windows.pane_plan(spec)
+                for block, is_next in sketch_windows.blocks_of(pane, n, step):
+                    yield ((spec.key, method, event_type, block),
+                           (is_next, pane, data))
 
-        def rank_block(key, panes_of_block):
-            _, event_type, block = key
-            here, following = [], []
-            for is_next, pane, sketch in panes_of_block:
-                (following if is_next else here).append((pane, sketch))
-            return rank(event_type, sketch_windows.window_sketches(
-                block, n, step, here, following))
+        def rank_block(key, panes):
+            spec_key, _, event_type, block = key
+            return sketch_windows.rank_block(
+                by_key[spec_key], k, event_type, block,
+                [(is_next, pane, pickle.loads(data))
+                 for is_next, pane, data in panes],
+                emitted_at_ms=now_ms(), source=source, pane_timing=timing)
 
         return (
-            panes
+            slices
             | "KeyByBlock" >> beam.FlatMap(to_blocks)
             | "GatherBlock" >> beam.GroupByKey()
             | "RankBlock" >> beam.MapTuple(rank_block).with_output_types(
                 pa.Table))
-

@@ -1,0 +1,990 @@
+"""Kafka throughput and latency: the stream pipelines against a raw Kafka
+reader, the read+parse floor and the naive Beam pipeline, side by side in
+one run (issue #3, "Performance").
+
+    .venv/bin/python bench/kafka_throughput.py                  # 20M events
+    .venv/bin/python bench/kafka_throughput.py --events 1000000 --repeat 1
+    .venv/bin/python bench/kafka_throughput.py --parts raw,floor --bootstrap 127.0.0.1:9092
+
+It starts its own broker (``deploy/kafka/kafka.sh`` in ``--dir``, kept
+between runs, stopped at the end) unless given ``--bootstrap``, and preloads
+a topic with ``--events`` synthetic events (the generator of ``topk
+produce``, as in ``batch_throughput.py``: 100k items, Zipf 1.1, 1% duplicates,
+one day of event time unless ``--event-rate``, ms timestamps; ~120
+bytes a record) packed
+``--events-per-message`` to a message. A topic already holding exactly that
+preload is reused. Then, each contender in its own process:
+
+* ``bounded``: ``topk stream --bounded`` (FnApiRunner, the batch steps)
+  from the topic to the written tables.
+* ``stream``: the unbounded ``topk stream`` on Prism catching up the
+  topic: seconds from start until the latest ``1m`` panes (over all event
+  types) of every window add up to all distinct events (``--idle_timeout_ms``
+  makes the watermark close the last windows). Stopped at
+  ``--stream-timeout``; then the events reflected so far are reported.
+* ``raw``: one kafka-python consumer that only reads every message (the
+  I/O limit); ``raw_confluent`` the same with confluent-kafka, if installed
+  (``pip install confluent-kafka``).
+* ``floor``: the kafka-python reader, plus ``pyarrow.json`` parsing of
+  each poll batch and an Arrow group-by count per (event type, minute,
+  item), merged at the end: the least work that yields the counts, in one
+  process.
+* ``naive``: one Beam element per event (``batch_throughput.naive_top_k``:
+  ``json.loads | WindowInto | Count.PerElement | Top.Of`` per window spec)
+  behind the same Kafka source, on a ``--naive-events`` subset topic.
+* ``latency``: the unbounded ``topk stream --early_firing_s 1`` on a fresh
+  topic while ``topk produce --rate`` sends ``--latency-rate`` events/s with
+  event times = now; every second a marker event (a unique item id of
+  event type ``marker``) is sent and ``topk.query.topk`` polled until it
+  shows it: p50/p99 of send -> visible.
+* ``profile`` (not in the default parts): where the unbounded pipeline's
+  time goes: the same Kafka read (bounded) on Prism, cut after parsing,
+  after de-duplication and after the full ``StreamTopK``, on a
+  ``--profile-events`` topic.
+
+Windows: ``--windows`` (default ``1m,1h,1h/1m``), k=100, for every
+pipeline. Results: a table on stdout and in ``--results``
+(bench/results/kafka_throughput.md). The machine is noisy: read the ratios.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+import batch_throughput as bt  # noqa: E402
+
+TARGET_CATCHUP = 500_000       # events/s from Kafka to written results
+TARGET_VS_FLOOR = 0.5          # of the read+parse+count floor
+TARGET_P99_S = 5.0             # produce -> early pane visible to topk query
+
+ALL_PARTS = ("bounded", "stream", "raw", "raw_confluent", "floor", "naive",
+             "latency", "profile")
+DEFAULT_PARTS = ("bounded", "stream", "raw", "raw_confluent", "floor",
+                 "naive", "latency")
+KAFKA_SH = os.path.join(REPO, "deploy", "kafka", "kafka.sh")
+DAY_S = 86_400
+
+
+# ---------------------------------------------------------------------------
+# Broker and preloaded topics.
+
+
+def start_broker(directory: str) -> str:
+    env = dict(os.environ, KAFKA_PROBE_PYTHON=sys.executable)
+    out = subprocess.run([KAFKA_SH, "start", "--dir", directory, "--port",
+                          "0"], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("KAFKA_BOOTSTRAP="):
+            return line.split("=", 1)[1].strip()
+    raise RuntimeError(f"kafka.sh start printed no bootstrap: {out!r}")
+
+
+def stop_broker(directory: str) -> None:
+    subprocess.run([KAFKA_SH, "stop", "--dir", directory], check=False,
+                   capture_output=True)
+
+
+def generator_config(events: int, seed: int, rate: float):
+    from topk import generator
+    return generator.GeneratorConfig(
+        events=events, items=100_000, zipf=1.1, rate=rate,
+        duplicate_share=0.01, malformed_share=0.0, ts_format="ms", seed=seed)
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict | None:
+    """``{partition: end offset}`` of ``topic``, ``None`` if it does not
+    exist."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        return {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def delete_topic(bootstrap: str, topic: str) -> None:
+    from kafka.admin import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and end_offsets(bootstrap, topic):
+        time.sleep(0.5)
+
+
+def preload(bootstrap: str, workdir: str, name: str, events: int,
+            per_message: int, partitions: int, seed: int = 1,
+            rate: float | None = None) -> dict:
+    """A topic holding ``events`` generated events (plus 1% duplicates),
+    reused when a previous run left exactly that preload: the run records
+    the topic's message count in ``workdir/topics.json`` once the producer
+    has flushed, and a reuse checks the broker still holds that many."""
+    from topk import producer
+    rate = events / DAY_S if rate is None else rate
+    config = generator_config(events, seed, rate)
+    # Named by its content, so parts that want the same events share it.
+    topic = (f"bench-{events}-m{per_message}-p{partitions}-s{seed}"
+             f"-r{rate:g}").replace(".", "_")
+    state_path = os.path.join(workdir, "topics.json")
+    state = {}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+    key = f"{bootstrap}/{topic}"
+    ends = end_offsets(bootstrap, topic)
+    known = state.get(key)
+    records = events + round(events * config.duplicate_share)
+    info = {"topic": topic, "unique": events, "records": records,
+            "rate": rate, "partitions": partitions}
+    if ends is not None and known and sum(ends.values()) == known["messages"]:
+        print(f"{name} topic {topic}: reusing {known['messages']:,} messages "
+              f"({records:,} records)", flush=True)
+        return {**info, **known, "reused": True}
+    if ends is not None:
+        print(f"topic {topic}: incomplete or unknown, recreating", flush=True)
+        delete_topic(bootstrap, topic)
+    started = time.perf_counter()
+    summary = producer.produce(bootstrap, topic, config,
+                               events_per_message=per_message,
+                               partitions=partitions, progress=None)
+    if summary.failed_messages or summary.events != records:
+        raise RuntimeError(f"preload of {topic} failed: {summary.describe()}")
+    print(f"{name} topic: {summary.describe()} (preload, "
+          f"{time.perf_counter() - started:.1f} s)", flush=True)
+    known = {"messages": summary.messages, "bytes": summary.bytes,
+             "produce_events_per_s": summary.events_per_s}
+    state[key] = known
+    with open(state_path + ".tmp", "w") as f:
+        json.dump(state, f, indent=1)
+    os.replace(state_path + ".tmp", state_path)
+    return {**info, **known, "reused": False}
+
+
+# ---------------------------------------------------------------------------
+# Contenders, each run in a child process: `kafka_throughput.py --run NAME
+# SPEC WORKDIR` (SPEC: JSON with bootstrap, topic, ...), via
+# batch_throughput.measure / child_main.
+
+
+def _counters(result) -> dict:
+    return {r.key.metric.name: r.committed
+            for r in result.metrics().query()["counters"]}
+
+
+def run_bounded(spec: str, workdir: str) -> dict:
+    from topk.pipelines import stream
+    s = json.loads(spec)
+    out = os.path.join(workdir, "out-bounded")
+    shutil.rmtree(out, ignore_errors=True)
+    result = stream.run([f"--bootstrap={s['bootstrap']}",
+                         f"--topic={s['topic']}", f"--output={out}",
+                         "--bounded", f"--windows={s['windows']}",
+                         f"--k={s['k']}"])
+    c = _counters(result)
+    unique = c.get("events_unique", 0)
+    if unique != s["unique"]:
+        raise RuntimeError(f"counted {unique:,} distinct events, expected "
+                           f"{s['unique']:,}")
+    return {"events": c["events_valid"] + c.get("events_dead_letter", 0)}
+
+
+def _stream_command(s: dict, output: str, *extra: str) -> list:
+    return [sys.executable, "-m", "topk.cli", "stream",
+            "--bootstrap", s["bootstrap"], "--topic", s["topic"],
+            "--output", output, "--windows", s["windows"], "--k",
+            str(s["k"]), "--idle_timeout_ms", "2000",
+            # Beam's job service streams time out after 300 s by default,
+            # which ends a longer `topk stream` on Prism.
+            "--job_server_timeout", str(10 * DAY_S), *extra]
+
+
+class StreamProcess:
+    """``topk stream`` (unbounded, Prism) in its own process group."""
+
+    def __init__(self, command: list, log_path: str):
+        self.log = open(log_path, "ab")
+        self.command = command
+        self.proc = subprocess.Popen(command, cwd=REPO, stdout=self.log,
+                                     stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.log.close()
+
+
+def _sql_one(sql: str):
+    import duckdb
+    con = duckdb.connect()
+    try:
+        return con.execute(sql).fetchone()
+    finally:
+        con.close()
+
+
+def written_1m_total(output: str) -> tuple[int, int]:
+    """(events, windows) of the latest ``1m`` panes over all event types:
+    the sum of ``window_total`` of each window's latest pane."""
+    pattern = os.path.join(output, "ranked_windows", "window_spec=1m", "**",
+                           "*.parquet")
+    if not glob.glob(pattern, recursive=True):
+        return 0, 0
+    return _sql_one(f"""
+        SELECT coalesce(sum(t), 0)::BIGINT, count(*) FROM (
+          SELECT window_start, arg_max(window_total, emitted_at) AS t
+          FROM read_parquet('{pattern}')
+          WHERE event_type = '*' AND rank = 1 GROUP BY window_start)""")
+
+
+def written_late(output: str) -> int:
+    """Events the stream set aside as late: rows of ``late_events`` plus
+    the counts of ``late_counts``."""
+    late = 0
+    for table, expr in (("late_events", "count(*)"),
+                        ("late_counts", "coalesce(sum(count), 0)")):
+        pattern = os.path.join(output, table, "**", "*.parquet")
+        if glob.glob(pattern, recursive=True):
+            late += _sql_one(f"SELECT {expr}::BIGINT FROM "
+                             f"read_parquet('{pattern}')")[0]
+    return late
+
+
+def run_stream(spec: str, workdir: str) -> dict:
+    """Start the unbounded stream; poll its output until the latest 1m panes
+    hold every distinct event (or those plus the events it set aside as
+    late), the output stops changing for ``stall_s``, or ``timeout_s``."""
+    s = json.loads(spec)
+    out = os.path.join(workdir, "out-stream")
+    shutil.rmtree(out, ignore_errors=True)
+    log = os.path.join(workdir, "stream.log")
+    for path in (log, log + ".progress"):
+        if os.path.exists(path):
+            os.remove(path)
+    started = time.perf_counter()
+    proc = StreamProcess(_stream_command(s, out), log)
+    progress, polls = [], []
+    done = late = windows = 0
+    changed = started
+    try:
+        while time.perf_counter() - started < s["timeout_s"]:
+            time.sleep(s["poll_s"])
+            if not proc.alive():
+                raise RuntimeError(f"topk stream exited; see {log}")
+            t0 = time.perf_counter()
+            now_done, windows = written_1m_total(out)
+            now_late = written_late(out)
+            polls.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - started
+            if (now_done, now_late) != (done, late) or not progress:
+                done, late, changed = now_done, now_late, time.perf_counter()
+                progress.append((round(elapsed, 1), done, windows, late))
+                with open(log + ".progress", "a") as f:
+                    print(f"{elapsed:.0f} s: {done:,} distinct events in "
+                          f"{windows:,} 1m windows, {late:,} late", file=f)
+            if done + late >= s["unique"]:
+                break
+            if done and time.perf_counter() - changed > s["stall_s"]:
+                break
+    finally:
+        seconds = time.perf_counter() - started
+        proc.stop()
+    complete = done >= s["unique"]
+    # The reported events are records read (duplicates included), like the
+    # other contenders, scaled to the share of distinct events written when
+    # the run ended early.
+    events = round(s["records"] * min(1.0, done / s["unique"]))
+    return {"events": events, "complete": complete,
+            "distinct_written": done, "late": late,
+            "distinct_expected": s["unique"], "wall_s": seconds,
+            "stalled": not complete and done + late < s["unique"]
+            and seconds < s["timeout_s"] - s["poll_s"],
+            "poll_s_median": statistics.median(polls) if polls else None,
+            "progress": progress}
+
+
+def _kafka_python_batches(bootstrap: str, topic: str):
+    """Every message value of ``topic``, in lists (one per poll), read by
+    one kafka-python consumer assigned all partitions, from the beginning
+    to the end offsets present at start."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from topk import kafka_offsets as ko
+    ko.check_crc32c()
+    consumer = KafkaConsumer(**ko.consumer_config(bootstrap,
+                                                  client_id="bench-raw"))
+    try:
+        tps = [TopicPartition(topic, p)
+               for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            got = consumer.poll(timeout_ms=1000,
+                                max_records=ko.MAX_BATCH_RECORDS)
+            for tp, records in got.items():
+                if not records:
+                    continue
+                yield [r.value for r in records]
+                if records[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+    finally:
+        consumer.close()
+
+
+def _confluent_batches(bootstrap: str, topic: str):
+    """The same with confluent-kafka (librdkafka)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": "bench-raw-confluent",
+        "enable.auto.commit": False, "enable.partition.eof": False,
+        "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
+        "queued.max.messages.kbytes": 256 << 10})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts = sorted(meta.partitions)
+        ends = {p: consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                         for p in parts])
+        left = {p for p in parts if ends[p] > 0}
+        while left:
+            msgs = consumer.consume(num_messages=10_000, timeout=1.0)
+            values = []
+            for m in msgs:
+                if m.error():
+                    raise RuntimeError(str(m.error()))
+                values.append(m.value())
+                if m.offset() + 1 >= ends[m.partition()]:
+                    left.discard(m.partition())
+            if values:
+                yield values
+    finally:
+        consumer.close()
+
+
+READERS = {"kafka-python": _kafka_python_batches,
+           "confluent-kafka": _confluent_batches}
+
+
+def _read_only(spec: str, reader: str) -> dict:
+    s = json.loads(spec)
+    messages = events = nbytes = 0
+    for values in READERS[reader](s["bootstrap"], s["topic"]):
+        messages += len(values)
+        nbytes += sum(map(len, values))
+        events += sum(v.count(b"\n") for v in values) + len(values)
+    return {"events": events, "messages": messages, "bytes": nbytes}
+
+
+def run_raw(spec: str, workdir: str) -> dict:
+    return _read_only(spec, "kafka-python")
+
+
+def run_raw_confluent(spec: str, workdir: str) -> dict:
+    return _read_only(spec, "confluent-kafka")
+
+
+def run_floor(spec: str, workdir: str) -> dict:
+    """Read, parse each poll batch with pyarrow.json, count per (event
+    type, minute, item) with an Arrow group-by; merge the partial counts."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pa_json
+
+    from topk.kafka_offsets import join_values
+    s = json.loads(spec)
+    events, partials = 0, []
+    for values in READERS[s.get("reader", "kafka-python")](s["bootstrap"],
+                                                           s["topic"]):
+        table = pa_json.read_json(io.BytesIO(join_values(values)))
+        events += table.num_rows
+        ts = table["ts"].to_numpy()
+        minute = pa.array(ts - ts % 60_000)
+        partials.append(pa.table({
+            "event_type": table["event_type"], "minute": minute,
+            "item_id": table["item_id"]}).group_by(
+                ["event_type", "minute", "item_id"]).aggregate(
+                    [([], "count_all")]))
+    counts = pa.concat_tables(partials).group_by(
+        ["event_type", "minute", "item_id"]).aggregate(
+            [("count_all", "sum")])
+    assert counts.num_rows > 0
+    total = pc.sum(counts["count_all_sum"]).as_py()
+    assert total == events, (total, events)
+    return {"events": events, "groups": counts.num_rows}
+
+
+def run_naive(spec: str, workdir: str) -> dict:
+    import apache_beam as beam
+
+    from topk.sources.kafka import ReadFromKafkaBatches
+    s = json.loads(spec)
+    lines = beam.metrics.Metrics.counter("bench", "naive_lines")
+
+    def split(batch):
+        for line in batch[1].split(b"\n"):
+            lines.inc()
+            yield line
+
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        bt.naive_top_k(p | ReadFromKafkaBatches(s["bootstrap"], s["topic"],
+                                                bounded=True)
+                       | "Lines" >> beam.FlatMap(split), s["windows"],
+                       s["k"])
+    result = p.result
+    return {"events": _counters(result)["naive_lines"]}
+
+
+# --- latency ----------------------------------------------------------------
+
+
+def _percentile(values: list, q: float) -> float:
+    """Nearest-rank percentile (p99 of fewer than 100 values is the
+    largest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def run_latency(spec: str, workdir: str) -> dict:
+    from kafka import KafkaProducer
+
+    from topk import producer, query
+    from topk.windows import floor_to
+    s = json.loads(spec)
+    topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
+    s["topic"] = topic
+    producer.ensure_topic(s["bootstrap"], topic, s["partitions"],
+                          topic_config={"retention.ms": 3_600_000})
+    out = os.path.join(workdir, "out-latency")
+    shutil.rmtree(out, ignore_errors=True)
+    stream = StreamProcess(_stream_command(s, out, "--early_firing_s", "1"),
+                           os.path.join(workdir, "latency-stream.log"))
+    rate, warmup, n = s["rate"], s["warmup_s"], s["markers"]
+    interval, drain = s["interval_s"], s["drain_s"]
+    produce_s = warmup + n * interval + drain + 10
+    produce_log = open(os.path.join(workdir, "latency-produce.log"), "wb")
+    load = subprocess.Popen(
+        [sys.executable, "-m", "topk.cli", "produce", "--bootstrap",
+         s["bootstrap"], "--topic", topic, "--events",
+         str(int(rate * produce_s)), "--events-per-message",
+         str(s["per_message"]), "--rate", str(rate), "--event-rate",
+         str(rate), "--start", "now", "--items", "100000", "--ts-format",
+         "ms", "--duplicates", "0.01"], cwd=REPO, stdout=produce_log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    sent, seen, polls = {}, {}, []
+    marker_producer = KafkaProducer(bootstrap_servers=s["bootstrap"],
+                                    acks=1, linger_ms=0)
+    run_id = uuid.uuid4().hex[:6]
+
+    def send_markers():
+        time.sleep(warmup)
+        for i in range(n):
+            item = f"marker-{run_id}-{i:03d}"
+            now = time.time()
+            ms = int(now * 1000)
+            line = json.dumps({"event_id": f"{item}-e", "item_id": item,
+                               "event_type": "marker", "ts": ms})
+            marker_producer.send(topic, line.encode(), timestamp_ms=ms,
+                                 partition=i % s["partitions"])
+            marker_producer.flush()
+            sent[item] = (now, ms)
+            time.sleep(max(0.0, now + interval - time.time()))
+
+    sender = threading.Thread(target=send_markers, daemon=True)
+    sender.start()
+    deadline = time.time() + warmup + n * interval + drain
+    try:
+        while time.time() < deadline:
+            if not stream.alive():
+                raise RuntimeError("topk stream exited; see "
+                                   "latency-stream.log")
+            pending = {i: v for i, v in list(sent.items()) if i not in seen}
+            if not pending:
+                if not sender.is_alive() and len(seen) == n:
+                    break
+                time.sleep(0.05)
+                continue
+            lo = floor_to(min(ms for _, ms in pending.values()), 60_000)
+            hi = floor_to(max(ms for _, ms in pending.values()),
+                          60_000) + 60_000
+            t0 = time.time()
+            try:
+                items = query.topk(out, 10_000, lo, hi, event_type="marker")
+            except query.QueryError:
+                items = []
+            t1 = time.time()
+            polls.append(t1 - t0)
+            for r in items:
+                if r.item_id in pending and r.item_id not in seen:
+                    seen[r.item_id] = t1 - pending[r.item_id][0]
+            time.sleep(0.05)
+    finally:
+        stream.stop()
+        try:
+            os.killpg(load.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        load.wait(30)
+        produce_log.close()
+        marker_producer.close()
+    with open(os.path.join(workdir, "latency-produce.log")) as f:
+        produce_lines = [ln.strip() for ln in f if "events/s" in ln]
+    latencies = list(seen.values())
+    missing = n - len(latencies)
+    # A marker never seen counts as at least as late as the run allowed.
+    worst = [drain + (n - 1 - i) * interval for i in range(missing)]
+    all_lat = latencies + worst
+    return {"events": 0, "markers": n, "seen": len(latencies),
+            "missing": missing,
+            "p50_s": _percentile(all_lat, 50) if all_lat else None,
+            "p99_s": _percentile(all_lat, 99) if all_lat else None,
+            "max_s": max(all_lat) if all_lat else None,
+            "min_s": min(latencies) if latencies else None,
+            "query_s_median": statistics.median(polls) if polls else None,
+            "producer": produce_lines[-1] if produce_lines else ""}
+
+
+# --- profile: where the unbounded pipeline's time goes ------------------------
+
+
+def run_profile_stage(spec: str, workdir: str) -> dict:
+    """One cut of the unbounded pipeline on Prism over a bounded read:
+    ``stage`` = parse, dedup or full (see the module docstring)."""
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from topk.pipelines.stream import prism_binary
+    from topk.sources.kafka import ReadFromKafkaBatches
+    from topk.transforms import stream_topk as st
+    from topk.transforms.exact import key_by_shard
+    from topk.transforms.parse import ParseEvents
+    from topk.windows import parse_windows
+    s = json.loads(spec)
+    rows = Metrics.counter("bench", "rows_out")
+
+    def count(element):
+        table = element[1] if isinstance(element, tuple) else element
+        rows.inc(table.num_rows)
+
+    pipeline = beam.Pipeline(options=PipelineOptions([
+        "--runner=PrismRunner", f"--prism_location={prism_binary()}",
+        f"--job_server_timeout={10 * DAY_S}"]))
+    parsed = (pipeline
+              | ReadFromKafkaBatches(s["bootstrap"], s["topic"], bounded=True)
+              | ParseEvents())
+    if s["stage"] == "parse":
+        _ = parsed.events | beam.Map(count)
+    elif s["stage"] == "dedup":
+        deduped = (parsed.events
+                   | beam.FlatMap(key_by_shard, "event_id", 8
+                                  ).with_output_types(st.ShardTable)
+                   | beam.ParDo(st._DedupFn(8, 10 * 60_000)).with_outputs(
+                       st.LATE_EVENTS, main="partials"))
+        _ = deduped.partials | beam.Map(count)
+    else:
+        tables = parsed.events | st.StreamTopK(parse_windows(s["windows"]),
+                                               s["k"])
+        _ = tables["ranked_windows"] | "CountPanes" >> beam.Map(count)
+        _ = tables["slices"] | "CountSlices" >> beam.Map(count)
+    result = pipeline.run()
+    result.wait_until_finish()
+    c = _counters(result)
+    return {"events": c["events_valid"], "rows_out": c.get("rows_out", 0),
+            "unique": c.get("events_unique"), "late": c.get("events_late")}
+
+
+CONTENDERS = {"bounded": run_bounded, "stream": run_stream, "raw": run_raw,
+              "raw_confluent": run_raw_confluent, "floor": run_floor,
+              "naive": run_naive, "latency": run_latency,
+              "profile": run_profile_stage}
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+
+
+def measure(name: str, spec: dict, workdir: str) -> dict | None:
+    try:
+        r = bt.measure(name, json.dumps(spec), workdir, script=__file__)
+    except subprocess.CalledProcessError as e:
+        print(f"  {name}: FAILED (exit {e.returncode}):\n"
+              + "\n".join(e.stderr.strip().splitlines()[-15:]), flush=True)
+        return None
+    return r
+
+
+LABELS = {
+    "bounded": "topk stream --bounded (FnApiRunner, batch steps)",
+    "stream": "topk stream unbounded (Prism) catch-up",
+    "raw": "raw read, kafka-python (I/O limit)",
+    "raw_confluent": "raw read, confluent-kafka",
+    "floor": "floor: kafka-python + pyarrow.json + group-by",
+    "naive": "naive Beam, one element per event (subset)",
+}
+
+
+PROFILE_LABELS = {
+    "parse": "Kafka read + ParseEvents",
+    "dedup": "+ KeyByEventId + Dedup (state: seen ids, per-minute timer)",
+    "full": "+ ShardPanes + MergePanes (all of StreamTopK)",
+}
+
+
+def _spread(items: list, n: int) -> list:
+    """About ``n`` items evenly spaced over ``items``, the last included."""
+    if len(items) <= n:
+        return items
+    step = (len(items) - 1) / (n - 1)
+    return [items[round(i * step)] for i in range(n)]
+
+
+def fmt_rate(r: float | None) -> str:
+    return "-" if r is None else f"{r:,.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--events", type=int, default=20_000_000,
+                        help="Distinct events to preload (default 20M; 1%% "
+                        "duplicates come on top).")
+    parser.add_argument("--events-per-message", type=int, default=100,
+                        help="Events per Kafka message (default 100).")
+    parser.add_argument("--partitions", type=int, default=4,
+                        help="Partitions of the topics (default 4).")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                        help="Comma-separated parts to run, of: "
+                        + ", ".join(ALL_PARTS) + " (default: all but "
+                        "profile; raw_confluent is skipped when "
+                        "confluent-kafka is not installed).")
+    parser.add_argument("--windows", default="1m,1h,1h/1m",
+                        help="Window specs of every pipeline (default "
+                        "1m,1h,1h/1m; 'all' for the seven).")
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="Runs of raw, raw_confluent and floor (cheap); "
+                        "the median is reported (default 3).")
+    parser.add_argument("--repeat-pipelines", type=int, default=1,
+                        help="Runs of bounded and naive (default 1).")
+    parser.add_argument("--naive-events", type=int, default=10_000,
+                        help="Events of the naive pipeline's subset topic "
+                        "(default 10k).")
+    parser.add_argument("--stream-timeout", type=float, default=900,
+                        help="Seconds the unbounded catch-up may take before "
+                        "it is stopped and its progress reported (default "
+                        "900).")
+    parser.add_argument("--stream-poll", type=float, default=3.0,
+                        help="Seconds between polls of the stream's output.")
+    parser.add_argument("--stream-stall", type=float, default=120.0,
+                        help="Stop the catch-up when its output has not "
+                        "changed for this long (default 120 s).")
+    parser.add_argument("--event-rate", type=float, default=None,
+                        help="Events per second of event time of the "
+                        "preloaded topics (default: --events over one day, "
+                        "as in batch_throughput.py).")
+    parser.add_argument("--latency-rate", type=float, default=100_000,
+                        help="Events/s produced during the latency part "
+                        "(default 100k).")
+    parser.add_argument("--latency-markers", type=int, default=40,
+                        help="Markers, one per --latency-interval seconds "
+                        "(default 40, at least 30 for a p99).")
+    parser.add_argument("--latency-interval", type=float, default=1.0)
+    parser.add_argument("--latency-warmup", type=float, default=30.0,
+                        help="Seconds of load before the first marker.")
+    parser.add_argument("--latency-drain", type=float, default=30.0,
+                        help="Seconds to wait for markers after the last.")
+    parser.add_argument("--profile-events", type=int, default=1_000_000,
+                        help="Distinct events of the profile part's topic "
+                        "(default 1M, at the main topic's event-time rate).")
+    parser.add_argument("--dir", default="/tmp/topk-bench-kafka",
+                        help="Work directory: the broker's data (kept, so "
+                        "preloaded topics are reused) and the outputs.")
+    parser.add_argument("--bootstrap", default=None,
+                        help="Use this broker instead of starting one.")
+    parser.add_argument("--keep-broker", action="store_true",
+                        help="Leave the started broker running.")
+    parser.add_argument("--results",
+                        default=os.path.join(HERE, "results",
+                                             "kafka_throughput.md"),
+                        help="Markdown file for the results ('' for none).")
+    parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        bt.child_main(*args.run, contenders=CONTENDERS)
+        return
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(parts) - set(ALL_PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if "raw_confluent" in parts:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            print("raw_confluent: confluent-kafka is not installed "
+                  "(pip install confluent-kafka): skipped")
+            parts.remove("raw_confluent")
+    command = " ".join(shlex.quote(a) for a in [
+        os.path.relpath(sys.executable, REPO) if sys.executable.startswith(
+            REPO) else sys.executable,
+        os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    print(f"command: {command}", flush=True)
+    os.makedirs(args.dir, exist_ok=True)
+    broker_dir = os.path.join(args.dir, "broker")
+    started_broker = args.bootstrap is None
+    bootstrap = args.bootstrap or start_broker(broker_dir)
+    print(f"broker: {bootstrap}"
+          + (f" (started, {broker_dir})" if started_broker else ""),
+          flush=True)
+    try:
+        report = run_parts(args, parts, bootstrap, command)
+    finally:
+        if started_broker and not args.keep_broker:
+            stop_broker(broker_dir)
+    if args.results:
+        os.makedirs(os.path.dirname(args.results), exist_ok=True)
+        with open(args.results, "w") as f:
+            f.write(report)
+        print(f"\nwritten to {os.path.relpath(args.results, REPO)}")
+
+
+def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
+    workdir = os.path.join(args.dir, "work")
+    os.makedirs(workdir, exist_ok=True)
+    epm, nparts = args.events_per_message, args.partitions
+    rate = args.event_rate or args.events / DAY_S
+    base = {"bootstrap": bootstrap, "windows": args.windows, "k": args.k}
+    main_parts = {"bounded", "stream", "raw", "raw_confluent", "floor"}
+    topic = (preload(bootstrap, args.dir, "main", args.events, epm, nparts,
+                     rate=rate)
+             if main_parts & set(parts) else None)
+    naive_topic = (preload(bootstrap, args.dir, "naive", args.naive_events,
+                           epm, nparts, rate=rate)
+                   if "naive" in parts else None)
+    profile_topic = (preload(bootstrap, args.dir, "profile",
+                             args.profile_events, epm, nparts, rate=rate)
+                     if "profile" in parts else None)
+
+    results, runs = {}, {}
+    cheap = [p for p in ("raw", "raw_confluent", "floor") if p in parts]
+    pipes = [p for p in ("bounded", "naive") if p in parts]
+    rounds = max(args.repeat if cheap else 0,
+                 args.repeat_pipelines if pipes else 0)
+    for i in range(rounds):
+        for name in cheap + pipes:
+            if i >= (args.repeat if name in cheap else args.repeat_pipelines):
+                continue
+            t = naive_topic if name == "naive" else topic
+            spec = {**base, **{k: t[k] for k in ("topic", "unique",
+                                                 "records")}}
+            r = measure(name, spec, workdir)
+            if r is None:
+                continue
+            runs.setdefault(name, []).append(r)
+            bt.print_run(name, i, r)
+    for name, rs in runs.items():
+        results[name] = {**bt.medians(rs), "runs": len(rs)}
+
+    stream = None
+    if "stream" in parts:
+        spec = {**base, **{k: topic[k] for k in ("topic", "unique",
+                                                 "records")},
+                "timeout_s": args.stream_timeout, "poll_s": args.stream_poll,
+                "stall_s": args.stream_stall}
+        print(f"  stream: running (progress: "
+              f"{os.path.join(workdir, 'stream.log.progress')})", flush=True)
+        stream = measure("stream", spec, workdir)
+        if stream is not None:
+            results["stream"] = {**stream, "runs": 1}
+            print(f"  stream: {stream['distinct_written']:,} of "
+                  f"{stream['distinct_expected']:,} distinct events written "
+                  f"in {stream['seconds']:.1f} s"
+                  + ("" if stream["complete"] else " (STOPPED at the "
+                     "timeout)") + f" = {stream['rate']:,.0f} events/s",
+                  flush=True)
+
+    latency = None
+    if "latency" in parts:
+        spec = {**base, "partitions": nparts, "per_message": epm,
+                "rate": args.latency_rate, "markers": args.latency_markers,
+                "interval_s": args.latency_interval,
+                "warmup_s": args.latency_warmup,
+                "drain_s": args.latency_drain}
+        latency = measure("latency", spec, workdir)
+        if latency is not None:
+            print(f"  latency: {latency['seen']} of {latency['markers']} "
+                  f"markers seen; p50 {latency['p50_s']:.2f} s, p99 "
+                  f"{latency['p99_s']:.2f} s", flush=True)
+
+    profile = []
+    if "profile" in parts:
+        for stage in ("parse", "dedup", "full"):
+            spec = {**base, "topic": profile_topic["topic"], "stage": stage}
+            r = measure("profile", spec, workdir)
+            if r is not None:
+                profile.append((stage, r))
+                print(f"  profile {stage}: {r['events']:,} events in "
+                      f"{r['seconds']:.1f} s = {r['rate']:,.0f} events/s",
+                      flush=True)
+
+    return print_report(args, command, topic, results, latency, profile,
+                        naive_topic, profile_topic)
+
+
+def print_report(args, command, topic, results, latency, profile,
+                 naive_topic, profile_topic) -> str:
+    lines = []
+
+    def out(text=""):
+        print(text)
+        lines.append(text)
+
+    out()
+    out(f"Command: `{command}`")
+    out()
+    if topic:
+        mb = topic["bytes"] / 1e6
+        out(f"Topic: {topic['records']:,} JSON events ({topic['unique']:,} "
+            f"distinct + 1% duplicates, {topic['bytes'] / topic['records']:.0f}"
+            f" bytes each, {mb:,.0f} MB) in {topic['messages']:,} messages of "
+            f"{args.events_per_message}, {args.partitions} partitions, "
+            f"{topic['unique'] / topic['rate'] / 3600:.1f} h of event time; "
+            f"windows {args.windows}, k={args.k}; broker "
+            "on the same 2 cores. Medians of the runs shown.")
+        out()
+    floor = results.get("floor", {}).get("rate")
+    naive = results.get("naive", {}).get("rate")
+    out("| contender | events | seconds | events/s | vs floor | runs |")
+    out("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in ("bounded", "stream", "raw", "raw_confluent", "floor",
+                 "naive"):
+        r = results.get(name)
+        if r is None:
+            continue
+        label = LABELS[name]
+        if name == "stream" and not r["complete"]:
+            label += (f" ({'stalled' if r['stalled'] else 'stopped'} at "
+                      f"{r['seconds']:.0f} s: {r['distinct_written']:,} of "
+                      f"{r['distinct_expected']:,} written, {r['late']:,} "
+                      "set aside as late)")
+        elif name == "stream" and r["late"]:
+            label += f" ({r['late']:,} set aside as late)"
+        vs = f"{r['rate'] / floor:.2g}" if floor else "-"
+        out(f"| {label} | {r['events']:,} | {r['seconds']:.1f} | "
+            f"{fmt_rate(r['rate'])} | {vs} | {r['runs']} |")
+    out()
+    verdicts = []
+    for name in ("bounded", "stream"):
+        r = results.get(name)
+        if r is None:
+            continue
+        rate = r["rate"]
+        met = rate >= TARGET_CATCHUP and (name != "stream" or r["complete"])
+        verdicts.append(
+            f"- {LABELS[name]}: {rate:,.0f} events/s vs target >= "
+            f"{TARGET_CATCHUP:,}: {'MET' if met else 'MISSED'} "
+            f"({rate / TARGET_CATCHUP:.2g}x the target)"
+            + (f"; {rate / floor:.2g} of the floor (target >= "
+               f"{TARGET_VS_FLOOR:.0%}): "
+               f"{'MET' if rate / floor >= TARGET_VS_FLOOR else 'MISSED'}"
+               if floor else "")
+            + (f"; {rate / naive:,.0f}x the naive pipeline" if naive
+               else ""))
+    raw = results.get("raw", {}).get("rate")
+    conf = results.get("raw_confluent", {}).get("rate")
+    if raw and floor:
+        verdicts.append(f"- floor / raw read: {floor / raw:.2f} (parsing "
+                        "and counting cost on top of reading)")
+    if raw and conf:
+        verdicts.append(f"- confluent-kafka / kafka-python raw read: "
+                        f"{conf / raw:.2f}x")
+    if latency:
+        ok = latency["missing"] == 0 and latency["p99_s"] <= TARGET_P99_S
+        verdicts.append(
+            f"- latency at {args.latency_rate:,.0f} events/s ("
+            f"`topk stream --early_firing_s 1`, {latency['markers']} "
+            f"markers, {latency['seen']} seen): p50 {latency['p50_s']:.2f} s, "
+            f"p99 {latency['p99_s']:.2f} s (min "
+            + (f"{latency['min_s']:.2f}" if latency["min_s"] is not None
+               else "-")
+            + f", max {latency['max_s']:.2f}) vs target p99 <= {TARGET_P99_S:.0f}"
+            f" s: {'MET' if ok else 'MISSED'}"
+            + (f" ({latency['missing']} markers never became visible within "
+               f"{args.latency_drain:.0f} s of the last one; counted as "
+               "that late)" if latency["missing"] else "")
+            + f"; median `topk.query.topk` poll {latency['query_s_median']:.2f}"
+            f" s; load: {latency['producer']}")
+    if verdicts:
+        out("Targets (issue #3):")
+        out()
+        for v in verdicts:
+            out(v)
+        out()
+    s = results.get("stream")
+    if s:
+        out("Unbounded catch-up progress (seconds, distinct events in the "
+            "latest 1m panes, 1m windows): "
+            + ", ".join(f"{t:.0f} s: {d:,}/{w:,}" for t, d, w, _ in
+                        _spread(s["progress"], 12))
+            + f"; late (not counted): {s['late']:,}; median output poll "
+            f"{s['poll_s_median'] or 0:.2f} s")
+        out()
+    if profile:
+        out(f"Profile: the unbounded pipeline's steps on Prism over a "
+            f"bounded read of {profile_topic['records']:,} events (same "
+            "event-time rate):")
+        out()
+        out("| cut after | seconds | events/s | counted distinct | set aside "
+            "as late |")
+        out("| --- | ---: | ---: | ---: | ---: |")
+        for stage, r in profile:
+            out(f"| {PROFILE_LABELS[stage]} | {r['seconds']:.1f} | "
+                f"{r['rate']:,.0f} | {r.get('unique') or 0:,} | "
+                f"{r.get('late') or 0:,} |")
+        out()
+    if naive_topic and "naive" in results:
+        out(f"The naive pipeline read a {naive_topic['records']:,}-event "
+            "subset topic (same generator and event-time rate).")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""Unbounded top-K with early, on-time and late panes: Beam state and timers.
+
+Three keyed stateful stages in the global window, each a thin wrapper of the
+Beam-free logic (``topk.stream_dedup``, ``topk.stream_panes``):
+
+    event tables
+      | KeyByEventId    hash(event_id) -> dedup shard
+      | Dedup           seen ids per minute, until the watermark passes the
+      |                 minute + allowed lateness; older events -> late
+      | KeyByItem       de-duplicated minute partials, hash(item_id) -> shard
+      | ShardPanes      exact 1m/1h/1d counts of the open windows; early panes
+      |                 on a processing-time timer, on-time panes on an
+      |                 event-time timer at each window end, late panes
+      | KeyBySpec       each shard's top-K of the windows that fired
+      | MergePanes      per window spec: the shards' latest candidates ->
+                        exact merged panes (one on-time pane per window)
+
+Stages learn the watermark from their event-time timers (a Python DoFn
+cannot read it): the watermark a stage acts on is the timestamp of its last
+event-time firing, never later than the true one, so an on-time event is
+never classified late.
+
+State is Beam state (bags of Arrow tables appended per element, rewritten
+only at firings), so a runner with checkpoints (Flink, Dataflow) restores it
+after a failure. Prism keeps state in its process only; after a restart the
+stream rebuilds it by re-reading the topic from ``--start`` (panes are
+accumulating and readers take the latest, so a replay never double counts).
+"""
+import time
+import typing
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (BagStateSpec,
+                                              ReadModifyWriteStateSpec,
+                                              TimerSpec, on_timer)
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from topk import counting, ranking, schema, stream_dedup, stream_panes
+from topk.transforms import coders
+from topk.transforms.exact import ShardTable, key_by_shard
+from topk.windows import WindowSpec, floor_to
+
+LATE_EVENTS = "late_events"
+LATE_COUNTS = "late_counts"
+SLICES = "slices"
+
+#: (spec key, (shard, firing's emitted_at, pane timing, candidates,
+#: totals)) between the stages.
+ShardPane = typing.Tuple[str, typing.Tuple[int, int, str, pa.Table,
+                                           pa.Table]]
+
+
+def _ms(ts: Timestamp) -> int:
+    return ts.micros // 1000
+
+
+def _at(ms: int) -> Timestamp:
+    return Timestamp(micros=int(ms) * 1000)
+
+
+def _armed(timers) -> dict:
+    return timers.read() or {"early": False, "close": None,
+                             "watermark": stream_dedup.NO_WATERMARK}
+
+
+class _DedupFn(beam.DoFn):
+    """(dedup shard, events) -> (item shard, fresh minute partials); late
+    events to the ``late_events`` output."""
+
+    SEEN = BagStateSpec("seen", coders.ArrowTableCoder())
+    WATERMARK = ReadModifyWriteStateSpec("watermark", PickleCoder())
+    TICK = TimerSpec("tick", TimeDomain.WATERMARK)
+
+    def __init__(self, item_shards: int, allowed_lateness_ms: int):
+        self._item_shards = item_shards
+        self._lateness = allowed_lateness_ms
+        self._unique = Metrics.counter("topk", "events_unique")
+        self._late = Metrics.counter("topk", "events_late")
+        self._cache = {}
+
+    def setup(self):
+        # shard -> (state generation, SeenIds): rebuilding the sorted id
+        # arrays from the bag on every element would cost O(state) each
+        # time. The generation (in state, bumped on every change) tells
+        # whether another instance changed the shard since.
+        self._cache = {}
+
+    def _ids(self, shard, generation, seen) -> stream_dedup.SeenIds:
+        cached = self._cache.get(shard)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        return stream_dedup.SeenIds(list(seen.read()))
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                seen=beam.DoFn.StateParam(SEEN),
+                watermark=beam.DoFn.StateParam(WATERMARK),
+                tick=beam.DoFn.TimerParam(TICK)):
+        shard, events = element
+        known = watermark.read()
+        if known is None:
+            # First element: tick from the start of its minute on.
+            known = {"ms": stream_dedup.NO_WATERMARK, "armed": False,
+                     "generation": 0}
+        if not known["armed"]:
+            # (Or the first since the shard went idle: from the next
+            # minute after the watermark it knows.)
+            start = (known["ms"] + schema.MINUTE_MS
+                     if known["ms"] > stream_dedup.NO_WATERMARK
+                     else floor_to(_ms(timestamp), schema.MINUTE_MS))
+            tick.set(_at(start))
+            known["armed"] = True
+        ids = self._ids(shard, known["generation"], seen)
+        fresh, late, chunk = ids.admit(events, stream_dedup.late_horizon(
+            known["ms"], self._lateness))
+        if chunk.num_rows:
+            seen.add(chunk)
+            known["generation"] += 1
+        self._cache[shard] = (known["generation"], ids)
+        watermark.write(known)
+        if late.num_rows:
+            self._late.inc(late.num_rows)
+            yield beam.pvalue.TaggedOutput(LATE_EVENTS, late)
+        if fresh.num_rows:
+            self._unique.inc(fresh.num_rows)
+            yield from key_by_shard(counting.count_slices(fresh), "item_id",
+                                    self._item_shards)
+
+    @on_timer(TICK)
+    def on_tick(self, shard=beam.DoFn.KeyParam,
+                fired=beam.DoFn.TimestampParam,
+                seen=beam.DoFn.StateParam(SEEN),
+                watermark=beam.DoFn.StateParam(WATERMARK),
+                tick=beam.DoFn.TimerParam(TICK)):
+        now = _ms(fired)
+        known = watermark.read()
+        ids = self._ids(shard, known["generation"], seen)
+        if ids.expire(stream_dedup.late_horizon(now, self._lateness)):
+            seen.clear()
+            seen.add(ids.to_table())
+            known["generation"] += 1
+        self._cache[shard] = (known["generation"], ids)
+        known["armed"] = len(ids) > 0  # idle shards stop ticking
+        if known["armed"]:
+            tick.set(_at(now + schema.MINUTE_MS))
+        known["ms"] = now
+        watermark.write(known)
+
+
+class _ShardPanesFn(beam.DoFn):
+    """(item shard, minute partials) -> (spec key, (shard, timing,
+    candidates, totals)); changed slices to the ``slices`` output."""
+
+    PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
+    PANES = ReadModifyWriteStateSpec("panes", PickleCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+    EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
+    CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+
+    def __init__(self, specs: list[WindowSpec], k: int,
+                 allowed_lateness_ms: int, early_firing_s: float):
+        self._specs = specs
+        self._k = k
+        self._lateness = allowed_lateness_ms
+        self._early_s = early_firing_s
+        self._late = Metrics.counter("topk", "events_late")
+
+    def _panes(self, state) -> stream_panes.ShardPanes:
+        return stream_panes.ShardPanes.from_state(
+            self._specs, self._k, self._lateness, state.read())
+
+    # The counts (PANES) are read and written only when a timer fires;
+    # per element, only the small TIMERS state is: which timers are set and
+    # the watermark of the last on-time firing.
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
+                timers=beam.DoFn.StateParam(TIMERS),
+                early=beam.DoFn.TimerParam(EARLY),
+                close=beam.DoFn.TimerParam(CLOSE)):
+        _, partials = element
+        pending.add(partials)
+        armed = _armed(timers)
+        if not armed["early"]:
+            early.set(Timestamp.now() + Duration(seconds=self._early_s))
+            armed["early"] = True
+        due = stream_panes.next_window_end(
+            self._specs, np.unique(partials["slice_start"].to_numpy()),
+            armed["watermark"])
+        if due is not None and (armed["close"] is None
+                                or due < armed["close"]):
+            close.set(_at(due))
+            armed["close"] = due
+        timers.write(armed)
+
+    def _fire(self, shard, pending, panes_state, timers, watermark_ms=None):
+        panes = self._panes(panes_state)
+        firing = panes.fire(list(pending.read()), int(time.time() * 1000),
+                            watermark_ms)
+        pending.clear()
+        panes_state.write(panes.state())
+        armed = _armed(timers)
+        armed["watermark"] = panes.watermark_ms
+        timers.write(armed)
+        if firing.slices.num_rows:
+            yield beam.pvalue.TaggedOutput(SLICES, firing.slices)
+        if firing.late.num_rows:
+            self._late.inc(pa.compute.sum(firing.late["count"]).as_py())
+            yield beam.pvalue.TaggedOutput(LATE_COUNTS, firing.late)
+        for spec, timing, top in firing.windows:
+            yield spec.key, (shard, firing.emitted_at_ms, timing,
+                             top.candidates, top.totals)
+        return panes
+
+    @on_timer(EARLY)
+    def on_early(self, shard=beam.DoFn.KeyParam,
+                 pending=beam.DoFn.StateParam(PENDING),
+                 panes_state=beam.DoFn.StateParam(PANES),
+                 timers=beam.DoFn.StateParam(TIMERS)):
+        yield from self._fire(shard, pending, panes_state, timers)
+        armed = _armed(timers)
+        armed["early"] = False
+        timers.write(armed)
+
+    @on_timer(CLOSE)
+    def on_close(self, shard=beam.DoFn.KeyParam,
+                 fired=beam.DoFn.TimestampParam,
+                 pending=beam.DoFn.StateParam(PENDING),
+                 panes_state=beam.DoFn.StateParam(PANES),
+                 timers=beam.DoFn.StateParam(TIMERS),
+                 close=beam.DoFn.TimerParam(CLOSE)):
+        panes = yield from self._fire(shard, pending, panes_state, timers,
+                                      watermark_ms=_ms(fired))
+        due = panes.next_close()
+        if due is not None:
+            close.set(_at(due))
+        armed = _armed(timers)
+        armed["close"] = due
+        timers.write(armed)
+
+
+class _MergePanesFn(beam.DoFn):
+    """(spec key, shard pane) -> ``ranked_windows`` rows of merged panes.
+
+    ``process`` only appends the shard pane to a log (BagState); timers
+    merge the log into the snapshot (``PaneMerge``) and emit: a
+    processing-time timer soon after early or late panes arrive, the
+    event-time tick at window ends for on-time panes. An append never
+    loses another bundle's append, whereas a read-modify-write per element
+    did: on Prism 2.77 under load, a bundle sometimes read the state as it
+    was before the previous bundle of the same key, and its write dropped
+    that bundle's pane. A timer that reads a stale log and snapshot merges
+    the same panes again (emitting the same counts), so it converges.
+    """
+
+    LOG = BagStateSpec("log", PickleCoder())
+    MERGE = ReadModifyWriteStateSpec("merge", PickleCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+    EMIT = TimerSpec("emit", TimeDomain.REAL_TIME)
+    TICK = TimerSpec("tick", TimeDomain.WATERMARK)
+
+    #: Seconds between an early/late shard pane's arrival and its merge:
+    #: panes of several shards from one firing round become one pane.
+    EMIT_DELAY_S = 0.2
+
+    def __init__(self, specs: list[WindowSpec], k: int,
+                 allowed_lateness_ms: int):
+        self._specs = {s.key: s for s in specs}
+        self._k = k
+        self._lateness = allowed_lateness_ms
+        self._refused = Metrics.counter("topk", "panes_refused_expired")
+
+    def process(self, element, log=beam.DoFn.StateParam(LOG),
+                timers=beam.DoFn.StateParam(TIMERS),
+                emit=beam.DoFn.TimerParam(EMIT),
+                tick=beam.DoFn.TimerParam(TICK)):
+        key, (shard, version, timing, candidates, totals) = element
+        log.add((shard, version, timing, candidates, totals))
+        armed = timers.read() or {"emit": False, "tick": None}
+        if timing != stream_panes.ON_TIME and not armed["emit"]:
+            # On-time panes wait for the tick, which the watermark holds
+            # until they are all here.
+            emit.set(Timestamp.now() + Duration(seconds=self.EMIT_DELAY_S))
+            armed["emit"] = True
+        if armed["tick"] is None:
+            # Until the first merge knows the windows: tick at the end of
+            # the earliest window of this pane.
+            starts = totals["window_start"].to_numpy()
+            if starts.size:
+                due = int(starts.min()) + self._specs[key].length_ms + 1
+                tick.set(_at(due))
+                armed["tick"] = due
+        timers.write(armed)
+
+    def _merge(self, key, log, merge_state, timers, tick, watermark_ms=None):
+        merge = merge_state.read() or stream_panes.PaneMerge(
+            self._specs[key], self._k, self._lateness)
+        refused = merge.refused
+        updates = [(shard, version, timing,
+                    ranking.WindowTopK(candidates, totals))
+                   for shard, version, timing, candidates, totals
+                   in log.read()]
+        log.clear()
+        panes = merge.update_all(updates)
+        if watermark_ms is not None:
+            panes += merge.tick(watermark_ms)
+        self._refused.inc(merge.refused - refused)
+        now = int(time.time() * 1000)
+        for name, merged, index in panes:
+            yield stream_panes.ranked_pane_rows(merge.spec, name, merged,
+                                                index, now)
+        armed = timers.read() or {"emit": False, "tick": None}
+        due = merge.next_tick()
+        if due is not None and due != armed["tick"]:
+            tick.set(_at(due))
+        armed["tick"] = due
+        timers.write(armed)
+        merge_state.write(merge)  # kept when empty: it knows the watermark
+
+    @on_timer(EMIT)
+    def on_emit(self, key=beam.DoFn.KeyParam,
+                log=beam.DoFn.StateParam(LOG),
+                merge_state=beam.DoFn.StateParam(MERGE),
+                timers=beam.DoFn.StateParam(TIMERS),
+                tick=beam.DoFn.TimerParam(TICK)):
+        armed = timers.read() or {"emit": False, "tick": None}
+        armed["emit"] = False
+        timers.write(armed)
+        yield from self._merge(key, log, merge_state, timers, tick)
+
+    @on_timer(TICK)
+    def on_tick(self, key=beam.DoFn.KeyParam,
+                fired=beam.DoFn.TimestampParam,
+                log=beam.DoFn.StateParam(LOG),
+                merge_state=beam.DoFn.StateParam(MERGE),
+                timers=beam.DoFn.StateParam(TIMERS),
+                tick=beam.DoFn.TimerParam(TICK)):
+        yield from self._merge(key, log, merge_state, timers, tick,
+                               watermark_ms=_ms(fired))
+
+
+class StreamTopK(beam.PTransform):
+    """Validated event tables (unbounded) -> panes of every window's top-K.
+
+    Takes ``pa.Table`` batches in ``EVENT_SCHEMA``. Yields a dict of
+    PCollections of ``pa.Table``: ``ranked_windows`` (merged panes,
+    ``RANKED_WINDOWS_SCHEMA``, ``pane_timing`` early / on_time / late),
+    ``slices`` (changed 1m/1h/1d slices with their full counts so far,
+    ``SLICES_SCHEMA``), ``late_events`` (events older than the allowed
+    lateness, not counted, ``DEDUP_COLUMNS``) and ``late_counts`` (minute
+    partials an item shard refused as late, ``SLICE_COUNTS_SCHEMA``: events
+    a dedup shard let through before it knew the watermark). See the module
+    docstring.
+    """
+
+    def __init__(self, specs: list[WindowSpec], k: int, *,
+                 item_shards: int = 8, dedup_shards: int = 8,
+                 allowed_lateness_ms: int = 10 * schema.MINUTE_MS,
+                 early_firing_s: float = 5.0):
+        super().__init__()
+        if allowed_lateness_ms < 0:
+            raise ValueError("allowed lateness must not be negative")
+        if early_firing_s <= 0:
+            raise ValueError("the early firing interval must be positive")
+        self._specs = list(specs)
+        self._k = k
+        self._item_shards = item_shards
+        self._dedup_shards = dedup_shards
+        self._lateness = allowed_lateness_ms
+        self._early_s = early_firing_s
+
+    def expand(self, events):
+        deduped = (
+            events
+            | "KeyByEventId" >> beam.FlatMap(
+                key_by_shard, "event_id", self._dedup_shards
+            ).with_output_types(ShardTable)
+            | "Dedup" >> beam.ParDo(_DedupFn(
+                self._item_shards, self._lateness)).with_outputs(
+                    LATE_EVENTS, main="partials"))
+        shard_panes = (
+            deduped.partials
+            | "TypePartials" >> beam.Map(lambda kv: kv).with_output_types(
+                ShardTable)
+            | "ShardPanes" >> beam.ParDo(_ShardPanesFn(
+                self._specs, self._k, self._lateness, self._early_s
+            )).with_outputs(SLICES, LATE_COUNTS, main="panes"))
+        ranked = (
+            shard_panes.panes
+            | "TypePanes" >> beam.Map(lambda kv: kv).with_output_types(
+                ShardPane)
+            | "MergePanes" >> beam.ParDo(_MergePanesFn(
+                self._specs, self._k, self._lateness)).with_output_types(
+                    pa.Table))
+        return {
+            "ranked_windows": ranked,
+            SLICES: shard_panes[SLICES],
+            LATE_EVENTS: deduped[LATE_EVENTS],
+            LATE_COUNTS: shard_panes[LATE_COUNTS],
+        }
