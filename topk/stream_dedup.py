@@ -34,6 +34,22 @@ SEEN_SCHEMA = pa.schema([
 NO_WATERMARK = -(1 << 62)
 
 
+#: Schema metadata key of a partial-count table: the timestamp (epoch ms)
+#: of the batch its events were read in.
+READ_AT = b"topk.read_at_ms"
+
+
+def reading_watermark(known_ms: int, read_at_ms: int | None) -> int:
+    """The watermark an element is judged by: what the stage knows from its
+    timers, but never past the element's own timestamp. A runner may fire a
+    stage's timers before it processes input that was on time when it was
+    read (Prism does, after a partition goes idle), and such input is not
+    late."""
+    if read_at_ms is None:
+        return known_ms
+    return min(known_ms, read_at_ms)
+
+
 def late_horizon(watermark_ms: int, allowed_lateness_ms: int) -> int:
     """Event times before this are late: their minute ended at least the
     allowed lateness before the watermark (a whole minute)."""

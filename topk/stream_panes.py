@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from topk import counting, ranking, schema
-from topk.stream_dedup import NO_WATERMARK, late_horizon
+from topk.stream_dedup import (NO_WATERMARK, READ_AT, late_horizon,
+                                reading_watermark)
 from topk.windows import WindowSpec, floor_to
 
 EARLY, ON_TIME, LATE = "early", "on_time", "late"
@@ -38,10 +39,11 @@ SOURCE = "stream"
 LEVELS = ((schema.MINUTE_MS, "1m"), (schema.HOUR_MS, "1h"),
           (schema.DAY_MS, "1d"))
 
-#: Extra time state is kept beyond a window's lateness horizon: the stages
-#: learn the watermark from their own timers, so one stage may see it up to
-#: a firing interval later than another.
-RETENTION_MARGIN_MS = 5 * schema.MINUTE_MS
+#: Extra event time state is kept beyond a window's lateness horizon. The
+#: stages learn the watermark from their own timers, and a runner may fire
+#: them before it processes input that was on time when read (judged by
+#: ``stream_dedup.reading_watermark``): the state must outlive that lag.
+RETENTION_MARGIN_MS = 60 * schema.MINUTE_MS
 
 
 def level_of(spec: WindowSpec) -> int:
@@ -135,8 +137,8 @@ class ShardPanes:
         before they get here; this catches what a dedup shard that had not
         yet seen the watermark let through (right after a start).
         """
-        pending, late = _split_late(list(pending), late_horizon(
-            self.watermark_ms, self.allowed_lateness_ms))
+        pending, late = _split_late(list(pending), self.watermark_ms,
+                                    self.allowed_lateness_ms)
         dirty = self._absorb(pending)
         previous = self.watermark_ms
         watermark = previous if watermark_ms is None else max(previous,
@@ -216,15 +218,19 @@ class ShardPanes:
                     pc.greater(table["slice_start"], keep_after - size))
 
 
-def _split_late(tables: list[pa.Table], horizon_ms: int
-                ) -> tuple[list[pa.Table], pa.Table]:
+def _split_late(tables: list[pa.Table], watermark_ms: int,
+                lateness_ms: int) -> tuple[list[pa.Table], pa.Table]:
     on_time, late = [], []
     for t in tables:
-        is_late = pc.less(t["slice_start"], horizon_ms)
+        read_at = (t.schema.metadata or {}).get(READ_AT)
+        horizon = late_horizon(reading_watermark(
+            watermark_ms, int(read_at) if read_at else None), lateness_ms)
+        is_late = pc.less(t["slice_start"], horizon)
+        t = t.replace_schema_metadata(None)
         on_time.append(t.filter(pc.invert(is_late)))
         late.append(t.filter(is_late))
-    return on_time, (pa.concat_tables(late) if late
-                     else schema.SLICE_COUNTS_SCHEMA.empty_table())
+    return on_time, (pa.concat_tables(late)
+                     if late else schema.SLICE_COUNTS_SCHEMA.empty_table())
 
 
 def _windows_of(top: ranking.WindowTopK, starts: np.ndarray

@@ -47,7 +47,7 @@ class Stream:
              "--bootstrap", bootstrap, "--topic", topic, "--output", output,
              "--windows", "1m,1h/1m", "--k", str(K), "--item_shards", "2",
              "--dedup_shards", "2", "--early_firing_s", "1",
-             "--allowed_lateness", "15m", *extra],
+             "--allowed_lateness", "90m", *extra],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -142,11 +142,11 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
         wait_for_oracle(output, oracle.dedup(valid), stream)
         # The source's idle timeout has moved the watermark to the wall
         # clock: phase one's windows are closed. Now events within the
-        # 15-minute lateness (late panes) and beyond it (late output).
+        # 90-minute lateness (late panes) and beyond it (late output).
         now = now_ms()
         within = [event_line(f"within-{i}", "item-late", now - 3 * MIN - i)
                   for i in range(40)]
-        beyond = [event_line(f"beyond-{i}", "item-gone", now - 60 * MIN)
+        beyond = [event_line(f"beyond-{i}", "item-gone", now - 240 * MIN)
                   for i in range(5)]
         send_lines(bootstrap, topic, within + beyond, stamp_ms=now)
         late_valid, _ = oracle.parse_block("\n".join(within).encode())

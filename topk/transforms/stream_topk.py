@@ -117,7 +117,8 @@ class _DedupFn(beam.DoFn):
             known["armed"] = True
         ids = self._ids(shard, known["generation"], seen)
         fresh, late, chunk = ids.admit(events, stream_dedup.late_horizon(
-            known["ms"], self._lateness))
+            stream_dedup.reading_watermark(known["ms"], _ms(timestamp)),
+            self._lateness))
         if chunk.num_rows:
             seen.add(chunk)
             known["generation"] += 1
@@ -128,8 +129,9 @@ class _DedupFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(LATE_EVENTS, late)
         if fresh.num_rows:
             self._unique.inc(fresh.num_rows)
-            yield from key_by_shard(counting.count_slices(fresh), "item_id",
-                                    self._item_shards)
+            partials = counting.count_slices(fresh).replace_schema_metadata(
+                {stream_dedup.READ_AT: str(_ms(timestamp)).encode()})
+            yield from key_by_shard(partials, "item_id", self._item_shards)
 
     @on_timer(TICK)
     def on_tick(self, shard=beam.DoFn.KeyParam,
