@@ -447,6 +447,7 @@ class _Plan:
             self.extra_is_dup, src_all[order], bad_rank).astype(np.int64)
         # Final position = slot + number of extras emitted before it.
         self.extra_pos = slot[order] + np.arange(d + m, dtype=np.int64)
+        self.bad_slot = slot[order][~self.extra_is_dup]  # emission order
         self.total = n + d + m
 
     def _plan_malformed(self, rng) -> None:
@@ -460,8 +461,13 @@ class _Plan:
         self.bad_etype = self._sample_types(rng, m)
         self.bad_user = (rng.integers(0, c.users, m, dtype=np.int32)
                          if c.users else None)
-        self.bad_ts = self.start_ms + rng.integers(
-            0, max(1, int(self.span_ms)), m, dtype=np.int64)
+        # A malformed record carries a time near where it is emitted, as a
+        # real one would: a time far from its neighbours would move the
+        # Kafka record timestamp (hence a stream's watermark) and make the
+        # valid events around it late.
+        self.bad_ts = self.start_ms + (
+            (self.bad_slot + rng.random(m)) * (1000.0 / c.rate)).astype(
+                np.int64)
         self.bad_ts_is_ms = self._sample_formats(rng, m)
 
     # -- rows -------------------------------------------------------------

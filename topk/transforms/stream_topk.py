@@ -28,6 +28,7 @@ accumulating and readers take the latest, so a replay never double counts).
 """
 import time
 import typing
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -87,8 +88,8 @@ class _DedupFn(beam.DoFn):
     def setup(self):
         # shard -> (state generation, SeenIds): rebuilding the sorted id
         # arrays from the bag on every element would cost O(state) each
-        # time. The generation (in state, bumped on every change) tells
-        # whether another instance changed the shard since.
+        # time. The generation (in state, a new random token on every
+        # change) tells whether anything else changed the shard since.
         self._cache = {}
 
     def _ids(self, shard, generation, seen) -> stream_dedup.SeenIds:
@@ -106,7 +107,7 @@ class _DedupFn(beam.DoFn):
         if known is None:
             # First element: tick from the start of its minute on.
             known = {"ms": stream_dedup.NO_WATERMARK, "armed": False,
-                     "generation": 0}
+                     "generation": None}
         if not known["armed"]:
             # (Or the first since the shard went idle: from the next
             # minute after the watermark it knows.)
@@ -121,7 +122,7 @@ class _DedupFn(beam.DoFn):
             self._lateness))
         if chunk.num_rows:
             seen.add(chunk)
-            known["generation"] += 1
+            known["generation"] = uuid.uuid4().hex
         self._cache[shard] = (known["generation"], ids)
         watermark.write(known)
         if late.num_rows:
@@ -145,7 +146,7 @@ class _DedupFn(beam.DoFn):
         if ids.expire(stream_dedup.late_horizon(now, self._lateness)):
             seen.clear()
             seen.add(ids.to_table())
-            known["generation"] += 1
+            known["generation"] = uuid.uuid4().hex
         self._cache[shard] = (known["generation"], ids)
         known["armed"] = len(ids) > 0  # idle shards stop ticking
         if known["armed"]:
