@@ -34,6 +34,13 @@ SEEN_SCHEMA = pa.schema([
 NO_WATERMARK = -(1 << 62)
 
 
+#: Extra event time state is kept beyond the lateness horizon. The stages
+#: learn the watermark from their own timers, and a runner may fire them
+#: before it processes input that was on time when read (judged by
+#: ``reading_watermark``): ids and counts must outlive that lag, or a late
+#: copy of a counted event would be counted again.
+RETENTION_MARGIN_MS = 60 * schema.MINUTE_MS
+
 #: Schema metadata key of a partial-count table: the timestamp (epoch ms)
 #: of the batch its events were read in.
 READ_AT = b"topk.read_at_ms"
@@ -116,8 +123,10 @@ class SeenIds:
         return fresh, late, chunk
 
     def expire(self, horizon_ms: int) -> bool:
-        """Forget the minutes that ended before ``horizon_ms`` (their events
-        are late from now on). Returns whether anything was dropped."""
+        """Forget the minutes that ended ``RETENTION_MARGIN_MS`` before
+        ``horizon_ms`` (the late horizon of the watermark). Returns whether
+        anything was dropped."""
+        horizon_ms -= RETENTION_MARGIN_MS
         old = [m for m in self._by_minute if m + schema.MINUTE_MS <= horizon_ms]
         for m in old:
             del self._by_minute[m]

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from topk import counting, ranking, schema
-from topk.stream_dedup import (NO_WATERMARK, READ_AT, late_horizon,
-                                reading_watermark)
+from topk.stream_dedup import (NO_WATERMARK, READ_AT, RETENTION_MARGIN_MS,
+                                late_horizon, reading_watermark)
 from topk.windows import WindowSpec, floor_to
 
 EARLY, ON_TIME, LATE = "early", "on_time", "late"
@@ -38,12 +38,6 @@ SOURCE = "stream"
 #: (slice length in ms, its name) of the levels a shard keeps.
 LEVELS = ((schema.MINUTE_MS, "1m"), (schema.HOUR_MS, "1h"),
           (schema.DAY_MS, "1d"))
-
-#: Extra event time state is kept beyond a window's lateness horizon. The
-#: stages learn the watermark from their own timers, and a runner may fire
-#: them before it processes input that was on time when read (judged by
-#: ``stream_dedup.reading_watermark``): the state must outlive that lag.
-RETENTION_MARGIN_MS = 60 * schema.MINUTE_MS
 
 
 def level_of(spec: WindowSpec) -> int:
