@@ -88,7 +88,10 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
 
     ``start``/``end``: RFC 3339 text, aware datetimes or epoch ms, aligned
     to whole minutes, at most 30 days apart. ``event_type=None`` counts all
-    types. Ties rank by ``item_id``. Raises ``QueryError`` on bad arguments.
+    types. Ties rank by ``item_id``. A slice counted by a batch run is read
+    from its rows only; a stream's slice rows are read at their latest
+    ``emitted_at`` (each pane carries the full count so far). Raises
+    ``QueryError`` on bad arguments.
     """
     start_ms, end_ms = _check_query(k, start, end)
     if event_type == schema.ALL_TYPES:

@@ -8,6 +8,7 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
+import generated
 import oracle  # tests/ is on sys.path (conftest.py)
 from topk import cli, generator, producer, sketches
 from topk.windows import WindowSpec
@@ -49,10 +50,7 @@ def test_bounded_stream_sketches_bound_the_oracle(kafka_broker, tmp_path):
                      "--method", ",".join(METHODS),
                      "--sketch_budget_bytes", str(BUDGET)]) == 0
 
-    records = b"".join(
-        line.as_py().encode() + b"\n"
-        for chunk in generator.generate_records(config) for line in chunk)
-    valid, _ = oracle.parse_block(records)
+    valid, _ = generated.parsed_records(config)
     events = oracle.dedup(valid)
     assert len(events) == 5000
 

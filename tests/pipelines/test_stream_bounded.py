@@ -5,6 +5,7 @@ import uuid
 import duckdb
 import pytest
 
+import generated
 import oracle  # tests/ is on sys.path (conftest.py)
 from topk import cli, generator, producer
 
@@ -23,10 +24,7 @@ def test_bounded_stream_equals_the_oracle(kafka_broker, tmp_path, capsys):
                      "--topic", topic, "--output", out, "--bounded",
                      "--windows", "1h,1h/1m", "--k", "3"]) == 0
 
-    records = b"".join(
-        line.as_py().encode() + b"\n"
-        for chunk in generator.generate_records(config) for line in chunk)
-    valid, dead = oracle.parse_block(records)
+    valid, dead = generated.parsed_records(config)
     events = oracle.dedup(valid)
     assert len(events) == 6000
 

@@ -17,6 +17,7 @@ import duckdb
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+import generated
 import oracle
 from topk import cli, generator, producer, query
 from topk.pipelines.stream import prism_binary
@@ -69,12 +70,6 @@ def send_lines(bootstrap, topic, lines, stamp_ms=None):
         p.send(topic, line.encode(), timestamp_ms=ts)
     p.flush()
     p.close()
-
-
-def records(config) -> bytes:
-    return b"".join(line.as_py().encode() + b"\n"
-                    for chunk in generator.generate_records(config)
-                    for line in chunk)
 
 
 def latest_panes(output, spec):
@@ -149,7 +144,7 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     config = phase()
     producer.produce(bootstrap, topic, config, events_per_message=5,
                      partitions=2, progress=None)
-    valid, dead = oracle.parse_block(records(config))
+    valid, dead = generated.parsed_records(config)
     output = str(tmp_path / "out")
     stream = Stream(bootstrap, topic, output, tmp_path / "stream.log")
     try:
@@ -255,7 +250,7 @@ def stream_first_phase(bootstrap, tmp_path, seed):
     first = phase(seed=seed)
     producer.produce(bootstrap, topic, first, events_per_message=5,
                      partitions=2, progress=None)
-    valid, _ = oracle.parse_block(records(first))
+    valid, _ = generated.parsed_records(first)
     output = str(tmp_path / "out")
     stream = Stream(bootstrap, topic, output, tmp_path / "stream.log")
     try:
@@ -271,7 +266,7 @@ def produce_second_phase(bootstrap, topic, seed):
     second = phase(minutes_ago=9, span_min=8, events=1200, seed=seed)
     producer.produce(bootstrap, topic, second, events_per_message=5,
                      progress=None)
-    return oracle.parse_block(records(second))[0]
+    return generated.parsed_records(second)[0]
 
 
 @pytest.mark.xfail(strict=False, reason=PRISM_STATE_ISSUE)

@@ -25,6 +25,7 @@ batch de-duplication.
 and runs the same steps as ``topk batch`` (``batch.add_top_k_tables``), all
 windows final, rows with ``source = stream``.
 """
+import argparse
 import glob
 import logging
 import os
@@ -64,7 +65,6 @@ UNBOUNDED_JOB_SERVER_TIMEOUT_S = 10 * 24 * 3600
 
 
 def _lateness(text: str) -> int:
-    import argparse
     if text.strip() == "0":
         return 0
     try:
@@ -74,7 +74,6 @@ def _lateness(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    import argparse
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
