@@ -589,7 +589,7 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
     from apache_beam.metrics import Metrics
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from topk.pipelines.stream import prism_binary
+    from topk.pipelines.stream import use_prism_safely
     from topk.sources.kafka import ReadFromKafkaBatches
     from topk.transforms import stream_topk as st
     from topk.transforms.exact import key_by_shard
@@ -602,9 +602,8 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
         table = element[1] if isinstance(element, tuple) else element
         rows.inc(table.num_rows)
 
-    pipeline = beam.Pipeline(options=PipelineOptions([
-        "--runner=PrismRunner", f"--prism_location={prism_binary()}",
-        f"--job_server_timeout={10 * DAY_S}"]))
+    pipeline = beam.Pipeline(options=use_prism_safely(PipelineOptions([
+        "--runner=PrismRunner", f"--job_server_timeout={10 * DAY_S}"])))
     parsed = (pipeline
               | ReadFromKafkaBatches(s["bootstrap"], s["topic"], bounded=True)
               | ParseEvents())
@@ -731,6 +730,9 @@ def main() -> None:
                         help="Seconds of load before the first marker.")
     parser.add_argument("--latency-drain", type=float, default=30.0,
                         help="Seconds to wait for markers after the last.")
+    parser.add_argument("--profile-stages", default="parse,dedup,full",
+                        help="Cuts of the profile part, of parse, dedup, "
+                        "full (default all three).")
     parser.add_argument("--profile-events", type=int, default=1_000_000,
                         help="Distinct events of the profile part's topic "
                         "(default 1M, at the main topic's event-time rate).")
@@ -856,7 +858,7 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
 
     profile = []
     if "profile" in parts:
-        for stage in ("parse", "dedup", "full"):
+        for stage in args.profile_stages.split(","):
             spec = {**base, "topic": profile_topic["topic"], "stage": stage}
             r = measure("profile", spec, workdir)
             if r is not None:

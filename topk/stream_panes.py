@@ -241,27 +241,49 @@ class _WindowPanes:
     next_index: int = 0
 
 
+#: Shard numbers fit below this, so ``window_start * _SHARD_SLOTS + shard``
+#: is one int64 key per (window, shard) (epoch-ms starts stay below 2^51).
+_SHARD_SLOTS = 4096
+
+
+def _held_keys(table: pa.Table) -> pa.Array:
+    return pc.add(pc.multiply(table["window_start"], _SHARD_SLOTS),
+                  table["shard"])
+
+
+def _with_shard(table: pa.Table, shard: int) -> pa.Table:
+    return table.append_column(
+        "shard", pa.array(np.full(table.num_rows, shard, np.int64)))
+
+
 class PaneMerge:
     """One window spec's merge of the shards' panes.
 
     Keeps every shard's latest top-K candidates and totals per open window:
     updates carry their shard firing's ``emitted_at`` as a version, and an
     update older than the one held is ignored (a runner may deliver a
-    shard's early pane after its on-time pane). Early updates are merged and emitted at once. Updates from shards that
-    closed a window (on-time, late) are only stored until the merge's own
-    event-time firing just after the window's end (``tick``): a shard's
-    on-time pane comes from its event-time timer at the window end, which
-    holds the watermark, so by then every shard's on-time pane has arrived
-    and the one on-time pane counts everything on time. After that, every
-    update is a late pane.
+    shard's early pane after its on-time pane). Early updates are merged
+    and emitted at once. Updates from shards that closed a window (on-time,
+    late) are only stored until the merge's own event-time firing just
+    after the window's end (``tick``): a shard's on-time pane comes from its
+    event-time timer at the window end, which holds the watermark, so by
+    then every shard's on-time pane has arrived and the one on-time pane
+    counts everything on time. After that, every update is a late pane.
+
+    The held candidates and totals of all windows and shards are two
+    tables with a ``shard`` column, not one small table per window and
+    shard: the merge is runner state, read and written at every firing,
+    and a few large tables serialise in one pass where thousands of small
+    ones cost a Python round per table.
     """
 
     def __init__(self, spec: WindowSpec, k: int, allowed_lateness_ms: int):
         self.spec = spec
         self.k = k
         self.allowed_lateness_ms = allowed_lateness_ms
-        self.candidates: dict[tuple[int, int], pa.Table] = {}
-        self.totals: dict[tuple[int, int], pa.Table] = {}
+        self.candidates = _with_shard(ranking.CANDIDATES_SCHEMA.empty_table(),
+                                      0)
+        self.totals = _with_shard(ranking.TOTALS_SCHEMA.empty_table(), 0)
         self.versions: dict[tuple[int, int], int] = {}
         self.windows: dict[int, _WindowPanes] = {}
         self.watermark_ms = NO_WATERMARK
@@ -282,20 +304,27 @@ class PaneMerge:
         window, early while the window is open, late after its on-time
         pane."""
         emit: dict[int, str] = {}
-        for shard, version, timing, top in updates:
-            for start in self._store(shard, version, top):
+        # Newest version first per (window, shard): the rows kept are those
+        # of the newest update, whatever order the log holds them in.
+        accepted: dict[tuple[int, int], tuple[int, int]] = {}
+        for i, (shard, version, timing, top) in enumerate(updates):
+            for start in self._accepted_windows(shard, version, top):
+                key = (start, shard)
+                if accepted.get(key, (-1, -1))[0] <= version:
+                    accepted[key] = (version, i)
                 if self.windows[start].on_time_done:
                     emit[start] = LATE
                 elif timing == EARLY:
                     emit.setdefault(start, EARLY)
+        self._replace(updates, accepted)
         by_timing: dict[str, list[int]] = {}
         for start, name in sorted(emit.items()):
             by_timing.setdefault(name, []).append(start)
         return [self._pane(name, starts) for name, starts in by_timing.items()]
 
-    def _store(self, shard, version, top) -> list[int]:
-        """Keep a shard pane's windows unless expired or overtaken; returns
-        the windows it changed."""
+    def _accepted_windows(self, shard, version, top) -> list[int]:
+        """The windows of a shard pane that are neither expired nor
+        overtaken by a newer pane of the same shard; records its version."""
         starts = np.unique(np.concatenate([
             top.totals["window_start"].to_numpy(),
             top.candidates["window_start"].to_numpy()]))
@@ -307,16 +336,34 @@ class PaneMerge:
                 self.refused += 1
                 continue
             if self.versions.get((start, shard), -1) > version:
-                continue  # overtaken by a newer pane of the same shard
+                continue
             self.versions[(start, shard)] = version
-            keys = pa.array([start])
-            self.candidates[(start, shard)] = top.candidates.filter(
-                pc.is_in(top.candidates["window_start"], keys))
-            self.totals[(start, shard)] = top.totals.filter(
-                pc.is_in(top.totals["window_start"], keys))
             self.windows.setdefault(start, _WindowPanes())
             changed.append(start)
         return changed
+
+    def _replace(self, updates, accepted) -> None:
+        """Swap in the accepted updates' rows for what was held of the same
+        (window, shard)."""
+        if not accepted:
+            return
+        replaced = pa.array([start * _SHARD_SLOTS + shard
+                             for start, shard in accepted], pa.int64())
+        new_cands, new_totals = [self.candidates.filter(pc.invert(pc.is_in(
+            _held_keys(self.candidates), replaced)))], [self.totals.filter(
+                pc.invert(pc.is_in(_held_keys(self.totals), replaced)))]
+        by_update: dict[int, list[int]] = {}
+        for (start, _), (_, i) in accepted.items():
+            by_update.setdefault(i, []).append(start)
+        for i, starts in by_update.items():
+            shard, _, _, top = updates[i]
+            keys = pa.array(starts, pa.int64())
+            new_cands.append(_with_shard(top.candidates.filter(
+                pc.is_in(top.candidates["window_start"], keys)), shard))
+            new_totals.append(_with_shard(top.totals.filter(
+                pc.is_in(top.totals["window_start"], keys)), shard))
+        self.candidates = pa.concat_tables(new_cands).combine_chunks()
+        self.totals = pa.concat_tables(new_totals).combine_chunks()
 
     def tick(self, watermark_ms: int
              ) -> list[tuple[str, pa.Table, dict[int, int]]]:
@@ -329,12 +376,16 @@ class PaneMerge:
         for start in closed:
             self.windows[start].on_time_done = True
         horizon = self._horizon()
-        for start in [s for s in self.windows if s <= horizon]:
-            del self.windows[start]
-        for key in [key for key in self.candidates if key[0] <= horizon]:
-            del self.candidates[key]
-            del self.totals[key]
-            del self.versions[key]
+        expired = [s for s in self.windows if s <= horizon]
+        if expired:
+            for start in expired:
+                del self.windows[start]
+            for key in [key for key in self.versions if key[0] <= horizon]:
+                del self.versions[key]
+            self.candidates = self.candidates.filter(
+                pc.greater(self.candidates["window_start"], horizon))
+            self.totals = self.totals.filter(
+                pc.greater(self.totals["window_start"], horizon))
         return out
 
     def next_tick(self) -> int | None:
@@ -348,14 +399,17 @@ class PaneMerge:
         return min(due) if due else None
 
     def _pane(self, timing: str, window_starts: list[int]):
-        wanted = set(window_starts)
-        parts = [ranking.WindowTopK(self.candidates[key], self.totals[key])
-                 for key in self.candidates if key[0] in wanted]
+        keys = pa.array(window_starts, pa.int64())
+        held = ranking.WindowTopK(
+            self.candidates.filter(pc.is_in(self.candidates["window_start"],
+                                            keys)).drop_columns(["shard"]),
+            self.totals.filter(pc.is_in(self.totals["window_start"],
+                                        keys)).drop_columns(["shard"]))
         index = {}
         for start in window_starts:
             index[start] = self.windows[start].next_index
             self.windows[start].next_index += 1
-        return timing, ranking.merge_window_top_k(parts, self.k), index
+        return timing, ranking.merge_window_top_k([held], self.k), index
 
     def _horizon(self) -> int:
         """Windows starting at or before this are expired."""

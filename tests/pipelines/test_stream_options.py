@@ -1,6 +1,7 @@
 """``topk stream`` options and runner choice (no services needed)."""
 import pytest
-from apache_beam.options.pipeline_options import (PipelineOptions,
+from apache_beam.options.pipeline_options import (DebugOptions,
+                                                  PipelineOptions,
                                                   PortableOptions,
                                                   PrismRunnerOptions,
                                                   StandardOptions)
@@ -30,6 +31,9 @@ def test_unbounded_runs_on_prism_and_bounded_on_the_fnapi_runner(
     assert stream._choose_runner(unbounded) == "PrismRunner"
     assert unbounded.view_as(StandardOptions).streaming
     assert unbounded.view_as(PrismRunnerOptions).prism_location == str(fake)
+    # Prism's splits of stateful bundles lose state (apache/beam#35771).
+    assert stream.PRISM_NO_SPLITS in unbounded.view_as(
+        DebugOptions).experiments
     # Beam's 300 s default would end an unbounded job after 5 minutes.
     assert unbounded.view_as(PortableOptions).job_server_timeout > 86_400
     bounded = PipelineOptions(["--bounded"])

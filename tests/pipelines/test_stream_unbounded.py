@@ -90,15 +90,6 @@ def latest_panes(output, spec):
         return []  # nothing written yet
 
 
-#: Exact pane counts on Prism are intermittently off by a few events in
-#: these runs (a merged pane missing one shard's part, or an id counted
-#: twice): stale user state across bundles, not yet pinned down (see the
-#: notes on issue #3). The Beam-free simulation (tests/test_stream_panes.py)
-#: and the TestStream test check the same logic deterministically.
-PRISM_STATE_ISSUE = ("exact panes on Prism intermittently differ from the "
-                     "oracle by a few events (stale state across bundles)")
-
-
 def oracle_mismatch(output, events, stream, timeout_s=100) -> str | None:
     """Poll until every window's latest pane equals the oracle; returns
     ``None`` then, or a description of the difference at the timeout."""
@@ -214,13 +205,13 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     # running) and range queries over the stream's slices (latest rows).
     events = oracle.dedup(valid + late_valid)
     first = floor_to(min(e.ts for e in events), MIN)
-    differences = [d for d in (phase_one_diff, final_diff) if d]
+    assert phase_one_diff is None, phase_one_diff
+    assert final_diff is None, final_diff
     for a, b in ((first, first + 60 * MIN), (first + 7 * MIN,
                                              first + 23 * MIN)):
         got = [(r.rank, r.item_id, r.count) for r in query.topk(output, 5,
                                                                 a, b)]
-        if got != oracle.topk(events, 5, a, b):
-            differences.append(f"range {a}-{b}: {got}")
+        assert got == oracle.topk(events, 5, a, b), (a, b)
     # The precise path: reprocessing the day from the stream's archive
     # makes range queries exact whatever the stream's panes said; batch rows
     # supersede stream rows. Late events count too: batch has no lateness.
@@ -238,9 +229,6 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
         got = [(r.rank, r.item_id, r.count) for r in query.topk(output, 5,
                                                                 a, b)]
         assert got == oracle.topk(everything, 5, a, b), (a, b)
-
-    if differences:
-        pytest.xfail(f"{PRISM_STATE_ISSUE}: {differences}")
 
 
 def stream_first_phase(bootstrap, tmp_path, seed):
@@ -269,7 +257,6 @@ def produce_second_phase(bootstrap, topic, seed):
     return generated.parsed_records(second)[0]
 
 
-@pytest.mark.xfail(strict=False, reason=PRISM_STATE_ISSUE)
 def test_sigkill_and_restart_neither_loses_nor_double_counts(kafka_broker,
                                                               tmp_path):
     bootstrap = kafka_broker.bootstrap
@@ -288,7 +275,6 @@ def test_sigkill_and_restart_neither_loses_nor_double_counts(kafka_broker,
         stream.kill(signal.SIGTERM)
 
 
-@pytest.mark.xfail(strict=False, reason=PRISM_STATE_ISSUE)
 def test_broker_restart_during_a_run(kafka_broker, tmp_path):
     topic, valid, output, stream = stream_first_phase(
         kafka_broker.bootstrap, tmp_path, 4)

@@ -22,6 +22,7 @@ from apache_beam.transforms import window
 from topk import events, generator, producer
 from topk import kafka_offsets as ko
 from topk.sources import kafka as kafka_source
+from topk.pipelines.stream import use_prism_safely
 from topk.sources.kafka import BatchOffsetTracker, ReadFromKafkaBatches
 from topk.windows import parse_time
 
@@ -534,8 +535,9 @@ def test_unbounded_read_on_prism_drops_nothing_as_late(kafka_broker,
     assert sent.events == 30_000
     out = str(tmp_path / "windows.txt")
     open(out, "w").close()
-    options = PipelineOptions(["--runner=PrismRunner",
-                               f"--prism_location={prism}"], streaming=True)
+    options = use_prism_safely(PipelineOptions(
+        ["--runner=PrismRunner", f"--prism_location={prism}"],
+        streaming=True))
     p = beam.Pipeline(options=options)
     (p
      | ReadFromKafkaBatches(bootstrap, topic, max_batch_records=20,

@@ -24,6 +24,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from topk import schema
 from topk.transforms.coders import ArrowTableCoder
+from topk.pipelines.stream import use_prism_safely
 from topk.transforms.stream_topk import LATE_EVENTS, StreamTopK
 from topk.windows import WindowSpec
 
@@ -60,9 +61,9 @@ def at(table, ms):
 
 
 def test_on_time_and_late_panes_and_the_watermark_hold_on_prism():
-    options = PipelineOptions(["--runner=PrismRunner",
-                               f"--prism_location={prism_or_skip()}"],
-                              streaming=True)
+    options = use_prism_safely(PipelineOptions(
+        ["--runner=PrismRunner", f"--prism_location={prism_or_skip()}"],
+        streaming=True))
     stream = (
         TestStream(coder=ArrowTableCoder())
         .advance_watermark_to(Timestamp(micros=T0 * 1000))
