@@ -215,6 +215,8 @@ def _stream_command(s: dict, output: str, *extra: str) -> list:
             "--bootstrap", s["bootstrap"], "--topic", s["topic"],
             "--output", output, "--windows", s["windows"], "--k",
             str(s["k"]), "--idle_timeout_ms", "2000",
+            "--item_shards", str(s["item_shards"]),
+            "--dedup_shards", str(s["dedup_shards"]),
             # Beam's job service streams time out after 300 s by default,
             # which ends a longer `topk stream` on Prism.
             "--job_server_timeout", str(10 * DAY_S), *extra]
@@ -611,14 +613,16 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
         _ = parsed.events | beam.Map(count)
     elif s["stage"] == "dedup":
         deduped = (parsed.events
-                   | beam.FlatMap(key_by_shard, "event_id", 8
+                   | beam.FlatMap(key_by_shard, "event_id", s["dedup_shards"]
                                   ).with_output_types(st.ShardTable)
-                   | beam.ParDo(st._DedupFn(8, 10 * 60_000)).with_outputs(
+                   | beam.ParDo(st._DedupFn(s["item_shards"], 10 * 60_000)
+                                ).with_outputs(
                        st.LATE_EVENTS, main="partials"))
         _ = deduped.partials | beam.Map(count)
     else:
-        tables = parsed.events | st.StreamTopK(parse_windows(s["windows"]),
-                                               s["k"])
+        tables = parsed.events | st.StreamTopK(
+            parse_windows(s["windows"]), s["k"],
+            item_shards=s["item_shards"], dedup_shards=s["dedup_shards"])
         _ = tables["ranked_windows"] | "CountPanes" >> beam.Map(count)
         _ = tables["slices"] | "CountSlices" >> beam.Map(count)
     result = pipeline.run()
@@ -698,6 +702,12 @@ def main() -> None:
                         help="Window specs of every pipeline (default "
                         "1m,1h,1h/1m; 'all' for the seven).")
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--item-shards", type=int, default=8,
+                        help="--item_shards of the stream pipelines "
+                        "(default 8, the pipeline's default).")
+    parser.add_argument("--dedup-shards", type=int, default=8,
+                        help="--dedup_shards of the stream pipelines "
+                        "(default 8).")
     parser.add_argument("--repeat", type=int, default=3,
                         help="Runs of raw, raw_confluent and floor (cheap); "
                         "the median is reported (default 3).")
@@ -793,7 +803,9 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
     os.makedirs(workdir, exist_ok=True)
     epm, nparts = args.events_per_message, args.partitions
     rate = args.event_rate or args.events / DAY_S
-    base = {"bootstrap": bootstrap, "windows": args.windows, "k": args.k}
+    base = {"bootstrap": bootstrap, "windows": args.windows, "k": args.k,
+            "item_shards": args.item_shards,
+            "dedup_shards": args.dedup_shards}
     main_parts = {"bounded", "stream", "raw", "raw_confluent", "floor"}
     topic = (preload(bootstrap, args.dir, "main", args.events, epm, nparts,
                      rate=rate)

@@ -78,3 +78,28 @@ def test_to_ranked_windows_fills_the_output_contract():
             row["upper_bound"], row["pane_timing"], row["source"]) == (
         "1h", "1m", 4, 4, "batch", "batch")
     assert (row["window_end"] - row["window_start"]).total_seconds() == 3600
+
+
+@pytest.mark.parametrize("name", ["1m", "1h", "1h/1m"])
+def test_ranking_only_some_windows_equals_ranking_all_then_picking(name):
+    import numpy as np
+    rng = np.random.default_rng(5)
+    n = 3000
+    t = events([(f"e{i}", rng.choice(["play", "click"]), f"i{rng.zipf(1.5)}",
+                 T0 + int(rng.integers(0, 3 * schema.HOUR_MS)))
+                for i in range(n)])
+    counts = counting.count_slices(t)
+    spec = WindowSpec.parse(name)
+    every = ranking.shard_top_k(counts, [spec], 4)[spec]
+    starts = np.unique(every.totals["window_start"].to_numpy())
+    wanted = np.concatenate([starts[::7], [starts[-1] + spec.step_ms * 500]])
+    some = ranking.shard_top_k(counts, [spec], 4, window_starts=wanted)[spec]
+    keys = pa.array(wanted)
+
+    def rows(table):
+        picked = table.filter(pa.compute.is_in(table["window_start"], keys))
+        return sorted(picked.to_pylist(), key=lambda r: sorted(r.items()))
+
+    assert rows(some.candidates) == rows(every.candidates)
+    assert rows(some.totals) == rows(every.totals)
+    assert len(some.totals) == len(rows(every.totals)) > 0

@@ -93,21 +93,25 @@ def simulate(batches, specs, k, lateness_ms, skew_ms, shards=3):
                                      shards):
                 pending[s].append(partial)
         now[0] += 1000
-        for s in range(shards):  # early (processing-time) firing
-            emit(s, item[s].fire(pending[s], now[0]))
-            pending[s] = []
+        for s in range(shards):  # early (processing-time) firing, or not
+            if rnd.random() < 0.6:  # yet: then an event-time one takes it
+                emit(s, item[s].fire(pending[s], now[0]))
+                pending[s] = []
         newest = max(e.ts for e in batch)
         watermark = max(watermark, newest - skew_ms)
         for s in range(shards):  # on-time (event-time) firings
             due = item[s].next_close()
             while due is not None and due <= watermark:
-                emit(s, item[s].fire([], now[0], watermark_ms=due))
+                emit(s, item[s].fire(pending[s], now[0], watermark_ms=due))
+                pending[s] = []
                 due = item[s].next_close()
         for d in range(shards):
             seen[d].expire(stream_dedup.late_horizon(watermark, lateness_ms))
         tick_merges(watermark)
     # End of input: the watermark passes everything.
     for s in range(shards):
+        if pending[s]:
+            emit(s, item[s].fire(pending[s], now[0]))
         due = item[s].next_close()
         while due is not None:
             emit(s, item[s].fire([], now[0], watermark_ms=due))

@@ -532,7 +532,12 @@ class PartitionReader:
             bootstrap_servers, group_id, f"topk-kafka-{topic}-{partition}",
             consumer_overrides))
         self.consumer.assign([self.tp])
-        self._next = None  # offset of the next message poll returns
+        self._next = None  # offset of the next message read_batch returns
+        # Messages polled but cut off the last batch by its span, in
+        # offset order from ``_next``: the next batch starts with them.
+        # (Seeking back instead would drop kafka-python's prefetched
+        # messages and cost a fetch round trip per batch.)
+        self._carry = []
         # Wall clock of the last non-empty poll; the idle clock starts now.
         self.last_data_ms = int(time.time() * 1000)
         self.skipped = 0  # offsets lost to retention before being read
@@ -543,6 +548,7 @@ class PartitionReader:
         if self._next != offset:
             self.consumer.seek(self.tp, offset)
             self._next = offset
+            self._carry = []
 
     def read_batch(self, max_records: int = MAX_BATCH_RECORDS,
                    max_bytes: int = MAX_BATCH_BYTES,
@@ -555,9 +561,10 @@ class PartitionReader:
         wait), and, with ``max_span_ms``, only messages stamped within that
         much of the first one (the rest is read again next time). Raises
         kafka-python errors (the caller retries)."""
-        records = []
-        nbytes = 0
-        wait = timeout_ms
+        records, self._carry = self._carry, []
+        nbytes = sum(r.serialized_value_size for r in records
+                     if r.serialized_value_size > 0)
+        wait = 0 if records else timeout_ms
         while len(records) < max_records and nbytes < max_bytes:
             try:
                 got = self.consumer.poll(
@@ -585,10 +592,9 @@ class PartitionReader:
         if max_span_ms is not None:
             cut = _span_cut(records, max_span_ms)
             if cut < len(records):
-                records = records[:cut]
+                records, self._carry = records[:cut], records[cut:]
                 nbytes = sum(r.serialized_value_size for r in records
                              if r.serialized_value_size > 0)
-                self.consumer.seek(self.tp, records[-1].offset + 1)
         self._next = records[-1].offset + 1
         self.last_data_ms = int(time.time() * 1000)
         return Batch(self.topic, self.partition, records, nbytes)
@@ -614,6 +620,7 @@ class PartitionReader:
         """After a read whose tail was not used, the next ``seek`` must
         really seek."""
         self._next = None
+        self._carry = []
 
     def position(self, timeout_ms: int = 2_000) -> int:
         """The consumer's position: the offset after the last one it has

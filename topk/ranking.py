@@ -63,7 +63,8 @@ def shard_window_top_k(counts: pa.Table, spec: WindowSpec, k: int) -> WindowTopK
 
 
 def shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
-                all_types: bool = True) -> dict[WindowSpec, WindowTopK]:
+                all_types: bool = True, window_starts: np.ndarray | None = None
+                ) -> dict[WindowSpec, WindowTopK]:
     """Per-window top-K candidates and totals of one item shard.
 
     ``counts`` holds exact partials (``SLICE_COUNTS_SCHEMA``) of any slice
@@ -72,6 +73,9 @@ def shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
     containing at least one counted event is reported, as in Beam's
     windowing.
 
+    With ``window_starts`` (epoch ms), only those windows are ranked: a
+    stream firing wants a few windows of counts that overlap many more.
+
     Items are dictionary-encoded once, in ``item_id`` order, so everything
     after that is integer NumPy work and ties break by the code.
     """
@@ -79,7 +83,8 @@ def shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
     if counts.num_rows == 0:
         return {spec: WindowTopK.empty() for spec in specs}
     panes = _PaneLevels(counts)
-    return {spec: panes.top_k(spec, k, all_types) for spec in specs}
+    return {spec: panes.top_k(spec, k, all_types, window_starts)
+            for spec in specs}
 
 
 class _PaneLevels:
@@ -118,29 +123,41 @@ class _PaneLevels:
         self._levels[step_ms] = rows
         return rows
 
-    def top_k(self, spec: WindowSpec, k: int, all_types: bool) -> WindowTopK:
+    def top_k(self, spec: WindowSpec, k: int, all_types: bool,
+              window_starts: np.ndarray | None = None) -> WindowTopK:
         t, pane, item, count = self.at(spec.step_ms)
+        only = None
+        if window_starts is not None:
+            # Window indexes in panes; for tumbling windows also a row
+            # filter (a window is one pane).
+            only = np.unique(np.asarray(window_starts, np.int64)
+                             // spec.step_ms)
+            if spec.panes_per_window == 1:
+                keep = np.isin(pane, only)
+                t, pane, item, count = t[keep], pane[keep], item[keep], count[keep]
         groups = [(self.types[int(code)].as_py(), t == code)
                   for code in range(len(self.types))]
         parts = []
         for name, mask in groups:
             parts.append(self._rank(spec, k, name, pane[mask], item[mask],
-                                    count[mask]))
+                                    count[mask], only))
         if all_types:
             _, all_pane, all_item, all_count = _sum_rows(
                 (np.zeros_like(t), pane, item), count, len(self.items))
             parts.append(self._rank(spec, k, schema.ALL_TYPES, all_pane,
-                                    all_item, all_count))
+                                    all_item, all_count, only))
         return WindowTopK(
             pa.concat_tables([p.candidates for p in parts]),
             pa.concat_tables([p.totals for p in parts]))
 
-    def _rank(self, spec, k, event_type, pane, item, count) -> WindowTopK:
+    def _rank(self, spec, k, event_type, pane, item, count,
+              only=None) -> WindowTopK:
         if spec.panes_per_window == 1:
             start, code, value, win, total = _tumbling_top_k(pane, item, count, k)
         else:
             start, code, value, win, total = _sliding_top_k(
-                pane, item, count, len(self.items), spec.panes_per_window, k)
+                pane, item, count, len(self.items), spec.panes_per_window, k,
+                only)
         cands = pa.table({
             "event_type": pa.array([event_type] * len(code), pa.string()),
             "window_start": pa.array(start * spec.step_ms),
@@ -195,7 +212,7 @@ BLOCK_CELLS = 4_000_000
 WINDOWS_PER_BLOCK = 32
 
 
-def _sliding_top_k(pane, item, count, n_items, n, k):
+def _sliding_top_k(pane, item, count, n_items, n, k, only=None):
     # Sliding windows are runs of n consecutive panes. For a block of
     # consecutive windows, lay the panes out as a dense (pane x item) matrix,
     # take cumulative sums along time, and every window's counts are one row
@@ -209,6 +226,10 @@ def _sliding_top_k(pane, item, count, n_items, n, k):
     order = np.argsort(pane, kind="stable")
     pane, item, count = pane[order], item[order], count[order]
     starts = np.unique((np.unique(pane)[:, None] - np.arange(n)[None, :]).ravel())
+    if only is not None:
+        starts = np.intersect1d(starts, only)
+        if len(starts) == 0:
+            return empty, empty, empty, empty, empty
     # Small blocks keep the windows of a block alike, which prunes best.
     block = max(1, min(WINDOWS_PER_BLOCK, BLOCK_CELLS // max(n_items, 1) - n + 1))
     out_start, out_code, out_count, out_total = [], [], [], []
@@ -218,7 +239,7 @@ def _sliding_top_k(pane, item, count, n_items, n, k):
         j = np.searchsorted(starts, w0 + block)
         windows = starts[i:j] - w0
         lo = np.searchsorted(pane, w0)
-        hi = np.searchsorted(pane, w0 + block + n - 1)
+        hi = np.searchsorted(pane, w0 + int(windows[-1]) + n)
         rel = pane[lo:hi] - w0 + 1  # matrix row; row 0 stays zero
         span = int(windows[-1]) + n + 1
         codes, local = np.unique(item[lo:hi], return_inverse=True)

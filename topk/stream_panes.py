@@ -88,6 +88,9 @@ class ShardPanes:
                        for size, _ in LEVELS}
         self.watermark_ms = NO_WATERMARK
         self.last_emit_ms = 0
+        #: spec key -> starts of open windows that changed at an event-time
+        #: firing: their early pane waits for the next processing-time one.
+        self.deferred: dict[str, np.ndarray] = {}
         # How long each level's rows can still change a result or a slice.
         self._retention = {size: max([size] + [
             s.length_ms for s in self.specs if level_of(s) == size])
@@ -95,7 +98,7 @@ class ShardPanes:
 
     def state(self) -> dict:
         return {"counts": self.counts, "watermark_ms": self.watermark_ms,
-                "last_emit_ms": self.last_emit_ms}
+                "last_emit_ms": self.last_emit_ms, "deferred": self.deferred}
 
     @classmethod
     def from_state(cls, specs, k, allowed_lateness_ms, state: dict | None
@@ -105,6 +108,7 @@ class ShardPanes:
             panes.counts = state["counts"]
             panes.watermark_ms = state["watermark_ms"]
             panes.last_emit_ms = state["last_emit_ms"]
+            panes.deferred = state.get("deferred", {})
         return panes
 
     def next_close(self) -> int | None:
@@ -120,9 +124,14 @@ class ShardPanes:
         (``SLICE_COUNTS_SCHEMA``, one-minute slices) and emit panes.
 
         ``watermark_ms`` is given by an event-time firing: windows ending by
-        then get their on-time pane (all of them, changed or not); a
-        processing-time firing (``None``) emits the changed windows only,
-        early or late by the watermark known so far.
+        then get their on-time pane (all of them, changed or not), changed
+        closed windows a late pane; the changed open windows wait for the
+        next processing-time firing (``None``), which emits every window
+        changed since the last early pane, early or late by the watermark
+        known so far. (During a catch-up the watermark passes a minute
+        every few milliseconds: ranking the 60 open windows of a sliding
+        hour at each would cost far more than the on-time panes, and be
+        superseded at once.)
 
         Partials older than the lateness horizon of this shard's own
         watermark are refused (``ShardFiring.late``): their windows may be
@@ -141,7 +150,9 @@ class ShardPanes:
         self.last_emit_ms = emitted_at
         windows = []
         for spec in self.specs:
-            windows.extend(self._spec_panes(spec, dirty, previous, watermark))
+            windows.extend(self._spec_panes(spec, dirty, previous, watermark,
+                                            defer_early=watermark_ms
+                                            is not None))
         firing = ShardFiring(self._slice_rows(dirty, emitted_at), windows,
                              emitted_at, late)
         self.watermark_ms = watermark
@@ -158,24 +169,35 @@ class ShardPanes:
             self.counts[size] = counting.merge_counts([self.counts[size], part])
         return np.unique(partials["slice_start"].to_numpy())
 
-    def _spec_panes(self, spec, dirty, previous, watermark):
+    def _spec_panes(self, spec, dirty, previous, watermark, defer_early):
         table = self.counts[level_of(spec)]
         length = spec.length_ms
         wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
             0, np.int64)
+        deferred = self.deferred.pop(spec.key, np.empty(0, np.int64))
         if watermark > previous and table.num_rows:
             held = spec.window_starts_for(
                 np.unique(table["slice_start"].to_numpy()))
             ends = held + length
             wanted = np.union1d(wanted, held[(ends > previous)
                                              & (ends <= watermark)])
+        if defer_early:
+            is_open = wanted + length > watermark
+            deferred = np.union1d(deferred[deferred + length > watermark],
+                                  wanted[is_open])
+            if deferred.size:
+                self.deferred[spec.key] = deferred
+            wanted = wanted[~is_open]
+        else:
+            wanted = np.union1d(wanted, deferred)
         if wanted.size == 0:
             return []
         starts = table["slice_start"]
         rows = table.filter(pc.and_(
             pc.greater_equal(starts, int(wanted.min())),
             pc.less(starts, int(wanted.max()) + length)))
-        top = ranking.shard_top_k(rows, [spec], self.k)[spec]
+        top = ranking.shard_top_k(rows, [spec], self.k,
+                                  window_starts=wanted)[spec]
         ends = wanted + length
         timing = np.where(ends > watermark, EARLY,
                           np.where(ends > previous, ON_TIME, LATE))

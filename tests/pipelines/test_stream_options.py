@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import (DebugOptions,
 
 from topk import cli
 from topk.pipelines import stream
+from topk.pipelines.options import TopKOptions
 
 
 @pytest.mark.parametrize("args,message", [
@@ -34,6 +35,13 @@ def test_unbounded_runs_on_prism_and_bounded_on_the_fnapi_runner(
     # Prism's splits of stateful bundles lose state (apache/beam#35771).
     assert stream.PRISM_NO_SPLITS in unbounded.view_as(
         DebugOptions).experiments
+    # Fewer shards on one machine, unless given.
+    assert unbounded.view_as(TopKOptions).item_shards == 2
+    assert unbounded.view_as(TopKOptions).dedup_shards == 2
+    given = PipelineOptions(["--item_shards", "5"])
+    stream._choose_runner(given)
+    assert given.view_as(TopKOptions).item_shards == 5
+    assert given.view_as(TopKOptions).dedup_shards == 2
     # Beam's 300 s default would end an unbounded job after 5 minutes.
     assert unbounded.view_as(PortableOptions).job_server_timeout > 86_400
     bounded = PipelineOptions(["--bounded"])

@@ -329,6 +329,34 @@ def test_bounded_read_returns_exactly_the_produced_events(kafka_broker,
 
 
 @integration
+def test_span_cut_batches_are_consecutive_and_within_the_span(kafka_broker):
+    # The tail a span cut leaves is the next batch's head: every offset
+    # once, in order, no batch wider than the span.
+    bootstrap = kafka_broker.bootstrap
+    topic = new_topic(bootstrap, partitions=1)
+    stamps = [1714521600000 + 700 * i for i in range(400)]
+    send(bootstrap, topic, [f"m{i}".encode() for i in range(400)],
+         partitions=1, timestamps=stamps)
+    reader = ko.PartitionReader(bootstrap, topic, 0)
+    try:
+        reader.seek(0)
+        batches = []
+        while sum(len(b) for b in batches) < 400:
+            batch = reader.read_batch(max_span_ms=10_000, timeout_ms=5_000)
+            assert batch is not None
+            batches.append(batch)
+    finally:
+        reader.close()
+    offsets = [r.offset for b in batches for r in b.records]
+    assert offsets == list(range(400))
+    # 15 messages 700 ms apart span 9.8 s: every batch but the last is full.
+    assert len(batches) == -(-400 // 15)
+    for b in batches:
+        times = [r.timestamp for r in b.records]
+        assert max(times) - min(times) <= 10_000
+
+
+@integration
 def test_multi_event_and_empty_messages(kafka_broker, tmp_path):
     bootstrap = kafka_broker.bootstrap
     topic = new_topic(bootstrap)

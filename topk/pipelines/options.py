@@ -71,11 +71,12 @@ class TopKOptions(PipelineOptions):
         parser.add_argument(
             "--item_shards", "--item-shards", type=_positive_int, default=8,
             help="Shards items are hashed into for exact counting; each "
-            "shard's counts are held by one worker (default 8).")
+            "shard's counts are held by one worker (default 8; 2 for the "
+            "unbounded stream on Prism).")
         parser.add_argument(
             "--dedup_shards", "--dedup-shards", type=_positive_int, default=8,
             help="Shards event ids are hashed into for de-duplication "
-            "(default 8).")
+            "(default 8; 2 for the unbounded stream on Prism).")
         parser.add_argument(
             "--method", type=_methods, default=sketch_windows.EXACT,
             help="Comma-separated counting methods: exact (exact counts, "

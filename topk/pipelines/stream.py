@@ -69,6 +69,13 @@ LOCAL_STREAM_RUNNER = "PrismRunner"
 #: itself every second, so nothing needs Prism's splits.
 PRISM_NO_SPLITS = "prism_disable_sdf_split"
 
+#: Item and dedup shards of an unbounded stream on Prism unless given. On
+#: one machine every shard adds its own timer firings and state round trips
+#: per minute of event time; parallelism past the cores buys nothing.
+#: Measured (bench/kafka_throughput.py --parts profile, 1M events over
+#: 72 min of event time): 8 shards 165 s, 2 shards 87 s, 1 shard 81 s.
+LOCAL_STREAM_SHARDS = 2
+
 _BEAM_JOB_SERVER_TIMEOUT = 300
 #: Job service timeout of unbounded runs (10 days; pass --job_server_timeout
 #: to choose another).
@@ -256,6 +263,12 @@ def _choose_runner(options: PipelineOptions) -> str:
         standard.runner).__name__
     if runner.endswith("PrismRunner"):
         use_prism_safely(options)
+        if not bounded:
+            given = options.get_all_options(drop_default=True)
+            opts = options.view_as(TopKOptions)
+            for name in ("item_shards", "dedup_shards"):
+                if name not in given:
+                    setattr(opts, name, LOCAL_STREAM_SHARDS)
     portable = options.view_as(PortableOptions)
     if not bounded and portable.job_server_timeout == _BEAM_JOB_SERVER_TIMEOUT:
         # Beam's default (300 s) is also how long the driver waits on the
