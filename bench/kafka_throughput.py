@@ -215,8 +215,8 @@ def _stream_command(s: dict, output: str, *extra: str) -> list:
             "--bootstrap", s["bootstrap"], "--topic", s["topic"],
             "--output", output, "--windows", s["windows"], "--k",
             str(s["k"]), "--idle_timeout_ms", "2000",
-            "--item_shards", str(s["item_shards"]),
-            "--dedup_shards", str(s["dedup_shards"]),
+            *[f"--{name}={s[name]}" for name in ("item_shards", "dedup_shards")
+              if s.get(name) is not None],
             # Beam's job service streams time out after 300 s by default,
             # which ends a longer `topk stream` on Prism.
             "--job_server_timeout", str(10 * DAY_S), *extra]
@@ -613,16 +613,18 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
         _ = parsed.events | beam.Map(count)
     elif s["stage"] == "dedup":
         deduped = (parsed.events
-                   | beam.FlatMap(key_by_shard, "event_id", s["dedup_shards"]
+                   | beam.FlatMap(key_by_shard, "event_id",
+                                  s["dedup_shards"] or 2
                                   ).with_output_types(st.ShardTable)
-                   | beam.ParDo(st._DedupFn(s["item_shards"], 10 * 60_000)
+                   | beam.ParDo(st._DedupFn(s["item_shards"] or 2, 10 * 60_000)
                                 ).with_outputs(
                        st.LATE_EVENTS, main="partials"))
         _ = deduped.partials | beam.Map(count)
     else:
         tables = parsed.events | st.StreamTopK(
             parse_windows(s["windows"]), s["k"],
-            item_shards=s["item_shards"], dedup_shards=s["dedup_shards"])
+            item_shards=s["item_shards"] or 2,
+            dedup_shards=s["dedup_shards"] or 2)
         _ = tables["ranked_windows"] | "CountPanes" >> beam.Map(count)
         _ = tables["slices"] | "CountSlices" >> beam.Map(count)
     result = pipeline.run()
@@ -702,12 +704,12 @@ def main() -> None:
                         help="Window specs of every pipeline (default "
                         "1m,1h,1h/1m; 'all' for the seven).")
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--item-shards", type=int, default=8,
+    parser.add_argument("--item-shards", type=int, default=None,
                         help="--item_shards of the stream pipelines "
-                        "(default 8, the pipeline's default).")
-    parser.add_argument("--dedup-shards", type=int, default=8,
+                        "(default: the pipelines' own; 2 in the profile).")
+    parser.add_argument("--dedup-shards", type=int, default=None,
                         help="--dedup_shards of the stream pipelines "
-                        "(default 8).")
+                        "(default: the pipelines' own; 2 in the profile).")
     parser.add_argument("--repeat", type=int, default=3,
                         help="Runs of raw, raw_confluent and floor (cheap); "
                         "the median is reported (default 3).")

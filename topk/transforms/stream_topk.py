@@ -40,7 +40,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
                                               ReadModifyWriteStateSpec,
                                               TimerSpec, on_timer)
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from topk import counting, ranking, schema, stream_dedup, stream_panes
 from topk.transforms import coders
