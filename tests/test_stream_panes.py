@@ -243,6 +243,20 @@ def test_seen_ids_survive_a_state_round_trip_and_expire_by_minute():
     assert len(again) == 6
 
 
+def test_seen_ids_expire_in_batches():
+    seen = stream_dedup.SeenIds()
+    events = [oracle.Event(f"e{i}", "a", "click", T0 + i * MIN, None, 1)
+              for i in range(5)]  # one id in each of 5 minutes
+    seen.admit(_table(events), stream_dedup.NO_WATERMARK)
+    margin = stream_dedup.RETENTION_MARGIN_MS
+    # Minute 0 has expired, but not for 3 minutes yet: kept.
+    assert not seen.expire(T0 + 3 * MIN + margin, batch_ms=3 * MIN)
+    assert len(seen) == 5
+    # Now it has: every expired minute goes at once.
+    assert seen.expire(T0 + 4 * MIN + margin, batch_ms=3 * MIN)
+    assert seen.minutes() == [T0 + 4 * MIN]
+
+
 def test_conflicting_copies_in_one_batch_keep_the_batch_rule():
     seen = stream_dedup.SeenIds()
     a = oracle.Event("x", "b-item", "play", T0 + 5, None, 1)

@@ -41,6 +41,12 @@ NO_WATERMARK = -(1 << 62)
 #: copy of a counted event would be counted again.
 RETENTION_MARGIN_MS = 60 * schema.MINUTE_MS
 
+#: Event time of expired ids a dedup stage drops at once (``expire``):
+#: dropping one minute per minute of event time would rewrite a shard's
+#: whole id state that often (a catch-up passes a minute every few
+#: milliseconds). Keeping ids longer never changes a count.
+EXPIRE_BATCH_MS = 10 * schema.MINUTE_MS
+
 #: Schema metadata key of a partial-count table: the timestamp (epoch ms)
 #: of the batch its events were read in.
 READ_AT = b"topk.read_at_ms"
@@ -122,12 +128,16 @@ class SeenIds:
         self._add(chunk["minute"].to_numpy(), chunk["id_hash"].to_numpy())
         return fresh, late, chunk
 
-    def expire(self, horizon_ms: int) -> bool:
+    def expire(self, horizon_ms: int, batch_ms: int = 0) -> bool:
         """Forget the minutes that ended ``RETENTION_MARGIN_MS`` before
-        ``horizon_ms`` (the late horizon of the watermark). Returns whether
-        anything was dropped."""
+        ``horizon_ms`` (the late horizon of the watermark), but only once
+        the oldest of them ended ``batch_ms`` before that: a runner stage
+        rewrites its whole id state after a drop, so it drops in batches.
+        Returns whether anything was dropped."""
         horizon_ms -= RETENTION_MARGIN_MS
         old = [m for m in self._by_minute if m + schema.MINUTE_MS <= horizon_ms]
+        if not old or min(old) + schema.MINUTE_MS > horizon_ms - batch_ms:
+            return False
         for m in old:
             del self._by_minute[m]
         return bool(old)

@@ -147,7 +147,8 @@ class _DedupFn(beam.DoFn):
         now = _ms(fired)
         known = watermark.read()
         ids = self._ids(shard, known["generation"], seen)
-        if ids.expire(stream_dedup.late_horizon(now, self._lateness)):
+        if ids.expire(stream_dedup.late_horizon(now, self._lateness),
+                      stream_dedup.EXPIRE_BATCH_MS):
             seen.clear()
             seen.add(ids.to_table())
             known["generation"] = uuid.uuid4().hex
