@@ -73,11 +73,15 @@ class ShardFiring:
     emitted_at_ms: int
     #: Partial counts refused as late (SLICE_COUNTS_SCHEMA), see ``fire``.
     late: pa.Table
+    #: The partials this firing counted (SLICE_COUNTS_SCHEMA, 1m): the
+    #: ``("delta", absorbed)`` chunk to persist.
+    absorbed: pa.Table
 
 
 class ShardPanes:
     """One item shard's exact counts of its open windows (see the module
-    docstring). ``state()`` / ``from_state`` persist it in runner state."""
+    docstring). ``meta``, ``level_chunks``, ``ShardFiring.absorbed`` and
+    ``from_chunks`` persist it in runner state."""
 
     def __init__(self, specs: list[WindowSpec], k: int,
                  allowed_lateness_ms: int):
@@ -96,19 +100,41 @@ class ShardPanes:
             s.length_ms for s in self.specs if level_of(s) == size])
             for size, _ in LEVELS}
 
-    def state(self) -> dict:
-        return {"counts": self.counts, "watermark_ms": self.watermark_ms,
+    # Runner state: ``meta()`` (small, rewritten at every firing) and a log
+    # of chunks: the partials each firing absorbed (``("delta", table)``),
+    # and from time to time the whole counts instead (``level_chunks``).
+    # Appending what changed costs the change; rewriting every count at
+    # every firing cost the whole state each time.
+
+    def meta(self) -> dict:
+        return {"watermark_ms": self.watermark_ms,
                 "last_emit_ms": self.last_emit_ms, "deferred": self.deferred}
 
+    def level_chunks(self) -> list[tuple]:
+        """The counts as chunks that replace every chunk so far."""
+        return [("level", size, self.counts[size]) for size, _ in LEVELS]
+
     @classmethod
-    def from_state(cls, specs, k, allowed_lateness_ms, state: dict | None
-                   ) -> "ShardPanes":
+    def from_chunks(cls, specs, k, allowed_lateness_ms, meta: dict | None,
+                    chunks) -> "ShardPanes":
+        """Rebuild from ``meta()`` and the chunk log, in any order."""
         panes = cls(specs, k, allowed_lateness_ms)
-        if state:
-            panes.counts = state["counts"]
-            panes.watermark_ms = state["watermark_ms"]
-            panes.last_emit_ms = state["last_emit_ms"]
-            panes.deferred = state.get("deferred", {})
+        if meta:
+            panes.watermark_ms = meta["watermark_ms"]
+            panes.last_emit_ms = meta["last_emit_ms"]
+            panes.deferred = meta["deferred"]
+        levels = {size: [panes.counts[size]] for size, _ in LEVELS}
+        deltas = []
+        for chunk in chunks:
+            if chunk[0] == "level":
+                levels[chunk[1]].append(chunk[2])
+            else:
+                deltas.append(chunk[1])
+        panes.counts = {size: counting.merge_counts(tables)
+                        for size, tables in levels.items()}
+        if deltas:
+            panes._absorb(counting.merge_counts(deltas))
+        panes._expire()
         return panes
 
     def next_close(self) -> int | None:
@@ -142,7 +168,8 @@ class ShardPanes:
         """
         pending, late = _split_late(list(pending), self.watermark_ms,
                                     self.allowed_lateness_ms)
-        dirty = self._absorb(pending)
+        absorbed = counting.merge_counts(pending)
+        dirty = self._absorb(absorbed)
         previous = self.watermark_ms
         watermark = previous if watermark_ms is None else max(previous,
                                                               watermark_ms)
@@ -154,13 +181,12 @@ class ShardPanes:
                                             defer_early=watermark_ms
                                             is not None))
         firing = ShardFiring(self._slice_rows(dirty, emitted_at), windows,
-                             emitted_at, late)
+                             emitted_at, late, absorbed)
         self.watermark_ms = watermark
         self._expire()
         return firing
 
-    def _absorb(self, pending: list[pa.Table]) -> np.ndarray:
-        partials = counting.merge_counts(list(pending))
+    def _absorb(self, partials: pa.Table) -> np.ndarray:
         if partials.num_rows == 0:
             return np.empty(0, np.int64)
         for size, _ in LEVELS:

@@ -20,9 +20,9 @@ cannot read it): the watermark a stage acts on is the timestamp of its last
 event-time firing, never later than the true one, so an on-time event is
 never classified late.
 
-State is Beam state (bags of Arrow tables appended per element, rewritten
-only at firings), so a runner with checkpoints (Flink, Dataflow) restores it
-after a failure. Prism keeps state in its process only; after a restart the
+State is Beam state (bags of Arrow tables appended per element; counts as
+a log of the partials each firing absorbed, compacted every 64 firings), so
+a runner with checkpoints (Flink, Dataflow) restores it after a failure. Prism keeps state in its process only; after a restart the
 stream rebuilds it by re-reading the topic from ``--start`` (panes are
 accumulating and readers take the latest, so a replay never double counts).
 """
@@ -165,10 +165,16 @@ class _ShardPanesFn(beam.DoFn):
     candidates, totals)); changed slices to the ``slices`` output."""
 
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
-    PANES = ReadModifyWriteStateSpec("panes", PickleCoder())
+    #: The counts as a chunk log (``ShardPanes.from_chunks``) and the small
+    #: rest, with a generation token that changes at every firing.
+    COUNTS = BagStateSpec("counts", PickleCoder())
+    META = ReadModifyWriteStateSpec("meta", PickleCoder())
     TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+
+    #: Chunks the log may grow to before the counts replace it.
+    COMPACT_AFTER = 64
 
     def __init__(self, specs: list[WindowSpec], k: int,
                  allowed_lateness_ms: int, early_firing_s: float):
@@ -177,17 +183,21 @@ class _ShardPanesFn(beam.DoFn):
         self._lateness = allowed_lateness_ms
         self._early_s = early_firing_s
         self._late = Metrics.counter("topk", "events_late")
+        self._cache = {}
 
-    def _panes(self, state) -> stream_panes.ShardPanes:
-        return stream_panes.ShardPanes.from_state(
-            self._specs, self._k, self._lateness, state.read())
+    def setup(self):
+        # shard -> (generation, ShardPanes): a firing whose state nobody
+        # changed since this instance's last firing of the shard skips
+        # reading and re-merging the chunk log (as _DedupFn's cache).
+        self._cache = {}
 
-    # The counts (PANES) are read and written only at firings; per element,
+    # The counts are read and written only at firings; per element,
     # only the small TIMERS state is: which timers are set and the
     # watermark of the last on-time firing.
     def process(self, element, shard=beam.DoFn.KeyParam,
                 pending=beam.DoFn.StateParam(PENDING),
-                panes_state=beam.DoFn.StateParam(PANES),
+                counts=beam.DoFn.StateParam(COUNTS),
+                meta=beam.DoFn.StateParam(META),
                 timers=beam.DoFn.StateParam(TIMERS),
                 early=beam.DoFn.TimerParam(EARLY),
                 close=beam.DoFn.TimerParam(CLOSE)):
@@ -199,7 +209,7 @@ class _ShardPanesFn(beam.DoFn):
             # Left to the timer, it would wait for this key's bundles to
             # pause, and Prism polls a due timer of a busy key in a tight
             # loop meanwhile (a whole core during a catch-up).
-            yield from self._fire(shard, pending, panes_state, timers)
+            yield from self._fire(shard, pending, counts, meta, timers)
             armed = _armed(timers)
             armed["early"] = False
         if not armed["early"]:
@@ -215,12 +225,32 @@ class _ShardPanesFn(beam.DoFn):
             armed["close"] = due
         timers.write(armed)
 
-    def _fire(self, shard, pending, panes_state, timers, watermark_ms=None):
-        panes = self._panes(panes_state)
+    def _fire(self, shard, pending, counts, meta, timers, watermark_ms=None):
+        known = meta.read() or {"generation": None, "chunks": 0}
+        cached = self._cache.get(shard)
+        if cached is not None and cached[0] == known["generation"]:
+            panes = cached[1]
+        else:
+            panes = stream_panes.ShardPanes.from_chunks(
+                self._specs, self._k, self._lateness, known.get("panes"),
+                counts.read())
         firing = panes.fire(list(pending.read()), int(time.time() * 1000),
                             watermark_ms)
         pending.clear()
-        panes_state.write(panes.state())
+        if known["chunks"] >= self.COMPACT_AFTER:
+            counts.clear()
+            for chunk in panes.level_chunks():
+                counts.add(chunk)
+            chunks = 0
+        elif firing.absorbed.num_rows:
+            counts.add(("delta", firing.absorbed))
+            chunks = known["chunks"] + 1
+        else:
+            chunks = known["chunks"]
+        generation = uuid.uuid4().hex
+        meta.write({"generation": generation, "chunks": chunks,
+                    "panes": panes.meta()})
+        self._cache[shard] = (generation, panes)
         armed = _armed(timers)
         armed["watermark"] = panes.watermark_ms
         timers.write(armed)
@@ -237,9 +267,10 @@ class _ShardPanesFn(beam.DoFn):
     @on_timer(EARLY)
     def on_early(self, shard=beam.DoFn.KeyParam,
                  pending=beam.DoFn.StateParam(PENDING),
-                 panes_state=beam.DoFn.StateParam(PANES),
+                 counts=beam.DoFn.StateParam(COUNTS),
+                 meta=beam.DoFn.StateParam(META),
                  timers=beam.DoFn.StateParam(TIMERS)):
-        yield from self._fire(shard, pending, panes_state, timers)
+        yield from self._fire(shard, pending, counts, meta, timers)
         armed = _armed(timers)
         armed["early"] = False
         timers.write(armed)
@@ -248,10 +279,11 @@ class _ShardPanesFn(beam.DoFn):
     def on_close(self, shard=beam.DoFn.KeyParam,
                  fired=beam.DoFn.TimestampParam,
                  pending=beam.DoFn.StateParam(PENDING),
-                 panes_state=beam.DoFn.StateParam(PANES),
+                 counts=beam.DoFn.StateParam(COUNTS),
+                 meta=beam.DoFn.StateParam(META),
                  timers=beam.DoFn.StateParam(TIMERS),
                  close=beam.DoFn.TimerParam(CLOSE)):
-        panes = yield from self._fire(shard, pending, panes_state, timers,
+        panes = yield from self._fire(shard, pending, counts, meta, timers,
                                       watermark_ms=_ms(fired))
         due = panes.next_close()
         if due is not None:
