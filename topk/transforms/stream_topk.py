@@ -22,9 +22,10 @@ never classified late.
 
 State is Beam state (bags of Arrow tables appended per element; counts as
 a log of the partials each firing absorbed, compacted every 64 firings), so
-a runner with checkpoints (Flink, Dataflow) restores it after a failure. Prism keeps state in its process only; after a restart the
-stream rebuilds it by re-reading the topic from ``--start`` (panes are
-accumulating and readers take the latest, so a replay never double counts).
+a runner with checkpoints (Flink, Dataflow) restores it after a failure.
+Prism keeps state in its process only; after a restart the stream rebuilds
+it by re-reading the topic from ``--start`` (panes are accumulating and
+readers take the latest, so a replay never double counts).
 """
 import time
 import typing
