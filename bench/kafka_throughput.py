@@ -591,7 +591,7 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
     from apache_beam.metrics import Metrics
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from topk.pipelines.stream import use_prism_safely
+    from topk.pipelines.stream import LOCAL_STREAM_SHARDS, use_prism_safely
     from topk.sources.kafka import ReadFromKafkaBatches
     from topk.transforms import stream_topk as st
     from topk.transforms.exact import key_by_shard
@@ -606,6 +606,8 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
 
     pipeline = beam.Pipeline(options=use_prism_safely(PipelineOptions([
         "--runner=PrismRunner", f"--job_server_timeout={10 * DAY_S}"])))
+    item_shards = s["item_shards"] or LOCAL_STREAM_SHARDS
+    dedup_shards = s["dedup_shards"] or LOCAL_STREAM_SHARDS
     parsed = (pipeline
               | ReadFromKafkaBatches(s["bootstrap"], s["topic"], bounded=True)
               | ParseEvents())
@@ -613,18 +615,16 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
         _ = parsed.events | beam.Map(count)
     elif s["stage"] == "dedup":
         deduped = (parsed.events
-                   | beam.FlatMap(key_by_shard, "event_id",
-                                  s["dedup_shards"] or 2
+                   | beam.FlatMap(key_by_shard, "event_id", dedup_shards
                                   ).with_output_types(st.ShardTable)
-                   | beam.ParDo(st._DedupFn(s["item_shards"] or 2, 10 * 60_000)
+                   | beam.ParDo(st._DedupFn(item_shards, 10 * 60_000)
                                 ).with_outputs(
                        st.LATE_EVENTS, main="partials"))
         _ = deduped.partials | beam.Map(count)
     else:
         tables = parsed.events | st.StreamTopK(
             parse_windows(s["windows"]), s["k"],
-            item_shards=s["item_shards"] or 2,
-            dedup_shards=s["dedup_shards"] or 2)
+            item_shards=item_shards, dedup_shards=dedup_shards)
         _ = tables["ranked_windows"] | "CountPanes" >> beam.Map(count)
         _ = tables["slices"] | "CountSlices" >> beam.Map(count)
     result = pipeline.run()

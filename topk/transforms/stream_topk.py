@@ -41,7 +41,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
                                               ReadModifyWriteStateSpec,
                                               TimerSpec, on_timer)
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from topk import counting, ranking, schema, stream_dedup, stream_panes
 from topk.transforms import coders
@@ -67,12 +67,12 @@ def _at(ms: int) -> Timestamp:
 
 
 def _armed(timers) -> dict:
-    return timers.read() or {"early": False, "early_at": 0.0, "close": None,
+    return timers.read() or {"early": False, "close": None,
                              "watermark": stream_dedup.NO_WATERMARK}
 
 
 def _merge_armed(timers) -> dict:
-    return timers.read() or {"emit": False, "emit_at": 0.0, "tick": None}
+    return timers.read() or {"emit": False, "tick": None}
 
 
 class _DedupFn(beam.DoFn):
@@ -195,28 +195,16 @@ class _ShardPanesFn(beam.DoFn):
     # The counts are read and written only at firings; per element,
     # only the small TIMERS state is: which timers are set and the
     # watermark of the last on-time firing.
-    def process(self, element, shard=beam.DoFn.KeyParam,
-                pending=beam.DoFn.StateParam(PENDING),
-                counts=beam.DoFn.StateParam(COUNTS),
-                meta=beam.DoFn.StateParam(META),
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
                 timers=beam.DoFn.StateParam(TIMERS),
                 early=beam.DoFn.TimerParam(EARLY),
                 close=beam.DoFn.TimerParam(CLOSE)):
         _, partials = element
         pending.add(partials)
         armed = _armed(timers)
-        if armed["early"] and time.time() >= armed["early_at"]:
-            # The early pane is due while elements keep coming: fire here.
-            # Left to the timer, it would wait for this key's bundles to
-            # pause, and Prism polls a due timer of a busy key in a tight
-            # loop meanwhile (a whole core during a catch-up).
-            yield from self._fire(shard, pending, counts, meta, timers)
-            armed = _armed(timers)
-            armed["early"] = False
         if not armed["early"]:
-            due = time.time() + self._early_s
-            early.set(Timestamp(due))
-            armed["early"], armed["early_at"] = True, due
+            early.set(Timestamp.now() + Duration(seconds=self._early_s))
+            armed["early"] = True
         due = stream_panes.next_window_end(
             self._specs, np.unique(partials["slice_start"].to_numpy()),
             armed["watermark"])
@@ -297,12 +285,11 @@ class _ShardPanesFn(beam.DoFn):
 class _MergePanesFn(beam.DoFn):
     """(spec key, shard pane) -> ``ranked_windows`` rows of merged panes.
 
-    ``process`` appends the shard pane to a log (BagState); merges fold
-    the log into the snapshot (``PaneMerge``) and emit: soon after early
-    or late panes arrive (a processing-time timer, or the next element
-    once that is due), and at the event-time tick at window ends for
-    on-time panes. Most elements thus write one small append instead of
-    rewriting the snapshot.
+    ``process`` appends the shard pane to a log (BagState); timers fold
+    the log into the snapshot (``PaneMerge``) and emit: a processing-time
+    timer soon after early or late panes arrive, and the event-time tick
+    at window ends for on-time panes. Elements thus write one small append
+    instead of rewriting the snapshot.
     """
 
     LOG = BagStateSpec("log", PickleCoder())
@@ -323,26 +310,17 @@ class _MergePanesFn(beam.DoFn):
         self._refused = Metrics.counter("topk", "panes_refused_expired")
 
     def process(self, element, log=beam.DoFn.StateParam(LOG),
-                merge_state=beam.DoFn.StateParam(MERGE),
                 timers=beam.DoFn.StateParam(TIMERS),
                 emit=beam.DoFn.TimerParam(EMIT),
                 tick=beam.DoFn.TimerParam(TICK)):
         key, (shard, version, timing, candidates, totals) = element
         log.add((shard, version, timing, candidates, totals))
         armed = _merge_armed(timers)
-        if armed["emit"] and time.time() >= armed["emit_at"]:
-            # Due while panes keep coming: merge here rather than leave
-            # Prism polling the due timer of a busy key (see _ShardPanesFn).
-            armed["emit"] = False
-            timers.write(armed)
-            yield from self._merge(key, log, merge_state, timers, tick)
-            armed = _merge_armed(timers)
         if timing != stream_panes.ON_TIME and not armed["emit"]:
             # On-time panes wait for the tick, which the watermark holds
             # until they are all here.
-            due = time.time() + self.EMIT_DELAY_S
-            emit.set(Timestamp(due))
-            armed["emit"], armed["emit_at"] = True, due
+            emit.set(Timestamp.now() + Duration(seconds=self.EMIT_DELAY_S))
+            armed["emit"] = True
         if armed["tick"] is None:
             # Until the first merge knows the windows: tick at the end of
             # the earliest window of this pane.
