@@ -131,8 +131,8 @@ def event_line(event_id, item, ts, event_type="play", weight=1):
 
 def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     bootstrap = kafka_broker.bootstrap
-    topic, valid, output, stream = stream_first_phase(bootstrap, tmp_path, 1)
-    _, dead = generated.parsed_records(phase(seed=1))
+    topic, valid, dead, output, stream = stream_first_phase(bootstrap,
+                                                            tmp_path, 1)
     try:
         # The source's idle timeout has moved the watermark to the wall
         # clock: phase one's windows are closed. Now events within the
@@ -226,12 +226,13 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
 
 def stream_first_phase(bootstrap, tmp_path, seed):
     """A topic with a first phase of events and a stream whose panes
-    equal the oracle; returns (topic, valid events, output, stream)."""
+    equal the oracle; returns (topic, valid events, dead letters, output,
+    stream)."""
     topic = f"run-{uuid.uuid4().hex[:10]}"
     first = phase(seed=seed)
     producer.produce(bootstrap, topic, first, events_per_message=5,
                      partitions=2, progress=None)
-    valid, _ = generated.parsed_records(first)
+    valid, dead = generated.parsed_records(first)
     output = str(tmp_path / "out")
     stream = Stream(bootstrap, topic, output, tmp_path / "stream.log")
     try:
@@ -239,7 +240,7 @@ def stream_first_phase(bootstrap, tmp_path, seed):
     except BaseException:
         stream.kill(signal.SIGTERM)
         raise
-    return topic, valid, output, stream
+    return topic, valid, dead, output, stream
 
 
 def produce_second_phase(bootstrap, topic, seed):
@@ -253,7 +254,8 @@ def produce_second_phase(bootstrap, topic, seed):
 def test_sigkill_and_restart_neither_loses_nor_double_counts(kafka_broker,
                                                               tmp_path):
     bootstrap = kafka_broker.bootstrap
-    topic, valid, output, stream = stream_first_phase(bootstrap, tmp_path, 2)
+    topic, valid, _, output, stream = stream_first_phase(bootstrap, tmp_path,
+                                                         2)
     stream.kill(signal.SIGKILL)
     # While it is down: newer events, then exact copies of counted events
     # (as a retrying client sends; late by now, not counted again anyway).
@@ -269,7 +271,7 @@ def test_sigkill_and_restart_neither_loses_nor_double_counts(kafka_broker,
 
 
 def test_broker_restart_during_a_run(kafka_broker, tmp_path):
-    topic, valid, output, stream = stream_first_phase(
+    topic, valid, _, output, stream = stream_first_phase(
         kafka_broker.bootstrap, tmp_path, 4)
     try:
         kafka_broker.stop()
