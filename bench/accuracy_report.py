@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from topk import generator, sketches  # noqa: E402
+from topk.loadgen import generator  # noqa: E402
+from topk.approx import sketches
 
 BUDGETS_KIB = (4, 8, 16, 32, 64, 128, 256)
 QUICK_BUDGETS_KIB = (4, 16, 64, 256)
@@ -72,7 +73,7 @@ class Stream:
 
 def make_stream(name: str, zipf: float, items: int, events: int, batch: int,
                 seed: int, burst: bool = False) -> Stream:
-    """Sample item numbers by inverse CDF (as topk.generator does), cut
+    """Sample item numbers by inverse CDF (as topk.loadgen.generator does), cut
     into batches and pre-aggregate each batch with a bincount."""
     rng = np.random.default_rng([seed, int(zipf * 100), int(burst)])
     cdf = np.cumsum(generator.zipf_probabilities(items, zipf))

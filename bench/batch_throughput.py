@@ -38,7 +38,7 @@ def generate(path: str, events: int, seed: int, items: int = 100_000,
              rate: float | None = None) -> None:
     """Cached synthetic input: ``events`` over one day unless ``rate``
     (events per second of event time) says otherwise."""
-    from topk import generator
+    from topk.loadgen import generator
     if os.path.exists(path):
         return
     config = generator.GeneratorConfig(
@@ -104,7 +104,7 @@ def naive_top_k(lines, windows: str = "all", k: int = 100) -> None:
     import apache_beam as beam
     from apache_beam.transforms import window as beam_window
 
-    from topk.windows import parse_windows
+    from topk.core.windows import parse_windows
     parsed = (lines | "Parse" >> beam.Map(json.loads)
               | "Stamp" >> beam.Map(lambda e: beam_window.TimestampedValue(
                   (e["event_type"], e["item_id"]), e["ts"] / 1000)))

@@ -101,7 +101,7 @@ def stop_broker(directory: str) -> None:
 
 
 def generator_config(events: int, seed: int, rate: float):
-    from topk import generator
+    from topk.loadgen import generator
     return generator.GeneratorConfig(
         events=events, items=100_000, zipf=1.1, rate=rate,
         duplicate_share=0.01, malformed_share=0.0, ts_format="ms", seed=seed)
@@ -141,7 +141,7 @@ def preload(bootstrap: str, workdir: str, name: str, events: int,
     reused when a previous run left exactly that preload: the run records
     the topic's message count in ``workdir/topics.json`` once the producer
     has flushed, and a reuse checks the broker still holds that many."""
-    from topk import producer
+    from topk.loadgen import producer
     rate = events / DAY_S if rate is None else rate
     config = generator_config(events, seed, rate)
     # Named by its content, so parts that want the same events share it.
@@ -342,7 +342,7 @@ def _kafka_python_batches(bootstrap: str, topic: str):
     to the end offsets present at start."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from topk import kafka_offsets as ko
+    from topk.connectors import kafka as ko
     ko.check_crc32c()
     consumer = KafkaConsumer(**ko.consumer_config(bootstrap,
                                                   client_id="bench-raw"))
@@ -428,7 +428,7 @@ def run_floor(spec: str, workdir: str) -> dict:
     import pyarrow.compute as pc
     import pyarrow.json as pa_json
 
-    from topk.kafka_offsets import join_values
+    from topk.connectors.kafka import join_values
     s = json.loads(spec)
     events, partials = 0, []
     for values in READERS[s.get("reader", "kafka-python")](s["bootstrap"],
@@ -485,8 +485,9 @@ def _percentile(values: list, q: float) -> float:
 def run_latency(spec: str, workdir: str) -> dict:
     from kafka import KafkaProducer
 
-    from topk import producer, query
-    from topk.windows import floor_to
+    from topk.loadgen import producer
+    from topk import query
+    from topk.core.windows import floor_to
     s = json.loads(spec)
     topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
     s["topic"] = topic
@@ -596,7 +597,7 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
     from topk.transforms import stream_topk as st
     from topk.transforms.exact import key_by_shard
     from topk.transforms.parse import ParseEvents
-    from topk.windows import parse_windows
+    from topk.core.windows import parse_windows
     s = json.loads(spec)
     rows = Metrics.counter("bench", "rows_out")
 

@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from topk import generator, query  # noqa: E402
+from topk.loadgen import generator  # noqa: E402
+from topk import query
 from topk.pipelines import batch  # noqa: E402
 
 RANGES = [("2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z"),

@@ -1,7 +1,7 @@
 """Raw event archive files as the stream writes them (for tests).
 
 ``OUTPUT/archive/date=YYYY-MM-DD/hour=HH/part-stream-<writer>.parquet`` in
-``EVENT_SCHEMA`` (``topk.output_layout``): the input of ``topk batch
+``EVENT_SCHEMA`` (``topk.storage.layout``): the input of ``topk batch
 --from-archive``. Import as ``import archive_files`` (tests/ is on sys.path).
 """
 import os
@@ -9,7 +9,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from topk import output_layout
+from topk.storage import layout as output_layout
 
 
 def write_archive(output: str, events: pa.Table, writer: str) -> None:

@@ -1,7 +1,7 @@
-"""The oracle's view of what ``topk.generator`` produces (for tests that
+"""The oracle's view of what ``topk.loadgen.generator`` produces (for tests that
 send generated events through Kafka and compare with the oracle)."""
 import oracle
-from topk import generator
+from topk.loadgen import generator
 
 
 def parsed_records(config: generator.GeneratorConfig):

@@ -8,7 +8,8 @@ import sys
 from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   _BeamArgumentParser)
 
-from topk import cli, reprocess
+from topk import cli
+from topk.storage import reprocess
 from topk.pipelines import batch, stream
 from topk.pipelines.options import check_required
 

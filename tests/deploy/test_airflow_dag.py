@@ -23,7 +23,8 @@ import pytest
 import oracle
 from archive_files import write_archive
 from deploy_checks import REPO, check_topk_command
-from topk import generator, query
+from topk.loadgen import generator
+from topk import query
 
 DAG_FILE = os.path.join(REPO, "deploy", "airflow", "topk_reprocess_dag.py")
 

@@ -103,7 +103,7 @@ def test_setup_file_stages_the_package(jobs):
     assert "workflow.tar.gz" in staged
     with tarfile.open(staged["workflow.tar.gz"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for module in ("topk/pipelines/batch.py", "topk/reprocess.py",
+    for module in ("topk/pipelines/batch.py", "topk/storage/reprocess.py",
                    "topk/transforms/exact.py", "topk/sinks/parquet.py",
                    "setup.py"):
         assert module in names, module

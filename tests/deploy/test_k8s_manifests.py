@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import (FlinkRunnerOptions,
 from deploy_checks import (REPO, check_topk_command, flink_sh_default,
                            topk_calls)
 from topk.pipelines import batch
-from topk.schema import DAY_MS
+from topk.core.schema import DAY_MS
 
 K8S = os.path.join(REPO, "deploy", "k8s")
 DOCKERFILE = os.path.join(REPO, "deploy", "flink", "Dockerfile")

@@ -11,7 +11,9 @@ import duckdb
 import pytest
 
 from archive_files import write_archive
-from topk import cli, generator, output_layout, producer
+from topk import cli
+from topk.loadgen import generator, producer
+from topk.storage import layout as output_layout
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from topk import cli, generator, query, schema, sketches
+from topk import cli, query
+from topk.loadgen import generator
+from topk.core import schema
+from topk.approx import sketches
 from topk.pipelines import batch
-from topk.windows import WindowSpec, format_time
+from topk.core.windows import WindowSpec, format_time
 
 MINUTE, DAY = schema.MINUTE_MS, schema.DAY_MS
 APPROX = ("cms", "frequent_items")

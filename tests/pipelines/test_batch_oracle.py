@@ -16,7 +16,8 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
-from topk import cli, generator, query
+from topk import cli, query
+from topk.loadgen import generator
 from topk.pipelines import batch
 
 
@@ -329,7 +330,7 @@ def test_file_ranges_and_blocks_read_every_record_once(tmp_path, seed):
     at a time, are exactly the file's, whatever the cut points (inside
     multi-byte characters, on blank lines, at CRLF, without a final
     newline)."""
-    from topk import events
+    from topk.core import events
     from topk.sources.files import plan_ranges, read_json_range
     rng = random.Random(seed)
     lines = []

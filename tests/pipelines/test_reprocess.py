@@ -18,8 +18,10 @@ import pytest
 
 import oracle  # tests/ is on sys.path (conftest.py)
 from archive_files import write_archive
-from topk import cli, output_layout, query, reprocess
-from topk.schema import EVENT_SCHEMA, SLICES_SCHEMA
+from topk import cli, query
+from topk.storage import reprocess
+from topk.storage import layout as output_layout
+from topk.core.schema import EVENT_SCHEMA, SLICES_SCHEMA
 
 DAY = "2024-05-01"
 DAY_MS = oracle._utc_ms(dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc))

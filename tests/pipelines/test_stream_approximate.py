@@ -10,8 +10,10 @@ import pytest
 
 import generated
 import oracle  # tests/ is on sys.path (conftest.py)
-from topk import cli, generator, producer, sketches
-from topk.windows import WindowSpec
+from topk import cli
+from topk.loadgen import generator, producer
+from topk.approx import sketches
+from topk.core.windows import WindowSpec
 
 pytestmark = pytest.mark.integration
 

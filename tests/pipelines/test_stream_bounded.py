@@ -7,7 +7,8 @@ import pytest
 
 import generated
 import oracle  # tests/ is on sys.path (conftest.py)
-from topk import cli, generator, producer
+from topk import cli
+from topk.loadgen import generator, producer
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,10 @@ from kafka import KafkaConsumer, KafkaProducer
 
 import generated
 import oracle
-from topk import cli, generator, producer, query
+from topk import cli, query
+from topk.loadgen import generator, producer
 from topk.pipelines.stream import prism_binary
-from topk.windows import format_time, floor_to, now_ms
+from topk.core.windows import format_time, floor_to, now_ms
 
 pytestmark = pytest.mark.integration
 

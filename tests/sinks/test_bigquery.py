@@ -24,8 +24,12 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from topk import bigquery_client, bigquery_tables, cli, generator, retention
-from topk.output_layout import RANKED_WINDOWS, SKETCHES, SLICES
+from topk.connectors.bigquery import client as bigquery_client
+from topk.connectors.bigquery import tables as bigquery_tables
+from topk import cli
+from topk.loadgen import generator
+from topk.storage import retention
+from topk.storage.layout import RANKED_WINDOWS, SKETCHES, SLICES
 from topk.pipelines import batch
 from topk.sinks import bigquery as sink
 from topk.sources.files import ReadEventFiles
@@ -331,7 +335,7 @@ def check_readme_sql(client, target, unique, batch_output) -> None:
 
 @pytest.mark.integration
 def test_retention_deletes_the_same_rows_from_both_backends(run):
-    """``python -m topk.retention`` on a copy of each backend: minute and
+    """``python -m topk.storage.retention`` on a copy of each backend: minute and
     hour data of day 1 expire, day slices stay (partition expiration)."""
     output = str(run.tmp / "retained")
     shutil.copytree(run.output, output)

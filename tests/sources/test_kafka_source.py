@@ -19,12 +19,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms import window
 
-from topk import events, generator, producer
-from topk import kafka_offsets as ko
+from topk.core import events
+from topk.loadgen import generator, producer
+from topk.connectors import kafka as ko
 from topk.sources import kafka as kafka_source
 from topk.pipelines.stream import use_prism_safely
 from topk.sources.kafka import BatchOffsetTracker, ReadFromKafkaBatches
-from topk.windows import parse_time
+from topk.core.windows import parse_time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

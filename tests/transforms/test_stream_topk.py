@@ -22,11 +22,11 @@ from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from topk import schema
+from topk.core import schema
 from topk.transforms.coders import ArrowTableCoder
 from topk.pipelines.stream import use_prism_safely
 from topk.transforms.stream_topk import LATE_EVENTS, StreamTopK
-from topk.windows import WindowSpec
+from topk.core.windows import WindowSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -6,11 +6,11 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.testing.util import assert_that, equal_to
 
-from topk import schema
+from topk.core import schema
 from topk.transforms.exact import ExactSliceCounts
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.rank import RankWindows, SliceTables
-from topk.windows import parse_windows
+from topk.core.windows import parse_windows
 
 T0 = 1714557600000  # 2024-05-01T10:00:00Z
 
@@ -98,7 +98,7 @@ def test_rank_windows_and_slice_tables(pipeline):
 def test_dedup_accumulator_compaction_keeps_exact_counts():
     # Compaction (de-duplicating inside the accumulator once it grows) must
     # mix compacted and fresh tables without changing any count.
-    from topk.events import parse_json_lines
+    from topk.core.events import parse_json_lines
     from topk.transforms.exact import DedupSliceCountsFn
 
     fn = DedupSliceCountsFn(compact_rows=5)

@@ -14,7 +14,7 @@ windows with lower and upper bounds, one set per method.
 With ``--from-archive OUTPUT --start D --end D`` it reads the raw event
 archive that the stream keeps (``OUTPUT/archive``) instead of ``--input``
 and rebuilds the exact results of those whole UTC days
-(``topk.reprocess``)::
+(``topk.storage.reprocess``)::
 
     topk batch --from-archive out/ --start 2024-05-01 --end 2024-05-02 \
         --output out/
@@ -28,7 +28,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from topk import output_layout, reprocess, sketch_windows
+from topk.storage import reprocess
+from topk.storage import layout as output_layout
+from topk.approx import sketch_windows
 from topk.pipelines.options import TopKOptions, check_required
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
@@ -38,9 +40,9 @@ from topk.transforms.exact import (DedupSliceCounts,
                                    ItemShardCounts)
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.rank import RankWindows, SliceTables
-from topk.transforms.sketch_windows import (ApproximateSlices,
+from topk.transforms.approximate_windows import (ApproximateSlices,
                                             ApproximateWindows, SketchTables)
-from topk.windows import parse_windows
+from topk.core.windows import parse_windows
 
 _LOG = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from topk import sketch_windows
-from topk.sketches import DEFAULT_BUDGET_BYTES
-from topk.windows import DEFAULT_WINDOWS, parse_windows
+from topk.approx import sketch_windows
+from topk.approx.sketches import DEFAULT_BUDGET_BYTES
+from topk.core.windows import DEFAULT_WINDOWS, parse_windows
 
 
 def _positive_int(text: str) -> int:

@@ -39,7 +39,7 @@ from apache_beam.options.pipeline_options import (DebugOptions,
                                                   PrismRunnerOptions,
                                                   StandardOptions)
 
-from topk import output_layout
+from topk.storage import layout as output_layout
 from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
 from topk.pipelines.options import TopKOptions, check_required
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
@@ -49,7 +49,7 @@ from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.stream_topk import LATE_COUNTS, LATE_EVENTS, StreamTopK
-from topk.windows import duration_ms, parse_windows
+from topk.core.windows import duration_ms, parse_windows
 
 _LOG = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Beam's ``WriteToBigQuery``.
 ``--sink bigquery`` (or ``parquet,bigquery`` for both) on ``topk batch`` and
 ``topk stream``. ``WriteBigQueryTables.from_options`` checks the
 configuration and creates the tables up front, before the pipeline runs
-(``topk.bigquery_tables``: daily partitions, clustering, retention), so a
+(``topk.connectors.bigquery.tables``: daily partitions, clustering, retention), so a
 missing dataset or unusable credentials fail at once, in one line. The
 transform then appends every row batch to its table:
 
@@ -19,7 +19,7 @@ transform then appends every row batch to its table:
   rejects fails the pipeline (nothing is dropped silently).
 
 Appends never overwrite, so idempotency lives in the readers:
-``topk.query_bigquery`` reads, per slice, the batch rows when there are
+``topk.query.bigquery`` reads, per slice, the batch rows when there are
 some, else the latest ``emitted_at`` (a rerun or a replay appends newer
 copies that replace the older ones in every answer).
 
@@ -36,7 +36,10 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions,
                                                   StandardOptions)
 
-from topk import bigquery_client, bigquery_tables, output_layout, retention
+from topk.connectors.bigquery import client as bigquery_client
+from topk.connectors.bigquery import tables as bigquery_tables
+from topk.storage import retention
+from topk.storage import layout as output_layout
 
 PARQUET = "parquet"
 BIGQUERY = "bigquery"
@@ -76,7 +79,7 @@ class BigQuerySinkOptions(PipelineOptions):
             "--retention", default="",
             help="Retention tiers, e.g. 1m=7d,1h=90d,1d=730d: with every tier "
             "given, the BigQuery tables' partitions expire after the longest "
-            "one (shorter tiers: python -m topk.retention). Default: keep "
+            "one (shorter tiers: python -m topk.storage.retention). Default: keep "
             "everything.")
 
 

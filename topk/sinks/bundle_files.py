@@ -15,7 +15,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from topk import output_layout
+from topk.storage import layout as output_layout
 from topk.sinks.parquet import write_parquet_atomically
 
 

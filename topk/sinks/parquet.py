@@ -1,7 +1,7 @@
 """Parquet sink: Hive-partitioned output tables, one atomic file per
 partition and writer.
 
-See ``topk.output_layout`` for the layout. Every partition's rows are
+See ``topk.storage.layout`` for the layout. Every partition's rows are
 gathered to one writer that writes ``<name>.parquet.tmp-<uuid>`` and renames
 it over the final name, so readers never see a half-written file and a rerun
 replaces what the previous run wrote instead of adding to it. Paths go
@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from topk import output_layout
+from topk.storage import layout as output_layout
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 
 

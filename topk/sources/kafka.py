@@ -77,7 +77,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from topk import kafka_offsets as ko
+from topk.connectors import kafka as ko
 
 _LOG = logging.getLogger(__name__)
 

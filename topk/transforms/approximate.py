@@ -1,4 +1,4 @@
-"""Approximate top-K combiners: thin Beam wiring around ``topk.sketches``.
+"""Approximate top-K combiners: thin Beam wiring around ``topk.approx.sketches``.
 
 ``ApproximateTopKFn`` turns the exact partial counts of one window or slice
 (tables in ``SLICE_COUNTS_SCHEMA``: event_type, slice_start, item_id, count;
@@ -11,7 +11,7 @@ compact bytes.
 import apache_beam as beam
 import pyarrow as pa
 
-from topk import sketches
+from topk.approx import sketches
 
 
 class ApproximateTopKFn(beam.CombineFn):

@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 import pyarrow as pa
 
-from topk import counting, schema, sharding
+from topk.core import counting, schema, sharding
 from topk.transforms import coders
 
 #: Element type of the shuffles: (shard number, table).

@@ -3,7 +3,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from topk import events as events_lib
+from topk.core import events as events_lib
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 
 DEAD_LETTERS = "dead_letters"

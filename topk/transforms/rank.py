@@ -3,9 +3,9 @@ output tables."""
 import apache_beam as beam
 import pyarrow as pa
 
-from topk import counting, ranking
+from topk.core import counting, ranking
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
-from topk.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
+from topk.core.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
 
 
 class RankWindows(beam.PTransform):

@@ -1,7 +1,7 @@
 """Unbounded top-K with early, on-time and late panes: Beam state and timers.
 
 Three keyed stateful stages in the global window, each a thin wrapper of the
-Beam-free logic (``topk.stream_dedup``, ``topk.stream_panes``):
+Beam-free logic (``topk.streaming.dedup``, ``topk.streaming.panes``):
 
     event tables
       | KeyByEventId    hash(event_id) -> dedup shard
@@ -43,10 +43,12 @@ from apache_beam.transforms.userstate import (BagStateSpec,
                                               TimerSpec, on_timer)
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from topk import counting, ranking, schema, stream_dedup, stream_panes
+from topk.core import counting, ranking, schema
+from topk.streaming import dedup as stream_dedup
+from topk.streaming import panes as stream_panes
 from topk.transforms import coders
 from topk.transforms.exact import ShardTable, key_by_shard
-from topk.windows import WindowSpec, floor_to
+from topk.core.windows import WindowSpec, floor_to
 
 LATE_EVENTS = "late_events"
 LATE_COUNTS = "late_counts"

@@ -1,0 +1,191 @@
+"""Count-Min + candidates: every guarantee against a Counter oracle."""
+import math
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from topk.approx.sketches import budget
+from topk.approx.sketches.count_min import CountMinTopK
+from sketch_oracle import ITEMS, columns, others_at_least, stream, truth
+
+# Small sketches so that collisions, evictions and byte trimming happen.
+params = st.fixed_dictionaries({
+    "width": st.integers(1, 24),
+    "depth": st.integers(1, 4),
+    "capacity": st.integers(1, 12),
+    "conservative": st.booleans(),
+    "extra": st.integers(0, 200),  # budget beyond the counters
+})
+
+
+def make(p) -> CountMinTopK:
+    return CountMinTopK(
+        budget.cms_fixed_bytes(p["width"], p["depth"]) + 20 + p["extra"],
+        width=p["width"], depth=p["depth"], capacity=p["capacity"],
+        conservative=p["conservative"])
+
+
+def feed(sketch, s):
+    for b in s:
+        sketch.update(*columns(b))
+        assert sketch.nbytes <= sketch.budget_bytes
+        assert len(sketch.to_bytes()) == sketch.nbytes
+    return sketch
+
+
+def check_bounds(sketch, true, k=5):
+    everything = ITEMS  # seen and unseen
+    lo, hi = sketch.bounds(everything)
+    exact = np.array([true[i] for i in everything])
+    assert (lo <= exact).all() and (exact <= hi).all()
+    assert sketch.total == sum(true.values())
+    top = sketch.top_k(k)
+    for row in top.to_pylist():
+        c = true[row["item_id"]]
+        assert row["lower_bound"] <= c <= row["upper_bound"]
+        assert row["lower_bound"] <= row["count"] <= row["upper_bound"]
+        if row["guaranteed"]:
+            assert others_at_least(true, row["item_id"]) <= k - 1
+    # Any item outside the candidates is bounded by dropped_bound.
+    cands = set(sketch.candidates()["item_id"].to_pylist())
+    for item, c in true.items():
+        if item not in cands:
+            assert c <= sketch.dropped_bound
+
+
+@settings(max_examples=150, deadline=None)
+@given(params, stream, st.integers(1, 8))
+def test_bounds_contain_truth_and_flag_is_right(p, s, k):
+    sketch = feed(make(p), s)
+    check_bounds(sketch, truth(s), k)
+
+
+@settings(max_examples=100, deadline=None)
+@given(params, stream, stream)
+def test_merge_equals_concatenated_stream(p, a, b):
+    left, right = feed(make(p), a), feed(make(p), b)
+    merged = left.merge(right)
+    assert merged.nbytes <= merged.budget_bytes
+    whole = feed(make(p), a + b)
+    assert merged.total == whole.total
+    if not p["conservative"]:
+        # The plain rule is linear: counters are exactly equal.
+        np.testing.assert_array_equal(merged.counters, whole.counters)
+    check_bounds(merged, truth(a, b))
+
+
+@settings(max_examples=60, deadline=None)
+@given(params, stream, stream, stream)
+def test_merge_order_does_not_matter_for_counters(p, a, b, c):
+    p = dict(p, conservative=False)
+    x = feed(make(p), a).merge(feed(make(p), b).merge(feed(make(p), c)))
+    y = feed(make(p), c).merge(feed(make(p), a)).merge(feed(make(p), b))
+    np.testing.assert_array_equal(x.counters, y.counters)
+    check_bounds(x, truth(a, b, c))
+    check_bounds(y, truth(a, b, c))
+
+
+@settings(max_examples=100, deadline=None)
+@given(params, stream)
+def test_serialization_round_trips(p, s):
+    sketch = feed(make(p), s)
+    data = sketch.to_bytes()
+    back = CountMinTopK.from_bytes(data)
+    assert back.to_bytes() == data
+    assert back.top_k(5).equals(sketch.top_k(5))
+    assert pickle.loads(pickle.dumps(sketch)).to_bytes() == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(stream)
+def test_default_sizing_respects_budget(s):
+    for b in (1024, 4096, 65536):
+        sketch = feed(CountMinTopK(b), s)
+        assert sketch.nbytes <= b
+
+
+def test_long_ids_are_trimmed_not_over_budget():
+    sketch = CountMinTopK(2048, width=16, depth=2, capacity=100)
+    ids = [f"{n:04d}" + "x" * 300 for n in range(20)]
+    sketch.update(ids, list(range(1, 21)))
+    assert sketch.nbytes <= 2048 < 20 * 300
+    lo, hi = sketch.bounds(ids)
+    assert (lo <= np.arange(1, 21)).all() and (np.arange(1, 21) <= hi).all()
+    # The longest-surviving candidates are the heaviest.
+    assert set(sketch.candidates()["item_id"].to_pylist()) <= set(ids[-5:])
+
+
+def test_single_batch_is_exact_for_candidates():
+    ids = [f"item-{n:06d}" for n in range(5000)]
+    counts = np.arange(5000, 0, -1)
+    sketch = CountMinTopK(16384)
+    sketch.update(ids, counts, assume_unique=True)
+    top = sketch.top_k(100)
+    assert top["item_id"].to_pylist() == ids[:100]
+    assert top["count"].to_pylist() == counts[:100].tolist()
+    assert top["lower_bound"].equals(top["upper_bound"])
+    assert all(top["guaranteed"].to_pylist())
+
+
+def test_counts_and_dimensions():
+    s = CountMinTopK(epsilon=0.01, delta=0.01)
+    assert s.width == math.ceil(math.e / 0.01) and s.depth == 5
+    assert s.epsilon <= 0.01 and s.delta <= 0.01
+    s.update(["a", "b", "a"], [2, 3, 4])
+    assert s.total == 9
+    assert s.max_error == math.ceil(s.epsilon * 9)
+    assert s.bounds(["a"])[0][0] == 6
+    assert (s.estimate(["a", "b"]) >= [6, 3]).all()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(budget_bytes=0), dict(budget_bytes=-5), dict(budget_bytes=100),
+    dict(budget_bytes=1.5), dict(epsilon=0), dict(epsilon=2),
+    dict(epsilon=0.1, delta=1.5), dict(delta=0.1),
+    dict(epsilon=0.1, width=10), dict(width=0), dict(width=10, depth=0),
+    dict(width=10, capacity=0), dict(budget_bytes=4096, counter_share=1.0),
+    dict(budget_bytes=300, width=100),
+])
+def test_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        CountMinTopK(**kwargs)
+
+
+def test_bad_input():
+    s = CountMinTopK(4096)
+    with pytest.raises(ValueError):
+        s.update(["a"], [-1])
+    with pytest.raises(ValueError):
+        s.update(["a", "b"], [1])
+    with pytest.raises(ValueError):
+        s.update(pa.array(["a", None]), [1, 1])
+    with pytest.raises(TypeError):
+        s.update(["a"], [1.5])
+    with pytest.raises(ValueError):
+        s.top_k(0)
+    with pytest.raises(ValueError):
+        s.merge(CountMinTopK(8192))
+    with pytest.raises(ValueError):
+        s.merge(CountMinTopK(4096, conservative=True))
+    with pytest.raises(OverflowError):
+        s.update(["a", "b"], [2 ** 62, 2 ** 62])
+
+
+def test_corrupt_bytes_are_rejected():
+    s = CountMinTopK(4096).update(["a", "b"], [1, 2])
+    data = s.to_bytes()
+    for bad in (b"", b"XXXX" + data[4:], data[:-1], data + b"x",
+                data[:4] + bytes([9]) + data[5:],   # format version
+                data[:5] + bytes([9]) + data[6:]):  # hash version
+        with pytest.raises(ValueError):
+            CountMinTopK.from_bytes(bad)
+
+
+def test_merge_with_itself_doubles():
+    s = CountMinTopK(4096).update(["a", "b"], [1, 2])
+    s.merge(s)
+    assert s.total == 6
+    assert s.bounds(["b"])[0][0] == 4

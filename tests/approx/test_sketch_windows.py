@@ -1,0 +1,328 @@
+"""Approximate slices and windows without Beam: method and budget parsing,
+slice splitting, pane plans, sliding-window sketches (block prefix and
+suffix merges, Count-Min range merges) against a brute-force merge of every
+window's panes, and the ranked windows' bounds and guaranteed flags against
+the brute-force oracle (``tests/oracle.py``)."""
+import collections
+import random
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import oracle  # tests/ is on sys.path (conftest.py)
+from topk.core import ranking, schema
+from topk.approx import sketch_windows, sketches
+from topk.core.windows import SUPPORTED_WINDOWS, WindowSpec
+
+
+def test_parse_methods():
+    assert sketch_windows.parse_methods("exact") == ["exact"]
+    assert sketch_windows.parse_methods(" cms, exact,cms ,") == ["cms",
+                                                                "exact"]
+    for bad, message in [("", "no method"), ("exact,bloom", "unknown method "
+                                              "'bloom'; choose from exact, "
+                                              "cms, frequent_items")]:
+        with pytest.raises(ValueError, match=message):
+            sketch_windows.parse_methods(bad)
+    assert sketch_windows.approximate_methods(["exact", "frequent_items"]) == [
+        "frequent_items"]
+
+
+@pytest.mark.parametrize("budget", [1024, 4096, 65536, 1 << 20])
+def test_check_budget_accepts_what_both_sketches_can_use(budget):
+    assert sketch_windows.check_budget(budget) == budget
+    for method in sketches.METHODS:
+        assert sketches.new_sketch(method, budget).nbytes <= budget
+
+
+@pytest.mark.parametrize("budget", [0, -5, 64, 1 << 31])
+def test_check_budget_rejects(budget):
+    with pytest.raises(ValueError):
+        sketch_windows.check_budget(budget)
+
+
+def test_split_slices_one_table_per_type_and_slice_with_all_types():
+    counts = pa.table({
+        "event_type": ["play", "click", "play", "play", "click"],
+        "slice_start": [0, 0, 0, 60_000, 60_000],
+        "item_id": ["a", "a", "b", "a", "c"],
+        "count": [2, 3, 1, 4, 5]}, schema=schema.SLICE_COUNTS_SCHEMA)
+    got = {}
+    for key, t in sketch_windows.split_slices(counts):
+        assert key not in got, f"{key} split twice"
+        summed = collections.Counter()
+        for item, n in zip(t["item_id"].to_pylist(), t["count"].to_pylist()):
+            summed[item] += n  # ALL_TYPES rows repeat an item once per type
+        got[key] = sorted(summed.items())
+    assert got == {
+        ("*", 0): [("a", 5), ("b", 1)], ("*", 60_000): [("a", 4), ("c", 5)],
+        ("click", 0): [("a", 3)], ("click", 60_000): [("c", 5)],
+        ("play", 0): [("a", 2), ("b", 1)], ("play", 60_000): [("a", 4)]}
+    assert sketch_windows.split_slices(
+        schema.SLICE_COUNTS_SCHEMA.empty_table()) == []
+
+
+def test_pane_plans_of_every_supported_window():
+    plans = {name: sketch_windows.pane_plan(WindowSpec.parse(name))
+             for name in SUPPORTED_WINDOWS}
+    assert plans == {"1m": ("1m", 1, 1), "1h": ("1h", 1, 1),
+                     "1d": ("1d", 1, 1), "30d": ("1d", 30, 30),
+                     "1h/1m": ("1m", 60, 1), "1d/1h": ("1h", 24, 1),
+                     "30d/1d": ("1d", 30, 1)}
+
+
+def _pane_sketch(method, budget, rng, items):
+    """A sketch of one pane and its exact counts."""
+    true = collections.Counter({f"i{rng.randrange(items)}": rng.randint(1, 50)
+                                for _ in range(rng.randint(1, 60))})
+    sketch = sketches.new_sketch(method, budget).update(
+        list(true), list(true.values()))
+    return sketch, true
+
+
+@pytest.mark.parametrize("method", sketches.METHODS)
+@pytest.mark.parametrize("n, step", [(1, 1), (2, 1), (5, 1), (6, 2),
+                                     (4, 4), (30, 1), (30, 30)])
+def test_window_sketches_match_brute_force(method, n, step):
+    rng = random.Random(n * 100 + step)
+    budget = 1024  # small: the sketches drop items, bounds get wide
+    # Sparse panes over a few blocks, some blocks empty.
+    panes = sorted(rng.sample(range(-n, 5 * n), min(6 * n, 12)))
+    made = {p: _pane_sketch(method, budget, rng, 300) for p in panes}
+    before = {p: s.to_bytes() for p, (s, _) in made.items()}
+    by_block = collections.defaultdict(lambda: ([], []))
+    for p, (sketch, _) in made.items():
+        for block, is_next in sketch_windows.blocks_of(p, n, step):
+            by_block[block][is_next].append((p, sketch))
+    got = {}
+    for block, (here, following) in by_block.items():
+        for first, sketch in sketch_windows.window_sketches(
+                block, n, step, here, following):
+            assert first not in got, "a window from two blocks"
+            assert first // sketch_windows.block_panes(n) == block
+            assert first % step == 0
+            got[first] = sketch
+    # Brute force: every window start (multiple of step) covering a pane.
+    want = {w for p in panes for w in range(p - n + 1, p + 1)
+            if w % step == 0}
+    assert set(got) == want
+    for first, sketch in got.items():
+        true = sum((made[p][1] for p in panes if first <= p < first + n),
+                   collections.Counter())
+        assert sketch.total == sum(true.values())
+        assert sketch.nbytes <= budget
+        items = sorted(true) + ["never-seen"]
+        lower, upper = sketch.bounds(items)
+        for item, lo, hi in zip(items, lower, upper):
+            assert lo <= true[item] <= hi, (first, item)
+        for r in sketch.top_k(5).to_pylist():
+            assert r["lower_bound"] <= true[r["item_id"]] <= r["upper_bound"]
+    assert {p: s.to_bytes() for p, (s, _) in made.items()} == before, (
+        "pane sketches were modified")
+
+
+def test_ranked_windows_rows():
+    spec = WindowSpec.parse("1h/1m")
+    a = sketches.new_sketch("cms").update(["x", "y", "z"], [5, 3, 3])
+    b = sketches.new_sketch("cms").update(["y"], [4])
+    ab = a.copy().merge(b)
+    rows = sketch_windows.ranked_windows(
+        [(10, a), (11, ab), (12, ab)], spec, 60_000, 2, "play",
+        emitted_at_ms=7).to_pylist()
+    assert [(r["window_start"].minute, r["rank"], r["item_id"], r["count"],
+             r["lower_bound"], r["upper_bound"], r["window_total"],
+             r["method"], r["window_length"], r["slide"]) for r in rows] == [
+        (10, 1, "x", 5, 5, 5, 11, "cms", "1h", "1m"),
+        (10, 2, "y", 3, 3, 3, 11, "cms", "1h", "1m"),
+        (11, 1, "y", 7, 7, 7, 15, "cms", "1h", "1m"),
+        (11, 2, "x", 5, 5, 5, 15, "cms", "1h", "1m"),
+        (12, 1, "y", 7, 7, 7, 15, "cms", "1h", "1m"),
+        (12, 2, "x", 5, 5, 5, 15, "cms", "1h", "1m")]
+    assert sketch_windows.ranked_windows(
+        [], spec, 60_000, 2, "play", emitted_at_ms=0).num_rows == 0
+
+
+def test_sketches_table_rows():
+    fi = sketches.new_sketch("frequent_items", 4096).update(["a"], [3])
+    table = sketch_windows.sketches_table(
+        [sketch_windows.sketch_row("frequent_items", "*", 120_000, fi)], "1m",
+        "batch", 9)
+    assert table.schema == schema.SKETCHES_SCHEMA
+    [row] = table.to_pylist()
+    assert (row["method"], row["event_type"], row["total"], row["nbytes"],
+            row["budget_bytes"], row["slice_length"]) == (
+        "frequent_items", "*", 3, fi.nbytes, 4096, "1m")
+    assert sketches.sketch_from_bytes(row["sketch"]).total == 3
+
+
+def test_pending_sketch_adds_in_bulk_and_pickles_as_its_sketch():
+    import pickle
+    pending = sketch_windows.PendingSketch(sketches.new_sketch("cms"),
+                                           flush_rows=5)
+    rows = pa.table({"item_id": ["a", "b"], "count": [2, 1]})
+    pending.add(rows).add(rows)
+    assert pending.sketch.total == 0  # 4 rows pending, below 5
+    restored = pickle.loads(pickle.dumps(pending))
+    assert restored.sketch.total == 6 == pending.sketch.total
+    pending.add(rows).add(rows)
+    assert pending.sketch.total == 6
+    pending.add(rows)  # 6 rows pending: flushed
+    assert pending.sketch.total == 15
+    assert ranked_items(pending.flush()) == [("a", 10), ("b", 5)]
+
+
+def ranked_items(sketch):
+    return [(r["item_id"], r["count"]) for r in sketch.top_k(5).to_pylist()]
+
+
+# --- The guaranteed flag against the brute-force oracle --------------------
+
+#: 2024-05-17T00:00Z starts a 30-day window: streams around it cross minute,
+#: hour, day and 30-day boundaries.
+T30 = 19860 * schema.DAY_MS
+FLAG_SPECS = ["1m", "1h", "1h/1m", "1d/1h", "30d", "30d/1d"]
+
+
+def _events(rows):
+    return [oracle.Event(f"e{i}", f"i{item}", etype,
+                         T30 + minute * schema.MINUTE_MS + second * 1000,
+                         None, weight)
+            for i, (item, etype, minute, second, weight) in enumerate(rows)]
+
+
+def _partials(events, shards=2):
+    """Exact minute partials of the events, one table per de-duplication
+    shard (as ``DedupSliceCounts`` emits them: items repeat across
+    shards)."""
+    tables = []
+    for s in range(shards):
+        counts = oracle.slice_counts(events[s::shards], schema.MINUTE_MS)
+        tables.append(pa.table(
+            {"event_type": [t for t, _, _ in counts],
+             "slice_start": [m for _, m, _ in counts],
+             "item_id": [i for _, _, i in counts],
+             "count": list(counts.values())},
+            schema=schema.SLICE_COUNTS_SCHEMA))
+    return tables
+
+
+def _pane_levels(partials, method, budget):
+    """The sketches of every 1m, 1h and 1d slice, built as the pipeline
+    builds them: minute sketches fed every shard's rows, hours and days
+    merged from the level below (``ApproximateSlices``)."""
+    minutes = collections.defaultdict(lambda: sketch_windows.PendingSketch(
+        sketches.new_sketch(method, budget)))
+    for table in partials:
+        for key, rows in sketch_windows.split_slices(table):
+            minutes[key].add(rows)
+    levels = {"1m": {key: p.flush() for key, p in minutes.items()}}
+    for name, finer in (("1h", "1m"), ("1d", "1h")):
+        size = WindowSpec.parse(name).length_ms
+        groups = collections.defaultdict(list)
+        for (etype, start), sketch in levels[finer].items():
+            groups[(etype, start - start % size)].append(sketch)
+        levels[name] = {key: sketches.merge_many(group)
+                        for key, group in groups.items()}
+    return levels
+
+
+def _approximate_rows(levels, spec, k):
+    """Ranked windows of one spec as ``ApproximateWindows`` computes them:
+    pane sketches keyed by block (``blocks_of``), each block ranked by
+    ``rank_block``."""
+    length, n, step = sketch_windows.pane_plan(spec)
+    pane_ms = WindowSpec.parse(length).length_ms
+    blocks = collections.defaultdict(list)
+    for (etype, start), sketch in levels[length].items():
+        for block, is_next in sketch_windows.blocks_of(start // pane_ms, n,
+                                                       step):
+            blocks[(etype, block)].append((is_next, start // pane_ms,
+                                           sketch))
+    tables = [sketch_windows.rank_block(spec, k, etype, block, panes,
+                                        emitted_at_ms=0)
+              for (etype, block), panes in blocks.items()]
+    return pa.concat_tables(tables).to_pylist()
+
+
+def _true_windows(events, spec):
+    """{(event_type, window_start): {item: true count}}: the oracle's
+    ranking of every window, uncut."""
+    windows = collections.defaultdict(dict)
+    for etype, start, _, item, count, _ in oracle.ranked_windows(
+            events, spec.length_ms, spec.slide_ms, None):
+        windows[(etype, start)][item] = count
+    return windows
+
+
+event_rows = st.lists(st.tuples(
+    st.integers(0, 39),                 # item: more than a small sketch holds
+    st.sampled_from(["play", "click"]),
+    st.integers(-150, 150),             # minute around T30
+    st.integers(0, 59),
+    st.one_of(st.just(1), st.integers(1, 9))), min_size=1, max_size=200)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(rows=event_rows, k=st.integers(1, 6),
+       method=st.sampled_from(sketches.METHODS),
+       budget=st.sampled_from([512, 1024]))
+def test_guaranteed_flag_is_never_wrong(rows, k, method, budget):
+    """Every approximate ranked-window row: its bounds contain the true
+    count, and if it is flagged guaranteed, the item is in the true top-k of
+    the window whatever the tie rule (fewer than k other items reach its
+    count), so in the oracle's top-k too. Windows are those the oracle
+    has."""
+    events = _events(rows)
+    levels = _pane_levels(_partials(events), method, budget)
+    for name in FLAG_SPECS:
+        spec = WindowSpec.parse(name)
+        true = _true_windows(events, spec)
+        got = _approximate_rows(levels, spec, k)
+        assert {(r["event_type"], r["window_start"].timestamp() * 1000)
+                for r in got} == set(true), name
+        for r in got:
+            counts = true[(r["event_type"],
+                           int(r["window_start"].timestamp() * 1000))]
+            c = counts.get(r["item_id"], 0)
+            assert r["lower_bound"] <= c <= r["upper_bound"], (name, r, c)
+            assert r["method"] == method and r["rank"] <= k
+            if r["guaranteed"]:
+                others = sum(v >= c for i, v in counts.items()
+                             if i != r["item_id"])
+                assert others <= k - 1, (name, r, counts)
+                assert r["item_id"] in dict(oracle.ranked(counts, k)), r
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=event_rows, k=st.integers(1, 6))
+def test_exact_rows_are_the_oracle_top_k_and_all_guaranteed(rows, k):
+    events = _events(rows)
+    counts = pa.concat_tables(_partials(events))
+    for name in FLAG_SPECS:
+        spec = WindowSpec.parse(name)
+        merged = ranking.merge_window_top_k(
+            [ranking.shard_window_top_k(ranking.with_all_types(counts), spec,
+                                        k)], k)
+        out = ranking.to_ranked_windows(merged, spec, emitted_at_ms=0)
+        assert out["guaranteed"].to_pylist() == [True] * out.num_rows
+        assert sorted(
+            (r["event_type"], int(r["window_start"].timestamp() * 1000),
+             r["rank"], r["item_id"], r["count"], r["window_total"])
+            for r in out.to_pylist()) == oracle.ranked_windows(
+                events, spec.length_ms, spec.slide_ms, k)
+
+
+def test_rows_with_bounds_but_no_flags_claim_nothing():
+    # A caller passing bounds without flags (not the sketches' path) gets
+    # False, never an unproven True.
+    spec = WindowSpec.parse("1h")
+    merged = pa.table({"event_type": ["play"], "window_start": [0],
+                       "rank": pa.array([1], pa.int32()), "item_id": ["x"],
+                       "count": [4], "window_total": [9]})
+    out = ranking.to_ranked_windows(merged, spec, emitted_at_ms=0,
+                                    lower=pa.array([3]), upper=pa.array([5]))
+    assert out["guaranteed"].to_pylist() == [False]
+    assert out.schema == schema.RANKED_WINDOWS_SCHEMA

@@ -1,0 +1,379 @@
+"""Streaming dedup, lateness and panes (Beam-free) against the oracle.
+
+``simulate`` drives ``SeenIds``, ``ShardPanes`` and ``PaneMerge`` the way
+``transforms/stream_topk.py`` wires them (dedup shards -> item shards ->
+per-spec merge), with a watermark that follows the newest event time minus a
+skew, early firings after every batch and on-time firings at window ends.
+"""
+import collections
+import random
+
+import hypothesis.strategies as st
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+
+import oracle
+from topk.core import counting, schema, sharding
+from topk.streaming import dedup as stream_dedup
+from topk.streaming import panes as stream_panes
+from topk.core.windows import WindowSpec
+
+MIN = schema.MINUTE_MS
+T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z
+
+
+def _table(events) -> pa.Table:
+    return pa.table({
+        "event_id": [e.event_id for e in events],
+        "item_id": [e.item_id for e in events],
+        "event_type": [e.event_type for e in events],
+        "ts": pa.array([e.ts for e in events], pa.int64()),
+        "user_id": pa.array([None] * len(events), pa.string()),
+        "weight": pa.array([e.weight for e in events], pa.int64()),
+    }, schema=schema.EVENT_SCHEMA)
+
+
+def _split(table, column, shards):
+    if table.num_rows == 0:
+        return []
+    return sharding.split_by_shard(
+        table, sharding.shard_of(table[column], shards), shards)
+
+
+def simulate(batches, specs, k, lateness_ms, skew_ms, shards=3):
+    """Returns (panes, late events, admitted events, refused partials);
+    ``panes`` are ``(spec, timing, merged rows, pane index by window)`` in
+    emission order; refused partials are what item shards set aside as late
+    (``ShardFiring.late``: events a dedup shard admitted by an older
+    watermark than the item shard's by then).
+    """
+    seen = [stream_dedup.SeenIds() for _ in range(shards)]
+    item = [stream_panes.ShardPanes(specs, k, lateness_ms)
+            for _ in range(shards)]
+    merges = {s: stream_panes.PaneMerge(s, k, lateness_ms) for s in specs}
+    pending = [[] for _ in range(shards)]
+    panes, late, admitted, refused = [], [], [], []
+    watermark = stream_dedup.NO_WATERMARK
+    now = [0]
+
+    rnd = random.Random(len(batches))
+    inflight = []  # shard panes on their way to the merge
+
+    def emit(shard, firing):
+        if firing.late.num_rows:
+            refused.append(firing.late)
+        for spec, timing, top in firing.windows:
+            inflight.append((spec, shard, timing, top, firing.emitted_at_ms))
+
+    def deliver(everything):
+        # Runners do not keep order between elements: early panes may
+        # arrive late, even after a newer pane of the same shard. On-time
+        # panes are held back by the watermark, so they arrive before the
+        # merge's tick.
+        rnd.shuffle(inflight)
+        for pane in list(inflight):
+            if everything or pane[2] != "early" or rnd.random() < 0.7:
+                inflight.remove(pane)
+                spec, shard, timing, top, version = pane
+                for name, merged, index in merges[spec].update(
+                        shard, timing, top, version):
+                    panes.append((spec, name, merged, index))
+
+    def close_due(s):
+        # As the stage sets its timer: the next window end of what it
+        # counted and of what waits in its pending bag.
+        due = [item[s].next_close()]
+        if pending[s]:
+            due.append(stream_panes.next_window_end(specs, np.unique(
+                np.concatenate([p["slice_start"].to_numpy()
+                                for p in pending[s]])), item[s].watermark_ms))
+        due = [d for d in due if d is not None]
+        return min(due) if due else None
+
+    def tick_merges(watermark):  # the merges' event-time timers
+        deliver(everything=False)
+        for spec, m in merges.items():
+            due = m.next_tick()
+            while due is not None and (watermark is None or due <= watermark):
+                for name, merged, index in m.tick(due):
+                    panes.append((spec, name, merged, index))
+                due = m.next_tick()
+
+    for batch in batches:
+        horizon = stream_dedup.late_horizon(watermark, lateness_ms)
+        for d, part in _split(_table(batch), "event_id", shards):
+            fresh, gone, _ = seen[d].admit(part, horizon)
+            late.extend(gone.to_pylist())
+            admitted.extend(fresh.to_pylist())
+            # Stamped with the batch's time, as the Dedup stage does.
+            read_at = {stream_dedup.READ_AT: str(max(e.ts for e in batch))}
+            for s, partial in _split(counting.count_slices(fresh), "item_id",
+                                     shards):
+                pending[s].append(partial.replace_schema_metadata(read_at))
+        now[0] += 1000
+        for s in range(shards):  # early (processing-time) firing, or not
+            if rnd.random() < 0.6:  # yet: then an event-time one takes it
+                emit(s, item[s].fire(pending[s], now[0]))
+                pending[s] = []
+        newest = max(e.ts for e in batch)
+        watermark = max(watermark, newest - skew_ms)
+        for s in range(shards):  # on-time (event-time) firings
+            due = close_due(s)
+            while due is not None and due <= watermark:
+                emit(s, item[s].fire(pending[s], now[0], watermark_ms=due))
+                pending[s] = []
+                due = close_due(s)
+        for d in range(shards):
+            seen[d].expire(stream_dedup.late_horizon(watermark, lateness_ms))
+        tick_merges(watermark)
+    # End of input: the watermark passes everything.
+    for s in range(shards):
+        if pending[s]:
+            emit(s, item[s].fire(pending[s], now[0]))
+        due = item[s].next_close()
+        while due is not None:
+            emit(s, item[s].fire([], now[0], watermark_ms=due))
+            due = item[s].next_close()
+    deliver(everything=True)
+    tick_merges(None)
+    deliver(everything=True)
+    return panes, late, admitted, refused
+
+
+def _events(rows):
+    return [oracle.Event(r["event_id"], r["item_id"], r["event_type"],
+                         r["ts"], None, r["weight"]) for r in rows]
+
+
+def _latest(panes, spec):
+    latest = {}
+    for s, _, merged, _ in panes:
+        if s != spec:
+            continue
+        for row in merged.to_pylist():
+            latest.setdefault((row["event_type"], row["window_start"]), {})
+        for (et, w) in {(r["event_type"], r["window_start"])
+                        for r in merged.to_pylist()}:
+            latest[(et, w)] = [
+                (r["event_type"], r["window_start"], r["rank"], r["item_id"],
+                 r["count"], r["window_total"])
+                for r in merged.to_pylist()
+                if r["event_type"] == et and r["window_start"] == w]
+    return sorted(row for rows in latest.values() for row in rows)
+
+
+def _stream(seed, n, disorder_ms, late_share, items=12):
+    rnd = random.Random(seed)
+    events = []
+    for i in range(n):
+        ts = T0 + i * 2_000 + rnd.randrange(-disorder_ms, disorder_ms + 1)
+        if rnd.random() < late_share:
+            ts -= 3 * 3_600_000  # hours behind: always late
+        events.append(oracle.Event(
+            f"e{i}", f"item-{int(rnd.paretovariate(1.2)) % items:02d}",
+            rnd.choice(["click", "play"]), ts, None, rnd.choice([1, 1, 2])))
+    events += [events[j] for j in rnd.sample(range(n), n // 20)]  # copies
+    order = sorted(range(len(events)),
+                   key=lambda j: (events[j].ts + rnd.randrange(0, 30_000)))
+    arrived = [events[j] for j in order]
+    size = rnd.randint(5, 40)
+    return [arrived[i:i + size] for i in range(0, len(arrived), size)]
+
+
+SPECS = [WindowSpec.parse("1m"), WindowSpec.parse("1h"),
+         WindowSpec.parse("1h/1m")]
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), late_share=st.sampled_from([0, 0.03]))
+def test_latest_panes_equal_the_oracle_of_the_admitted_events(seed,
+                                                             late_share):
+    batches = _stream(seed, 400, 20_000, late_share)
+    panes, late, admitted, refused = simulate(batches, SPECS, 3, 2 * MIN,
+                                              10_000)
+    sent = [e for b in batches for e in b]
+    admitted_events = _events(admitted)
+    # Nothing lost, nothing counted twice: every distinct id is either
+    # counted once or reported late.
+    assert len({e.event_id for e in admitted_events}) == len(admitted_events)
+    late_ids = {r["event_id"] for r in late}
+    assert ({e.event_id for e in admitted_events} | late_ids
+            == {e.event_id for e in sent})
+    counted = _minus(admitted_events, refused)
+    for spec in SPECS:
+        assert _latest(panes, spec) == sorted(oracle.ranked_windows(
+            counted, spec.length_ms, spec.slide_ms, 3)), spec.name
+
+
+def _minus(events, refused):
+    """``events`` less the refused partial counts, as one event per
+    (event type, minute, item) with the remaining weight (windows only see
+    those sums)."""
+    sums = collections.Counter()
+    for e in events:
+        sums[(e.event_type, e.ts - e.ts % MIN, e.item_id)] += e.weight
+    for table in refused:
+        for r in table.to_pylist():
+            sums[(r["event_type"], r["slice_start"], r["item_id"])] -= r[
+                "count"]
+    assert min(sums.values(), default=0) >= 0  # refused only what was counted
+    return [oracle.Event(f"sum-{i}", item, event_type, minute, None, weight)
+            for i, ((event_type, minute, item), weight)
+            in enumerate(sorted(sums.items())) if weight]
+
+
+def test_pane_timing_rules():
+    batches = _stream(7, 800, 20_000, 0.0)
+    # Copies of early events resent once the watermark is past their
+    # window, but within the allowed lateness: late panes, counted once.
+    batches.append([e._replace(event_id=e.event_id + "-resent")
+                    for e in batches[3]])
+    panes, late, admitted, _ = simulate(batches, SPECS, 3, 60 * MIN, 10_000)
+    assert not late
+    timeline = collections.defaultdict(list)
+    for spec, timing, merged, index in panes:
+        for w in set(merged["window_start"].to_pylist()):
+            timeline[(spec, w)].append((timing, index[w]))
+    late_windows = 0
+    for key, seq in timeline.items():
+        timings = [t for t, _ in seq]
+        assert timings.count("on_time") == 1, key
+        first_on_time = timings.index("on_time")
+        assert set(timings[:first_on_time]) <= {"early"}, key
+        assert set(timings[first_on_time + 1:]) <= {"late"}, key
+        assert [i for _, i in seq] == list(range(len(seq))), key
+        late_windows += "late" in timings
+    assert late_windows > 0
+    assert any("early" in [t for t, _ in s] for s in timeline.values())
+
+
+def test_an_event_within_the_lateness_is_never_dropped():
+    # The watermark is 1 ms past a window's end; an event of that window
+    # is late for the window but within the lateness: counted.
+    seen = stream_dedup.SeenIds()
+    event = oracle.Event("x", "a", "click", T0 + 59_999, None, 1)
+    horizon = stream_dedup.late_horizon(T0 + MIN + 1, 5 * MIN)
+    fresh, late, _ = seen.admit(_table([event]), horizon)
+    assert fresh.num_rows == 1 and late.num_rows == 0
+    # ... and it becomes late exactly when its minute ended the allowed
+    # lateness before the watermark.
+    assert stream_dedup.late_horizon(T0 + 6 * MIN - 1, 5 * MIN) <= event.ts
+    assert stream_dedup.late_horizon(T0 + 6 * MIN, 5 * MIN) > event.ts
+
+
+def test_seen_ids_survive_a_state_round_trip_and_expire_by_minute():
+    seen = stream_dedup.SeenIds()
+    events = [oracle.Event(f"e{i}", "a", "click", T0 + i * 20_000, None, 1)
+              for i in range(9)]  # 3 minutes, 3 events each
+    _, _, chunk = seen.admit(_table(events), stream_dedup.NO_WATERMARK)
+    restored = stream_dedup.SeenIds([chunk.slice(0, 4), chunk.slice(4)])
+    assert len(restored) == 9 and restored.minutes() == [T0, T0 + MIN,
+                                                         T0 + 2 * MIN]
+    fresh, _, _ = restored.admit(_table(events[:2]), stream_dedup.NO_WATERMARK)
+    assert fresh.num_rows == 0
+    margin = stream_dedup.RETENTION_MARGIN_MS
+    assert not restored.expire(T0 + MIN)  # kept for the margin
+    assert restored.expire(T0 + MIN + margin) and restored.minutes() == [
+        T0 + MIN, T0 + 2 * MIN]
+    # Re-read from the compacted table: the same set.
+    again = stream_dedup.SeenIds([restored.to_table()])
+    assert len(again) == 6
+
+
+def test_seen_ids_expire_in_batches():
+    seen = stream_dedup.SeenIds()
+    events = [oracle.Event(f"e{i}", "a", "click", T0 + i * MIN, None, 1)
+              for i in range(5)]  # one id in each of 5 minutes
+    seen.admit(_table(events), stream_dedup.NO_WATERMARK)
+    margin = stream_dedup.RETENTION_MARGIN_MS
+    # Minute 0 has expired, but not for 3 minutes yet: kept.
+    assert not seen.expire(T0 + 3 * MIN + margin, batch_ms=3 * MIN)
+    assert len(seen) == 5
+    # Now it has: every expired minute goes at once.
+    assert seen.expire(T0 + 4 * MIN + margin, batch_ms=3 * MIN)
+    assert seen.minutes() == [T0 + 4 * MIN]
+
+
+def test_conflicting_copies_in_one_batch_keep_the_batch_rule():
+    seen = stream_dedup.SeenIds()
+    a = oracle.Event("x", "b-item", "play", T0 + 5, None, 1)
+    b = oracle.Event("x", "a-item", "play", T0 + 5, None, 1)
+    fresh, _, _ = seen.admit(_table([a, b]), stream_dedup.NO_WATERMARK)
+    assert fresh["item_id"].to_pylist() == ["a-item"]
+
+
+@pytest.mark.parametrize("spec,level", [("1m", MIN), ("1h/1m", MIN),
+                                        ("1h", schema.HOUR_MS),
+                                        ("1d/1h", schema.HOUR_MS),
+                                        ("30d/1d", schema.DAY_MS),
+                                        ("30d", schema.DAY_MS)])
+def test_a_spec_reads_the_level_of_its_step(spec, level):
+    assert stream_panes.level_of(WindowSpec.parse(spec)) == level
+
+
+def test_a_shard_pane_overtaken_by_a_newer_one_is_ignored():
+    # A runner may deliver a shard's early pane after its on-time pane.
+    spec = WindowSpec.parse("1m")
+    panes = stream_panes.ShardPanes([spec], 3, 5 * MIN)
+    merge = stream_panes.PaneMerge(spec, 3, 5 * MIN)
+    first = panes.fire([counting.count_slices(_table(
+        [oracle.Event("1", "a", "click", T0, None, 1)]))], 10)
+    second = panes.fire([counting.count_slices(_table(
+        [oracle.Event("2", "a", "click", T0, None, 1)]))], 20,
+        watermark_ms=T0 + MIN)
+    (_, _, newer), = second.windows
+    (_, _, older), = first.windows
+    assert merge.update(0, "on_time", newer, second.emitted_at_ms) == []
+    (timing, merged, _), = merge.tick(T0 + MIN + 1)
+    assert merge.update(0, "early", older, first.emitted_at_ms) == []
+    assert timing == "on_time"
+    assert set(merged["count"].to_pylist()) == {2}
+
+
+def test_state_expires_after_the_longest_window_and_lateness():
+    specs = [WindowSpec.parse("1h/1m")]
+    panes = stream_panes.ShardPanes(specs, 3, 5 * MIN)
+    partial = counting.count_slices(_table(
+        [oracle.Event("e", "a", "click", T0, None, 1)]))
+    panes.fire([partial], 1)
+    keep_until = (T0 + schema.HOUR_MS + 5 * MIN
+                  + stream_panes.RETENTION_MARGIN_MS)
+    panes.fire([], 2, watermark_ms=keep_until)
+    assert panes.counts[MIN].num_rows == 1
+    panes.fire([], 3, watermark_ms=keep_until + MIN)
+    assert panes.counts[MIN].num_rows == 0
+    assert np.all(panes.counts[schema.DAY_MS]["count"].to_numpy() == 1)
+
+
+def _sorted_rows(table):
+    return sorted(table.to_pylist(), key=lambda r: tuple(r.values()))
+
+
+def test_a_shard_rebuilt_from_its_chunk_log_equals_the_live_one():
+    # The log the stage persists: a delta per firing, the whole counts at
+    # a compaction, more deltas; read back in any order.
+    specs = [WindowSpec.parse("1m"), WindowSpec.parse("1h/1m")]
+    live = stream_panes.ShardPanes(specs, 3, 5 * MIN)
+    rnd = random.Random(4)
+    log = []
+    for i in range(40):
+        events = [oracle.Event(f"e{i}-{j}", f"i{rnd.randint(0, 9)}", "click",
+                               T0 + i * 20_000 + j, None, 1)
+                  for j in range(rnd.randint(0, 5))]
+        pending = [counting.count_slices(_table(events))] if events else []
+        watermark = T0 + i * 20_000 if i % 3 == 0 else None
+        firing = live.fire(pending, i + 1, watermark_ms=watermark)
+        if i == 20:
+            log = live.level_chunks()
+        elif firing.absorbed.num_rows:
+            log.append(("delta", firing.absorbed))
+    rnd.shuffle(log)
+    rebuilt = stream_panes.ShardPanes.from_chunks(specs, 3, 5 * MIN,
+                                                  live.meta(), log)
+    for size, _ in stream_panes.LEVELS:
+        assert _sorted_rows(rebuilt.counts[size]) == _sorted_rows(
+            live.counts[size])
+    assert rebuilt.meta() == live.meta()
+    assert sum(live.counts[MIN]["count"].to_numpy()) > 0

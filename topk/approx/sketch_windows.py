@@ -1,0 +1,305 @@
+"""Approximate slices and windows: sketches per slice, windows as merges.
+
+The approximate path has the same shape as the exact one (DESIGN.md
+decisions 2 and 4). The de-duplicated exact partial counts of each minute
+feed one sketch per ``(method, event_type, minute)`` (``split_slices``),
+``event_type = ALL_TYPES`` included so that an all-types range query merges
+those directly; minute sketches are merged into hour and day sketches, and
+all three lengths are stored in the ``sketches`` table (``sketches_table``),
+which range queries merge. Every window of a spec is a merge of its panes:
+the stored slices whose length is the spec's step (1m, 1h, 1d; 30 day slices
+for a 30-day step, ``pane_plan``). Every sketch, window sketches included,
+stays within its byte budget (the sketches guarantee ``nbytes <= budget``).
+
+Windows are ranked a block of panes at a time (``blocks_of``,
+``rank_block``): one table per block, not per window. Sliding windows of
+``n`` panes do not merge ``n`` panes each: panes are cut into aligned
+blocks of ``n``, and a window starting in block ``b`` is a suffix of block
+``b`` plus a prefix of block ``b + 1``. Count-Min merges a block's windows
+all at once over running sums (``CountMinTopK.merge_ranges``); frequent
+items merges the suffixes and prefixes of a block once each (the van Herk /
+Gil-Werman scheme), so a window costs about three merges whatever ``n`` is
+(``window_sketches``). A window of one pane is that pane's sketch.
+
+No Beam here (the wiring is ``topk.transforms.approximate_windows``).
+"""
+import bisect
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from topk.core import ranking, schema
+from topk.approx import sketches
+from topk.approx.sketches import budget as _budget
+from topk.core.windows import SLICE_LENGTHS, WindowSpec, duration_ms
+
+EXACT = "exact"
+#: Everything ``--method`` accepts, exact first.
+ALL_METHODS = (EXACT,) + tuple(sketches.METHODS)
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"exact,cms"`` -> ``["exact", "cms"]`` (unique, in the given
+    order); ``ValueError`` naming the choices on anything else."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"no method given; choose from "
+                         f"{', '.join(ALL_METHODS)}")
+    for n in names:
+        if n not in ALL_METHODS:
+            raise ValueError(f"unknown method {n!r}; choose from "
+                             f"{', '.join(ALL_METHODS)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def check_budget(budget_bytes: int) -> int:
+    """``ValueError`` unless both sketches can be sized for the budget
+    (checked with the budget arithmetic, without allocating a sketch)."""
+    _budget.check_budget(budget_bytes)
+    if budget_bytes >= 1 << 31:
+        raise ValueError("the sketch budget must be below 2 GiB")
+    width, depth = _budget.cms_dimensions_for_budget(budget_bytes)
+    _budget.cms_capacity(budget_bytes, width, depth)
+    _budget.fi_lg_for_budget(budget_bytes)
+    return budget_bytes
+
+
+def approximate_methods(methods: list[str]) -> list[str]:
+    """The sketch methods among ``methods`` (everything but exact)."""
+    return [m for m in methods if m != EXACT]
+
+
+# -- slices ------------------------------------------------------------------
+
+def split_slices(counts: pa.Table) -> list[tuple[tuple[str, int], pa.Table]]:
+    """Exact partials (``SLICE_COUNTS_SCHEMA``) -> one ``((event_type,
+    slice_start), rows)`` per type and slice, ``ALL_TYPES`` included;
+    ``rows`` has columns ``item_id`` and ``count`` (what a sketch is fed).
+
+    Rows are sorted by slice, then type, so that every table is a
+    zero-copy slice: a type's rows of one slice, or for ``ALL_TYPES`` all
+    rows of the slice, where an item may repeat once per type (sketches
+    sum repeated items themselves, so no group-by is needed here)."""
+    if counts.num_rows == 0:
+        return []
+    types = pc.unique(counts["event_type"])
+    code = pc.index_in(counts["event_type"], value_set=types).to_numpy()
+    start = counts["slice_start"].to_numpy()
+    order = np.lexsort((code, start))
+    code, start = code[order], start[order]
+    items = counts.select(["item_id", "count"]).take(pa.array(order))
+    new_slice = np.r_[True, start[1:] != start[:-1]]
+    new_type = new_slice | np.r_[True, code[1:] != code[:-1]]
+
+    def runs(first_rows, event_type_of):
+        bounds = np.r_[np.flatnonzero(first_rows), len(start)]
+        return [((event_type_of(a), int(start[a])),
+                 items.slice(int(a), int(b - a)))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+    return (runs(new_type, lambda a: types[int(code[a])].as_py())
+            + runs(new_slice, lambda a: schema.ALL_TYPES))
+
+
+class PendingSketch:
+    """A sketch plus rows not yet added to it: a slice's rows arrive as one
+    small table per de-duplication shard, and a sketch update has a fixed
+    cost (hashing set-up, candidate selection) that dwarfs a few hundred
+    rows, so rows are added in bulk: when ``flush_rows`` are pending, and
+    before the state is merged, read or pickled (only the sketch, within
+    its budget, ever leaves the worker)."""
+
+    __slots__ = ("sketch", "_tables", "_rows", "_flush_rows")
+
+    def __init__(self, sketch, flush_rows: int = 100_000):
+        self.sketch = sketch
+        self._tables = []
+        self._rows = 0
+        self._flush_rows = flush_rows
+
+    def add(self, table: pa.Table) -> "PendingSketch":
+        """Queue ``table`` (columns ``item_id``, ``count``)."""
+        self._tables.append(table)
+        self._rows += table.num_rows
+        if self._rows >= self._flush_rows:
+            self.flush()
+        return self
+
+    def flush(self):
+        """Add the pending rows to the sketch; returns the sketch."""
+        if self._tables:
+            rows = pa.concat_tables(self._tables)
+            self._tables, self._rows = [], 0
+            # Items repeat across shards: the sketches sum repeats
+            # themselves.
+            self.sketch.update(rows["item_id"], rows["count"])
+        return self.sketch
+
+    def __reduce__(self):
+        return (PendingSketch, (self.flush(), self._flush_rows))
+
+
+def sketch_row(method: str, event_type: str, slice_start_ms: int,
+               sketch) -> tuple:
+    """What the ``sketches`` table keeps of one slice sketch: ``(method,
+    event_type, slice_start_ms, bytes, total, budget_bytes)`` (plain values,
+    cheap to shuffle)."""
+    return (method, event_type, slice_start_ms, sketch.to_bytes(),
+            sketch.total, sketch.budget_bytes)
+
+
+def sketches_table(rows, slice_length: str, source: str,
+                   emitted_at_ms: int) -> pa.Table:
+    """``sketch_row`` tuples of one slice length -> rows of the ``sketches``
+    output table (``SKETCHES_SCHEMA``)."""
+    n = len(rows)
+    method, event_type, start, blob, total, budget = (
+        list(c) for c in zip(*rows)) if rows else ([],) * 6
+    return pa.table({
+        "slice_start": pa.array(start, pa.int64()).cast(schema.TIMESTAMP),
+        "slice_length": pa.array([slice_length] * n, pa.string()),
+        "method": pa.array(method, pa.string()),
+        "event_type": pa.array(event_type, pa.string()),
+        "sketch": pa.array(blob, pa.binary()),
+        "total": pa.array(total, pa.int64()),
+        "nbytes": pa.array([len(b) for b in blob], pa.int32()),
+        "budget_bytes": pa.array(budget, pa.int32()),
+        "source": pa.array([source] * n, pa.string()),
+        "emitted_at": pa.array(np.full(n, emitted_at_ms, np.int64)).cast(
+            schema.TIMESTAMP),
+    }, schema=schema.SKETCHES_SCHEMA)
+
+
+# -- windows -----------------------------------------------------------------
+
+def pane_plan(spec: WindowSpec) -> tuple[str, int, int]:
+    """``(pane slice length, panes per window, panes per step)``: the
+    coarsest stored slice length dividing the spec's step. ``1h/1m`` ->
+    ``("1m", 60, 1)``; ``1h`` -> ``("1h", 1, 1)``; ``30d`` -> ``("1d", 30,
+    30)``."""
+    for name in reversed(SLICE_LENGTHS):
+        pane_ms = duration_ms(name)
+        if spec.step_ms % pane_ms == 0:
+            return (name, spec.length_ms // pane_ms, spec.step_ms // pane_ms)
+    raise ValueError(f"window {spec.name} is not made of whole slices")
+
+
+#: Panes per block when every window is one pane (1m, 1h, 1d): ranked
+#: together, one table per block, and never more than 60 budgets held.
+SINGLE_PANE_BLOCK = 60
+
+
+def block_panes(n: int) -> int:
+    """Panes per block of the windows of ``n`` panes: ``n`` (a window is a
+    suffix of its block and a prefix of the next), or ``SINGLE_PANE_BLOCK``
+    for windows of one pane."""
+    return n if n > 1 else SINGLE_PANE_BLOCK
+
+
+def blocks_of(pane: int, n: int, step: int) -> list[tuple[int, bool]]:
+    """The blocks (``block_panes(n)`` panes each) whose windows contain
+    pane index ``pane``, as ``(block, is_next)``: its own block (``is_next``
+    False) and, for sliding windows, the block before, whose late windows
+    reach into this one (``is_next`` True). Tumbling windows never leave
+    their block."""
+    block = pane // block_panes(n)
+    return [(block, False)] + ([(block - 1, True)] if step < n else [])
+
+
+def window_sketches(block: int, n: int, step: int, here, following
+                    ) -> list[tuple[int, object]]:
+    """Sketches of the windows of ``n`` panes starting every ``step`` panes
+    in block ``block`` (pane indices ``[block * size, (block + 1) * size)``,
+    ``size = block_panes(n)``).
+
+    ``here``: ``(pane, sketch)`` of this block's panes; ``following``: those
+    of the next block. Returns ``(first pane, sketch)`` for every window
+    holding at least one pane, in order; windows covering the same panes
+    share one sketch object. A window of several panes is a suffix of
+    ``here`` followed by a prefix of ``following``. Sketches that merge
+    many ranges at once
+    (``CountMinTopK.merge_ranges``) get them all in one call; others
+    (DataSketches merges one pair at a time) merge cumulative suffixes and
+    prefixes, each once per block, so a window costs about three merges
+    whatever ``n`` is. Inputs are never modified.
+    """
+    here = sorted(here, key=lambda p: p[0])
+    following = sorted(following, key=lambda p: p[0])
+    starts = [p for p, _ in here + following]  # ascending
+    panes = [s for _, s in here + following]
+    size = block_panes(n)
+    spans = {}  # first pane -> the window's panes, panes[a:b]
+    for first in range(block * size, (block + 1) * size, step):
+        a = bisect.bisect_left(starts, first)
+        b = bisect.bisect_left(starts, first + n)
+        if a < b:
+            spans[first] = (a, b)
+    # A window of one pane is that pane's sketch, unmerged.
+    by_span = {span: panes[span[0]] for span in spans.values()
+               if span[1] - span[0] == 1}
+    todo = [span for span in dict.fromkeys(spans.values())
+            if span not in by_span]
+    if todo:
+        merge_ranges = getattr(type(panes[0]), "merge_ranges", None)
+        by_span.update(zip(todo, merge_ranges(panes, todo) if merge_ranges
+                           else _suffix_prefix_merges(panes, len(here), todo)))
+    return [(first, by_span[span]) for first, span in spans.items()]
+
+
+def rank_block(spec: WindowSpec, k: int, event_type: str, block: int,
+               panes, *, emitted_at_ms: int, source: str = "batch",
+               pane_timing: str = "batch") -> pa.Table:
+    """The ranked windows (``ranked_windows`` rows) of ``spec`` starting in
+    ``block``, from ``panes``: ``(is_next, pane, sketch)`` of one method
+    and event type, as ``blocks_of`` keys them (``is_next``: the pane
+    belongs to the next block)."""
+    length, n, step = pane_plan(spec)
+    here = [(pane, sketch) for is_next, pane, sketch in panes if not is_next]
+    following = [(pane, sketch) for is_next, pane, sketch in panes
+                 if is_next]
+    return ranked_windows(
+        window_sketches(block, n, step, here, following), spec,
+        duration_ms(length), k, event_type, emitted_at_ms=emitted_at_ms,
+        source=source, pane_timing=pane_timing)
+
+
+def _suffix_prefix_merges(panes: list, split: int, spans) -> list:
+    """The merge of ``panes[a:b]`` for every ``(a, b)`` of ``spans``, where
+    ``a <= split <= b`` (a window of several panes reaches the end of its
+    block, ``split``): cumulative merges of the block's suffixes and of the
+    next block's prefixes, each made once, and one more merge per window."""
+    suffix = _cumulative(panes[split - 1::-1] if split else [])[::-1]
+    prefix = _cumulative(panes[split:])
+    return [suffix[a] if b == split else prefix[b - split - 1] if a == split
+            else suffix[a].copy().merge(prefix[b - split - 1])
+            for a, b in spans]
+
+
+def ranked_windows(windows, spec: WindowSpec, pane_ms: int, k: int,
+                   event_type: str, *, emitted_at_ms: int,
+                   source: str = "batch", pane_timing: str = "batch",
+                   pane_index: int = 0) -> pa.Table:
+    """``[(first pane, sketch)]`` of one method and event type -> the top
+    ``k`` of each window as ``ranked_windows`` rows (``method`` = the
+    sketch's, bounds and the guaranteed flag from the sketch,
+    ``window_total`` = its exact total)."""
+    if not windows:
+        return schema.RANKED_WINDOWS_SCHEMA.empty_table()
+    rows = sketches.windows_ranked_rows(
+        [(first * pane_ms, sketch) for first, sketch in windows], k,
+        event_type)
+    return ranking.to_ranked_windows(
+        rows, spec, method=windows[0][1].method, pane_timing=pane_timing,
+        pane_index=pane_index, source=source, emitted_at_ms=emitted_at_ms,
+        lower=rows["lower_bound"], upper=rows["upper_bound"],
+        guaranteed=rows["guaranteed"])
+
+
+def _cumulative(items: list) -> list:
+    """``[a, a+b, a+b+c, ...]`` as new sketches; the first is ``a`` itself
+    (never modified)."""
+    out = []
+    for s in items:
+        out.append(s if not out else out[-1].copy().merge(s))
+    return out

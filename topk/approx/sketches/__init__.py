@@ -1,0 +1,170 @@
+"""Approximate top-K sketches: fixed memory, mergeable, with error bounds.
+
+Two methods behind one small interface (``ApproxTopK``):
+
+- ``cms`` (``count_min.CountMinTopK``): the seed design's Count-Min sketch
+  plus a bounded candidate set, with NumPy-vectorised batch updates;
+- ``frequent_items`` (``frequent_items.FrequentItemsTopK``): Apache
+  DataSketches' frequent-items sketch.
+
+Both take pre-aggregated ``(item, count)`` batches, merge with sketches of
+the same method and parameters (so a slice's sketch can be rolled up into
+an hour, a day or any range), stay within a byte budget (default 64 KiB,
+``nbytes <= budget_bytes`` after every operation), serialize to compact
+versioned bytes, and answer ``top_k(k)`` with, for every item, deterministic
+lower and upper bounds on its true count and a flag for items certainly in
+the true top-K. See each module for which statements are deterministic
+and which probabilistic.
+
+No Beam here (the CombineFns are in ``topk.transforms.approximate``).
+"""
+from typing import Iterable, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from topk.approx.sketches.common import DEFAULT_BUDGET_BYTES, TOPK_SCHEMA
+from topk.approx.sketches.count_min import CountMinTopK
+from topk.approx.sketches.frequent_items import FrequentItemsTopK
+
+__all__ = [
+    "ApproxTopK", "CountMinTopK", "FrequentItemsTopK", "DEFAULT_BUDGET_BYTES",
+    "METHODS", "TOPK_SCHEMA", "new_sketch", "sketch_from_bytes", "merge_all",
+    "merge_many", "ranked_rows", "windows_ranked_rows",
+]
+
+#: Method names, as in ``--method`` and the output tables' ``method``.
+METHODS = ("cms", "frequent_items")
+_CLASSES = {"cms": CountMinTopK, "frequent_items": FrequentItemsTopK}
+
+
+@runtime_checkable
+class ApproxTopK(Protocol):
+    """What both sketches offer (the query layer and CombineFns use only
+    this)."""
+
+    method: str
+
+    def update(self, items, counts=None, *,
+               assume_unique: bool = False) -> "ApproxTopK":
+        """Add pre-aggregated (item, count) pairs; returns self."""
+
+    def merge(self, other: "ApproxTopK") -> "ApproxTopK":
+        """Add another sketch of the same method and parameters; returns
+        self."""
+
+    @classmethod
+    def merge_many(cls, sketches) -> "ApproxTopK":
+        """The merge of several sketches as a new one; inputs unchanged."""
+
+    def copy(self) -> "ApproxTopK":
+        """An independent copy."""
+
+    def top_k(self, k: int) -> pa.Table:
+        """``TOPK_SCHEMA``: item_id, count, lower_bound, upper_bound,
+        guaranteed; ranked by count desc, item_id asc."""
+
+    def bounds(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic (lower, upper) bounds of any items."""
+
+    @property
+    def total(self) -> int:
+        """Exact sum of all counts added."""
+
+    @property
+    def epsilon(self) -> float:
+        """A-priori relative error bound (see the method's module)."""
+
+    @property
+    def max_error(self) -> int:
+        """Error bound for this sketch's total (see the method's module)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Exact serialized size; never above ``budget_bytes``."""
+
+    @property
+    def budget_bytes(self) -> int:
+        """The byte budget the sketch always respects."""
+
+    def to_bytes(self) -> bytes:
+        """Compact, versioned serialization (``nbytes`` long)."""
+
+
+def new_sketch(method: str, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+               **options) -> ApproxTopK:
+    """An empty sketch of ``method`` (``cms`` or ``frequent_items``) sized
+    for ``budget_bytes``; ``options`` go to the class (e.g. ``depth``,
+    ``conservative`` for cms; ``item_bytes`` for both)."""
+    try:
+        cls = _CLASSES[method]
+    except KeyError:
+        raise ValueError(f"unknown approximate method {method!r}; choose "
+                         f"from {', '.join(METHODS)}") from None
+    return cls(budget_bytes, **options)
+
+
+def sketch_from_bytes(data: bytes) -> ApproxTopK:
+    """Deserialize either kind of sketch (the format says which)."""
+    head = bytes(data[:4])
+    if head == b"TKCM":
+        return CountMinTopK.from_bytes(data)
+    if head == b"TKFI":
+        return FrequentItemsTopK.from_bytes(data)
+    raise ValueError("not a serialized top-K sketch")
+
+
+def merge_all(sketches: Iterable) -> ApproxTopK | None:
+    """Merge sketches (objects or their bytes) into a new sketch; no input
+    is modified. ``None`` for no input."""
+    return merge_many([sketch_from_bytes(s) if isinstance(
+        s, (bytes, bytearray, memoryview)) else s for s in sketches])
+
+
+def merge_many(sketches: list) -> ApproxTopK | None:
+    """The merge of sketch objects of one method as a new sketch (the
+    method's ``merge_many``: Count-Min merges them all at once); ``None``
+    for none."""
+    if not sketches:
+        return None
+    return type(sketches[0]).merge_many(sketches)
+
+
+def ranked_rows(sketch: ApproxTopK, k: int, event_type: str,
+                window_start_ms: int) -> pa.Table:
+    """A sketch's top ``k`` shaped like ``ranking.merge_window_top_k``
+    output (event_type, window_start, rank, item_id, count, window_total)
+    plus lower_bound, upper_bound and guaranteed, so that
+    ``ranking.to_ranked_windows(rows, spec, method=sketch.method,
+    lower=rows["lower_bound"], upper=rows["upper_bound"],
+    guaranteed=rows["guaranteed"], ...)`` writes it."""
+    return windows_ranked_rows([(window_start_ms, sketch)], k, event_type)
+
+
+def windows_ranked_rows(windows, k: int, event_type: str) -> pa.Table:
+    """``ranked_rows`` of many ``(window_start_ms, sketch)`` in one table;
+    a sketch shared by several windows is ranked once."""
+    tops = {}
+    for _, sketch in windows:
+        if id(sketch) not in tops:
+            tops[id(sketch)] = sketch.top_k(k)
+    parts = [tops[id(sketch)] for _, sketch in windows]
+    sizes = np.array([t.num_rows for t in parts], np.int64)
+    top = (pa.concat_tables(parts).combine_chunks() if parts
+           else TOPK_SCHEMA.empty_table())
+    n = top.num_rows
+    # Ranks restart at 1 in every window.
+    rank = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
+    return pa.table({
+        "event_type": pa.array([event_type] * n, pa.string()),
+        "window_start": pa.array(np.repeat(
+            np.array([start for start, _ in windows], np.int64), sizes)),
+        "rank": pa.array(rank.astype(np.int32)),
+        "item_id": top["item_id"],
+        "count": top["count"],
+        "window_total": pa.array(np.repeat(np.array(
+            [sketch.total for _, sketch in windows], np.int64), sizes)),
+        "lower_bound": top["lower_bound"],
+        "upper_bound": top["upper_bound"],
+        "guaranteed": top["guaranteed"],
+    })

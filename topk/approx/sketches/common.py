@@ -1,0 +1,123 @@
+"""Pieces shared by the approximate top-K sketches (no Beam here).
+
+Both sketches answer ``top_k(k)`` with the same table, ``TOPK_SCHEMA``:
+every returned item with a point estimate, deterministic lower and upper
+bounds on its true count, and a flag saying whether it is certainly in the
+true top-K. The flag is computed the same way for both from bounds alone,
+so it is never wrong as long as the bounds hold.
+"""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from topk.approx.sketches.hashing import as_string_array
+
+#: Memory budget per window and slice (bytes) when none is given.
+DEFAULT_BUDGET_BYTES = 64 * 1024
+
+#: Result of ``top_k``: rank order is ``count`` descending, then
+#: ``item_id`` ascending (the project's tie rule).
+TOPK_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("count", pa.int64(), nullable=False),
+    pa.field("lower_bound", pa.int64(), nullable=False),
+    pa.field("upper_bound", pa.int64(), nullable=False),
+    pa.field("guaranteed", pa.bool_(), nullable=False),
+])
+
+#: Largest batch weight fed to ``np.bincount`` at once: its float64
+#: weights are exact integers up to 2**53.
+MAX_EXACT_FLOAT = 2 ** 53
+
+
+def coerce_batch(items, counts=None) -> tuple[pa.Array, np.ndarray]:
+    """Validate a pre-aggregated batch: strings without nulls and
+    non-negative integer counts of the same length (``None`` = all 1).
+    Rows with a zero count are dropped (they change nothing)."""
+    arr = as_string_array(items)
+    if counts is None:
+        cnt = np.ones(len(arr), dtype=np.int64)
+    else:
+        if isinstance(counts, (pa.Array, pa.ChunkedArray)):
+            if counts.null_count:
+                raise ValueError("counts must not be null")
+            counts = counts.to_numpy()
+        cnt = np.asarray(counts)
+        if cnt.ndim != 1:
+            raise ValueError("counts must be one-dimensional")
+        if cnt.size and not np.issubdtype(cnt.dtype, np.integer):
+            raise TypeError(f"counts must be integers, got {cnt.dtype}")
+        cnt = cnt.astype(np.int64, copy=False)
+    if len(cnt) != len(arr):
+        raise ValueError(f"items and counts differ in length "
+                         f"({len(arr)} != {len(cnt)})")
+    if cnt.size and cnt.min() < 0:
+        raise ValueError("counts must be >= 0")
+    if cnt.size and not cnt.all():
+        keep = cnt > 0
+        arr, cnt = arr.filter(pa.array(keep)), cnt[keep]
+    return arr, cnt
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def guaranteed_flags(lower: np.ndarray, upper: np.ndarray,
+                     all_upper: np.ndarray, unseen_bound: int,
+                     k: int) -> np.ndarray:
+    """Which items are certainly among the true top ``k``.
+
+    ``lower``/``upper`` are the bounds of the items asked about, each of
+    which is also one entry of ``all_upper``: the upper bounds of every item
+    the sketch tracks. Any untracked item has a true count of at most
+    ``unseen_bound``, and there may be arbitrarily many of them.
+
+    Item i is guaranteed when ``lower_i`` exceeds the k-th largest upper
+    bound among all *other* items: then at most k-1 others can have a count
+    >= its count, so it ranks within the top k under any tie rule. Nothing
+    here is probabilistic: the flag is right whenever the bounds are.
+    """
+    # All items' upper bounds, largest first: the tracked ones above the
+    # untracked bound, then the untracked bound forever (any number of
+    # untracked items may reach it). Tracked bounds below it never matter.
+    ranked = np.sort(np.asarray(all_upper, np.int64))[::-1]
+    ranked = ranked[ranked > unseen_bound]
+
+    def nth(j: int):
+        return ranked[j] if j < len(ranked) else unseen_bound
+
+    # Removing item i's own entry: if its bound is among the k largest, the
+    # k-th largest of the others is the (k+1)-th overall, else the k-th.
+    kth_other = np.where(upper >= nth(k - 1), nth(k), nth(k - 1))
+    return lower > kth_other
+
+
+def top_k_table(items: pa.Array, count: np.ndarray, lower: np.ndarray,
+                upper: np.ndarray, unseen_bound: int, k: int) -> pa.Table:
+    """Rank tracked items (``count`` desc, ``item_id`` asc), keep ``k`` and
+    flag the guaranteed ones against all tracked items' upper bounds."""
+    k = check_k(k)
+    if len(items) == 0:
+        return TOPK_SCHEMA.empty_table()
+    # Only items reaching the k-th largest count can rank (ties included);
+    # sort those few by (count, item_id), not the whole set by strings.
+    near = np.arange(len(count))
+    if len(count) > k:
+        kth = np.partition(count, len(count) - k)[len(count) - k]
+        near = np.flatnonzero(count >= kth)
+    t = pa.table({"item_id": items.take(pa.array(near)),
+                  "count": pa.array(count[near], pa.int64())})
+    order = pc.sort_indices(t, sort_keys=[("count", "descending"),
+                                          ("item_id", "ascending")])
+    top = near[order.to_numpy()[:k]]
+    flags = guaranteed_flags(lower[top], upper[top], upper, unseen_bound, k)
+    return pa.table({
+        "item_id": items.take(pa.array(top)).cast(pa.string()),
+        "count": pa.array(count[top], pa.int64()),
+        "lower_bound": pa.array(lower[top], pa.int64()),
+        "upper_bound": pa.array(upper[top], pa.int64()),
+        "guaranteed": pa.array(flags, pa.bool_()),
+    }, schema=TOPK_SCHEMA)

@@ -1,0 +1,740 @@
+"""Count-Min sketch plus a bounded candidate set: the seed design's fast path.
+
+A Count-Min sketch (``depth`` rows of ``width`` int64 counters) answers "at
+most how often was item x seen?" for any x, but cannot list items. The
+candidate set lists them: the items with the largest upper bounds, at most
+``capacity`` of them and never more than the byte budget allows, each with
+two exact-arithmetic bounds on its true count:
+
+- ``lower``: the weight added while the item was a candidate (exact, since
+  it entered the set);
+- ``upper``: a bound on its count before it entered (the smaller of its
+  Count-Min estimate and the sketch's bound for untracked items) plus the
+  weight added since.
+
+``dropped_bound`` is an upper bound on the true count of *every* item that
+is not a candidate (including never-seen ones): whenever an item leaves the
+set or is not admitted, its upper bound at that moment raises it, and an
+untracked item's count cannot grow without the item passing through
+``update`` again. A merge (``merge_ranges``: any number of sketches at once)
+sums, for every item any input tracks, its bounds in each input (``[0,
+dropped_bound]`` where untracked), caps the upper bound by the summed
+counters' estimate, and trims the union once; its ``dropped_bound`` starts
+at the sum of the inputs'. Together these make the reported bounds and the
+"guaranteed in top-K" flag deterministic: they hold for every input, not
+with some probability, assuming only 64-bit integer arithmetic.
+
+The one probabilistic statement is Count-Min's own: with probability at
+least ``1 - delta`` (``delta = e**-depth``) an item's estimate exceeds its
+true count by at most ``epsilon * total`` (``epsilon = e / width``), if the
+hash behaves like a random function. It bounds how loose ``upper`` can be
+(``upper <= estimate``); nothing reported relies on it being true.
+
+Update rule: plain (every row adds the weight) by default, because it is
+linear: merging two sketches with identical parameters adds counters, and
+the result is *exactly* the counters of the concatenated stream, whatever
+the order and grouping of slices a range query merges. ``conservative=True``
+(raise each row's counter only to the new estimate) gives tighter
+estimates, still valid upper bounds after merges, but merges are then no
+longer equal to the sketch of the concatenated stream.
+
+Batches are pre-aggregated (item, count) pairs and are processed whole with
+NumPy: one stable 64-bit hash per item (``hashing.hash64``), ``depth``
+cell indices by double hashing, ``np.bincount`` for the counters, and an
+``np.partition`` to pick the candidates. No Beam here.
+"""
+import math
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from topk.approx.sketches import budget as _budget
+from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
+                                  check_k, coerce_batch, top_k_table)
+from topk.approx.sketches.hashing import HASH_VERSION, hash64
+
+MAGIC = b"TKCM"
+FORMAT_VERSION = 1
+#: magic, format version, hash version, flags, reserved, depth, width,
+#: capacity, candidates, budget, total, dropped bound.
+_HEADER = struct.Struct("<4sBBBBIIIIQqq")
+assert _HEADER.size == _budget.CMS_HEADER_BYTES
+_FLAG_CONSERVATIVE = 1
+
+#: Default failure probability when sizing from ``epsilon`` alone.
+DEFAULT_DELTA = 0.01
+#: Candidate capacity when dimensions are given without a budget.
+DEFAULT_CAPACITY = 1024
+_MAX_WIDTH = (1 << 32) - 1
+_MAX_DEPTH = 64
+_MASK32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+_INT64_MAX = (1 << 63) - 1
+
+
+class CountMinTopK:
+    """Count-Min sketch + candidate set with deterministic bounds.
+
+    Sizing, in order of precedence:
+
+    - ``epsilon`` (and ``delta``, default 0.01): ``width = ceil(e/epsilon)``,
+      ``depth = ceil(ln(1/delta))``;
+    - ``width`` (and ``depth``, default ``budget.DEFAULT_DEPTH``);
+    - otherwise from ``budget_bytes`` (default 64 KiB): counters take
+      ``counter_share`` of it, with ``depth`` rows.
+
+    ``budget_bytes`` caps ``nbytes`` (the serialized size) at all times; if
+    omitted with explicit dimensions, it is what the counters plus
+    ``capacity`` (default 1024) candidates of ``item_bytes``-byte ids take.
+    ``capacity`` defaults to as many such candidates as the budget holds.
+    """
+
+    method = "cms"
+
+    def __init__(self, budget_bytes: int | None = None, *,
+                 epsilon: float | None = None, delta: float | None = None,
+                 width: int | None = None, depth: int | None = None,
+                 capacity: int | None = None, conservative: bool = False,
+                 counter_share: float = _budget.DEFAULT_COUNTER_SHARE,
+                 item_bytes: int = _budget.DEFAULT_ITEM_BYTES):
+        if epsilon is not None or delta is not None:
+            if width is not None or depth is not None:
+                raise ValueError("give either epsilon/delta or width/depth, "
+                                 "not both")
+            if epsilon is None:
+                raise ValueError("delta needs epsilon")
+            width, depth = _budget.cms_dimensions_for_error(
+                epsilon, DEFAULT_DELTA if delta is None else delta)
+        elif width is not None:
+            depth = _budget.DEFAULT_DEPTH if depth is None else depth
+        else:
+            width, depth = _budget.cms_dimensions_for_budget(
+                DEFAULT_BUDGET_BYTES if budget_bytes is None else budget_bytes,
+                _budget.DEFAULT_DEPTH if depth is None else depth,
+                counter_share)
+        _check_int("width", width, 1, _MAX_WIDTH)
+        _check_int("depth", depth, 1, _MAX_DEPTH)
+        _check_int("item_bytes", item_bytes, 0, 1 << 20)
+        if budget_bytes is None:
+            budget_bytes = _budget.cms_fixed_bytes(width, depth) + (
+                DEFAULT_CAPACITY if capacity is None else capacity
+            ) * _budget.cms_candidate_bytes(item_bytes)
+        _budget.check_budget(budget_bytes)
+        if budget_bytes >= 1 << 31:
+            raise ValueError("budget_bytes must be below 2 GiB")
+        if capacity is None:
+            capacity = _budget.cms_capacity(budget_bytes, width, depth,
+                                            item_bytes)
+        _check_int("capacity", capacity, 1, _MAX_WIDTH)
+        if budget_bytes < (_budget.cms_fixed_bytes(width, depth)
+                           + _budget.CMS_CANDIDATE_OVERHEAD):
+            raise ValueError(
+                f"a budget of {budget_bytes} bytes cannot hold {depth}x"
+                f"{width} counters ({_budget.cms_fixed_bytes(width, depth)} "
+                "bytes) and a candidate")
+        self._width, self._depth = int(width), int(depth)
+        self._capacity = int(capacity)
+        self._budget_bytes = int(budget_bytes)
+        self._conservative = bool(conservative)
+        self._counters = np.zeros((self._depth, self._width), dtype=np.int64)
+        self._total = 0
+        self._dropped = 0
+        self._set_candidates(pa.array([], pa.string()),
+                             np.empty(0, np.uint64), np.empty(0, np.int64),
+                             np.empty(0, np.int64))
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def capacity(self) -> int:
+        """Most candidates kept (the byte budget may keep fewer)."""
+        return self._capacity
+
+    @property
+    def conservative(self) -> bool:
+        return self._conservative
+
+    @property
+    def budget_bytes(self) -> int:
+        return self._budget_bytes
+
+    @property
+    def total(self) -> int:
+        """Sum of all counts added (exact)."""
+        return self._total
+
+    @property
+    def epsilon(self) -> float:
+        """Count-Min's relative error: ``estimate <= true + epsilon *
+        total`` with probability ``1 - delta`` per item."""
+        return math.e / self._width
+
+    @property
+    def delta(self) -> float:
+        return math.exp(-self._depth)
+
+    @property
+    def max_error(self) -> int:
+        """``epsilon * total``, rounded up: how far an upper bound may exceed
+        the true count, with probability ``1 - delta`` per item (not a
+        deterministic bound; the reported bounds are)."""
+        return math.ceil(self.epsilon * self._total)
+
+    @property
+    def dropped_bound(self) -> int:
+        """Deterministic upper bound on the count of any non-candidate."""
+        return self._dropped
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self._cand_items)
+
+    @property
+    def counters(self) -> np.ndarray:
+        """The counters (read-only view, shape ``(depth, width)``)."""
+        view = self._counters.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def nbytes(self) -> int:
+        """Exact size of ``to_bytes()``; never above ``budget_bytes``."""
+        return (_budget.cms_fixed_bytes(self._width, self._depth)
+                + _budget.CMS_CANDIDATE_OVERHEAD * len(self._cand_items)
+                + int(self._cand_len.sum()))
+
+    def compatible(self, other: "CountMinTopK") -> bool:
+        """Whether ``other`` can be merged into this sketch."""
+        return (isinstance(other, CountMinTopK)
+                and other._width == self._width
+                and other._depth == self._depth
+                and other._conservative == self._conservative)
+
+    # -- updates --------------------------------------------------------
+
+    def update(self, items, counts=None, *,
+               assume_unique: bool = False) -> "CountMinTopK":
+        """Add a batch of pre-aggregated ``(item, count)`` pairs.
+
+        ``items``: Arrow string array (or anything ``pa.array`` takes),
+        ``counts``: non-negative integers (``None`` = 1 each). Repeated
+        items are summed first; ``assume_unique=True`` skips that check
+        (a sort of the hashes) for callers that know, e.g. a group-by
+        output. Returns ``self``.
+        """
+        items, counts = coerce_batch(items, counts)
+        if len(items) == 0:
+            return self
+        if pa.types.is_large_string(items.type):
+            items = items.cast(pa.string())
+        batch_total = _checked_sum(counts)
+        if self._total + batch_total > _INT64_MAX:
+            raise OverflowError("total count would exceed 2**63 - 1")
+        if not assume_unique:
+            items, counts = _aggregate(items, counts, batch_total)
+        h = hash64(items)
+        cells = self._cells(h)
+        flat = self._counters.reshape(-1)
+        est_before = _row_min(flat[cells])
+        if self._conservative:
+            # Raise each cell only as far as the new estimate of the items
+            # in it; with pre-aggregated batches this is the batch version
+            # of the sequential rule, and every item's cells stay >= its
+            # true count.
+            new_est = est_before + counts
+            for r in range(self._depth):
+                np.maximum.at(flat, cells[r], new_est)
+        else:
+            _add_counts(flat, cells, counts, batch_total)
+        self._total += batch_total
+
+        pos = pc.index_in(items, value_set=self._cand_items).fill_null(
+            -1).to_numpy()
+        known = pos >= 0
+        lo, hi = self._cand_lo.copy(), self._cand_hi.copy()
+        lo[pos[known]] += counts[known]
+        hi[pos[known]] += counts[known]
+        # A newcomer's count before this batch was at most its Count-Min
+        # estimate and at most the bound on untracked items.
+        fresh = np.flatnonzero(~known)
+        f_hi = np.minimum(est_before[fresh], self._dropped) + counts[fresh]
+        if len(hi) >= self._capacity and len(fresh):
+            # A full set keeps `capacity` items whose bounds only grew, so a
+            # newcomer below the smallest of them cannot get in: settle it
+            # here (most of a batch) instead of in the selection below.
+            low = f_hi < hi.min()
+            if low.any():
+                self._dropped = max(self._dropped, int(f_hi[low].max()))
+                fresh, f_hi = fresh[~low], f_hi[~low]
+        self._select(items.take(pa.array(fresh)) if len(fresh) < len(items)
+                     else items, h[fresh], counts[fresh], f_hi, lo, hi)
+        return self
+
+    def merge(self, other: "CountMinTopK") -> "CountMinTopK":
+        """Add ``other`` (same width, depth and update rule) into this
+        sketch: ``merge_many([self, other])``, kept in ``self`` (its
+        capacity and budget). Returns ``self``."""
+        merged = CountMinTopK.merge_many([self, other])
+        self._counters, self._total = merged._counters, merged._total
+        self._dropped = merged._dropped
+        self._set_candidates(merged._cand_items, merged._cand_hash,
+                             merged._cand_lo, merged._cand_hi)
+        return self
+
+    @classmethod
+    def merge_many(cls, sketches) -> "CountMinTopK":
+        """The merge of ``sketches`` (same width, depth and update rule) as a
+        new sketch with the first one's capacity and budget; the inputs are
+        not modified. See ``merge_ranges``."""
+        sketches = list(sketches)
+        return cls.merge_ranges(sketches, [(0, len(sketches))])[0]
+
+    @classmethod
+    def merge_ranges(cls, sketches, ranges) -> list["CountMinTopK"]:
+        """The merge of ``sketches[a:b]`` for every ``(a, b)`` of
+        ``ranges``, each a new sketch with the first sketch's capacity and
+        budget; the inputs are not modified.
+
+        A merge of m sketches at once: counters add (with the plain rule,
+        exactly the counters of the concatenated streams); every item that
+        any of them tracks gets, per sketch, its bounds there if tracked,
+        else ``[0, that sketch's dropped bound]``, summed, and the upper
+        bound is capped by the summed counters' estimate; the union is then
+        trimmed once to capacity and budget (``_choose``), whatever is left
+        out raising the bound on untracked items, which starts at the sum
+        of the inputs' bounds. All bounds hold deterministically if the
+        inputs' do.
+
+        Sliding windows are many overlapping ranges: the items of all
+        sketches are encoded once, and running sums move from one range to
+        the next by adding the sketches that enter and subtracting those
+        that leave, so each range costs work in proportion to its own
+        candidates, not to the number of sketches it spans (and no string
+        is compared twice).
+        """
+        sketches = list(sketches)
+        if not sketches:
+            raise ValueError("nothing to merge")
+        first = sketches[0]
+        for s in sketches[1:]:
+            if not first.compatible(s):
+                raise ValueError(
+                    "can only merge Count-Min sketches with the same width, "
+                    f"depth and update rule (this: {_describe(first)}, "
+                    f"other: {_describe(s)})")
+        if sum(s._total for s in sketches) > _INT64_MAX:
+            raise OverflowError("total count would exceed 2**63 - 1")
+        for a, b in ranges:
+            if not 0 <= a < b <= len(sketches):
+                raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
+                                 "sketches")
+        union, codes, starts = _encode_candidates(sketches)
+        hsh = np.zeros(len(union), np.uint64)
+        hsh[codes] = np.concatenate([s._cand_hash for s in sketches])
+        # Codes in hash order: then any subset in code order is in the
+        # canonical order ``_choose`` wants.
+        order = np.argsort(hsh, kind="stable")
+        recode = np.empty_like(order)
+        recode[order] = np.arange(len(order))
+        codes, union, hsh = recode[codes], union.take(pa.array(order)), hsh[order]
+        length = np.zeros(len(union), np.int64)
+        length[codes] = np.concatenate([s._cand_len for s in sketches])
+        cells = first._cells(hsh)
+        # Per entry (sketch, candidate): its lower bound, and how far its
+        # upper bound exceeds its sketch's bound for untracked items, so
+        # that a range's upper bound is (sum of excesses) + (sum of the
+        # untracked bounds) for every item at once.
+        lo_in = np.concatenate([s._cand_lo for s in sketches])
+        excess_in = np.concatenate([s._cand_hi - s._dropped for s in sketches])
+        lo_sum = np.zeros(len(union), np.int64)
+        excess_sum = np.zeros(len(union), np.int64)
+        tracked = np.zeros(len(union), np.int32)
+        counters = np.zeros_like(first._counters)
+        total = dropped = 0
+
+        def move(x, y, sign):
+            """Add (``sign`` 1) or subtract the sketches ``[x, y)``."""
+            nonlocal total, dropped
+            for p in range(x, y):
+                seg = slice(starts[p], starts[p + 1])
+                c = codes[seg]  # unique within one sketch
+                lo_sum[c] += sign * lo_in[seg]
+                excess_sum[c] += sign * excess_in[seg]
+                tracked[c] += sign
+                np.add(counters, sign * sketches[p]._counters, out=counters)
+                total += sign * sketches[p]._total
+                dropped += sign * sketches[p]._dropped
+
+        out, at = [], (0, 0)
+        for a, b in ranges:
+            # [at) -> [a, b): add what enters, subtract what leaves.
+            move(at[1], b, 1) if b >= at[1] else move(b, at[1], -1)
+            move(at[0], a, -1) if a >= at[0] else move(a, at[0], 1)
+            at = (a, b)
+            idx = np.flatnonzero(tracked)
+            lo = lo_sum[idx]
+            est = _row_min(counters.reshape(-1)[cells])[idx]
+            hi = np.minimum(excess_sum[idx] + dropped, est)
+            # Valid inputs give est >= true >= lo; this only keeps lo <= hi
+            # for inputs that are merely well-formed.
+            hi = np.maximum(hi, lo)
+            merged = first._empty_like()
+            merged._counters = counters.copy()
+            merged._total = total
+            keep, worst = _choose(hi, length[idx], merged._capacity,
+                                  merged._candidate_room())
+            merged._dropped = max(dropped, worst)
+            merged._set_candidates(union.take(pa.array(idx[keep])),
+                                   hsh[idx[keep]], lo[keep], hi[keep])
+            out.append(merged)
+        return out
+
+    # -- queries --------------------------------------------------------
+
+    def top_k(self, k: int) -> pa.Table:
+        """The ``k`` candidates with the largest estimates (``TOPK_SCHEMA``).
+
+        ``count`` is the midpoint of the bounds, so it is never further than
+        ``(upper - lower) / 2`` from the true count; ``lower_bound`` and
+        ``upper_bound`` always contain it; ``guaranteed`` marks items that
+        are certainly in the true top ``k``.
+        """
+        k = check_k(k)
+        lo, hi = self._cand_lo, self._cand_hi
+        return top_k_table(self._cand_items, (lo + hi) // 2, lo, hi,
+                           self._dropped, k)
+
+    def bounds(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic (lower, upper) bounds on the true count of any
+        items, tracked or not."""
+        arr, _ = coerce_batch(items)
+        lower = np.zeros(len(arr), np.int64)
+        upper = np.minimum(self._estimate(hash64(arr)), self._dropped)
+        pos = pc.index_in(arr, value_set=self._cand_items).fill_null(
+            -1).to_numpy()
+        known = pos >= 0
+        lower[known] = self._cand_lo[pos[known]]
+        upper[known] = self._cand_hi[pos[known]]
+        return lower, upper
+
+    def estimate(self, items) -> np.ndarray:
+        """Plain Count-Min estimates (upper bounds) of any items."""
+        arr, _ = coerce_batch(items)
+        return self._estimate(hash64(arr))
+
+    def candidates(self) -> pa.Table:
+        """All candidates with their bounds (item_id, lower, upper)."""
+        return pa.table({"item_id": self._cand_items,
+                         "lower_bound": pa.array(self._cand_lo),
+                         "upper_bound": pa.array(self._cand_hi)})
+
+    def copy(self) -> "CountMinTopK":
+        """An independent copy (cheaper than a round trip through bytes)."""
+        sketch = self._empty_like()
+        sketch._counters = self._counters.copy()
+        sketch._total, sketch._dropped = self._total, self._dropped
+        # Candidate arrays are replaced, never written in place: shared.
+        sketch._set_candidates(self._cand_items, self._cand_hash,
+                               self._cand_lo, self._cand_hi)
+        return sketch
+
+    # -- serialization --------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Compact, versioned, little-endian encoding (``nbytes`` long)."""
+        n = len(self._cand_items)
+        header = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, HASH_VERSION,
+            _FLAG_CONSERVATIVE if self._conservative else 0, 0,
+            self._depth, self._width, self._capacity, n, self._budget_bytes,
+            self._total, self._dropped)
+        return b"".join([
+            header,
+            self._counters.astype("<i8", copy=False).tobytes(),
+            self._cand_lo.astype("<i8", copy=False).tobytes(),
+            self._cand_hi.astype("<i8", copy=False).tobytes(),
+            self._cand_len.astype("<u4").tobytes(),
+            _string_bytes(self._cand_items),
+        ])
+
+    @classmethod
+    def from_bytes(cls, data: bytes, _hashes: bytes | None = None
+                   ) -> "CountMinTopK":
+        """Inverse of ``to_bytes``; raises ``ValueError`` on anything that
+        is not a valid sketch of this format and hash version.
+        (``_hashes``: the candidates' hashes, when a pickle carries them.)"""
+        data = bytes(data)
+        if len(data) < _HEADER.size or data[:4] != MAGIC:
+            raise ValueError("not a Count-Min top-K sketch")
+        (_, version, hash_version, flags, _, depth, width, capacity, n,
+         budget_bytes, total, dropped) = _HEADER.unpack_from(data)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported Count-Min sketch format version "
+                             f"{version} (this build reads {FORMAT_VERSION})")
+        if hash_version != HASH_VERSION:
+            raise ValueError(f"sketch was hashed with hash version "
+                             f"{hash_version}, this build uses {HASH_VERSION}")
+        if flags & ~_FLAG_CONSERVATIVE:
+            raise ValueError(f"unknown flags {flags:#x}")
+        cells = depth * width
+        fixed = _HEADER.size + 8 * cells + 20 * n
+        if not (1 <= depth <= _MAX_DEPTH and width >= 1 and capacity >= 1
+                and n <= capacity and len(data) >= fixed
+                and len(data) <= budget_bytes and total >= 0
+                and dropped >= 0):
+            raise ValueError("corrupt Count-Min sketch header")
+        off = _HEADER.size
+        counters = np.frombuffer(data, "<i8", cells, off).astype(np.int64)
+        off += 8 * cells
+        lo = np.frombuffer(data, "<i8", n, off).astype(np.int64)
+        hi = np.frombuffer(data, "<i8", n, off + 8 * n).astype(np.int64)
+        lengths = np.frombuffer(data, "<u4", n, off + 16 * n).astype(np.int64)
+        off += 20 * n
+        if off + int(lengths.sum()) != len(data):
+            raise ValueError("corrupt Count-Min sketch: wrong length")
+        if (counters.min(initial=0) < 0 or (lo < 0).any() or (lo > hi).any()
+                or counters.reshape(depth, width)[0].sum() != total
+                and not flags & _FLAG_CONSERVATIVE):
+            raise ValueError("corrupt Count-Min sketch: inconsistent counts")
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        items = pa.Array.from_buffers(pa.string(), n, [
+            None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data[off:])])
+        try:
+            items.validate(full=True)
+        except pa.ArrowInvalid as e:
+            raise ValueError(f"corrupt Count-Min sketch: {e}") from None
+        sketch = cls(budget_bytes, width=width, depth=depth,
+                     capacity=capacity,
+                     conservative=bool(flags & _FLAG_CONSERVATIVE))
+        sketch._counters = counters.reshape(depth, width)
+        sketch._total, sketch._dropped = int(total), int(dropped)
+        if _hashes is not None and len(_hashes) != 8 * n:
+            raise ValueError("corrupt Count-Min sketch: wrong hashes")
+        hashes = (hash64(items) if _hashes is None
+                  else np.frombuffer(_hashes, np.uint64).copy())
+        sketch._set_candidates(items, hashes, lo, hi)
+        return sketch
+
+    def __reduce__(self):
+        # Beam pickles accumulators and shuffled sketches; the bytes are the
+        # canonical state. The hashes travel along (a pickle is trusted
+        # anyway), so unpickling does not hash every candidate again.
+        return (CountMinTopK.from_bytes, (self.to_bytes(),
+                                          self._cand_hash.tobytes()))
+
+    def __repr__(self) -> str:
+        return (f"CountMinTopK({self._depth}x{self._width}, "
+                f"{len(self._cand_items)}/{self._capacity} candidates, "
+                f"total={self._total}, {self.nbytes}/{self._budget_bytes} B)")
+
+    # -- internals ------------------------------------------------------
+
+    def _cells(self, h: np.ndarray) -> np.ndarray:
+        """Flat counter index of every item in every row, ``(depth, n)``.
+
+        Double hashing (Kirsch & Mitzenmacher): row r uses ``a + r*b`` of
+        the two 32-bit halves of the item hash, mapped to ``[0, width)`` by
+        a multiply-shift (Lemire), so no division and no bias. All rows at
+        once (broadcast over r)."""
+        a = h & _MASK32
+        b = (h >> _S32) | np.uint64(1)
+        r = np.arange(self._depth, dtype=np.uint64)[:, None]
+        g = (a + r * b) & _MASK32
+        cells = ((g * np.uint64(self._width)) >> _S32).astype(np.int64)
+        cells += (np.arange(self._depth, dtype=np.int64) * self._width)[:, None]
+        return cells
+
+    def _estimate(self, h: np.ndarray) -> np.ndarray:
+        return _row_min(self._counters.reshape(-1)[self._cells(h)])
+
+    def _set_candidates(self, items, hashes, lo, hi) -> None:
+        self._cand_items = items
+        self._cand_hash = hashes
+        self._cand_lo = lo
+        self._cand_hi = hi
+        self._cand_len = _lengths(items)
+
+    def _select(self, new_items: pa.Array, new_hash: np.ndarray,
+                new_lo: np.ndarray, new_hi: np.ndarray, old_lo: np.ndarray,
+                old_hi: np.ndarray) -> None:
+        """Keep the best of (current candidates with bounds old_lo/old_hi)
+        and (new items), within capacity and budget; everything left out
+        raises the bound on untracked items."""
+        all_hash = np.concatenate([self._cand_hash, new_hash])
+        order = np.argsort(all_hash, kind="stable")
+        all_hi = np.concatenate([old_hi, new_hi])[order]
+        keep, worst = _choose(
+            all_hi, np.concatenate([self._cand_len, _lengths(new_items)])[order],
+            self._capacity, self._candidate_room())
+        self._dropped = max(self._dropped, worst)
+        kept = order[keep]
+        items = pa.chunked_array([self._cand_items, new_items], pa.string()
+                                 ).take(pa.array(kept))
+        self._set_candidates(items.combine_chunks(), all_hash[kept],
+                             np.concatenate([old_lo, new_lo])[kept],
+                             all_hi[keep])
+
+    def _candidate_room(self) -> int:
+        """Bytes of the budget left for candidates beside the counters."""
+        return self._budget_bytes - _budget.cms_fixed_bytes(self._width,
+                                                            self._depth)
+
+    def _empty_like(self) -> "CountMinTopK":
+        """An empty sketch with this one's parameters (no validation: they
+        were checked when this one was made)."""
+        sketch = CountMinTopK.__new__(CountMinTopK)
+        sketch._width, sketch._depth = self._width, self._depth
+        sketch._capacity = self._capacity
+        sketch._budget_bytes = self._budget_bytes
+        sketch._conservative = self._conservative
+        sketch._counters = np.zeros_like(self._counters)
+        sketch._total = sketch._dropped = 0
+        sketch._set_candidates(pa.array([], pa.string()),
+                               np.empty(0, np.uint64), np.empty(0, np.int64),
+                               np.empty(0, np.int64))
+        return sketch
+
+
+def _choose(hi: np.ndarray, length: np.ndarray, capacity: int,
+            room: int) -> tuple[np.ndarray, int]:
+    """Which of some items, given in hash order, to keep as candidates:
+    the ``capacity`` largest upper bounds ``hi``, then, if their ids
+    (``length`` bytes each) overflow ``room`` bytes, without the weakest
+    until they fit. Ties go to the smaller hash, so the choice does not
+    depend on input order. Returns the kept indices, ascending (hash order,
+    the canonical order: equal states serialize identically), and the
+    largest upper bound left out (0 if none), which the bound on untracked
+    items must cover."""
+    n = len(hi)
+    if n > capacity:
+        # A stable (radix/tim) sort, not np.partition: bounds repeat a lot
+        # (every newcomer seen once gets the same one), which makes
+        # introselect up to 20x slower than this.
+        threshold = np.sort(hi, kind="stable")[n - capacity]
+        mask = hi > threshold
+        tied = np.flatnonzero(hi == threshold)
+        mask[tied[:capacity - int(mask.sum())]] = True
+        keep = np.flatnonzero(mask)
+    else:
+        keep = np.arange(n)
+    size = int((_budget.CMS_CANDIDATE_OVERHEAD + length[keep]).sum())
+    if size > room:
+        # Weakest first: smallest bound, then the larger hash.
+        order = np.lexsort((-keep, hi[keep]))
+        freed = np.cumsum(_budget.CMS_CANDIDATE_OVERHEAD + length[keep][order])
+        cut = int(np.searchsorted(freed, size - room)) + 1
+        keep = np.sort(keep[order[cut:]])
+    worst = 0
+    if len(keep) < n:
+        left_out = np.ones(n, dtype=bool)
+        left_out[keep] = False
+        worst = int(hi[left_out].max())
+    return keep, worst
+
+
+def _encode_candidates(sketches) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Every sketch's candidate ids as codes into one dictionary: ``(union
+    of ids, code of every candidate, sketch i's candidates at
+    codes[starts[i]:starts[i + 1]])``."""
+    starts = np.zeros(len(sketches) + 1, np.int64)
+    np.cumsum([len(s._cand_items) for s in sketches], out=starts[1:])
+    if starts[-1] == 0:
+        return pa.array([], pa.string()), np.empty(0, np.int64), starts
+    encoded = pc.dictionary_encode(
+        pa.concat_arrays([s._cand_items for s in sketches]))
+    return (encoded.dictionary, encoded.indices.to_numpy().astype(np.int64),
+            starts)
+
+
+def _row_min(rows: np.ndarray) -> np.ndarray:
+    """Minimum over the rows of a ``(depth, n)`` array (``min(axis=0)`` is
+    ~10x slower for a few long rows)."""
+    out = rows[0].copy()
+    for row in rows[1:]:
+        np.minimum(out, row, out=out)
+    return out
+
+
+def _aggregate(items: pa.Array, counts: np.ndarray, total: int):
+    """Sum counts of repeated items (exactly, by string)."""
+    encoded = pc.dictionary_encode(items)
+    if len(encoded.dictionary) == len(items):
+        return items, counts
+    return encoded.dictionary, _sum_by_index(
+        encoded.indices.to_numpy(), counts, len(encoded.dictionary), total)
+
+
+def _sum_by_index(index: np.ndarray, values: np.ndarray, n: int,
+                  total: int) -> np.ndarray:
+    """``out[i] = sum of values[index == i]`` for ``i < n``, exactly, given
+    that ``total`` bounds every sum."""
+    if total < MAX_EXACT_FLOAT:
+        # bincount sums in float64, exact below 2**53, and is ~10x faster
+        # than np.add.at.
+        return np.bincount(index, weights=values, minlength=n).astype(
+            np.int64)
+    out = np.zeros(n, np.int64)
+    np.add.at(out, index, values)
+    return out
+
+
+def _checked_sum(counts: np.ndarray) -> int:
+    if len(counts) and int(counts.max()) > _INT64_MAX // len(counts):
+        total = sum(int(c) for c in counts)  # NumPy would wrap silently
+    else:
+        total = int(counts.sum())
+    if total > _INT64_MAX:
+        raise OverflowError("batch total exceeds 2**63 - 1")
+    return total
+
+
+def _add_counts(flat: np.ndarray, cells: np.ndarray, counts: np.ndarray,
+                batch_total: int) -> None:
+    # No cell of a row can receive more than the batch total.
+    flat += _sum_by_index(cells.ravel(), np.tile(counts, cells.shape[0]),
+                          len(flat), batch_total)
+
+
+def _lengths(items: pa.Array) -> np.ndarray:
+    if len(items) == 0:
+        return np.empty(0, np.int64)
+    off_type = np.int64 if pa.types.is_large_string(items.type) else np.int32
+    off = np.frombuffer(items.buffers()[1], dtype=off_type)[
+        items.offset:items.offset + len(items) + 1]
+    return np.diff(off).astype(np.int64)
+
+
+def _string_bytes(items: pa.Array) -> bytes:
+    if len(items) == 0:
+        return b""
+    off = np.frombuffer(items.buffers()[1], dtype=np.int32)[
+        items.offset:items.offset + len(items) + 1]
+    data = items.buffers()[2]
+    if data is None:
+        return b""
+    return data.slice(int(off[0]), int(off[-1] - off[0])).to_pybytes()
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not lo <= value <= hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got "
+                         f"{value!r}")
+
+
+def _describe(other) -> str:
+    if isinstance(other, CountMinTopK):
+        return (f"{other._depth}x{other._width}"
+                f"{' conservative' if other._conservative else ''}")
+    return type(other).__name__

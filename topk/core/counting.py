@@ -1,0 +1,102 @@
+"""Exact counting: de-duplication by ``event_id`` and one-minute slices.
+
+The unit every window is built from is a table of exact partial counts
+``(event_type, slice_start, item_id, count)`` (``SLICE_COUNTS_SCHEMA``).
+Partials are mergeable: concatenating two and summing by key gives the
+partial of the union, which is what lets per-batch, per-shard and per-window
+aggregation happen in any order.
+"""
+import numpy as np
+import pyarrow as pa
+
+from topk.core import schema
+from topk.core.local_duckdb import connection
+from topk.core.windows import floor_to
+
+#: Columns a de-duplication stage keeps per event.
+DEDUP_COLUMNS = ("event_id", "event_type", "item_id", "ts", "weight")
+_KEY = ["event_type", "slice_start", "item_id"]
+
+
+def dedup_events(events: pa.Table) -> pa.Table:
+    """Keep one row per ``event_id`` (columns ``DEDUP_COLUMNS``).
+
+    A duplicate is normally an exact re-delivery; if copies disagree, the
+    smallest ``(ts, event_type, item_id, weight)`` wins, so the result does
+    not depend on arrival order.
+    """
+    t = events.select(list(DEDUP_COLUMNS))
+    con = connection()
+    unique_rows = con.sql("SELECT DISTINCT * FROM t").to_arrow_table()
+    [(ids,)] = con.sql(
+        "SELECT count(DISTINCT event_id) FROM unique_rows").fetchall()
+    if ids != unique_rows.num_rows:
+        # Rare: same id, different content. A sort settles it.
+        unique_rows = con.sql(
+            "SELECT DISTINCT ON (event_id) * FROM unique_rows "
+            "ORDER BY event_id, ts, event_type, item_id, weight"
+        ).to_arrow_table()
+    # Same schema as the input (DuckDB drops NOT NULL), so results and new
+    # inputs can be concatenated in one accumulator.
+    return unique_rows.cast(t.schema)
+
+
+def count_slices(events: pa.Table, slice_ms: int = schema.MINUTE_MS) -> pa.Table:
+    """Events (any table with event_type, item_id, ts, weight) -> exact
+    partial counts per ``(event_type, slice_start, item_id)``."""
+    t = events.select(["event_type", "item_id", "ts", "weight"])  # noqa: F841
+    out = connection().sql(
+        f"SELECT event_type, ts - ts % {int(slice_ms)} AS slice_start, "
+        "item_id, sum(weight)::BIGINT AS count FROM t GROUP BY ALL"
+    ).to_arrow_table()
+    return out.cast(schema.SLICE_COUNTS_SCHEMA)
+
+
+def merge_counts(tables: list[pa.Table]) -> pa.Table:
+    """Sum partial count tables by ``(event_type, slice_start, item_id)``."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return schema.SLICE_COUNTS_SCHEMA.empty_table()
+    if len(tables) == 1:
+        return tables[0]
+    return _sum_by_key(pa.concat_tables(tables))
+
+
+def rollup(counts: pa.Table, slice_ms: int) -> pa.Table:
+    """Re-slice partial counts to a coarser aligned ``slice_ms``."""
+    floored = counts.set_column(
+        counts.schema.get_field_index("slice_start"), "slice_start",
+        floor_ms(counts["slice_start"], slice_ms))
+    return _sum_by_key(floored)
+
+
+def floor_ms(ts: pa.ChunkedArray | pa.Array, size_ms: int) -> pa.Array:
+    """Align an Arrow column of epoch-ms values down to ``size_ms``."""
+    np_ts = ts.to_numpy() if isinstance(ts, pa.ChunkedArray) else (
+        ts.to_numpy(zero_copy_only=False))
+    return pa.array(floor_to(np_ts, size_ms))
+
+
+def _sum_by_key(t: pa.Table) -> pa.Table:
+    out = t.group_by(_KEY).aggregate([("count", "sum")])
+    return pa.table({
+        "event_type": out["event_type"],
+        "slice_start": out["slice_start"],
+        "item_id": out["item_id"],
+        "count": out["count_sum"],
+    }, schema=schema.SLICE_COUNTS_SCHEMA)
+
+
+def to_slices_table(counts: pa.Table, slice_length: str, source: str,
+                    emitted_at_ms: int) -> pa.Table:
+    """Exact partial counts -> rows of the ``slices`` output table."""
+    n = counts.num_rows
+    return pa.table({
+        "slice_start": counts["slice_start"].cast(schema.TIMESTAMP),
+        "slice_length": pa.array([slice_length] * n, pa.string()),
+        "event_type": counts["event_type"],
+        "item_id": counts["item_id"],
+        "count": counts["count"],
+        "source": pa.array([source] * n, pa.string()),
+        "emitted_at": pa.array(np.full(n, emitted_at_ms)).cast(schema.TIMESTAMP),
+    }, schema=schema.SLICES_SCHEMA)

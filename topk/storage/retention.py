@@ -1,0 +1,224 @@
+"""Retention tiers: recent data fine-grained, older data coarse (no Beam).
+
+A retention policy keeps each slice length for its own period, e.g.
+``1m=7d,1h=90d,1d=730d``: minute slices for 7 days, hour slices for 90 days,
+day slices for two years; a tier left out is kept forever. It applies to the
+three output tables alike: ``slices`` and ``sketches`` rows by their
+``slice_length``, ``ranked_windows`` rows by their window's step (the slide,
+or the length when tumbling: ``1m`` and ``1h/1m`` windows follow the minute
+tier, ``1h`` and ``1d/1h`` the hour tier, ``1d``, ``30d`` and ``30d/1d`` the
+day tier).
+
+Expiry works on whole UTC days, the partitions of both backends: a row
+expires once its day (of ``slice_start`` / ``window_start``) lies entirely
+before ``now - keep``, rounded down to a day (``cutoff_ms``), so data is kept
+at least ``keep``.
+
+- Parquet: ``cleanup_parquet`` deletes the expired ``date=`` partition
+  directories of each table.
+- BigQuery: the longest tier is the tables' partition expiration
+  (``partition_expiration_ms``: BigQuery drops old partitions by itself, for
+  free); shorter tiers are deleted by ``bigquery_deletes`` (DML over the
+  expired partitions, clustered on the slice length).
+
+Run both periodically (cron, or a BigQuery scheduled query with the DELETE
+statements)::
+
+    python -m topk.storage.retention --retention 1m=7d,1h=90d,1d=730d --output out
+    python -m topk.storage.retention --retention 1m=7d,1h=90d,1d=730d --bq-dataset topk
+
+Range queries over expired minutes of a range see no data there: query old
+ranges on hour boundaries (they are then answered from hour and day slices).
+"""
+import argparse
+import os
+import shutil
+import sys
+
+from topk.storage import layout as output_layout
+from topk.core.schema import DAY_MS, HOUR_MS
+from topk.core.windows import (SLICE_LENGTHS, SUPPORTED_WINDOWS, WindowSpec,
+                          duration_ms, floor_to, format_time, now_ms,
+                          parse_time)
+
+#: The tables retention applies to, with their tier column(s).
+TABLES = (output_layout.RANKED_WINDOWS, output_layout.SLICES,
+          output_layout.SKETCHES)
+
+
+def parse_retention(text: str | None) -> dict[str, int]:
+    """``"1m=7d,1h=90d"`` -> ``{"1m": 7 days in ms, "1h": 90 days in ms}``.
+
+    Keys are slice lengths (``1m``, ``1h``, ``1d``); a tier left out is kept
+    forever; ``""``/``None`` keeps everything. A finer tier may not be kept
+    longer than a coarser one (the coarse slices answer old ranges).
+    """
+    policy: dict[str, int] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        tier, sep, keep = part.partition("=")
+        tier = tier.strip()
+        if not sep or tier not in SLICE_LENGTHS:
+            raise ValueError(
+                f"bad retention {part.strip()!r}: expected TIER=DURATION with "
+                f"TIER one of {', '.join(SLICE_LENGTHS)}, e.g. 1m=7d,1h=90d")
+        if tier in policy:
+            raise ValueError(f"retention of {tier} given twice")
+        policy[tier] = duration_ms(keep)
+    for fine, coarse in zip(SLICE_LENGTHS, SLICE_LENGTHS[1:]):
+        fine_keep, coarse_keep = policy.get(fine), policy.get(coarse)
+        if coarse_keep is not None and (fine_keep is None
+                                        or fine_keep > coarse_keep):
+            raise ValueError(f"{fine} slices cannot be kept longer than "
+                             f"{coarse} slices")
+    return policy
+
+
+def window_tier(window_length: str, slide: str | None) -> str:
+    """The tier of a ranked window: that of its step (slide or length)."""
+    step = duration_ms(slide or window_length)
+    if step < HOUR_MS:
+        return "1m"
+    return "1h" if step < DAY_MS else "1d"
+
+
+def window_steps(tier: str) -> list[str]:
+    """The step names (``COALESCE(slide, window_length)``) of the supported
+    window specs in ``tier``."""
+    steps = []
+    for name in SUPPORTED_WINDOWS:
+        spec = WindowSpec.parse(name)
+        step = spec.slide_name or spec.length_name
+        if window_tier(spec.length_name, spec.slide_name) == tier \
+                and step not in steps:
+            steps.append(step)
+    return steps
+
+
+def partition_expiration_ms(policy: dict[str, int]) -> int | None:
+    """The tables' partition expiration: the longest tier, when every tier
+    is bounded (else ``None``: partitions never expire by themselves)."""
+    if all(t in policy for t in SLICE_LENGTHS):
+        return max(policy.values())
+    return None
+
+
+def cutoff_ms(now: int, keep_ms: int) -> int:
+    """Rows of days starting before this instant are expired."""
+    return floor_to(now - keep_ms, DAY_MS)
+
+
+def bigquery_deletes(policy: dict[str, int], table_ids: dict[str, str],
+                     now: int) -> list[tuple[str, list]]:
+    """DML for the tiers shorter than the partition expiration, as
+    ``(sql, params)`` with params ``(name, type, value)``.
+
+    ``table_ids``: table name -> validated, fully qualified BigQuery id.
+    The longest tier is left to partition expiration when every tier is
+    bounded."""
+    expiration = partition_expiration_ms(policy)
+    statements = []
+    for tier in SLICE_LENGTHS:
+        keep = policy.get(tier)
+        if keep is None or (expiration is not None and keep >= expiration):
+            continue
+        cutoff = ("cutoff", "TIMESTAMP", cutoff_ms(now, keep))
+        for table, table_id in table_ids.items():
+            if table == output_layout.RANKED_WINDOWS:
+                statements.append((
+                    f"DELETE FROM `{table_id}` WHERE window_start < @cutoff "
+                    "AND COALESCE(slide, window_length) IN UNNEST(@steps)",
+                    [cutoff, ("steps", "ARRAY<STRING>", window_steps(tier))]))
+            else:
+                statements.append((
+                    f"DELETE FROM `{table_id}` WHERE slice_start < @cutoff "
+                    "AND slice_length = @tier",
+                    [cutoff, ("tier", "STRING", tier)]))
+    return statements
+
+
+def expired_parquet_dirs(output: str, policy: dict[str, int], now: int
+                         ) -> list[str]:
+    """The ``date=`` partition directories of ``output`` whose data is
+    expired under ``policy`` (local paths)."""
+    expired = []
+    for table in TABLES:
+        root = output_layout.table_dir(output, table)
+        if not os.path.isdir(root):
+            continue
+        for outer in sorted(os.listdir(root)):
+            column, _, value = outer.partition("=")
+            if column == "window_spec":
+                spec = WindowSpec.parse(value.replace("_", "/"))
+                tier = window_tier(spec.length_name, spec.slide_name)
+            elif column == "slice_length":
+                tier = value
+            else:
+                continue
+            if tier not in policy:
+                continue
+            cutoff = cutoff_ms(now, policy[tier])
+            for inner in sorted(os.listdir(os.path.join(root, outer))):
+                column, _, day = inner.partition("=")
+                if column == "date" and parse_time(day) < cutoff:
+                    expired.append(os.path.join(root, outer, inner))
+    return expired
+
+
+def cleanup_parquet(output: str, policy: dict[str, int], now: int,
+                    dry_run: bool = False) -> list[str]:
+    """Delete the expired partition directories; returns them."""
+    expired = expired_parquet_dirs(output, policy, now)
+    if not dry_run:
+        for path in expired:
+            shutil.rmtree(path)
+    return expired
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m topk.storage.retention",
+        description="Apply retention tiers to the output tables: delete "
+        "expired Parquet partitions (--output) and/or expired BigQuery rows, "
+        "setting the tables' partition expiration (--bq-dataset).")
+    parser.add_argument("--retention", required=True,
+                        help="Tiers, e.g. 1m=7d,1h=90d,1d=730d (a tier left "
+                        "out is kept forever).")
+    parser.add_argument("--output", help="Parquet output directory (local).")
+    from topk.connectors.bigquery import client as bigquery_client
+    bigquery_client.add_arguments(parser)
+    parser.add_argument("--now", default=None,
+                        help="Reference time, RFC 3339 (default: now).")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Print what would be deleted, delete nothing.")
+    args = parser.parse_args(argv)
+    try:
+        policy = parse_retention(args.retention)
+        now = parse_time(args.now) if args.now else now_ms()
+        if not args.output and not args.bq_dataset:
+            raise ValueError("nothing to do: give --output and/or "
+                             "--bq-dataset")
+        if args.output:
+            for path in cleanup_parquet(args.output, policy, now,
+                                        args.dry_run):
+                print(f"{'would delete' if args.dry_run else 'deleted'} "
+                      f"{path}")
+        if args.bq_dataset:
+            from topk.connectors.bigquery import tables as bigquery_tables
+            client, target = bigquery_client.connect(
+                args.bq_project, args.bq_dataset, args.bq_table_prefix,
+                args.bq_endpoint, args.bq_location)
+            for line in bigquery_tables.apply_retention(
+                    client, target, policy, now, args.dry_run):
+                print(line)
+    except ValueError as e:
+        print(f"topk.storage.retention: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{'dry run' if args.dry_run else 'retention applied'} as of "
+          f"{format_time(now)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

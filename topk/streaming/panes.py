@@ -1,0 +1,481 @@
+"""Streaming panes: one item shard's open windows, and their merge (no Beam).
+
+The stream keeps the batch path's algebra (windows are sums of exact slices;
+shards partition items, so the merge of the shards' top-K is exact) and adds
+*when* a result is emitted, as Beam's triggers would:
+
+- **early** panes, every few seconds of processing time while a window is
+  open (its end is after the watermark), for the windows that changed;
+- one **on-time** pane when the watermark passes the window's end;
+- **late** panes when events within the allowed lateness change a window
+  that already had its on-time pane.
+
+Panes are accumulating: each holds the window's full top-K so far, so a
+reader takes the latest pane (highest ``emitted_at``) and a replay that
+re-emits a pane never double counts.
+
+``ShardPanes`` is one item shard's state: its exact counts at three levels
+(1m, 1h, 1d; a window spec reads the level of its step, so a 30-day window
+sums 30 day rows, not 43,200 minute rows), the watermark of its last
+event-time firing and the time of its last emission. ``PaneMerge`` is one
+window spec's merge stage: the latest candidates of every shard for every
+open window, and which panes were emitted.
+"""
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from topk.core import counting, ranking, schema
+from topk.streaming.dedup import (NO_WATERMARK, READ_AT, RETENTION_MARGIN_MS,
+                                late_horizon, reading_watermark)
+from topk.core.windows import WindowSpec, floor_to
+
+EARLY, ON_TIME, LATE = "early", "on_time", "late"
+SOURCE = "stream"
+
+#: (slice length in ms, its name) of the levels a shard keeps.
+LEVELS = ((schema.MINUTE_MS, "1m"), (schema.HOUR_MS, "1h"),
+          (schema.DAY_MS, "1d"))
+
+
+def level_of(spec: WindowSpec) -> int:
+    """The coarsest kept slice length that divides the spec's step."""
+    return max(size for size, _ in LEVELS if spec.step_ms % size == 0)
+
+
+def window_ends_after(spec: WindowSpec, minutes: np.ndarray,
+                      watermark_ms: int) -> np.ndarray:
+    """Ends, after ``watermark_ms``, of the spec's windows that contain any
+    of ``minutes``."""
+    if minutes.size == 0:
+        return np.empty(0, np.int64)
+    ends = spec.window_starts_for(minutes) + spec.length_ms
+    return ends[ends > watermark_ms]
+
+
+def next_window_end(specs: list[WindowSpec], minutes: np.ndarray,
+                    watermark_ms: int) -> int | None:
+    """The earliest end after ``watermark_ms`` of the windows of ``specs``
+    that contain any of ``minutes``, or ``None``."""
+    ends = [window_ends_after(s, minutes, watermark_ms) for s in specs]
+    ends = [e.min() for e in ends if e.size]
+    return int(min(ends)) if ends else None
+
+
+@dataclasses.dataclass
+class ShardFiring:
+    """What one firing of a shard emits."""
+    slices: pa.Table  # SLICES_SCHEMA rows of the changed slices, full counts
+    #: (spec, pane timing, the shard's top-K of those windows)
+    windows: list[tuple[WindowSpec, str, ranking.WindowTopK]]
+    emitted_at_ms: int
+    #: Partial counts refused as late (SLICE_COUNTS_SCHEMA), see ``fire``.
+    late: pa.Table
+    #: The partials this firing counted (SLICE_COUNTS_SCHEMA, 1m): the
+    #: ``("delta", absorbed)`` chunk to persist.
+    absorbed: pa.Table
+
+
+class ShardPanes:
+    """One item shard's exact counts of its open windows (see the module
+    docstring). ``meta``, ``level_chunks``, ``ShardFiring.absorbed`` and
+    ``from_chunks`` persist it in runner state."""
+
+    def __init__(self, specs: list[WindowSpec], k: int,
+                 allowed_lateness_ms: int):
+        self.specs = list(specs)
+        self.k = k
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.counts = {size: schema.SLICE_COUNTS_SCHEMA.empty_table()
+                       for size, _ in LEVELS}
+        self.watermark_ms = NO_WATERMARK
+        self.last_emit_ms = 0
+        #: spec key -> starts of open windows that changed at an event-time
+        #: firing: their early pane waits for the next processing-time one.
+        self.deferred: dict[str, np.ndarray] = {}
+        # How long each level's rows can still change a result or a slice.
+        self._retention = {size: max([size] + [
+            s.length_ms for s in self.specs if level_of(s) == size])
+            for size, _ in LEVELS}
+
+    # Runner state: ``meta()`` (small, rewritten at every firing) and a log
+    # of chunks: the partials each firing absorbed (``("delta", table)``),
+    # and from time to time the whole counts instead (``level_chunks``).
+    # Appending what changed costs the change; rewriting every count at
+    # every firing cost the whole state each time.
+
+    def meta(self) -> dict:
+        return {"watermark_ms": self.watermark_ms,
+                "last_emit_ms": self.last_emit_ms, "deferred": self.deferred}
+
+    def level_chunks(self) -> list[tuple]:
+        """The counts as chunks that replace every chunk so far."""
+        return [("level", size, self.counts[size]) for size, _ in LEVELS]
+
+    @classmethod
+    def from_chunks(cls, specs, k, allowed_lateness_ms, meta: dict | None,
+                    chunks) -> "ShardPanes":
+        """Rebuild from ``meta()`` and the chunk log, in any order."""
+        panes = cls(specs, k, allowed_lateness_ms)
+        if meta:
+            panes.watermark_ms = meta["watermark_ms"]
+            panes.last_emit_ms = meta["last_emit_ms"]
+            panes.deferred = meta["deferred"]
+        levels = {size: [panes.counts[size]] for size, _ in LEVELS}
+        deltas = []
+        for chunk in chunks:
+            if chunk[0] == "level":
+                levels[chunk[1]].append(chunk[2])
+            else:
+                deltas.append(chunk[1])
+        panes.counts = {size: counting.merge_counts(tables)
+                        for size, tables in levels.items()}
+        if deltas:
+            panes._absorb(counting.merge_counts(deltas))
+        panes._expire()
+        return panes
+
+    def next_close(self) -> int | None:
+        """When the next on-time pane is due: the earliest end, after the
+        watermark, of a window holding counted data."""
+        held = np.unique(np.concatenate([
+            self.counts[size]["slice_start"].to_numpy() for size, _ in LEVELS]))
+        return next_window_end(self.specs, held, self.watermark_ms)
+
+    def fire(self, pending: list[pa.Table], now_ms: int,
+             watermark_ms: int | None = None) -> ShardFiring:
+        """Absorb the partial counts that arrived since the last firing
+        (``SLICE_COUNTS_SCHEMA``, one-minute slices) and emit panes.
+
+        ``watermark_ms`` is given by an event-time firing: windows ending by
+        then get their on-time pane (all of them, changed or not), changed
+        closed windows a late pane; the changed open windows wait for the
+        next processing-time firing (``None``), which emits every window
+        changed since the last early pane, early or late by the watermark
+        known so far. (During a catch-up the watermark passes a minute
+        every few milliseconds: ranking the 60 open windows of a sliding
+        hour at each would cost far more than the on-time panes, and be
+        superseded at once.)
+
+        Partials older than the lateness horizon of this shard's own
+        watermark are refused (``ShardFiring.late``): their windows may be
+        expired here already, and a pane built from part of a window would
+        replace a complete one. The dedup stage routes late events out
+        before they get here; this catches what a dedup shard that had not
+        yet seen the watermark let through (right after a start).
+        """
+        pending, late = _split_late(list(pending), self.watermark_ms,
+                                    self.allowed_lateness_ms)
+        absorbed = counting.merge_counts(pending)
+        dirty = self._absorb(absorbed)
+        previous = self.watermark_ms
+        watermark = previous if watermark_ms is None else max(previous,
+                                                              watermark_ms)
+        emitted_at = max(int(now_ms), self.last_emit_ms + 1)
+        self.last_emit_ms = emitted_at
+        windows = []
+        for spec in self.specs:
+            windows.extend(self._spec_panes(spec, dirty, previous, watermark,
+                                            defer_early=watermark_ms
+                                            is not None))
+        firing = ShardFiring(self._slice_rows(dirty, emitted_at), windows,
+                             emitted_at, late, absorbed)
+        self.watermark_ms = watermark
+        self._expire()
+        return firing
+
+    def _absorb(self, partials: pa.Table) -> np.ndarray:
+        if partials.num_rows == 0:
+            return np.empty(0, np.int64)
+        for size, _ in LEVELS:
+            part = partials if size == schema.MINUTE_MS else counting.rollup(
+                partials, size)
+            self.counts[size] = counting.merge_counts([self.counts[size], part])
+        return np.unique(partials["slice_start"].to_numpy())
+
+    def _spec_panes(self, spec, dirty, previous, watermark, defer_early):
+        table = self.counts[level_of(spec)]
+        length = spec.length_ms
+        wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
+            0, np.int64)
+        deferred = self.deferred.pop(spec.key, np.empty(0, np.int64))
+        if watermark > previous and table.num_rows:
+            held = spec.window_starts_for(
+                np.unique(table["slice_start"].to_numpy()))
+            ends = held + length
+            wanted = np.union1d(wanted, held[(ends > previous)
+                                             & (ends <= watermark)])
+        if defer_early:
+            is_open = wanted + length > watermark
+            deferred = np.union1d(deferred[deferred + length > watermark],
+                                  wanted[is_open])
+            if deferred.size:
+                self.deferred[spec.key] = deferred
+            wanted = wanted[~is_open]
+        else:
+            wanted = np.union1d(wanted, deferred)
+        if wanted.size == 0:
+            return []
+        starts = table["slice_start"]
+        rows = table.filter(pc.and_(
+            pc.greater_equal(starts, int(wanted.min())),
+            pc.less(starts, int(wanted.max()) + length)))
+        top = ranking.shard_top_k(rows, [spec], self.k,
+                                  window_starts=wanted)[spec]
+        ends = wanted + length
+        timing = np.where(ends > watermark, EARLY,
+                          np.where(ends > previous, ON_TIME, LATE))
+        out = []
+        for name in (EARLY, ON_TIME, LATE):
+            picked = wanted[timing == name]
+            if picked.size:
+                out.append((spec, name, _windows_of(top, picked)))
+        return out
+
+    def _slice_rows(self, dirty: np.ndarray, emitted_at: int) -> pa.Table:
+        parts = []
+        for size, name in LEVELS:
+            if dirty.size == 0:
+                break
+            keys = np.unique(floor_to(dirty, size))
+            table = self.counts[size]
+            rows = table.filter(pc.is_in(table["slice_start"],
+                                         pa.array(keys)))
+            parts.append(counting.to_slices_table(rows, name, SOURCE,
+                                                  emitted_at))
+        return (pa.concat_tables(parts) if parts
+                else schema.SLICES_SCHEMA.empty_table())
+
+    def _expire(self) -> None:
+        if self.watermark_ms <= NO_WATERMARK:
+            return
+        for size, _ in LEVELS:
+            keep_after = (self.watermark_ms - self._retention[size]
+                          - self.allowed_lateness_ms - RETENTION_MARGIN_MS)
+            table = self.counts[size]
+            if table.num_rows:
+                self.counts[size] = table.filter(
+                    pc.greater(table["slice_start"], keep_after - size))
+
+
+def _split_late(tables: list[pa.Table], watermark_ms: int,
+                lateness_ms: int) -> tuple[list[pa.Table], pa.Table]:
+    on_time, late = [], []
+    for t in tables:
+        read_at = (t.schema.metadata or {}).get(READ_AT)
+        horizon = late_horizon(reading_watermark(
+            watermark_ms, int(read_at) if read_at else None), lateness_ms)
+        is_late = pc.less(t["slice_start"], horizon)
+        t = t.replace_schema_metadata(None)
+        on_time.append(t.filter(pc.invert(is_late)))
+        late.append(t.filter(is_late))
+    return on_time, (pa.concat_tables(late)
+                     if late else schema.SLICE_COUNTS_SCHEMA.empty_table())
+
+
+def _windows_of(top: ranking.WindowTopK, starts: np.ndarray
+                ) -> ranking.WindowTopK:
+    keys = pa.array(starts)
+    return ranking.WindowTopK(
+        top.candidates.filter(pc.is_in(top.candidates["window_start"], keys)),
+        top.totals.filter(pc.is_in(top.totals["window_start"], keys)))
+
+
+@dataclasses.dataclass
+class _WindowPanes:
+    on_time_done: bool = False
+    next_index: int = 0
+
+
+#: Shard numbers fit below this, so ``window_start * _SHARD_SLOTS + shard``
+#: is one int64 key per (window, shard) (epoch-ms starts stay below 2^51).
+_SHARD_SLOTS = 4096
+
+
+def _held_keys(table: pa.Table) -> pa.Array:
+    return pc.add(pc.multiply(table["window_start"], _SHARD_SLOTS),
+                  table["shard"])
+
+
+def _with_shard(table: pa.Table, shard: int) -> pa.Table:
+    return table.append_column(
+        "shard", pa.array(np.full(table.num_rows, shard, np.int64)))
+
+
+class PaneMerge:
+    """One window spec's merge of the shards' panes.
+
+    Keeps every shard's latest top-K candidates and totals per open window:
+    updates carry their shard firing's ``emitted_at`` as a version, and an
+    update older than the one held is ignored (a runner may deliver a
+    shard's early pane after its on-time pane). Early updates are merged
+    and emitted at once. Updates from shards that closed a window (on-time,
+    late) are only stored until the merge's own event-time firing just
+    after the window's end (``tick``): a shard's on-time pane comes from its
+    event-time timer at the window end, which holds the watermark, so by
+    then every shard's on-time pane has arrived and the one on-time pane
+    counts everything on time. After that, every update is a late pane.
+
+    The held candidates and totals of all windows and shards are two
+    tables with a ``shard`` column, not one small table per window and
+    shard: the merge is runner state, read and written at every firing,
+    and a few large tables serialise in one pass where thousands of small
+    ones cost a Python round per table.
+    """
+
+    def __init__(self, spec: WindowSpec, k: int, allowed_lateness_ms: int):
+        self.spec = spec
+        self.k = k
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.candidates = _with_shard(ranking.CANDIDATES_SCHEMA.empty_table(),
+                                      0)
+        self.totals = _with_shard(ranking.TOTALS_SCHEMA.empty_table(), 0)
+        self.versions: dict[tuple[int, int], int] = {}
+        self.windows: dict[int, _WindowPanes] = {}
+        self.watermark_ms = NO_WATERMARK
+        self.refused = 0  # shard panes of windows already expired here
+
+    def update(self, shard: int, timing: str, top: ranking.WindowTopK,
+               version: int = 0
+               ) -> list[tuple[str, pa.Table, dict[int, int]]]:
+        """``update_all`` of one shard pane."""
+        return self.update_all([(shard, version, timing, top)])
+
+    def update_all(self, updates
+                   ) -> list[tuple[str, pa.Table, dict[int, int]]]:
+        """Take shard panes ``(shard, version, timing, top)`` (``version``:
+        the shard firing's emitted_at); returns ``(timing, merged,
+        pane_index by window_start)`` per timing to emit, ``merged`` as
+        ``ranking.merge_window_top_k`` yields it: one pane per changed
+        window, early while the window is open, late after its on-time
+        pane."""
+        emit: dict[int, str] = {}
+        # Newest version first per (window, shard): the rows kept are those
+        # of the newest update, whatever order the log holds them in.
+        accepted: dict[tuple[int, int], tuple[int, int]] = {}
+        for i, (shard, version, timing, top) in enumerate(updates):
+            for start in self._accepted_windows(shard, version, top):
+                key = (start, shard)
+                if accepted.get(key, (-1, -1))[0] <= version:
+                    accepted[key] = (version, i)
+                if self.windows[start].on_time_done:
+                    emit[start] = LATE
+                elif timing == EARLY:
+                    emit.setdefault(start, EARLY)
+        self._replace(updates, accepted)
+        by_timing: dict[str, list[int]] = {}
+        for start, name in sorted(emit.items()):
+            by_timing.setdefault(name, []).append(start)
+        return [self._pane(name, starts) for name, starts in by_timing.items()]
+
+    def _accepted_windows(self, shard, version, top) -> list[int]:
+        """The windows of a shard pane that are neither expired nor
+        overtaken by a newer pane of the same shard; records its version."""
+        starts = np.unique(np.concatenate([
+            top.totals["window_start"].to_numpy(),
+            top.candidates["window_start"].to_numpy()]))
+        changed = []
+        for start in starts.tolist():
+            if start <= self._horizon():
+                # Expired: what this merge held of the window is gone, so
+                # a pane from this update alone would be partial.
+                self.refused += 1
+                continue
+            if self.versions.get((start, shard), -1) > version:
+                continue
+            self.versions[(start, shard)] = version
+            self.windows.setdefault(start, _WindowPanes())
+            changed.append(start)
+        return changed
+
+    def _replace(self, updates, accepted) -> None:
+        """Swap in the accepted updates' rows for what was held of the same
+        (window, shard)."""
+        if not accepted:
+            return
+        replaced = pa.array([start * _SHARD_SLOTS + shard
+                             for start, shard in accepted], pa.int64())
+        new_cands, new_totals = [self.candidates.filter(pc.invert(pc.is_in(
+            _held_keys(self.candidates), replaced)))], [self.totals.filter(
+                pc.invert(pc.is_in(_held_keys(self.totals), replaced)))]
+        by_update: dict[int, list[int]] = {}
+        for (start, _), (_, i) in accepted.items():
+            by_update.setdefault(i, []).append(start)
+        for i, starts in by_update.items():
+            shard, _, _, top = updates[i]
+            keys = pa.array(starts, pa.int64())
+            new_cands.append(_with_shard(top.candidates.filter(
+                pc.is_in(top.candidates["window_start"], keys)), shard))
+            new_totals.append(_with_shard(top.totals.filter(
+                pc.is_in(top.totals["window_start"], keys)), shard))
+        self.candidates = pa.concat_tables(new_cands).combine_chunks()
+        self.totals = pa.concat_tables(new_totals).combine_chunks()
+
+    def tick(self, watermark_ms: int
+             ) -> list[tuple[str, pa.Table, dict[int, int]]]:
+        """The watermark reached ``watermark_ms``: the on-time panes of the
+        windows that ended before it, then expiry."""
+        self.watermark_ms = max(self.watermark_ms, watermark_ms)
+        closed = [s for s, p in self.windows.items() if not p.on_time_done
+                  and s + self.spec.length_ms < self.watermark_ms]
+        out = [self._pane(ON_TIME, sorted(closed))] if closed else []
+        for start in closed:
+            self.windows[start].on_time_done = True
+        horizon = self._horizon()
+        expired = [s for s in self.windows if s <= horizon]
+        if expired:
+            for start in expired:
+                del self.windows[start]
+            for key in [key for key in self.versions if key[0] <= horizon]:
+                del self.versions[key]
+            self.candidates = self.candidates.filter(
+                pc.greater(self.candidates["window_start"], horizon))
+            self.totals = self.totals.filter(
+                pc.greater(self.totals["window_start"], horizon))
+        return out
+
+    def next_tick(self) -> int | None:
+        """When ``tick`` next has something to do: just after the end of
+        the first window without its on-time pane, else the next expiry."""
+        due = [s + self.spec.length_ms + 1 for s, p in self.windows.items()
+               if not p.on_time_done]
+        if self.windows:
+            due.append(min(self.windows) + self.spec.length_ms
+                       + self.allowed_lateness_ms + RETENTION_MARGIN_MS + 1)
+        return min(due) if due else None
+
+    def _pane(self, timing: str, window_starts: list[int]):
+        keys = pa.array(window_starts, pa.int64())
+        held = ranking.WindowTopK(
+            self.candidates.filter(pc.is_in(self.candidates["window_start"],
+                                            keys)).drop_columns(["shard"]),
+            self.totals.filter(pc.is_in(self.totals["window_start"],
+                                        keys)).drop_columns(["shard"]))
+        index = {}
+        for start in window_starts:
+            index[start] = self.windows[start].next_index
+            self.windows[start].next_index += 1
+        return timing, ranking.merge_window_top_k([held], self.k), index
+
+    def _horizon(self) -> int:
+        """Windows starting at or before this are expired."""
+        if self.watermark_ms <= NO_WATERMARK:
+            return NO_WATERMARK
+        return (self.watermark_ms - self.allowed_lateness_ms
+                - RETENTION_MARGIN_MS - self.spec.length_ms)
+
+
+def ranked_pane_rows(spec: WindowSpec, timing: str, merged: pa.Table,
+                     pane_index: dict[int, int], emitted_at_ms: int
+                     ) -> pa.Table:
+    """A merged pane as ``ranked_windows`` rows (``source = stream``)."""
+    rows = ranking.to_ranked_windows(merged, spec, pane_timing=timing,
+                                     source=SOURCE,
+                                     emitted_at_ms=emitted_at_ms)
+    starts = merged["window_start"].to_numpy()
+    index = np.array([pane_index[int(s)] for s in starts], np.int32)
+    return rows.set_column(rows.schema.get_field_index("pane_index"),
+                           schema.RANKED_WINDOWS_SCHEMA.field("pane_index"),
+                           pa.array(index, pa.int32()))
