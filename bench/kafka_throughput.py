@@ -19,7 +19,7 @@ preload is reused. Then, each contender in its own process:
   from the topic to the written tables.
 * ``stream``: the unbounded ``topk stream`` on Prism catching up the
   topic: seconds from start until the latest ``1m`` panes (over all event
-  types) of every window add up to all distinct events (``--idle_timeout_ms``
+  types) of every window add up to all distinct events (``--idle-timeout-ms``
   makes the watermark close the last windows). Stopped at
   ``--stream-timeout``; then the events reflected so far are reported.
 * ``raw``: one kafka-python consumer that only reads every message (the
@@ -32,9 +32,9 @@ preload is reused. Then, each contender in its own process:
 * ``naive``: one Beam element per event (``batch_throughput.naive_top_k``:
   ``json.loads | WindowInto | Count.PerElement | Top.Of`` per window spec)
   behind the same Kafka source, on a ``--naive-events`` subset topic.
-* ``latency``: the unbounded ``topk stream --early_firing_s 1`` on a fresh
-  topic while ``topk produce --rate`` sends ``--latency-rate`` events/s with
-  event times = now; every second a marker event (a unique item id of
+* ``latency``: the unbounded ``topk stream --early-firing-s 1`` on a fresh
+  topic while ``topk produce --send-rate`` sends ``--latency-rate``
+  events/s with event times = now; every second a marker event (a unique item id of
   event type ``marker``) is sent and ``topk.query.topk`` polled until it
   shows it: p50/p99 of send -> visible.
 * ``profile`` (not in the default parts): where the unbounded pipeline's
@@ -67,6 +67,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import batch_throughput as bt  # noqa: E402
+from topk.storage import layout as output_layout  # noqa: E402
 
 TARGET_CATCHUP = 500_000       # events/s from Kafka to written results
 TARGET_VS_FLOOR = 0.5          # of the read+parse+count floor
@@ -214,8 +215,9 @@ def _stream_command(s: dict, output: str, *extra: str) -> list:
     return [sys.executable, "-m", "topk.cli", "stream",
             "--bootstrap", s["bootstrap"], "--topic", s["topic"],
             "--output", output, "--windows", s["windows"], "--k",
-            str(s["k"]), "--idle_timeout_ms", "2000",
-            *[f"--{name}={s[name]}" for name in ("item_shards", "dedup_shards")
+            str(s["k"]), "--idle-timeout-ms", "2000",
+            *[f"--{name.replace('_', '-')}={s[name]}"
+              for name in ("item_shards", "dedup_shards")
               if s.get(name) is not None],
             # Beam's job service streams time out after 300 s by default,
             # which ends a longer `topk stream` on Prism.
@@ -259,7 +261,7 @@ def _sql_one(sql: str):
 def written_1m_total(output: str) -> tuple[int, int]:
     """(events, windows) of the latest ``1m`` panes over all event types:
     the sum of ``window_total`` of each window's latest pane."""
-    pattern = os.path.join(output, "ranked_windows", "window_spec=1m", "**",
+    pattern = os.path.join(output, output_layout.RANKED_WINDOWS, "window_spec=1m", "**",
                            "*.parquet")
     if not glob.glob(pattern, recursive=True):
         return 0, 0
@@ -274,8 +276,8 @@ def written_late(output: str) -> int:
     """Events the stream set aside as late: rows of ``late_events`` plus
     the counts of ``late_counts``."""
     late = 0
-    for table, expr in (("late_events", "count(*)"),
-                        ("late_counts", "coalesce(sum(count), 0)")):
+    for table, expr in ((output_layout.LATE_EVENTS, "count(*)"),
+                        (output_layout.LATE_COUNTS, "coalesce(sum(count), 0)")):
         pattern = os.path.join(output, table, "**", "*.parquet")
         if glob.glob(pattern, recursive=True):
             late += _sql_one(f"SELECT {expr}::BIGINT FROM "
@@ -495,7 +497,7 @@ def run_latency(spec: str, workdir: str) -> dict:
                           topic_config={"retention.ms": 3_600_000})
     out = os.path.join(workdir, "out-latency")
     shutil.rmtree(out, ignore_errors=True)
-    stream = StreamProcess(_stream_command(s, out, "--early_firing_s", "1"),
+    stream = StreamProcess(_stream_command(s, out, "--early-firing-s", "1"),
                            os.path.join(workdir, "latency-stream.log"))
     rate, warmup, n = s["rate"], s["warmup_s"], s["markers"]
     interval, drain = s["interval_s"], s["drain_s"]
@@ -505,8 +507,8 @@ def run_latency(spec: str, workdir: str) -> dict:
         [sys.executable, "-m", "topk.cli", "produce", "--bootstrap",
          s["bootstrap"], "--topic", topic, "--events",
          str(int(rate * produce_s)), "--events-per-message",
-         str(s["per_message"]), "--rate", str(rate), "--event-rate",
-         str(rate), "--start", "now", "--items", "100000", "--ts-format",
+         str(s["per_message"]), "--send-rate", str(rate), "--event-rate",
+         str(rate), "--event-start", "now", "--items", "100000", "--ts-format",
          "ms", "--duplicates", "0.01"], cwd=REPO, stdout=produce_log,
         stderr=subprocess.STDOUT, start_new_session=True)
     sent, seen, polls = {}, {}, []
@@ -626,8 +628,8 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
         tables = parsed.events | st.StreamTopK(
             parse_windows(s["windows"]), s["k"],
             item_shards=item_shards, dedup_shards=dedup_shards)
-        _ = tables["ranked_windows"] | "CountPanes" >> beam.Map(count)
-        _ = tables["slices"] | "CountSlices" >> beam.Map(count)
+        _ = tables[output_layout.RANKED_WINDOWS] | "CountPanes" >> beam.Map(count)
+        _ = tables[output_layout.SLICES] | "CountSlices" >> beam.Map(count)
     result = pipeline.run()
     result.wait_until_finish()
     c = _counters(result)
@@ -706,10 +708,10 @@ def main() -> None:
                         "1m,1h,1h/1m; 'all' for the seven).")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--item-shards", type=int, default=None,
-                        help="--item_shards of the stream pipelines "
+                        help="--item-shards of the stream pipelines "
                         "(default: the pipelines' own; 2 in the profile).")
     parser.add_argument("--dedup-shards", type=int, default=None,
-                        help="--dedup_shards of the stream pipelines "
+                        help="--dedup-shards of the stream pipelines "
                         "(default: the pipelines' own; 2 in the profile).")
     parser.add_argument("--repeat", type=int, default=3,
                         help="Runs of raw, raw_confluent and floor (cheap); "
@@ -957,7 +959,7 @@ def print_report(args, command, topic, results, latency, profile,
         ok = latency["missing"] == 0 and latency["p99_s"] <= TARGET_P99_S
         verdicts.append(
             f"- latency at {args.latency_rate:,.0f} events/s ("
-            f"`topk stream --early_firing_s 1`, {latency['markers']} "
+            f"`topk stream --early-firing-s 1`, {latency['markers']} "
             f"markers, {latency['seen']} seen): p50 {latency['p50_s']:.2f} s, "
             f"p99 {latency['p99_s']:.2f} s (min "
             + (f"{latency['min_s']:.2f}" if latency["min_s"] is not None

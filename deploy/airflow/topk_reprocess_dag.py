@@ -30,7 +30,7 @@ TOPK = os.environ.get("TOPK_COMMAND", "topk")
 # UTC): reprocess [yesterday, today).
 COMMAND = (
     TOPK + " batch --from-archive '{{ params.output }}'"
-    " --start {{ macros.ds_add(ds, -1) }} --end {{ ds }}"
+    " --archive-start {{ macros.ds_add(ds, -1) }} --archive-end {{ ds }}"
     " --output '{{ params.output }}' --windows '{{ params.windows }}'"
     " --k {{ params.k }} {{ params.extra_args }}")
 

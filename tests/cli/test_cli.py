@@ -19,7 +19,7 @@ def test_every_command_has_help(argv, capsys):
 def test_batch_help_lists_pipeline_options(capsys):
     assert cli.main(["batch", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--input", "--output", "--windows", "--k", "--item_shards"):
+    for option in ("--input", "--output", "--windows", "--k", "--item-shards"):
         assert option in out
 
 
@@ -44,7 +44,7 @@ def test_generate_batch_query_round_trip(tmp_path, capsys):
     events = str(tmp_path / "ev.jsonl")
     out = str(tmp_path / "out")
     assert cli.main(["generate", "--events", "3000", "--out", events,
-                     "--seed", "7", "--items", "50", "--rate", "1",
+                     "--seed", "7", "--items", "50", "--event-rate", "1",
                      "--duplicates", "0.05", "--malformed", "0.01"]) == 0
     assert cli.main(["batch", "--input", events, "--output", out,
                      "--windows", "1h", "--k", "5"]) == 0

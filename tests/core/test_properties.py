@@ -7,11 +7,11 @@ the spec alone, and every stage of the exact path must agree with it:
 parsing, de-duplication, slices, per-shard ranking and its merge, range
 decomposition and the query layer over written Parquet.
 
-The strategies stay inside what the spec decides (see ``oracle.Unspecified``)
-and leave out the inputs of the open parser bugs (trailing commas, invalid
-UTF-8 inside a string value), which have their own minimal tests at the end
-of this file (``test_known_bug_*``), so that a known bug does not hide the
-others.
+The strategies stay inside what the spec decides (see ``oracle.Unspecified``).
+The bugs they found have minimal regression tests at the end of this file;
+the inputs of the last two (trailing commas, invalid UTF-8 inside a string
+value) were left out of the strategies while those bugs were open and are
+generated again now that the parser rejects them.
 """
 import collections
 import datetime as dt
@@ -168,7 +168,7 @@ MALFORMED_KINDS = ["truncated", "single_quotes", "bare_key", "garbage",
                    "not_object", "missing", "null_field", "wrong_type",
                    "empty", "too_long", "reserved_type", "ts_boundary",
                    "ts_garbage", "bad_weight", "bad_user", "blank",
-                   "bad_utf8"]
+                   "bad_utf8", "trailing_comma"]
 
 
 #: Kinds that keep a block readable by Arrow's JSON reader (valid JSON
@@ -216,10 +216,20 @@ def malformed_records(draw, event: dict, ts_mode: str = "mixed",
             [[obj], "a string", 1714557600000, None, True, [], 1.5])))
     if kind == "bad_utf8":
         line = render(draw, obj).encode("utf-8")
-        # Outside string values only: inside one is the open bug
-        # test_known_bug_invalid_utf8_in_a_string_value.
-        at = draw(st.sampled_from([0, len(line), line.index(b'"') + 1]))
+        # Before or after the object, inside its first key, or inside the
+        # event_id value (see
+        # test_invalid_utf8_in_a_string_value_is_a_dead_letter).
+        key = line.index(b'"event_id"') + len(b'"event_id"')
+        in_value = line.index(b'"', key + 1) + 1
+        at = draw(st.sampled_from([0, len(line), line.index(b'"') + 1,
+                                   in_value]))
         return line[:at] + draw(st.sampled_from(BAD_UTF8)) + line[at:]
+    if kind == "trailing_comma":
+        # test_trailing_comma_is_not_json
+        line = render(draw, obj)
+        at = line.rindex("}")
+        comma = draw(st.sampled_from([",", ", ", ",\t"]))
+        return line[:at] + comma + line[at:]
     if kind == "blank":
         return draw(st.sampled_from(["", " ", "   ", "\t", " \t "]))
     if kind == "missing":
@@ -712,15 +722,16 @@ def test_rfc3339_lookalikes_are_dead_letters(fast, ts):
 
 
 # ---------------------------------------------------------------------------
-# Bugs found by the properties above, each with its minimal input. The
-# open one fails until fixed; the others are regression tests.
+# Bugs found by the properties above, each with its minimal input: all
+# fixed, these are regression tests.
 
 
-def test_known_bug_trailing_comma_is_not_json():
-    """OPEN. RFC 8259 has no trailing commas (the spec: one JSON object per
-    line), yet both parse paths (pyarrow.json and DuckDB's json_valid) count
-    ``{...,}`` as a valid event, and ``[1,2,]`` inside one is accepted too.
-    (The generator stopped writing this variant instead.)"""
+def test_trailing_comma_is_not_json():
+    """Was: RFC 8259 has no trailing commas (the spec: one JSON object per
+    line), yet both parse paths (pyarrow.json and DuckDB's json_valid)
+    counted ``{...,}`` as a valid event. The parser now checks for a comma
+    before a closing bracket outside string values (``events._TRAILING_COMMA``)
+    and sends such blocks to the per-line path, which says "invalid JSON"."""
     line = '{%s,"ts":1714557600000,}' % _OK
     assert oracle.parse_record(line) == (None, "invalid JSON")
     for fast in (True, False):
@@ -773,14 +784,14 @@ def test_byte_order_mark_does_not_depend_on_the_neighbours():
     assert alone.events.num_rows == with_bad_neighbour.events.num_rows
 
 
-def test_known_bug_invalid_utf8_in_a_string_value():
-    """OPEN. pyarrow.json.read_json does not check UTF-8 inside string
+def test_invalid_utf8_in_a_string_value_is_a_dead_letter():
+    """Was: pyarrow.json.read_json does not check UTF-8 inside string
     values, so on the fast path (a block whose lines all start with "{")
-    such a record becomes a valid event whose item_id (or event_type,
-    user_id) is not UTF-8; the per-line path says "invalid UTF-8". The
-    batch pipeline then writes that string to Parquet, and DuckDB (the query
-    layer) refuses to read the partition (test_batch_oracle.py::
-    test_known_bug_invalid_utf8_item_breaks_the_query_layer)."""
+    such a record became a valid event whose item_id (or event_type,
+    user_id) was not UTF-8, which the batch pipeline wrote to Parquet and
+    DuckDB (the query layer) then refused to read (the end-to-end test is in
+    tests/pipelines/test_batch_oracle.py). A block that is not valid UTF-8
+    now takes the per-line path, which says "invalid UTF-8"."""
     line = b'{"event_id":"e","item_id":"a\xffb","event_type":"p","ts":1714557600000}'
     assert oracle.parse_record(line) == (None, "invalid UTF-8")
     for fast in (True, False):

@@ -9,7 +9,6 @@ from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   _BeamArgumentParser)
 
 from topk import cli
-from topk.storage import reprocess
 from topk.pipelines import batch, stream
 from topk.pipelines.options import check_required
 
@@ -47,7 +46,6 @@ def check_topk_command(argv: list[str]):
         return args, None
     if args.command == "batch":
         options = batch.parse_args(rest)
-        rest = reprocess.rename_range_flags(rest)
     else:
         assert args.command == "stream", args.command
         options = PipelineOptions(rest)

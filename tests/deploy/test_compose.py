@@ -106,8 +106,8 @@ def test_pipeline_commands_submit_to_the_cluster(name, command):
     services = _load(COMPOSE)["services"]
     service = services[name]
     if name == "reprocess":  # the user adds the day to reprocess
-        service = dict(service, command=["--start", "2024-05-01",
-                                         "--end", "2024-05-02"])
+        service = dict(service, command=["--archive-start", "2024-05-01",
+                                         "--archive-end", "2024-05-02"])
     args, options = _pipeline_options(service)
     assert args.command == command
     assert options.view_as(StandardOptions).runner == "FlinkRunner"

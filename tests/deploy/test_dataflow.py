@@ -42,8 +42,8 @@ CASES = {
         ["ReadFiles", *BATCH_STEPS, "ApproximateSlices", "SketchTables",
          "ApproximateWindows", "AllRankedWindows"]),
     "reprocess": (
-        ["--from-archive", "gs://topk-test/out", "--start", "2024-05-01",
-         "--end", "2024-05-03", OUT], "JOB_TYPE_BATCH",
+        ["--from-archive", "gs://topk-test/out", "--archive-start",
+         "2024-05-01", "--archive-end", "2024-05-03", OUT], "JOB_TYPE_BATCH",
         ["ReadArchive0", "ReadArchive1", "AllArchiveDays", "KeepRange",
          *BATCH_STEPS, "WholeWindowsOnly"]),
     "stream, bounded": ([*KAFKA, "--bounded"], "JOB_TYPE_BATCH",
@@ -110,7 +110,8 @@ def test_setup_file_stages_the_package(jobs):
 
 
 def test_a_broken_option_fails_before_submission():
-    with pytest.raises(ValueError, match="--from-archive needs --start"):
+    with pytest.raises(ValueError,
+                       match="--from-archive needs --archive-start"):
         batch.parse_args([*DATAFLOW, OUT, "--from-archive", "gs://b/out"])
     with pytest.raises(SystemExit):  # argparse: bad value of a known option
         batch.parse_args([*DATAFLOW, OUT, "--input=gs://b/x", "--k=0"])

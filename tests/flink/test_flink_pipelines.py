@@ -105,6 +105,6 @@ def test_reprocessing_from_the_archive_on_flink_equals_local(
     write_archive(archive, events.slice(0, 2000), "b")
     on_flink, local = _run_both(
         flink_cluster, capsys, tmp_path,
-        ["batch", "--from-archive", archive, "--start", "2024-05-01",
-         "--end", "2024-05-02", *WINDOWS])
+        ["batch", "--from-archive", archive, "--archive-start",
+         "2024-05-01", "--archive-end", "2024-05-02", *WINDOWS])
     _assert_same_tables(on_flink, local, dead_letters=False)

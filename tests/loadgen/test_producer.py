@@ -100,7 +100,7 @@ def test_produce_validates_arguments():
     with pytest.raises(ValueError):
         producer.produce("localhost:1", "t", config, events_per_message=0)
     with pytest.raises(ValueError):
-        producer.produce("localhost:1", "t", config, rate=0)
+        producer.produce("localhost:1", "t", config, send_rate=0)
     with pytest.raises(ValueError):
         producer.produce("localhost:1", "t", config, timestamps="later")
 
@@ -181,9 +181,10 @@ def test_produce_cli_paces_to_the_rate(kafka_broker, capsys):
     topic = f"prod-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
     code = cli.main(["produce", "--bootstrap", kafka_broker.bootstrap,
-                     "--topic", topic, "--events", "3000", "--rate", "2000",
+                     "--topic", topic, "--events", "3000",
+                     "--send-rate", "2000",
                      "--events-per-message", "10", "--partitions", "2",
-                     "--progress-every", "0.5", "--start", "now"])
+                     "--progress-every", "0.5", "--event-start", "now"])
     took = time.monotonic() - started
     out = capsys.readouterr().out
     assert code == 0
@@ -193,7 +194,7 @@ def test_produce_cli_paces_to_the_rate(kafka_broker, capsys):
     messages = [m for msgs in read_topic(kafka_broker.bootstrap,
                                          topic).values() for m in msgs]
     assert len(messages) == 300
-    # --start now: event times (and so message timestamps) are recent.
+    # --event-start now: event times (and so message timestamps) are recent.
     assert min(stamp for stamp, _ in messages) > (time.time() - 600) * 1000
 
 
@@ -201,7 +202,8 @@ def test_produce_cli_rejects_bad_arguments(capsys):
     assert cli.main(["produce", "--bootstrap", "x:1", "--topic", "t",
                      "--events", "0"]) == cli.EXIT_USAGE
     assert cli.main(["produce", "--bootstrap", "x:1", "--topic", "t",
-                     "--events", "5", "--rate", "-3"]) == cli.EXIT_USAGE
+                     "--events", "5", "--send-rate", "-3"]) == cli.EXIT_USAGE
     assert cli.main(["produce", "--bootstrap", "x:1", "--topic", "t",
-                     "--events", "5", "--start", "noon"]) == cli.EXIT_USAGE
+                     "--events", "5", "--event-start", "noon"]
+                    ) == cli.EXIT_USAGE
     assert "topk: error:" in capsys.readouterr().err

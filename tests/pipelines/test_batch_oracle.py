@@ -372,13 +372,13 @@ def test_file_ranges_and_blocks_read_every_record_once(tmp_path, seed):
                 assert sorted(dead) == sorted(raw for raw, _ in want_dead)
 
 
-def test_known_bug_invalid_utf8_item_breaks_the_query_layer(tmp_path):
-    """OPEN. A record whose item_id holds a byte that is not UTF-8 must be a
-    dead letter; the fast parse path accepts it, the pipeline writes the
-    broken string into the slices table, and every ``topk query`` touching
-    that day then fails inside DuckDB ("Invalid string encoding found in
-    Parquet file"). See test_properties.py::
-    test_known_bug_invalid_utf8_in_a_string_value."""
+def test_invalid_utf8_item_is_a_dead_letter_and_the_day_stays_queryable(
+        tmp_path):
+    """A record whose item_id holds a byte that is not UTF-8 is a dead
+    letter, and the query layer still reads that day. (Was: the fast parse
+    path accepted it and every ``topk query`` of the day failed inside
+    DuckDB. See test_properties.py::
+    test_invalid_utf8_in_a_string_value_is_a_dead_letter.)"""
     good = _line("e1", "a", "play", T30).encode()
     bad = b'{"event_id":"e2","item_id":"a\xffb","event_type":"play","ts":%d}' % T30
     path = str(tmp_path / "utf.jsonl")

@@ -103,8 +103,8 @@ def test_reprocessing_a_day_makes_queries_exact(scenario, capsys):
     expected = [oracle.topk(truth, K, s, e, t) for s, e, t in RANGES]
     assert _answers(out) != expected  # the stream's slices are wrong
 
-    assert cli.main(["batch", "--from-archive", out, "--start", DAY,
-                     "--end", "2024-05-02", "--output", out,
+    assert cli.main(["batch", "--from-archive", out, "--archive-start", DAY,
+                     "--archive-end", "2024-05-02", "--output", out,
                      "--windows", WINDOWS, "--k", str(K)]) == 0
     summary = capsys.readouterr().out
     # 1500 on-time + 200 late events of the day, each counted once.
@@ -125,8 +125,9 @@ def test_only_windows_inside_the_days_are_written(scenario):
     out, archived = scenario
     assert cli.main(["batch", "--from-archive",
                      os.path.join(out, output_layout.ARCHIVE),
-                     "--start", f"{DAY}T10:30:00Z",  # rounded to whole days
-                     "--end", f"{DAY}T13:00:00+02:00", "--output", out,
+                     "--archive-start", f"{DAY}T10:30:00Z",  # whole days
+                     "--archive-end", f"{DAY}T13:00:00+02:00",
+                     "--output", out,
                      "--windows", WINDOWS, "--k", str(K)]) == 0
     truth = [e for e in oracle.dedup(archived)
              if DAY_MS <= e.ts < DAY_MS + 24 * H]
@@ -147,16 +148,22 @@ def test_only_windows_inside_the_days_are_written(scenario):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--from-archive", "{out}", "--start", "2024-06-01", "--end",
-      "2024-06-02"], "no archived events in"),
-    (["--from-archive", "{out}", "--start", "2024-05-02", "--end",
-      "2024-05-01"], "--end (2024-05-01) must be after --start (2024-05-02)"),
-    (["--from-archive", "{out}", "--start", "2024-05-01"],
-     "--from-archive needs --start and --end"),
-    (["--from-archive", "{out}", "--start", "yesterday", "--end", "today"],
-     "--start: bad date or time 'yesterday'"),
-    (["--input", "x.jsonl", "--start", "2024-05-01", "--end", "2024-05-02"],
-     "--start/--end need --from-archive"),
+    (["--from-archive", "{out}", "--archive-start", "2024-06-01",
+      "--archive-end", "2024-06-02"], "no archived events in"),
+    (["--from-archive", "{out}", "--archive-start", "2024-05-02",
+      "--archive-end", "2024-05-01"], "--archive-end (2024-05-01) must be after --archive-start"),
+    (["--from-archive", "{out}", "--archive-start", "2024-05-01"],
+     "--from-archive needs --archive-start and --archive-end"),
+    (["--from-archive", "{out}", "--archive-start", "yesterday",
+      "--archive-end", "today"], "bad date or time 'yesterday'"),
+    (["--input", "x.jsonl", "--archive-start", "2024-05-01",
+      "--archive-end", "2024-05-02"],
+     "--archive-start/--archive-end need --from-archive"),
+    # The old spelling (silently rewritten before) names the new one.
+    (["--from-archive", "{out}", "--start", "2024-05-01", "--end",
+      "2024-05-02"], "--start is no longer an option: use --archive-start"),
+    (["--from-archive", "{out}", "--archive-start", "2024-05-01",
+      "--end=2024-05-02"], "--end is no longer an option: use --archive-end"),
     (["--input", "x.jsonl", "--from-archive", "{out}"],
      "--input and --from-archive exclude each other"),
 ])
@@ -171,9 +178,6 @@ def test_bad_archive_arguments_are_one_line_errors(scenario, argv, message,
 
 
 def test_range_helpers():
-    assert reprocess.rename_range_flags(
-        ["--start", "a", "--end=b", "--startx", "--k", "3"]) == [
-        "--archive_start", "a", "--archive_end=b", "--startx", "--k", "3"]
     assert reprocess.day_range("2024-05-01T10:00:00Z", "2024-05-01T10:01Z") \
         == (DAY_MS, DAY_MS + 24 * H)
     assert reprocess.day_range("2024-05-01", "2024-05-03") == (

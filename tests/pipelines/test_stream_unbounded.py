@@ -211,8 +211,8 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     # supersede stream rows. Late events count too: batch has no lateness.
     day_ms = floor_to(first, DAY)
     day, next_day = format_time(day_ms)[:10], format_time(day_ms + DAY)[:10]
-    assert cli.main(["batch", "--from-archive", output, "--start", day,
-                     "--end", next_day, "--output", output,
+    assert cli.main(["batch", "--from-archive", output, "--archive-start",
+                     day, "--archive-end", next_day, "--output", output,
                      "--windows", "1m,1h/1m"]) == 0
     everything = oracle.dedup(valid + late_valid + oracle.parse_block(
         "\n".join(beyond).encode())[0])

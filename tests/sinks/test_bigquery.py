@@ -28,7 +28,6 @@ from topk.connectors.bigquery import client as bigquery_client
 from topk.connectors.bigquery import tables as bigquery_tables
 from topk import cli
 from topk.loadgen import generator
-from topk.storage import retention
 from topk.storage.layout import RANKED_WINDOWS, SKETCHES, SLICES
 from topk.pipelines import batch
 from topk.sinks import bigquery as sink
@@ -335,17 +334,17 @@ def check_readme_sql(client, target, unique, batch_output) -> None:
 
 @pytest.mark.integration
 def test_retention_deletes_the_same_rows_from_both_backends(run):
-    """``python -m topk.storage.retention`` on a copy of each backend: minute and
+    """``topk retention`` on a copy of each backend: minute and
     hour data of day 1 expire, day slices stay (partition expiration)."""
     output = str(run.tmp / "retained")
     shutil.copytree(run.output, output)
     client, target = copy_dataset(run.emulator, run.target, "retained")
     args = ["--retention", "1m=1d,1h=1d,1d=3d", "--now",
             "2024-05-03T00:00:00Z"]
-    assert retention.main([*args, "--output", output]) == 0
-    assert retention.main([*args, "--bq-dataset", "retained", "--bq-project",
-                           run.emulator.project, "--bq-endpoint",
-                           run.emulator.endpoint]) == 0
+    assert cli.main(["retention", *args, "--output", output]) == 0
+    assert cli.main(["retention", *args, "--bq-dataset", "retained",
+                     "--bq-project", run.emulator.project, "--bq-endpoint",
+                     run.emulator.endpoint]) == 0
     for table in TABLES:
         got = client.get_table(target.table_id(table))
         assert got.time_partitioning.expiration_ms == 3 * DAY

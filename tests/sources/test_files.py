@@ -52,3 +52,60 @@ def test_read_event_files_reads_json_gzip_and_parquet(tmp_path, pipeline):
         got = (p | files.ReadEventFiles(str(tmp_path / "*"), range_bytes=10)
                | beam.FlatMap(records))
         assert_that(got, equal_to([f'{{"n": {i}}}' for i in range(1, 8)]))
+
+
+def test_a_relative_glob_without_a_directory_matches(tmp_path, monkeypatch):
+    (tmp_path / "events.jsonl").write_bytes(b'{"n": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    assert files.matching_files("events*.jsonl") == [
+        str(tmp_path / "events.jsonl")]
+
+
+def test_markers_hidden_files_and_directories_are_skipped(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b'{"n": 1}\n')
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    (tmp_path / ".a.jsonl.crc").write_bytes(b"\x00\x01")
+    (tmp_path / "dir.jsonl").mkdir()
+    assert files.matching_files(str(tmp_path / "*")) == [
+        str(tmp_path / "a.jsonl")]
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("a.jsonl.gz", b'{"n": 1}\n', "not a gzip file"),
+    ("a.parquet", b'{"n": 1}\n', "not a Parquet file"),
+])
+def test_a_file_that_is_not_what_its_name_says_is_named(tmp_path, name,
+                                                        data, reason):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=reason) as e:
+        files.matching_files(str(tmp_path / "*"))
+    assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_truncated_gzip_yields_its_lines_then_a_dead_letter(tmp_path,
+                                                             pipeline):
+    from topk.transforms.parse import DEAD_LETTERS, ParseEvents
+    N = 60_000  # ~5 MB of lines: several gzip read blocks before the cut
+    lines = b"".join(
+        b'{"event_id": "e%d", "item_id": "i%d", "event_type": "click", '
+        b'"ts": %d}\n' % (i, i % 7, 1714521600000 + i) for i in range(N))
+    whole = gzip.compress(lines)
+    (tmp_path / "a.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    with pipeline as p:
+        parsed = (p | files.ReadEventFiles(str(tmp_path / "*.jsonl.gz"))
+                  | ParseEvents())
+        valid = parsed.events | "Valid" >> beam.Map(lambda t: t.num_rows)
+        dead = parsed[DEAD_LETTERS] | beam.FlatMap(
+            lambda t: t.column("reason").to_pylist())
+        assert_that(valid | beam.CombineGlobally(sum),
+                    _holds(lambda got: 0 < got[0] < N), label="SomeLinesRead")
+        assert_that(dead, _holds(lambda got: len(got) == 1
+                                 and "unreadable input" in got[0]),
+                    label="OneDeadLetter")
+
+
+def _holds(predicate):
+    """An ``assert_that`` matcher from a predicate over the whole output."""
+    def check(got):
+        assert predicate(got), got
+    return check

@@ -1,9 +1,11 @@
-"""The pure-Python Kafka source: Beam-free helpers, then a real broker.
+"""The pure-Python Kafka source: its Beam pieces, then a real broker.
 
-The integration tests start one broker for the session (``kafka_broker`` in
-conftest.py, deploy/kafka/kafka.sh), create their own topics, read them in
-bounded mode on the FnApiRunner and, when deploy/prism/prism.sh has built
-Prism, in unbounded mode on Prism.
+The Beam-free parts (plans, watermarks, batches) have their unit tests in
+tests/connectors/kafka/. The integration tests start one broker for the
+session (``kafka_broker`` in conftest.py, deploy/kafka/kafka.sh), create
+their own topics, read them in bounded mode on the FnApiRunner and, when
+deploy/prism/prism.sh has built Prism, in unbounded mode on Prism; they
+also read with ``PartitionReader`` and ``plan_topic`` directly.
 """
 import os
 import pickle
@@ -19,161 +21,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms import window
 
-from topk.core import events
-from topk.loadgen import generator, producer
 from topk.connectors import kafka as ko
-from topk.sources import kafka as kafka_source
-from topk.pipelines.stream import use_prism_safely
-from topk.sources.kafka import BatchOffsetTracker, ReadFromKafkaBatches
+from topk.core import events
 from topk.core.windows import parse_time
+from topk.loadgen import generator, producer
+from topk.pipelines.stream import use_prism_safely
+from topk.sources import kafka as kafka_source
+from topk.sources.kafka import BatchOffsetTracker, ReadFromKafkaBatches
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 # ---------------------------------------------------------------------------
-# Beam-free helpers.
-
-
-def test_parse_start():
-    assert ko.parse_start("earliest") == ("earliest", None)
-    assert ko.parse_start(" Latest ") == ("latest", None)
-    assert ko.parse_start("committed") == ("committed", None)
-    assert ko.parse_start(1714521600000) == ("timestamp", 1714521600000)
-    assert ko.parse_start("1714521600000") == ("timestamp", 1714521600000)
-    assert ko.parse_start("2024-05-01T00:00:00Z") == ("timestamp",
-                                                      1714521600000)
-    for bad in ("soon", -1, True, 1.5, None):
-        with pytest.raises(ValueError):
-            ko.parse_start(bad)
-
-
-def test_resolve_start_offset_stays_inside_the_log():
-    r = ko.resolve_start_offset
-    assert r("earliest", 5, 20) == 5
-    assert r("latest", 5, 20) == 20
-    assert r("committed", 5, 20, committed=12) == 12
-    assert r("committed", 5, 20, committed=None) == 5  # fallback: earliest
-    assert r("committed", 5, 20, committed=None,
-             committed_fallback="latest") == 20
-    assert r("committed", 5, 20, committed=2) == 5  # deleted by retention
-    assert r("committed", 5, 20, committed=99) == 20
-    assert r("timestamp", 5, 20, by_time=7) == 7
-    assert r("timestamp", 5, 20, by_time=None) == 20  # nothing that late
-    with pytest.raises(ValueError):
-        r("sideways", 0, 1)
-
-
-def test_plan_partitions_and_splits():
-    plans = ko.plan_partitions("t", {1: 3, 0: 0}, {0: 10, 1: 2}, bounded=True)
-    assert [(p.partition, p.start, p.stop) for p in plans] == [(0, 0, 10),
-                                                              (1, 3, 3)]
-    assert all(p.all_partitions == (0, 1) for p in plans)
-    open_plans = ko.plan_partitions("t", {0: 4}, {0: 9}, bounded=False)
-    assert open_plans[0].stop is None and not open_plans[0].bounded
-    assert open_plans[0].restriction_stop == ko.UNBOUNDED_STOP
-    assert ko.split_offsets(0, 10, 0) == [(0, 10)]
-    assert ko.split_offsets(0, 17, 8) == [(0, 8), (8, 17)]  # no tail of 1
-    assert ko.split_offsets(0, 10, 4) == [(0, 4), (4, 8), (8, 10)]
-    assert ko.split_offsets(0, 12, 4) == [(0, 4), (4, 8), (8, 12)]
-    assert ko.split_offsets(5, 6, 4) == [(5, 6)]
-
-
-@pytest.mark.parametrize("values, records", [
-    ([b'{"a":1}'], ['{"a":1}']),
-    ([b"a", b"b\nc"], ["a", "b", "c"]),  # a message with two events
-    ([b"a\n", b"b\n"], ["a", "b"]),  # a trailing newline ends a message
-    ([b"a", b""], ["a", ""]),  # an empty message is an empty record
-    ([b"", b"a"], ["", "a"]),
-    ([b"a", b"", b"", b"b"], ["a", "", "", "b"]),
-    ([b"", b""], ["", ""]),
-    ([b"a\n\nb"], ["a", "", "b"]),  # a blank line inside a message
-    ([b"\na"], ["", "a"]),  # a message whose first record is empty
-    ([b"a", b"b\n", b""], ["a", "b", ""]),
-])
-def test_join_values_keeps_every_record(values, records):
-    payload = ko.join_values(values)
-    assert events.split_lines(payload).to_pylist() == records
-
-
-def test_join_values_common_case_is_a_plain_join():
-    values = [b"x" * 10] * 5
-    assert ko.join_values(values) == b"\n".join(values)
-    assert ko.join_values([]) == b""
-
-
-def test_a_batch_of_one_empty_message_is_one_record():
-    # The parser reads a lone newline as one empty record.
-    assert events.split_lines(ko.join_values([b""])).to_pylist() == [""]
-
-
-class _Rec:
-    def __init__(self, offset, value, timestamp=0):
-        self.offset, self.value, self.timestamp = offset, value, timestamp
-
-
-def test_batch_truncation_source_and_timestamps():
-    batch = ko.Batch("t", 2, [_Rec(5, b"a", 10), _Rec(6, b"bb", 30),
-                              _Rec(8, b"ccc", 20)], 6)
-    assert batch.source() == "t/2@5-8"
-    assert batch.max_timestamp() == 30
-    assert batch.payload() == b"a\nbb\nccc"
-    assert batch.before(9) is batch
-    head = batch.before(7)
-    assert [r.offset for r in head.records] == [5, 6] and head.nbytes == 3
-    assert len(batch.before(5)) == 0
-    assert ko.Batch("t", 0, [_Rec(1, b"x", -1)], 1).max_timestamp() is None
-
-
-def test_a_batch_spans_at_most_the_skew_of_record_time():
-    # A sparse backlog: one poll would hold an hour of event time, whose
-    # oldest events the watermark (newest - skew) would pass at once.
-    records = [_Rec(i, b"x", 1_000_000 + i * 4_000) for i in range(10)]
-    assert ko._span_cut(records, 10_000) == 3  # 0, 4 and 8 s after the first
-    assert ko._span_cut(records, 60_000) == 10
-    assert ko._span_cut(records[:1], 0) == 1  # always at least one
-    assert ko._span_cut([_Rec(0, b"x", -1), _Rec(1, b"x", 9e9)], 10) == 2
-
-
-def test_watermark_arithmetic():
-    assert ko.data_watermark(None, 1000, 100) == 900
-    assert ko.data_watermark(950, 1000, 100) == 950  # never back
-    assert ko.data_watermark(500, None, 100) == 500
-    idle = ko.idle_watermark
-    # Idle long enough and at the end: now - skew.
-    assert idle(500, now_ms=10_000, last_data_ms=1_000, idle_timeout_ms=5_000,
-                skew_ms=100, caught_up=True) == 9_900
-    # Not idle long enough, or not at the end (broker unreachable): hold.
-    assert idle(500, 10_000, 8_000, 5_000, 100, True) == 500
-    assert idle(500, 10_000, 1_000, 5_000, 100, False) == 500
-    # Record timestamps from the future: still never back.
-    assert idle(20_000, 10_000, 1_000, 5_000, 100, True) == 20_000
-
-
-def test_aligned_watermarks_confirm_on_the_next_call():
-    reg = ko.AlignedWatermarks()
-    parts = (0, 1)
-    assert reg.begin("r", parts, 0) is None
-    # Partition 0 reached 100, but it is pending and 1 is unknown.
-    assert reg.end("r", parts, 0, 100) is None
-    assert reg.begin("r", parts, 1) is None
-    assert reg.end("r", parts, 1, 50) is None  # 0 confirmed, 1 pending
-    assert reg.begin("r", parts, 0) == 100
-    assert reg.begin("r", parts, 1) == 50
-    assert reg.end("r", parts, 1, 70) == 50  # min of confirmed 100, 50
-    assert reg.begin("r", parts, 1) == 70
-    assert reg.end("r", parts, 0, 90) == 70  # never back: 0 stays at 100
-    assert reg.end("other", parts, 0, 5) is None  # reads do not mix
-    assert ko.aligned_minimum([3, 1, 2]) == 1
-    assert ko.aligned_minimum([3, None]) is None
-
-
-def test_backoff_grows_and_resets():
-    b = ko.Backoff(base=1.0, cap=4.0)
-    delays = [b.next() for _ in range(5)]
-    assert 0.5 <= delays[0] <= 1.0 and all(d <= 4.0 for d in delays)
-    assert delays[-1] >= 2.0
-    b.reset()
-    assert b.next() <= 1.0
+# Restriction tracking and arguments.
 
 
 def test_tracker_claims_whole_batches():
@@ -355,6 +215,20 @@ def test_span_cut_batches_are_consecutive_and_within_the_span(kafka_broker):
     for b in batches:
         times = [r.timestamp for r in b.records]
         assert max(times) - min(times) <= 10_000
+
+
+@integration
+def test_an_aligned_bounded_read_leaves_no_watermarks_behind(kafka_broker,
+                                                             tmp_path):
+    # The aligned watermarks are a process-wide table: a read whose
+    # partitions all reached their end is dropped from it.
+    bootstrap = kafka_broker.bootstrap
+    topic = new_topic(bootstrap, partitions=3)
+    send(bootstrap, topic, [b"m%d" % i for i in range(30)], partitions=3)
+    before = len(kafka_source._ALIGNED)
+    got = read_bounded(tmp_path, bootstrap, topic, align_watermarks=True)
+    assert sorted(records_of(got)) == sorted(f"m{i}" for i in range(30))
+    assert len(kafka_source._ALIGNED) == before
 
 
 @integration
@@ -591,7 +465,7 @@ def test_unbounded_read_on_prism_drops_nothing_as_late(kafka_broker,
         result.cancel()
     # Every event reached its window: with per-partition watermarks Prism
     # drops the batches of partitions that lag behind (see
-    # kafka_offsets.AlignedWatermarks).
+    # topk.connectors.kafka.watermarks.AlignedWatermarks).
     assert total == 30_000
     starts = [int(r[0]) for r in rows]
     assert len(starts) == len(set(starts))  # one (on-time) pane per window

@@ -102,14 +102,3 @@ def test_parquet_cleanup_deletes_expired_day_partitions(tmp_path):
     assert [os.path.isdir(p) for p in (
         minute_old, minute_new, hour_old, hour_new, day, sliding, hourly)] == [
         False, True, False, True, True, False, True]
-
-
-def test_main_errors_are_one_line(capsys, tmp_path):
-    assert retention.main(["--retention", "1m=2x", "--output",
-                           str(tmp_path)]) == 2
-    assert capsys.readouterr().err == (
-        "topk.storage.retention: error: bad duration '2x': expected a positive "
-        "integer and a unit m, h or d, e.g. 1m, 1h, 30d\n")
-    assert retention.main(["--retention", "1m=2d"]) == 2
-    assert "nothing to do: give --output and/or --bq-dataset" in \
-        capsys.readouterr().err

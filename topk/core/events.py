@@ -91,8 +91,6 @@ def rfc3339_ms_sql(expr: str) -> str:
             f"epoch_ms(TRY_CAST(upper(regexp_replace({expr}, "
             r"'(\.[0-9]{3})[0-9]+', '\1')) AS TIMESTAMPTZ)) END")
 
-#: Event fields read from JSON; anything else in a record is ignored.
-FIELDS = ("event_id", "item_id", "event_type", "ts", "user_id", "weight")
 
 # Per-line checks: each line becomes six JSON values (``j_<field>``, one
 # json_extract parse per line) plus ``ok`` (valid JSON) and ``root`` (its

@@ -603,9 +603,10 @@ class _Plan:
         if kind == "invalid_json":
             # Every variant breaks the syntax: a proper prefix of an object
             # lacks its closing brace; JSON has no single quotes or bare keys,
-            # and a key needs its colon. (Not a trailing comma: pyarrow.json
-            # and DuckDB accept "{...,}", so it would not be malformed to
-            # the pipeline's parser.)
+            # and a key needs its colon. (No trailing comma: when these
+            # variants were chosen the parser still accepted "{...,}"; it
+            # rejects it now, but a new variant would change every seeded
+            # stream.)
             return _choose(style, [
                 pc.utf8_slice_codeunits(line, 0, -2),
                 pc.replace_substring(line, '"', "'"),

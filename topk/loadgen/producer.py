@@ -33,7 +33,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 from topk.loadgen import generator
 from topk.core.schema import MAX_TS_MS, MIN_TS_MS
-from topk.core.windows import parse_time
+from topk.core.windows import now_ms, parse_time
 
 #: Producer settings tuned on this machine (2 cores, local broker): a
 #: linger lets record batches fill; 1 MB batches amortise per-request cost.
@@ -190,7 +190,7 @@ def resolve_start(text: str) -> str:
     """``now`` -> the current time as RFC 3339 (so event times track the
     wall clock); any other RFC 3339 time is validated and kept."""
     if text.strip().lower() == "now":
-        ms = int(time.time() * 1000)
+        ms = now_ms()
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + (
             f".{ms % 1000:03d}Z")
     parse_time(text)
@@ -240,7 +240,7 @@ def _partitions(producer: KafkaProducer, topic: str,
 
 def produce(bootstrap_servers, topic: str,
             config: generator.GeneratorConfig,
-            events_per_message: int = 1, rate: float | None = None,
+            events_per_message: int = 1, send_rate: float | None = None,
             partitions: int = 4, acks=1, linger_ms: int = LINGER_MS,
             batch_size: int = BATCH_SIZE, timestamps: str = "event",
             retention_ms: int | None = -1,
@@ -249,7 +249,8 @@ def produce(bootstrap_servers, topic: str,
             producer_config: dict | None = None) -> ProduceSummary:
     """Send the events of ``config`` to ``topic``; returns a summary.
 
-    ``rate``: target events per second (``None``: as fast as possible).
+    ``send_rate``: target events per second sent (``None``: as fast as
+    possible; the events' own pace in event time is ``config.rate``).
     ``acks``: 0, 1 (default: the leader wrote it) or ``"all"``.
     ``timestamps``: ``"event"`` (newest event time in the message) or
     ``"now"`` (the producer's clock). Creates the topic if it does not
@@ -262,8 +263,8 @@ def produce(bootstrap_servers, topic: str,
     """
     if events_per_message < 1:
         raise ValueError("events_per_message must be >= 1")
-    if rate is not None and rate <= 0:
-        raise ValueError("rate must be positive")
+    if send_rate is not None and send_rate <= 0:
+        raise ValueError("send_rate must be positive")
     if timestamps not in ("event", "now"):
         raise ValueError("timestamps must be 'event' or 'now'")
     if acks == "all":
@@ -291,9 +292,10 @@ def produce(bootstrap_servers, topic: str,
         parts = _partitions(producer, topic, 30.0)
         # Rate-limited: groups of ~50 ms of events, so the pace is smooth
         # and the first burst small.
-        group_events = (max(1, min(SEND_GROUP_EVENTS, int(rate / 20)))
-                        if rate else SEND_GROUP_EVENTS)
-        bucket = TokenBucket(rate, burst=group_events) if rate else None
+        group_events = (max(1, min(SEND_GROUP_EVENTS, int(send_rate / 20)))
+                        if send_rate else SEND_GROUP_EVENTS)
+        bucket = (TokenBucket(send_rate, burst=group_events) if send_rate
+                  else None)
         started = time.monotonic()
         last_report, reported_events = started, 0
         sent_events = sent_messages = sent_bytes = 0

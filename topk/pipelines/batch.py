@@ -11,13 +11,13 @@ several may be given, comma-separated), the de-duplicated minute counts also
 feed fixed-size sketches: per-slice sketches (the sketches table) and ranked
 windows with lower and upper bounds, one set per method.
 
-With ``--from-archive OUTPUT --start D --end D`` it reads the raw event
-archive that the stream keeps (``OUTPUT/archive``) instead of ``--input``
-and rebuilds the exact results of those whole UTC days
+With ``--from-archive OUTPUT --archive-start D --archive-end D`` it reads
+the raw event archive that the stream keeps (``OUTPUT/archive``) instead of
+``--input`` and rebuilds the exact results of those whole UTC days
 (``topk.storage.reprocess``)::
 
-    topk batch --from-archive out/ --start 2024-05-01 --end 2024-05-02 \
-        --output out/
+    topk batch --from-archive out/ --archive-start 2024-05-01 \
+        --archive-end 2024-05-02 --output out/
 
 It uses the same transforms as the streaming pipeline.
 """
@@ -31,7 +31,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from topk.storage import reprocess
 from topk.storage import layout as output_layout
 from topk.approx import sketch_windows
-from topk.pipelines.options import TopKOptions, check_required
+from topk.pipelines.options import (TopKOptions, check_required,
+                                    reject_renamed)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
@@ -51,6 +52,28 @@ _LOG = logging.getLogger(__name__)
 #: falls back to for batch pipelines anyway.
 LOCAL_BATCH_RUNNER = "FnApiRunner"
 
+#: What ``topk batch --help`` says about the pipeline (plain text: the
+#: module docstring is reStructuredText).
+DESCRIPTION = (
+    "Exact top-K of every window over JSON-lines or Parquet event files: "
+    "de-duplicates by event_id over the whole input, counts exact one-minute "
+    "slices and ranks every window of --windows, written as Parquet tables "
+    "under --output. With --method cms and/or frequent_items the minute "
+    "counts also feed fixed-size sketches: per-slice sketches and ranked "
+    "windows with lower and upper bounds. With --from-archive OUTPUT "
+    "--archive-start D --archive-end D it reads the raw event archive the "
+    "stream keeps instead of --input and rebuilds the exact results of "
+    "those whole UTC days.\n\n"
+    "  topk batch --input 'events/*.jsonl' --output out/ --windows 1h,1h/1m "
+    "--k 10\n"
+    "  topk batch --from-archive out/ --archive-start 2024-05-01 "
+    "--archive-end 2024-05-02 --output out/")
+
+#: Flags that were renamed: old -> new (``reject_renamed``). ``--start`` /
+#: ``--end`` were rewritten silently before; they name the query range of
+#: ``topk query``, so the archive range has its own names.
+RENAMED_FLAGS = {"--start": "--archive-start", "--end": "--archive-end"}
+
 
 class BatchOptions(PipelineOptions):
     """Options of ``topk batch`` besides the shared ``TopKOptions``."""
@@ -63,22 +86,21 @@ class BatchOptions(PipelineOptions):
             ".gz), one JSON event per line, or .parquet with columns "
             "event_id, item_id, event_type, ts[, user_id, weight].")
         parser.add_argument(
-            "--from_archive", "--from-archive",
+            "--from-archive", "--from_archive", dest="from_archive",
             help="Instead of --input, reprocess the raw event archive of "
             "this output directory (OUTPUT/archive, or the archive directory "
-            "itself) between --start and --end, rounded out to whole UTC "
+            "itself) between --archive-start and --archive-end, rounded out "
+            "to whole UTC "
             "days: rebuilds every slice of those days and every window "
             "inside them, as batch rows that supersede the stream's.")
         parser.add_argument(
-            "--archive_start", "--archive-start",
+            "--archive-start", "--archive_start", dest="archive_start",
             help="With --from-archive: first day (2024-05-01) or time (RFC "
-            "3339; rounded down to its day). `topk batch` also takes it as "
-            "--start.")
+            "3339; rounded down to its day).")
         parser.add_argument(
-            "--archive_end", "--archive-end",
+            "--archive-end", "--archive_end", dest="archive_end",
             help="With --from-archive: end day (exclusive) or time (rounded "
-            "up to the next midnight UTC). `topk batch` also takes it as "
-            "--end.")
+            "up to the next midnight UTC).")
 
 
 def archive_range(options: PipelineOptions) -> tuple[int, int] | None:
@@ -88,10 +110,12 @@ def archive_range(options: PipelineOptions) -> tuple[int, int] | None:
     batch = options.view_as(BatchOptions)
     if not batch.from_archive:
         if batch.archive_start or batch.archive_end:
-            raise ValueError("--start/--end need --from-archive")
+            raise ValueError("--archive-start/--archive-end need "
+                             "--from-archive")
         return None
     if not (batch.archive_start and batch.archive_end):
-        raise ValueError("--from-archive needs --start and --end")
+        raise ValueError("--from-archive needs --archive-start and "
+                         "--archive-end")
     return reprocess.day_range(batch.archive_start, batch.archive_end)
 
 
@@ -186,10 +210,10 @@ def check_archive(path: str, start_ms: int, end_ms: int) -> None:
 
 
 def parse_args(argv: list[str]) -> PipelineOptions:
-    """The pipeline options of ``argv`` (``--start``/``--end`` name the
-    archive range), checked without touching any file: ``ValueError`` with
-    a one-line reason."""
-    options = PipelineOptions(reprocess.rename_range_flags(argv))
+    """The pipeline options of ``argv``, checked without touching any file:
+    ``ValueError`` with a one-line reason."""
+    reject_renamed(argv, RENAMED_FLAGS)
+    options = PipelineOptions(argv)
     check_required(options, ["output"])
     batch = options.view_as(BatchOptions)
     if not (batch.input or batch.from_archive):

@@ -5,6 +5,13 @@ and rejects an option defined twice, so each options class here is a direct
 subclass defining its own flags only, and none is ``required`` at parse
 time (Beam parses every class for every pipeline): ``check_required``
 reports what is missing instead.
+
+Every option is declared with its hyphenated spelling first (the one help
+shows, like every other ``topk`` flag) and its underscore spelling as an
+alias, with ``dest`` given explicitly: Beam ships pipeline options to remote
+workers (Flink, Dataflow) as ``--<dest>=value``, with underscores, so the
+underscore spelling must keep parsing there. Beam's own options keep Beam's
+spelling (``--runner``, ``--temp_location``, ...).
 """
 import argparse
 
@@ -69,12 +76,14 @@ class TopKOptions(PipelineOptions):
             "--k", type=_positive_int, default=100,
             help="How many items to keep per window (default 100).")
         parser.add_argument(
-            "--item_shards", "--item-shards", type=_positive_int, default=8,
+            "--item-shards", "--item_shards", dest="item_shards",
+            type=_positive_int, default=8,
             help="Shards items are hashed into for exact counting; each "
             "shard's counts are held by one worker (default 8; 2 for the "
             "unbounded stream on Prism).")
         parser.add_argument(
-            "--dedup_shards", "--dedup-shards", type=_positive_int, default=8,
+            "--dedup-shards", "--dedup_shards", dest="dedup_shards",
+            type=_positive_int, default=8,
             help="Shards event ids are hashed into for de-duplication "
             "(default 8; 2 for the unbounded stream on Prism).")
         parser.add_argument(
@@ -86,7 +95,8 @@ class TopKOptions(PipelineOptions):
             "ranked windows with lower/upper bounds, in fixed memory. "
             "Default: exact.")
         parser.add_argument(
-            "--sketch_budget_bytes", "--sketch-budget-bytes",
+            "--sketch-budget-bytes", "--sketch_budget_bytes",
+            dest="sketch_budget_bytes",
             type=_sketch_budget, default=DEFAULT_BUDGET_BYTES,
             help="Memory budget of each approximate sketch (per slice and "
             "per window), in bytes of its serialized form; a sketch never "
@@ -94,8 +104,22 @@ class TopKOptions(PipelineOptions):
 
 
 def check_required(options: PipelineOptions, names: list[str]) -> None:
-    """Raise ``ValueError`` naming the missing ``--options``."""
+    """Raise ``ValueError`` naming the missing ``--options`` (``names``:
+    their dests), in their hyphenated spelling."""
     values = options.get_all_options()
-    missing = [f"--{n}" for n in names if not values.get(n)]
+    missing = [f"--{n.replace('_', '-')}" for n in names
+               if not values.get(n)]
     if missing:
         raise ValueError(f"missing required option(s): {', '.join(missing)}")
+
+
+def reject_renamed(argv: list[str], renamed: dict[str, str]) -> None:
+    """``ValueError`` naming the new flag if ``argv`` uses a flag that was
+    renamed (``renamed``: old flag -> new flag), in either ``--flag value``
+    or ``--flag=value`` form. Beam would otherwise drop an unknown flag
+    with only a warning, and the run would go on without it."""
+    for arg in argv:
+        flag = arg.partition("=")[0]
+        if flag in renamed:
+            raise ValueError(f"{flag} is no longer an option: use "
+                             f"{renamed[flag]}")

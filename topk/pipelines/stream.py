@@ -4,18 +4,18 @@
 
 **Unbounded** (the default) on Prism, the local streaming runner, or on
 Flink/Dataflow with ``--runner``: Kafka (``topk.sources.kafka``) -> parse
-and validate -> dead letters to ``--dead_letter_topic`` and the
+and validate -> dead letters to ``--dead-letter-topic`` and the
 ``dead_letters`` table -> the raw archive (validated events, hourly Parquet
 partitions, the input of ``topk batch --from-archive``) -> ``StreamTopK``:
 de-duplication, exact slices, and every window's top-K as early panes
-(every ``--early_firing_s`` while a window is open), one on-time pane when
-the watermark passes its end and late panes within ``--allowed_lateness``;
+(every ``--early-firing-s`` while a window is open), one on-time pane when
+the watermark passes its end and late panes within ``--allowed-lateness``;
 events later than that go to the ``late_events`` table and the
 ``events_late`` counter. Pane tables are written per bundle; readers take
 the latest row by ``emitted_at``.
 
-A restart re-reads the topic from ``--start`` (Prism keeps no state across
-processes): start early enough to cover the open windows (e.g. the
+A restart re-reads the topic from ``--read-from`` (Prism keeps no state
+across processes): start early enough to cover the open windows (e.g. the
 earliest retained offset, or a time one window length + lateness back).
 Panes are accumulating and readers take the latest, so the replay rebuilds
 the same counts and never double counts; archive copies are removed by the
@@ -30,6 +30,7 @@ import glob
 import logging
 import os
 import signal
+import sys
 import threading
 
 import apache_beam as beam
@@ -41,14 +42,16 @@ from apache_beam.options.pipeline_options import (DebugOptions,
 
 from topk.storage import layout as output_layout
 from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
-from topk.pipelines.options import TopKOptions, check_required
+from topk.pipelines.options import (TopKOptions, check_required,
+                                    reject_renamed)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.bundle_files import WriteBundleFiles
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
-from topk.transforms.stream_topk import LATE_COUNTS, LATE_EVENTS, StreamTopK
+from topk.storage.layout import LATE_COUNTS, LATE_EVENTS
+from topk.transforms.stream_topk import StreamTopK
 from topk.core.windows import duration_ms, parse_windows
 
 _LOG = logging.getLogger(__name__)
@@ -81,10 +84,31 @@ _BEAM_JOB_SERVER_TIMEOUT = 300
 #: to choose another).
 UNBOUNDED_JOB_SERVER_TIMEOUT_S = 10 * 24 * 3600
 
+#: What ``topk stream --help`` says about the pipeline (plain text: the
+#: module docstring is reStructuredText).
+DESCRIPTION = (
+    "Read a Kafka topic and write ranked windows as early panes (every "
+    "--early-firing-s while a window is open), one on-time pane at the "
+    "watermark and late panes within --allowed-lateness, plus exact slices, "
+    "the raw-event archive, late events and dead letters (also to a Kafka "
+    "topic). Runs until stopped, on Prism locally (built by "
+    "deploy/prism/prism.sh install) or on --runner FlinkRunner / "
+    "DataflowRunner. A restart re-reads the topic from --read-from: start "
+    "early enough to cover the open windows. With --bounded, reads up to the "
+    "end offsets present at start and writes the same tables as topk batch "
+    "(source = stream).\n\n"
+    "  topk stream --bootstrap 127.0.0.1:9092 --topic events --output out/")
+
+#: Flags that were renamed: old -> new (``reject_renamed``). ``--start``
+#: names the query range of ``topk query``.
+RENAMED_FLAGS = {"--start": "--read-from"}
+
 
 def _lateness(text: str) -> int:
-    if text.strip() == "0":
-        return 0
+    # A bare number is milliseconds: the parsed value, which is what Beam
+    # ships to remote workers (--allowed_lateness=600000) and they re-parse.
+    if text.strip().isdigit():
+        return int(text)
     try:
         return duration_ms(text)
     except ValueError as e:
@@ -108,12 +132,13 @@ class StreamOptions(PipelineOptions):
             help="Kafka bootstrap servers, host:port[,host:port].")
         parser.add_argument("--topic", help="Topic of JSON events to read.")
         parser.add_argument(
-            "--start", default="earliest",
-            help="Where to start: earliest (default), latest, committed (the "
-            "consumer group's offsets) or an RFC 3339 time / epoch ms (the "
-            "first message stamped at or after it). After a restart, start "
-            "early enough to cover the open windows: state is rebuilt by "
-            "re-reading.")
+            "--read-from", "--read_from", dest="read_from",
+            default="earliest",
+            help="Kafka position to start reading from: earliest (default), "
+            "latest, committed (the consumer group's offsets) or an RFC 3339 "
+            "time / epoch ms (the first message stamped at or after it). "
+            "After a restart, start early enough to cover the open windows: "
+            "state is rebuilt by re-reading.")
         parser.add_argument(
             "--bounded", action="store_true",
             help="Stop at the end offsets present at start (backfills, "
@@ -121,30 +146,36 @@ class StreamOptions(PipelineOptions):
             "until stopped, with early, on-time and late panes.")
         parser.add_argument(
             "--group", default=None,
-            help="Consumer group, for --start committed and for "
+            help="Consumer group, for --read-from committed and for "
             "--commit-offsets.")
         parser.add_argument(
-            "--commit_offsets", "--commit-offsets", action="store_true",
+            "--commit-offsets", "--commit_offsets", dest="commit_offsets",
+            action="store_true",
             help="Commit the offsets read to --group (monitoring only: the "
             "runner, not the group, owns the read position).")
         parser.add_argument(
-            "--allowed_lateness", "--allowed-lateness", type=_lateness,
+            "--allowed-lateness", "--allowed_lateness",
+            dest="allowed_lateness", type=_lateness,
             default=10 * 60_000,
             help="How long after the watermark passes a window's end its "
             "events are still counted (late panes), e.g. 10m (default), 1h, "
-            "0. Older events go to the late_events table.")
+            "0 (a bare number is milliseconds). Older events go to the "
+            "late_events table.")
         parser.add_argument(
-            "--early_firing_s", "--early-firing-s", type=_seconds,
+            "--early-firing-s", "--early_firing_s", dest="early_firing_s",
+            type=_seconds,
             default=5.0,
             help="Seconds of processing time between early panes of an open "
             "window (default 5).")
         parser.add_argument(
-            "--dead_letter_topic", "--dead-letter-topic", default=None,
+            "--dead-letter-topic", "--dead_letter_topic",
+            dest="dead_letter_topic", default=None,
             help="Kafka topic for records that fail validation (JSON with "
             "raw, reason, source); default <topic>-dead-letters. They also "
             "go to the dead_letters table.")
         parser.add_argument(
-            "--idle_timeout_ms", "--idle-timeout-ms", type=int, default=None,
+            "--idle-timeout-ms", "--idle_timeout_ms", dest="idle_timeout_ms",
+            type=int, default=None,
             help="After this long without new messages, a partition's "
             "watermark follows the wall clock (default: the source's, 5 s). "
             "Use 0 to never do that (replays of old data).")
@@ -160,7 +191,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
     parsed = (
         pipeline
         | "ReadKafka" >> ReadFromKafkaBatches(
-            kafka.bootstrap, kafka.topic, start=kafka.start,
+            kafka.bootstrap, kafka.topic, start=kafka.read_from,
             bounded=kafka.bounded, group_id=kafka.group,
             commit_offsets=kafka.commit_offsets, **read_args)
         | "ParseEvents" >> ParseEvents())
@@ -281,6 +312,7 @@ def _choose_runner(options: PipelineOptions) -> str:
 def run(argv=None, wait: bool = True):
     """Run the Kafka pipeline; returns the Beam ``PipelineResult`` (an
     unbounded one runs until cancelled or the process stops)."""
+    reject_renamed(sys.argv[1:] if argv is None else argv, RENAMED_FLAGS)
     options = PipelineOptions(argv)
     check_required(options, ["bootstrap", "topic", "output"])
     runner = _choose_runner(options)

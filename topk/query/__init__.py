@@ -6,9 +6,9 @@ approximately from the ``sketches`` table.
 with DuckDB; ``topk.query.bigquery`` answers the same questions from BigQuery
 tables. Both share ``topk.query.contract``: the same checks, the same rows.
 """
-from topk.query.contract import (ApproxRankedItem, QueryError, RankedItem,
-                                 check_query, to_ms)
+from topk.query.contract import (MAX_K, ApproxRankedItem, Query, QueryError,
+                                 RankedItem, check_query, to_ms)
 from topk.query.duckdb import topk, topk_approx
 
-__all__ = ["ApproxRankedItem", "QueryError", "RankedItem", "check_query",
-           "to_ms", "topk", "topk_approx"]
+__all__ = ["MAX_K", "ApproxRankedItem", "Query", "QueryError", "RankedItem",
+           "check_query", "to_ms", "topk", "topk_approx"]

@@ -23,7 +23,7 @@ Appends never overwrite, so idempotency lives in the readers:
 some, else the latest ``emitted_at`` (a rerun or a replay appends newer
 copies that replace the older ones in every answer).
 
-Local emulator: ``--bq_endpoint http://127.0.0.1:9050`` (or
+Local emulator: ``--bq-endpoint http://127.0.0.1:9050`` (or
 ``BIGQUERY_EMULATOR_HOST``) points both of Beam's BigQuery clients at it, in
 this process (``_point_beam_at``): use an in-process runner (the default
 FnApiRunner). See ``deploy/bigquery/README.md``.
@@ -68,10 +68,11 @@ class BigQuerySinkOptions(PipelineOptions):
             "--sink", default=PARQUET,
             help="Comma-separated sinks of the ranked_windows, slices and "
             "sketches tables: parquet (default; under --output) and/or "
-            "bigquery (--bq_dataset). Dead letters always go to --output.")
+            "bigquery (--bq-dataset). Dead letters always go to --output.")
         bigquery_client.add_arguments(parser)
         parser.add_argument(
-            "--bq_write_method", "--bq-write-method", default=None,
+            "--bq-write-method", "--bq_write_method", dest="bq_write_method",
+            default=None,
             help="FILE_LOADS (default for bounded runs; needs "
             "--temp_location, gs:// for real BigQuery) or STREAMING_INSERTS "
             "(default with --streaming).")
@@ -79,8 +80,7 @@ class BigQuerySinkOptions(PipelineOptions):
             "--retention", default="",
             help="Retention tiers, e.g. 1m=7d,1h=90d,1d=730d: with every tier "
             "given, the BigQuery tables' partitions expire after the longest "
-            "one (shorter tiers: python -m topk.storage.retention). Default: keep "
-            "everything.")
+            "one (shorter tiers: topk retention). Default: keep everything.")
 
 
 def parse_sinks(text: str) -> list[str]:
@@ -119,13 +119,13 @@ class WriteBigQueryTables(beam.PTransform):
                      ) -> "WriteBigQueryTables":
         """Check the BigQuery options, connect (Application Default
         Credentials), create the ``tables`` (names) that are missing and
-        point Beam at ``--bq_endpoint``; ``ValueError`` on any problem."""
+        point Beam at ``--bq-endpoint``; ``ValueError`` on any problem."""
         opts = options.view_as(BigQuerySinkOptions)
         streaming = options.view_as(StandardOptions).streaming
         method = (opts.bq_write_method or (
             STREAMING_INSERTS if streaming else FILE_LOADS)).upper()
         if method not in WRITE_METHODS:
-            raise ValueError(f"bad --bq_write_method {opts.bq_write_method!r}"
+            raise ValueError(f"bad --bq-write-method {opts.bq_write_method!r}"
                              f": choose {' or '.join(WRITE_METHODS)}")
         policy = retention.parse_retention(opts.retention)
         gcp = options.view_as(GoogleCloudOptions)
@@ -136,7 +136,7 @@ class WriteBigQueryTables(beam.PTransform):
         if method == FILE_LOADS:
             temp = gcp.temp_location
             if not temp:
-                raise ValueError("--bq_write_method FILE_LOADS needs "
+                raise ValueError("--bq-write-method FILE_LOADS needs "
                                  "--temp_location (gs://bucket/path; a local "
                                  "directory with the emulator)")
             if target.endpoint is None and not temp.startswith("gs://"):

@@ -8,15 +8,15 @@ temporary name and renamed, so readers never see half a file. Readers take
 the latest pane or slice row by ``emitted_at`` (``topk.query``); the archive
 de-duplicates by ``event_id`` when reprocessed.
 """
-import time
 import uuid
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from topk.storage import layout as output_layout
+from topk.core.windows import now_ms
 from topk.sinks.parquet import write_parquet_atomically
+from topk.storage import layout as output_layout
 
 
 class _WriteBundleFilesFn(beam.DoFn):
@@ -41,7 +41,7 @@ class _WriteBundleFilesFn(beam.DoFn):
             return
         rows = pa.concat_tables(self._buffer)
         self._buffer = []
-        name = f"{self._prefix}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
+        name = f"{self._prefix}-{now_ms()}-{uuid.uuid4().hex[:8]}"
         for partition, part in self._partitions(rows):
             if self._sort_keys:
                 part = part.take(pc.sort_indices(part, sort_keys=[

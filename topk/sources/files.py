@@ -7,6 +7,7 @@ Beam's own text source uses, so ranges never split or repeat a record.
 """
 import gzip
 import os
+import zlib
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -19,6 +20,9 @@ from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 RANGE_BYTES = 64 << 20
 #: Bytes of JSON lines per emitted batch.
 BATCH_BYTES = 16 << 20
+#: Bytes of decompressed gzip lines per batch: a truncated gzip loses the
+#: block being read when it breaks off, so blocks are kept small there.
+GZIP_BATCH_BYTES = 1 << 20
 #: Rows per emitted Parquet batch.
 BATCH_ROWS = 256_000
 
@@ -37,17 +41,67 @@ def file_format(path: str) -> str:
                      f"{', '.join(JSON_SUFFIXES + PARQUET_SUFFIXES)}")
 
 
+#: First bytes of a gzip member and of a Parquet file.
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+
+
+def resolve_pattern(pattern: str) -> str:
+    """A local glob made absolute: Beam's local filesystem matches nothing
+    for a relative glob without a directory (``events*.jsonl``), though it
+    finds ``./events*.jsonl``. Remote URLs (``gs://...``) pass unchanged."""
+    if "://" in pattern:
+        return pattern
+    return os.path.abspath(os.path.expanduser(pattern))
+
+
+def is_event_file(path: str) -> bool:
+    """Whether a matched path is input: not a directory, and not hidden or
+    a marker such as Spark's ``_SUCCESS`` (basenames starting with ``_`` or
+    ``.``, the rule Hadoop and Spark readers follow). The check at start-up
+    and the pipeline's own match use this one rule."""
+    if os.path.basename(path.rstrip("/")).startswith(("_", ".")):
+        return False
+    return not ("://" not in path and os.path.isdir(path))
+
+
+def check_event_file(path: str) -> None:
+    """``ValueError`` with one line unless ``path`` looks like what its name
+    says: a known suffix, gzip data behind ``.gz``, a Parquet file behind
+    ``.parquet``. Reads a few bytes only; a file that turns bad later (a
+    truncated gzip) becomes a dead letter while reading."""
+    fmt = file_format(path)
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            head = f.read(4)
+    except (IOError, OSError) as e:
+        raise ValueError(f"{path}: cannot read: {e}") from None
+    if path.lower().endswith(".gz") and head and not head.startswith(
+            GZIP_MAGIC):
+        raise ValueError(f"{path}: not a gzip file (it does not start with "
+                         "gzip's magic bytes); rename it or compress it")
+    if fmt == "parquet" and head != PARQUET_MAGIC:
+        raise ValueError(f"{path}: not a Parquet file (no PAR1 header)")
+
+
 def matching_files(pattern: str) -> list[str]:
-    """Paths matching a glob (local or any Beam filesystem); raises
-    ``ValueError`` naming the pattern when nothing matches."""
-    result = FileSystems.match([pattern])[0]
+    """Event files matching a glob (local or any Beam filesystem), checked
+    with ``check_event_file``; raises ``ValueError`` naming the pattern
+    when nothing matches and the file when one is not readable input."""
+    result = FileSystems.match([resolve_pattern(pattern)])[0]
     paths = sorted(m.path for m in result.metadata_list
-                   if not os.path.basename(m.path).startswith(("_", ".")))
+                   if is_event_file(m.path))
     if not paths:
         raise ValueError(f"no input files match {pattern!r}")
     for p in paths:
-        file_format(p)
+        check_event_file(p)
     return paths
+
+
+class ReadFailure(str):
+    """A payload that is not data but the reason a file could not be read
+    to its end (e.g. a truncated gzip): ``ParseEvents`` turns it into a
+    dead letter, so the loss is counted and named, never silent."""
 
 
 def plan_ranges(path: str, size: int, range_bytes: int = RANGE_BYTES):
@@ -91,8 +145,22 @@ class _ReadRangeFn(beam.DoFn):
                     yield (f"{path}#batch{i}", batch)
             return
         with FileSystems.open(path, compression_type="uncompressed") as raw:
-            f = gzip.GzipFile(fileobj=raw) if path.lower().endswith(".gz") else raw
-            for block in read_json_range(f, start, end):
+            gz = path.lower().endswith(".gz")
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            blocks = read_json_range(
+                f, start, end, GZIP_BATCH_BYTES if gz else BATCH_BYTES)
+            while True:
+                try:
+                    block = next(blocks)
+                except StopIteration:
+                    return
+                except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                    # The lines before the damage were yielded; what
+                    # follows cannot be read, so it is reported, once.
+                    yield (f"{path}@{start}", ReadFailure(
+                        f"unreadable input after {raw.tell()} bytes: "
+                        f"{type(e).__name__}: {e}"))
+                    return
                 yield (f"{path}@{start}", block)
 
 
@@ -102,12 +170,16 @@ class ReadEventFiles(beam.PTransform):
     Yields ``(source, payload)``: ``payload`` is newline-delimited JSON bytes
     (whole lines) for ``.json``/``.jsonl``/``.ndjson`` (optionally ``.gz``)
     files, or a ``pa.RecordBatch`` of typed columns for Parquet files;
-    ``source`` names the file. Feed it to ``ParseEvents``.
+    ``source`` names the file; a file that breaks off while being read
+    (truncated gzip) yields a ``ReadFailure`` payload after its readable
+    lines. Hidden and marker files (``_SUCCESS``, ``.crc``) and directories
+    are skipped, as ``matching_files`` skips them. Feed it to
+    ``ParseEvents``.
     """
 
     def __init__(self, pattern: str, range_bytes: int = RANGE_BYTES):
         super().__init__()
-        self._pattern = pattern
+        self._pattern = resolve_pattern(pattern)
         self._range_bytes = range_bytes
 
     def expand(self, pbegin):
@@ -115,6 +187,7 @@ class ReadEventFiles(beam.PTransform):
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern)
+            | "EventFilesOnly" >> beam.Filter(lambda m: is_event_file(m.path))
             | "PlanRanges" >> beam.FlatMap(
                 lambda m: plan_ranges(m.path, m.size_in_bytes, range_bytes))
             | "Spread" >> beam.Reshuffle()

@@ -39,8 +39,9 @@ Timestamps and watermarks:
   kept per process. Prism 2.77 takes an SDF stage's watermark from the last
   bundle's restrictions only; without alignment a partition that ran ahead
   makes the others' batches late and Prism drops them (see
-  ``kafka_offsets.AlignedWatermarks``). Flink and Dataflow combine the
-  restrictions' watermarks themselves and get per-partition ones.
+  ``topk.connectors.kafka.watermarks.AlignedWatermarks``). Flink and
+  Dataflow combine the restrictions' watermarks themselves and get
+  per-partition ones.
 
 Checkpoints: the offsets are the restriction, i.e. the runner's state. The
 DoFn claims each batch's last offset (``BatchOffsetTracker``), emits it, and
@@ -76,8 +77,11 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
+from kafka.errors import KafkaError
 
 from topk.connectors import kafka as ko
+from topk.core.windows import now_ms
+from topk.transforms.beam_time import beam_timestamp, epoch_ms
 
 _LOG = logging.getLogger(__name__)
 
@@ -291,7 +295,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         try:
             reader = self._reader(plan)
             reader.seek(restriction.start)
-        except (ko.KafkaError, OSError) as e:
+        except (KafkaError, OSError) as e:
             self._retry_later(plan, tracker, watermark, own_wm, backoff, e)
             return
         next_offset = restriction.start
@@ -301,7 +305,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                                           s["max_batch_bytes"],
                                           s["poll_timeout_ms"],
                                           s["allowed_skew_ms"])
-            except (ko.KafkaError, OSError) as e:
+            except (KafkaError, OSError) as e:
                 # kafka-python reconnects by itself: keep the consumer for
                 # transient errors, replace it when they persist.
                 if backoff.failures >= 3:
@@ -340,7 +344,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 reader.forget_position()  # the tail is someone else's
             if len(mine):
                 max_ts = mine.max_timestamp()
-                ts = (Timestamp(micros=max_ts * 1000) if max_ts is not None
+                ts = (beam_timestamp(max_ts) if max_ts is not None
                       else Timestamp.now())
                 self.messages.inc(len(mine))
                 self.batches.inc()
@@ -381,7 +385,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         is where an aligned partition's last watermark becomes confirmed and
         where offsets are committed to the group. Returns the partition's
         own watermark so far (ms)."""
-        current = _ms(watermark.current_watermark())
+        current = epoch_ms(watermark.current_watermark())
         if self._s["commit_offsets"] and restriction.start > plan.start:
             reader = self._readers.get((plan.topic, plan.partition))
             if reader is not None:
@@ -390,7 +394,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             return current
         own = _ALIGNED.begin(self._read_id, plan.all_partitions,
                              plan.partition)
-        return _later(own, current)
+        return ko.later(own, current)
 
     def _end_call(self, plan, watermark, own_wm, done=False) -> None:
         """Report the watermark at the end of a ``process`` call.
@@ -399,7 +403,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         own watermark; the runner commits it with the bundle's output.
         Aligned mode: the estimator gets the minimum confirmed watermark
         over all partitions, and this partition's new one waits for its
-        next call (see ``kafka_offsets.AlignedWatermarks``).
+        next call (see ``topk.connectors.kafka.watermarks
+        .AlignedWatermarks``).
         """
         final = ko.DONE if done else own_wm
         if self._align:
@@ -416,7 +421,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         idle_ms = self._s["idle_timeout_ms"]
         if idle_ms is None:
             return own_wm
-        now = int(time.time() * 1000)
+        now = now_ms()
         if now - reader.last_data_ms < idle_ms:
             return own_wm
         try:
@@ -448,7 +453,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         try:
             reader.commit(next_offset)
             self._committed_at[key] = (next_offset, now)
-        except (ko.KafkaError, OSError) as e:
+        except (KafkaError, OSError) as e:
             # Monitoring only: the runner's restriction is the truth.
             _LOG.warning("kafka %s: commit of %d failed: %r", reader.tp,
                          next_offset, e)
@@ -469,20 +474,8 @@ class _ReadUnboundedPartitionFn(_ReadPartitionFn):
         return self._read(plan, tracker, watermark)
 
 
-def _later(a, b):
-    if a is None:
-        return b
-    return a if b is None else max(a, b)
-
-
-def _ms(ts) -> int | None:
-    if ts is None:
-        return None
-    return ts.micros // 1000
-
-
 def _set_watermark(estimator, wm_ms: int) -> None:
-    new = Timestamp(micros=wm_ms * 1000)
+    new = beam_timestamp(wm_ms)
     current = estimator.current_watermark()
     if current is None or new > current:
         estimator.set_watermark(new)

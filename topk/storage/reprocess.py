@@ -1,12 +1,12 @@
 """Batch reprocessing from the raw event archive (no Beam).
 
-``topk batch --from-archive OUTPUT --start D --end D`` rebuilds the exact
+``topk batch --from-archive OUTPUT --archive-start D --archive-end D`` rebuilds the exact
 results of a range from ``OUTPUT/archive`` (``output_layout``: validated
 events in hourly partitions, possibly with duplicate copies) and writes them
 as ``source = batch`` rows, which the query layer prefers over the stream's.
 
-Reprocessing works on whole UTC days, the output's partitions: ``--start``
-is rounded down and ``--end`` up to midnight UTC, so every partition it
+Reprocessing works on whole UTC days, the output's partitions:
+``--archive-start`` is rounded down and ``--archive-end`` up to midnight UTC, so every partition it
 writes (one file per table, window spec and day) holds the complete,
 de-duplicated results of that day, never part of one. What is written:
 
@@ -28,22 +28,6 @@ from topk.storage import layout as output_layout
 from topk.core.schema import DAY_MS
 from topk.core.windows import format_time, parse_time
 
-#: ``topk batch`` spelling -> pipeline option (``--start`` is taken by
-#: ``topk stream``'s options, and Beam allows each flag once).
-RANGE_FLAGS = {"--start": "--archive_start", "--end": "--archive_end"}
-
-
-def rename_range_flags(argv: list[str]) -> list[str]:
-    """``--start X`` / ``--end=Y`` -> ``--archive_start X`` /
-    ``--archive_end=Y``; other arguments unchanged."""
-    out = []
-    for arg in argv:
-        flag, sep, value = arg.partition("=")
-        out.append(RANGE_FLAGS[flag] + sep + value if flag in RANGE_FLAGS
-                   else arg)
-    return out
-
-
 def parse_time_or_date(text: str, flag: str) -> int:
     """``2024-05-01`` or an RFC 3339 time -> epoch ms; ``ValueError`` naming
     ``flag`` otherwise."""
@@ -55,12 +39,14 @@ def parse_time_or_date(text: str, flag: str) -> int:
 
 
 def day_range(start: str, end: str) -> tuple[int, int]:
-    """``--start``/``--end`` texts -> ``[first midnight, last midnight)`` in
-    epoch ms: the whole UTC days that contain ``[start, end)``."""
-    start_ms = parse_time_or_date(start, "--start")
-    end_ms = parse_time_or_date(end, "--end")
+    """``--archive-start``/``--archive-end`` texts -> ``[first midnight,
+    last midnight)`` in epoch ms: the whole UTC days that contain
+    ``[start, end)``."""
+    start_ms = parse_time_or_date(start, "--archive-start")
+    end_ms = parse_time_or_date(end, "--archive-end")
     if end_ms <= start_ms:
-        raise ValueError(f"--end ({end}) must be after --start ({start})")
+        raise ValueError(f"--archive-end ({end}) must be after "
+                         f"--archive-start ({start})")
     return start_ms // DAY_MS * DAY_MS, -(-end_ms // DAY_MS) * DAY_MS
 
 

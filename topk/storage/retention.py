@@ -22,24 +22,21 @@ at least ``keep``.
   expired partitions, clustered on the slice length).
 
 Run both periodically (cron, or a BigQuery scheduled query with the DELETE
-statements)::
+statements) with ``topk retention`` (``topk.cli.retention``)::
 
-    python -m topk.storage.retention --retention 1m=7d,1h=90d,1d=730d --output out
-    python -m topk.storage.retention --retention 1m=7d,1h=90d,1d=730d --bq-dataset topk
+    topk retention --retention 1m=7d,1h=90d,1d=730d --output out
+    topk retention --retention 1m=7d,1h=90d,1d=730d --bq-dataset topk
 
 Range queries over expired minutes of a range see no data there: query old
 ranges on hour boundaries (they are then answered from hour and day slices).
 """
-import argparse
 import os
 import shutil
-import sys
 
 from topk.storage import layout as output_layout
 from topk.core.schema import DAY_MS, HOUR_MS
 from topk.core.windows import (SLICE_LENGTHS, SUPPORTED_WINDOWS, WindowSpec,
-                          duration_ms, floor_to, format_time, now_ms,
-                          parse_time)
+                               duration_ms, floor_to, parse_time)
 
 #: The tables retention applies to, with their tier column(s).
 TABLES = (output_layout.RANKED_WINDOWS, output_layout.SLICES,
@@ -174,51 +171,3 @@ def cleanup_parquet(output: str, policy: dict[str, int], now: int,
         for path in expired:
             shutil.rmtree(path)
     return expired
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m topk.storage.retention",
-        description="Apply retention tiers to the output tables: delete "
-        "expired Parquet partitions (--output) and/or expired BigQuery rows, "
-        "setting the tables' partition expiration (--bq-dataset).")
-    parser.add_argument("--retention", required=True,
-                        help="Tiers, e.g. 1m=7d,1h=90d,1d=730d (a tier left "
-                        "out is kept forever).")
-    parser.add_argument("--output", help="Parquet output directory (local).")
-    from topk.connectors.bigquery import client as bigquery_client
-    bigquery_client.add_arguments(parser)
-    parser.add_argument("--now", default=None,
-                        help="Reference time, RFC 3339 (default: now).")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="Print what would be deleted, delete nothing.")
-    args = parser.parse_args(argv)
-    try:
-        policy = parse_retention(args.retention)
-        now = parse_time(args.now) if args.now else now_ms()
-        if not args.output and not args.bq_dataset:
-            raise ValueError("nothing to do: give --output and/or "
-                             "--bq-dataset")
-        if args.output:
-            for path in cleanup_parquet(args.output, policy, now,
-                                        args.dry_run):
-                print(f"{'would delete' if args.dry_run else 'deleted'} "
-                      f"{path}")
-        if args.bq_dataset:
-            from topk.connectors.bigquery import tables as bigquery_tables
-            client, target = bigquery_client.connect(
-                args.bq_project, args.bq_dataset, args.bq_table_prefix,
-                args.bq_endpoint, args.bq_location)
-            for line in bigquery_tables.apply_retention(
-                    client, target, policy, now, args.dry_run):
-                print(line)
-    except ValueError as e:
-        print(f"topk.storage.retention: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{'dry run' if args.dry_run else 'retention applied'} as of "
-          f"{format_time(now)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

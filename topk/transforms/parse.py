@@ -4,9 +4,11 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from topk.core import events as events_lib
+from topk.core import schema
+from topk.sources.files import ReadFailure
+# The dead-letter output's tag is the name of the table it is written to.
+from topk.storage.layout import DEAD_LETTERS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
-
-DEAD_LETTERS = "dead_letters"
 
 
 class _ParseBatchFn(beam.DoFn):
@@ -17,6 +19,12 @@ class _ParseBatchFn(beam.DoFn):
 
     def process(self, element):
         source, payload = element
+        if isinstance(payload, ReadFailure):
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, pa.table(
+                {"raw": [""], "reason": [str(payload)], "source": [source]},
+                schema=schema.DEAD_LETTER_SCHEMA))
+            return
         if isinstance(payload, (pa.Table, pa.RecordBatch)):
             parsed = events_lib.validate_table(payload, source)
         else:
@@ -34,7 +42,9 @@ class ParseEvents(beam.PTransform):
 
     Takes ``(source, payload)`` where ``payload`` is newline-delimited JSON
     (bytes; one event per line, a Kafka message or a file chunk) or an Arrow
-    table with typed event columns, and ``source`` says where it came from.
+    table with typed event columns, or a ``ReadFailure`` (a file that broke
+    off: one dead letter with the reason), and ``source`` says where it came
+    from.
     Yields a ``DoOutputsTuple``: the main output holds ``pa.Table`` batches in
     ``EVENT_SCHEMA``; ``dead_letters`` holds ``pa.Table`` batches in
     ``DEAD_LETTER_SCHEMA`` (raw record, reason, source). Counters

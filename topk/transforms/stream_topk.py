@@ -27,7 +27,6 @@ Prism keeps state in its process only; after a restart the stream rebuilds
 it by re-reading the topic from ``--start`` (panes are accumulating and
 readers take the latest, so a replay never double counts).
 """
-import time
 import typing
 import uuid
 
@@ -44,28 +43,20 @@ from apache_beam.transforms.userstate import (BagStateSpec,
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from topk.core import counting, ranking, schema
+from topk.core.windows import WindowSpec, floor_to, now_ms
+# The outputs are named after the tables they are written to.
+from topk.storage.layout import (LATE_COUNTS, LATE_EVENTS, RANKED_WINDOWS,
+                                 SLICES)
 from topk.streaming import dedup as stream_dedup
 from topk.streaming import panes as stream_panes
 from topk.transforms import coders
+from topk.transforms.beam_time import beam_timestamp, epoch_ms
 from topk.transforms.exact import ShardTable, key_by_shard
-from topk.core.windows import WindowSpec, floor_to
-
-LATE_EVENTS = "late_events"
-LATE_COUNTS = "late_counts"
-SLICES = "slices"
 
 #: (spec key, (shard, firing's emitted_at, pane timing, candidates,
 #: totals)) between the stages.
 ShardPane = typing.Tuple[str, typing.Tuple[int, int, str, pa.Table,
                                            pa.Table]]
-
-
-def _ms(ts: Timestamp) -> int:
-    return ts.micros // 1000
-
-
-def _at(ms: int) -> Timestamp:
-    return Timestamp(micros=int(ms) * 1000)
 
 
 def _armed(timers) -> dict:
@@ -120,12 +111,12 @@ class _DedupFn(beam.DoFn):
             # minute after the watermark it knows.)
             start = (known["ms"] + schema.MINUTE_MS
                      if known["ms"] > stream_dedup.NO_WATERMARK
-                     else floor_to(_ms(timestamp), schema.MINUTE_MS))
-            tick.set(_at(start))
+                     else floor_to(epoch_ms(timestamp), schema.MINUTE_MS))
+            tick.set(beam_timestamp(start))
             known["armed"] = True
         ids = self._ids(shard, known["generation"], seen)
         fresh, late, chunk = ids.admit(events, stream_dedup.late_horizon(
-            stream_dedup.reading_watermark(known["ms"], _ms(timestamp)),
+            stream_dedup.reading_watermark(known["ms"], epoch_ms(timestamp)),
             self._lateness))
         if chunk.num_rows:
             seen.add(chunk)
@@ -138,7 +129,7 @@ class _DedupFn(beam.DoFn):
         if fresh.num_rows:
             self._unique.inc(fresh.num_rows)
             partials = counting.count_slices(fresh).replace_schema_metadata(
-                {stream_dedup.READ_AT: str(_ms(timestamp)).encode()})
+                {stream_dedup.READ_AT: str(epoch_ms(timestamp)).encode()})
             yield from key_by_shard(partials, "item_id", self._item_shards)
 
     @on_timer(TICK)
@@ -147,7 +138,7 @@ class _DedupFn(beam.DoFn):
                 seen=beam.DoFn.StateParam(SEEN),
                 watermark=beam.DoFn.StateParam(WATERMARK),
                 tick=beam.DoFn.TimerParam(TICK)):
-        now = _ms(fired)
+        now = epoch_ms(fired)
         known = watermark.read()
         ids = self._ids(shard, known["generation"], seen)
         if ids.expire(stream_dedup.late_horizon(now, self._lateness),
@@ -158,7 +149,7 @@ class _DedupFn(beam.DoFn):
         self._cache[shard] = (known["generation"], ids)
         known["armed"] = len(ids) > 0  # idle shards stop ticking
         if known["armed"]:
-            tick.set(_at(now + schema.MINUTE_MS))
+            tick.set(beam_timestamp(now + schema.MINUTE_MS))
         known["ms"] = now
         watermark.write(known)
 
@@ -212,7 +203,7 @@ class _ShardPanesFn(beam.DoFn):
             armed["watermark"])
         if due is not None and (armed["close"] is None
                                 or due < armed["close"]):
-            close.set(_at(due))
+            close.set(beam_timestamp(due))
             armed["close"] = due
         timers.write(armed)
 
@@ -225,7 +216,7 @@ class _ShardPanesFn(beam.DoFn):
             panes = stream_panes.ShardPanes.from_chunks(
                 self._specs, self._k, self._lateness, known.get("panes"),
                 counts.read())
-        firing = panes.fire(list(pending.read()), int(time.time() * 1000),
+        firing = panes.fire(list(pending.read()), now_ms(),
                             watermark_ms)
         pending.clear()
         if known["chunks"] >= self.COMPACT_AFTER:
@@ -275,10 +266,10 @@ class _ShardPanesFn(beam.DoFn):
                  timers=beam.DoFn.StateParam(TIMERS),
                  close=beam.DoFn.TimerParam(CLOSE)):
         panes = yield from self._fire(shard, pending, counts, meta, timers,
-                                      watermark_ms=_ms(fired))
+                                      watermark_ms=epoch_ms(fired))
         due = panes.next_close()
         if due is not None:
-            close.set(_at(due))
+            close.set(beam_timestamp(due))
         armed = _armed(timers)
         armed["close"] = due
         timers.write(armed)
@@ -329,7 +320,7 @@ class _MergePanesFn(beam.DoFn):
             starts = totals["window_start"].to_numpy()
             if starts.size:
                 due = int(starts.min()) + self._specs[key].length_ms + 1
-                tick.set(_at(due))
+                tick.set(beam_timestamp(due))
                 armed["tick"] = due
         timers.write(armed)
 
@@ -346,14 +337,14 @@ class _MergePanesFn(beam.DoFn):
         if watermark_ms is not None:
             panes += merge.tick(watermark_ms)
         self._refused.inc(merge.refused - refused)
-        now = int(time.time() * 1000)
+        now = now_ms()
         for name, merged, index in panes:
             yield stream_panes.ranked_pane_rows(merge.spec, name, merged,
                                                 index, now)
         armed = _merge_armed(timers)
         due = merge.next_tick()
         if due is not None and due != armed["tick"]:
-            tick.set(_at(due))
+            tick.set(beam_timestamp(due))
         armed["tick"] = due
         timers.write(armed)
         merge_state.write(merge)  # kept when empty: it knows the watermark
@@ -377,7 +368,7 @@ class _MergePanesFn(beam.DoFn):
                 timers=beam.DoFn.StateParam(TIMERS),
                 tick=beam.DoFn.TimerParam(TICK)):
         yield from self._merge(key, log, merge_state, timers, tick,
-                               watermark_ms=_ms(fired))
+                               watermark_ms=epoch_ms(fired))
 
 
 class StreamTopK(beam.PTransform):
@@ -434,7 +425,7 @@ class StreamTopK(beam.PTransform):
                 self._specs, self._k, self._lateness)).with_output_types(
                     pa.Table))
         return {
-            "ranked_windows": ranked,
+            RANKED_WINDOWS: ranked,
             SLICES: shard_panes[SLICES],
             LATE_EVENTS: deduped[LATE_EVENTS],
             LATE_COUNTS: shard_panes[LATE_COUNTS],

@@ -196,10 +196,6 @@ class CountMinTopK:
         return self._dropped
 
     @property
-    def num_candidates(self) -> int:
-        return len(self._cand_items)
-
-    @property
     def counters(self) -> np.ndarray:
         """The counters (read-only view, shape ``(depth, width)``)."""
         view = self._counters.view()

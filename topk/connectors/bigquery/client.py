@@ -77,27 +77,30 @@ class Target:
 
 
 def add_arguments(parser) -> None:
-    """Add ``--bq_project``, ``--bq_dataset``, ``--bq_table_prefix``,
-    ``--bq_endpoint`` and ``--bq_location`` (dashed spellings too) to an
-    argparse parser: Beam's pipeline options and the commands alike."""
+    """Add ``--bq-project``, ``--bq-dataset``, ``--bq-table-prefix``,
+    ``--bq-endpoint`` and ``--bq-location`` to an argparse parser: Beam's
+    pipeline options and the commands alike. Each also parses with
+    underscores (``--bq_dataset``), the spelling Beam uses when it ships
+    pipeline options to remote workers (``--<dest>=value``)."""
     parser.add_argument(
-        "--bq_project", "--bq-project", default=None,
+        "--bq-project", "--bq_project", dest="bq_project", default=None,
         help="Google Cloud project of the BigQuery dataset (default: "
         f"{PROJECT_ENV}, then the Application Default Credentials' "
         "project).")
     parser.add_argument(
-        "--bq_dataset", "--bq-dataset", default=None,
+        "--bq-dataset", "--bq_dataset", dest="bq_dataset", default=None,
         help="BigQuery dataset of the output tables (it must exist).")
     parser.add_argument(
-        "--bq_table_prefix", "--bq-table-prefix", default="",
+        "--bq-table-prefix", "--bq_table_prefix", dest="bq_table_prefix",
+        default="",
         help="Prefix of the BigQuery table names, e.g. dev_ (default none).")
     parser.add_argument(
-        "--bq_endpoint", "--bq-endpoint", default=None,
+        "--bq-endpoint", "--bq_endpoint", dest="bq_endpoint", default=None,
         help="BigQuery API endpoint, e.g. the local emulator "
         f"http://127.0.0.1:9050 (default: {EMULATOR_HOST_ENV} if set, else "
         "Google's).")
     parser.add_argument(
-        "--bq_location", "--bq-location", default=None,
+        "--bq-location", "--bq_location", dest="bq_location", default=None,
         help="BigQuery location of the jobs, e.g. EU (default: the "
         "dataset's).")
 

@@ -115,8 +115,8 @@ def ensure_tables(client, target: Target, names, policy=None) -> list[str]:
     """Create the output tables ``names`` that do not exist yet, as
     specified; check the ones that do (same columns, partitioning and
     clustering, else ``BigQueryError``). With a retention ``policy``
-    (``topk.storage.retention``) the partition expiration is set to its longest
-    tier, on existing tables too. Returns one line per table."""
+    (``topk.storage.retention``; applied by ``topk retention``) the partition
+    expiration is set to its longest tier, on existing tables too. Returns one line per table."""
     from google.cloud import bigquery
     expiration = (retention.partition_expiration_ms(policy)
                   if policy is not None else None)

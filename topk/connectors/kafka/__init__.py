@@ -1,5 +1,42 @@
-"""Kafka without Beam: start positions and offset plans, poll batches,
-payloads, watermark arithmetic and a kafka-python reader of one partition.
-``topk.sources.kafka.ReadFromKafkaBatches`` is thin Beam wiring around it."""
-from topk.connectors.kafka.reader import *  # noqa: F401,F403
-from topk.connectors.kafka.reader import _span_cut  # noqa: F401
+"""Kafka without Beam, one module per concept:
+
+- ``client``: kafka-python consumers as configured here, retry backoff;
+- ``plans``: start positions and the offset range each reader owns;
+- ``watermarks``: watermark arithmetic, aligned across partitions;
+- ``reader``: ``PartitionReader`` and the ``Batch`` es it returns.
+
+``topk.sources.kafka.ReadFromKafkaBatches`` is thin Beam wiring around it;
+this package re-exports what the source, the load generator and the
+benchmarks use.
+"""
+from topk.connectors.kafka.client import (CONSUMER_DEFAULTS, Backoff,
+                                          check_crc32c, consumer_config,
+                                          new_consumer)
+from topk.connectors.kafka.plans import (UNBOUNDED_STOP, PartitionPlan,
+                                         parse_start, plan_partitions,
+                                         plan_topic, resolve_start_offset,
+                                         split_offsets)
+from topk.connectors.kafka.reader import (MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
+                                          POLL_TIMEOUT_MS, Batch,
+                                          PartitionReader, batch_source,
+                                          join_values, span_cut)
+from topk.connectors.kafka.watermarks import (ALLOWED_SKEW_MS, DONE,
+                                              IDLE_TIMEOUT_MS,
+                                              AlignedWatermarks,
+                                              aligned_minimum, data_watermark,
+                                              idle_watermark, later)
+
+__all__ = [
+    # client
+    "CONSUMER_DEFAULTS", "Backoff", "check_crc32c", "consumer_config",
+    "new_consumer",
+    # plans
+    "UNBOUNDED_STOP", "PartitionPlan", "parse_start", "plan_partitions",
+    "plan_topic", "resolve_start_offset", "split_offsets",
+    # reader
+    "MAX_BATCH_BYTES", "MAX_BATCH_RECORDS", "POLL_TIMEOUT_MS", "Batch",
+    "PartitionReader", "batch_source", "join_values", "span_cut",
+    # watermarks
+    "ALLOWED_SKEW_MS", "DONE", "IDLE_TIMEOUT_MS", "AlignedWatermarks",
+    "aligned_minimum", "data_watermark", "idle_watermark", "later",
+]

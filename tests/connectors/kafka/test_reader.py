@@ -1,0 +1,70 @@
+"""Batches and payloads (``topk.connectors.kafka.reader``), no broker:
+``PartitionReader`` against a real one is tested in
+tests/sources/test_kafka_source.py."""
+import pytest
+
+from topk.connectors import kafka as kafka_package
+from topk.connectors.kafka import reader
+from topk.core import events
+
+
+@pytest.mark.parametrize("values, records", [
+    ([b'{"a":1}'], ['{"a":1}']),
+    ([b"a", b"b\nc"], ["a", "b", "c"]),  # a message with two events
+    ([b"a\n", b"b\n"], ["a", "b"]),  # a trailing newline ends a message
+    ([b"a", b""], ["a", ""]),  # an empty message is an empty record
+    ([b"", b"a"], ["", "a"]),
+    ([b"a", b"", b"", b"b"], ["a", "", "", "b"]),
+    ([b"", b""], ["", ""]),
+    ([b"a\n\nb"], ["a", "", "b"]),  # a blank line inside a message
+    ([b"\na"], ["", "a"]),  # a message whose first record is empty
+    ([b"a", b"b\n", b""], ["a", "b", ""]),
+])
+def test_join_values_keeps_every_record(values, records):
+    payload = reader.join_values(values)
+    assert events.split_lines(payload).to_pylist() == records
+
+
+def test_join_values_common_case_is_a_plain_join():
+    values = [b"x" * 10] * 5
+    assert reader.join_values(values) == b"\n".join(values)
+    assert reader.join_values([]) == b""
+
+
+def test_a_batch_of_one_empty_message_is_one_record():
+    # The parser reads a lone newline as one empty record.
+    assert events.split_lines(reader.join_values([b""])).to_pylist() == [""]
+
+
+class _Rec:
+    def __init__(self, offset, value, timestamp=0):
+        self.offset, self.value, self.timestamp = offset, value, timestamp
+
+
+def test_batch_truncation_source_and_timestamps():
+    batch = reader.Batch("t", 2, [_Rec(5, b"a", 10), _Rec(6, b"bb", 30),
+                                  _Rec(8, b"ccc", 20)], 6)
+    assert batch.source() == "t/2@5-8"
+    assert batch.max_timestamp() == 30
+    assert batch.payload() == b"a\nbb\nccc"
+    assert batch.before(9) is batch
+    head = batch.before(7)
+    assert [r.offset for r in head.records] == [5, 6] and head.nbytes == 3
+    assert len(batch.before(5)) == 0
+    assert reader.Batch("t", 0, [_Rec(1, b"x", -1)], 1).max_timestamp() is None
+
+
+def test_a_batch_spans_at_most_the_skew_of_record_time():
+    # A sparse backlog: one poll would hold an hour of event time, whose
+    # oldest events the watermark (newest - skew) would pass at once.
+    records = [_Rec(i, b"x", 1_000_000 + i * 4_000) for i in range(10)]
+    assert reader.span_cut(records, 10_000) == 3  # 0, 4 and 8 s after
+    assert reader.span_cut(records, 60_000) == 10
+    assert reader.span_cut(records[:1], 0) == 1  # always at least one
+    assert reader.span_cut([_Rec(0, b"x", -1), _Rec(1, b"x", 9e9)], 10) == 2
+
+
+def test_the_package_exports_what_it_lists():
+    for name in kafka_package.__all__:
+        assert getattr(kafka_package, name) is not None, name
+    assert kafka_package.PartitionReader is reader.PartitionReader

@@ -1,0 +1,158 @@
+"""``topk batch``, ``topk stream`` and ``topk demo``: the Beam pipelines.
+
+The pipeline commands parse their own options twice: argparse here (for
+help and one-line errors, with the project's options only), then Beam's
+``PipelineOptions`` in the pipeline module, which also takes every Apache
+Beam option (``--runner``, ``--flink_master``, ...) as Beam spells it.
+"""
+import argparse
+import os
+import time
+
+from topk.cli.common import (CliError, CommandParser, add_renamed,
+                             format_table, make_parent)
+
+#: Said once in the help of the pipeline commands, whose options are shown
+#: by their hyphenated spelling only.
+PIPELINE_EPILOG = (
+    "Every option above also parses with underscores (--item_shards for "
+    "--item-shards): Beam ships pipeline options to remote workers (Flink, "
+    "Dataflow) as --<name>=value with underscores. Any Apache Beam pipeline "
+    "option is accepted too, spelled as Beam spells it, e.g. --runner, "
+    "--flink_master, --temp_location.")
+
+
+def _add_pipeline(sub, name: str, help_text: str, func) -> None:
+    # Pipeline commands parse their own options (and pass Beam's through)
+    # in ``_run_pipeline``, so argparse only sees -h here.
+    p = sub.add_parser(name, help=help_text, add_help=False,
+                       description=help_text)
+    p.add_argument("-h", "--help", action="store_true",
+                   help="Show this help and the pipeline options.")
+    p.set_defaults(func=func, takes_beam_args=True)
+
+
+def add_batch(sub) -> None:
+    _add_pipeline(sub, "batch", "Run the batch pipeline over event files.",
+                  cmd_batch)
+
+
+def cmd_batch(args, beam_args) -> int:
+    from topk.pipelines import batch
+    return _run_pipeline(args, beam_args, "topk batch", batch,
+                         [batch.BatchOptions], ("output",))
+
+
+def add_stream(sub) -> None:
+    _add_pipeline(sub, "stream",
+                  "Rank the events of a Kafka topic as they arrive.",
+                  cmd_stream)
+
+
+def cmd_stream(args, beam_args) -> int:
+    from topk.pipelines import stream
+    return _run_pipeline(args, beam_args, "topk stream", stream,
+                         [stream.StreamOptions],
+                         ("bootstrap", "topic", "output"))
+
+
+def _run_pipeline(args, beam_args, prog, module, options_classes,
+                  required) -> int:
+    from topk.pipelines.options import TopKOptions
+    from topk.sinks.bigquery import BigQuerySinkOptions
+    parser = options_parser(prog, module, [*options_classes, TopKOptions,
+                                           BigQuerySinkOptions],
+                            required=required)
+    if args.help:
+        parser.print_help()
+        return 0
+    parser.parse_known_args(beam_args)  # our options' errors, in one line
+    started = time.perf_counter()
+    try:
+        result = module.run(beam_args)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print_run_summary(result, time.perf_counter() - started)
+    return 0
+
+
+def options_parser(prog: str, pipeline_module, options_classes,
+                   required=()) -> argparse.ArgumentParser:
+    """An argparse parser with the project's own pipeline options (not
+    Beam's hundreds of generic ones), for help and one-line errors; its
+    description is the module's plain-text ``DESCRIPTION``."""
+    parser = CommandParser(prog=prog,
+                           description=pipeline_module.DESCRIPTION,
+                           epilog=PIPELINE_EPILOG)
+    for cls in options_classes:
+        cls._add_argparse_args(parser)
+    add_renamed(parser, getattr(pipeline_module, "RENAMED_FLAGS", {}))
+    for action in parser._actions:
+        if action.dest in required:
+            action.required = True
+    return parser
+
+
+def print_run_summary(result, seconds: float) -> None:
+    """One line from the pipeline's counters."""
+    counters = {r.key.metric.name: r.committed
+                for r in result.metrics().query()["counters"]}
+    valid = counters.get("events_valid", 0)
+    unique = counters.get("events_unique", 0)
+    dead = counters.get("events_dead_letter", 0)
+    late = counters.get("events_late", 0)
+    rate = (valid + dead) / seconds if seconds else 0
+    runner = type(result).__module__.rsplit(".", 1)[-1]
+    print(f"done in {seconds:.1f} s on {runner} ({rate:,.0f} records/s): "
+          f"{valid} valid events, {unique} unique events counted, "
+          f"{valid - unique - late} duplicates dropped, {dead} dead letters"
+          + (f", {late} late events not counted" if late else ""))
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="Generate a synthetic day, run the batch pipeline "
+        "locally and print top-10 answers.",
+        description="The embedded default: no external services. Writes "
+        "events and results under --dir.")
+    p.add_argument("--dir", default="demo-output",
+                   help="Working directory (default demo-output).")
+    p.add_argument("--events", type=int, default=500_000,
+                   help="Events to generate (default 500000).")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from topk import query
+    from topk.loadgen import generator
+    from topk.pipelines import batch
+    events_path = os.path.join(args.dir, "events", "events.jsonl")
+    output = os.path.join(args.dir, "output")
+    config = generator.GeneratorConfig(
+        events=args.events, items=20_000, zipf=1.1,
+        start="2024-05-01T00:00:00Z", rate=args.events / 86_400,
+        duplicate_share=0.01, malformed_share=0.001, seed=42,
+        burst_item="item-019999", burst_share=0.5,
+        burst_start="2024-05-01T18:00:00Z", burst_duration_s=1800)
+    make_parent(events_path)
+    print(f"1/3 generating {args.events} events over one day -> "
+          f"{events_path}")
+    generator.write_json_lines(config, events_path)
+    print("2/3 running the batch pipeline (local runner) -> " + output)
+    started = time.perf_counter()
+    result = batch.run([f"--input={events_path}", f"--output={output}",
+                        "--windows=1h,1d,1h/1m", "--k=10"])
+    print_run_summary(result, time.perf_counter() - started)
+    print("3/3 queries (exact, from the slices table):")
+    for title, start, end, etype in [
+            ("top 10 of the whole day", "2024-05-01T00:00:00Z",
+             "2024-05-02T00:00:00Z", None),
+            ("top 10 plays 18:00-18:30 (the burst)", "2024-05-01T18:00:00Z",
+             "2024-05-01T18:30:00Z", "play"),
+            ("top 10 clicks 09:17-13:42", "2024-05-01T09:17:00Z",
+             "2024-05-01T13:42:00Z", "click")]:
+        print(f"\n{title} [{start} .. {end})")
+        print(format_table(query.topk(output, 10, start, end, etype)))
+    print(f"\nTry: topk query --output {output} --k 5 "
+          "--start 2024-05-01T12:00:00Z --end 2024-05-01T13:00:00Z")
+    return 0

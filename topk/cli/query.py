@@ -1,0 +1,81 @@
+"""``topk query``: top-K of any minute-aligned range, from the output
+tables of ``topk batch`` / ``topk stream`` (DuckDB) or BigQuery."""
+import json
+
+from topk.cli.common import CliError, format_table
+
+
+def add_query(sub) -> None:
+    from topk.connectors.bigquery import client as bigquery_client
+    p = sub.add_parser(
+        "query", help="Top-K of any minute-aligned range up to 30 days.",
+        description="Answer topk(k, start, end) from the output tables: the "
+        "range is covered by the fewest aligned day/hour/minute slices. "
+        "Exact (default): their counts are summed in one DuckDB statement "
+        "over the slices table (--backend bigquery: one BigQuery statement, "
+        "same answers). cms / frequent_items: their sketches are merged, and "
+        "every count comes with lower and upper bounds.")
+    p.add_argument("--output",
+                   help="Output directory of `topk batch` / `topk stream` "
+                   "(--backend duckdb).")
+    p.add_argument("--backend", choices=("duckdb", "bigquery"),
+                   default="duckdb",
+                   help="duckdb (default): the Parquet tables under --output; "
+                   "bigquery: the tables of --bq-dataset (written with --sink "
+                   "bigquery), with Application Default Credentials.")
+    bigquery_client.add_arguments(p)
+    p.add_argument("--k", type=int, required=True, help="How many items.")
+    p.add_argument("--start", required=True,
+                   help="Range start (inclusive), RFC 3339 UTC, whole minute.")
+    p.add_argument("--end", required=True,
+                   help="Range end (exclusive), RFC 3339 UTC, whole minute.")
+    p.add_argument("--event-type", default=None,
+                   help="Only this event type (default: all types).")
+    p.add_argument("--method", choices=("exact", "cms", "frequent_items"),
+                   default="exact",
+                   help="exact (default; the slices table) or an approximate "
+                   "method whose sketches the pipeline wrote (--method of "
+                   "`topk batch`).")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default; control characters in item ids "
+                   "escaped) or json: a list of objects with rank, item_id, "
+                   "count, and for approximate methods lower_bound, "
+                   "upper_bound and guaranteed (certainly in the true top "
+                   "k).")
+    p.set_defaults(func=cmd_query)
+
+
+def cmd_query(args) -> int:
+    from topk import query
+    from topk.connectors.bigquery import client as bigquery_client
+    if args.backend == "duckdb" and not args.output:
+        raise CliError("--output is required with --backend duckdb")
+    try:
+        backend, where = query, (args.output,)
+        if args.backend == "bigquery":
+            from topk.query import bigquery as backend
+            where = bigquery_client.connect(
+                args.bq_project, args.bq_dataset, args.bq_table_prefix,
+                args.bq_endpoint, args.bq_location)
+        if args.method == "exact":
+            rows = backend.topk(*where, args.k, args.start, args.end,
+                                args.event_type)
+        else:
+            rows = backend.topk_approx(*where, args.k, args.start, args.end,
+                                       args.method, args.event_type)
+    except (query.QueryError, bigquery_client.BigQueryError) as e:
+        raise CliError(str(e)) from None
+    approximate = args.method != "exact"
+    if args.format == "json":
+        print(json.dumps([_json_row(r, approximate) for r in rows]))
+    else:
+        print(format_table(rows, approximate))
+    return 0
+
+
+def _json_row(r, approximate: bool) -> dict:
+    row = {"rank": r.rank, "item_id": r.item_id, "count": r.count}
+    if approximate:
+        row.update(lower_bound=r.lower_bound, upper_bound=r.upper_bound,
+                   guaranteed=r.guaranteed)
+    return row
