@@ -28,6 +28,7 @@ SHARED_FLAGS = {
     "--method": "method", "--item-shards": "item_shards",
     "--dedup-shards": "dedup_shards",
     "--sketch-budget-bytes": "sketch_budget_bytes",
+    "--max-dead-letter-ratio": "max_dead_letter_ratio",
     "--sink": "sink", "--bq-write-method": "bq_write_method",
     "--retention": "retention",
     "--bq-project": "bq_project", "--bq-dataset": "bq_dataset",

@@ -72,8 +72,23 @@ def _run_pipeline(args, beam_args, prog, module, options_classes,
         result = module.run(beam_args)
     except ValueError as e:
         raise CliError(str(e)) from None
-    print_run_summary(result, time.perf_counter() - started)
+    counters = print_run_summary(result, time.perf_counter() - started)
+    check_dead_letter_ratio(counters, parser.parse_known_args(beam_args)[0]
+                            .max_dead_letter_ratio)
     return 0
+
+
+def check_dead_letter_ratio(counters: dict, max_ratio: float) -> None:
+    """``CliError`` when more than ``max_ratio`` of the records read were
+    dead letters (an empty input is no error: a quiet hour is normal)."""
+    dead = counters.get("events_dead_letter", 0)
+    read = counters.get("events_valid", 0) + dead
+    if not read or dead / read <= max_ratio:
+        return
+    raise CliError(f"{dead} of {read} records ({dead / read:.0%}) were "
+                   f"dead letters, more than --max-dead-letter-ratio "
+                   f"{max_ratio:g}: is the input in the event format? (the "
+                   "dead_letters table says why each was rejected)")
 
 
 def options_parser(prog: str, pipeline_module, options_classes,
@@ -93,8 +108,8 @@ def options_parser(prog: str, pipeline_module, options_classes,
     return parser
 
 
-def print_run_summary(result, seconds: float) -> None:
-    """One line from the pipeline's counters."""
+def print_run_summary(result, seconds: float) -> dict:
+    """One line from the pipeline's counters; returns the counters."""
     counters = {r.key.metric.name: r.committed
                 for r in result.metrics().query()["counters"]}
     valid = counters.get("events_valid", 0)
@@ -107,6 +122,7 @@ def print_run_summary(result, seconds: float) -> None:
           f"{valid} valid events, {unique} unique events counted, "
           f"{valid - unique - late} duplicates dropped, {dead} dead letters"
           + (f", {late} late events not counted" if late else ""))
+    return counters
 
 
 def add_demo(sub) -> None:
@@ -126,6 +142,8 @@ def cmd_demo(args) -> int:
     from topk import query
     from topk.loadgen import generator
     from topk.pipelines import batch
+    if args.events < 1:
+        raise CliError("--events must be at least 1")
     events_path = os.path.join(args.dir, "events", "events.jsonl")
     output = os.path.join(args.dir, "output")
     config = generator.GeneratorConfig(

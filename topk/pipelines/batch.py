@@ -31,8 +31,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from topk.storage import reprocess
 from topk.storage import layout as output_layout
 from topk.approx import sketch_windows
-from topk.pipelines.options import (TopKOptions, check_required,
-                                    reject_renamed)
+from topk.pipelines.options import (TopKOptions, check_output_writable,
+                                    check_required, reject_renamed,
+                                    reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
@@ -214,6 +215,7 @@ def parse_args(argv: list[str]) -> PipelineOptions:
     ``ValueError`` with a one-line reason."""
     reject_renamed(argv, RENAMED_FLAGS)
     options = PipelineOptions(argv)
+    reject_unknown(options)
     check_required(options, ["output"])
     batch = options.view_as(BatchOptions)
     if not (batch.input or batch.from_archive):
@@ -237,6 +239,7 @@ def run(argv=None):
         check_archive(batch.from_archive, *days)
         what = (f"archive {batch.from_archive} "
                 f"[{reprocess.describe_range(*days)})")
+    check_output_writable(options.view_as(TopKOptions).output)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_BATCH_RUNNER

@@ -14,6 +14,10 @@ underscore spelling must keep parsing there. Beam's own options keep Beam's
 spelling (``--runner``, ``--temp_location``, ...).
 """
 import argparse
+import difflib
+import logging
+import os
+import tempfile
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -45,6 +49,17 @@ def _methods(text: str) -> str:
     return text
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 to 1: {text}")
+    return value
+
+
 def _sketch_budget(text: str) -> int:
     try:
         value = int(text)
@@ -55,6 +70,11 @@ def _sketch_budget(text: str) -> int:
         return sketch_windows.check_budget(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+#: Share of rejected records above which a run fails: malformed records are
+#: normal in small numbers, a majority means the input is not events.
+DEFAULT_MAX_DEAD_LETTER_RATIO = 0.5
 
 
 class TopKOptions(PipelineOptions):
@@ -95,6 +115,15 @@ class TopKOptions(PipelineOptions):
             "ranked windows with lower/upper bounds, in fixed memory. "
             "Default: exact.")
         parser.add_argument(
+            "--max-dead-letter-ratio", "--max_dead_letter_ratio",
+            dest="max_dead_letter_ratio", type=_ratio,
+            default=DEFAULT_MAX_DEAD_LETTER_RATIO,
+            help="Fail (exit status 2) when more than this share of the "
+            "records read were rejected as dead letters: a wrong input or "
+            "format is then an error, not a quiet run that counted nothing "
+            f"(default {DEFAULT_MAX_DEAD_LETTER_RATIO:g}; 1 never fails). The "
+            "tables are written either way.")
+        parser.add_argument(
             "--sketch-budget-bytes", "--sketch_budget_bytes",
             dest="sketch_budget_bytes",
             type=_sketch_budget, default=DEFAULT_BUDGET_BYTES,
@@ -111,6 +140,44 @@ def check_required(options: PipelineOptions, names: list[str]) -> None:
                if not values.get(n)]
     if missing:
         raise ValueError(f"missing required option(s): {', '.join(missing)}")
+
+
+def reject_unknown(options: PipelineOptions) -> None:
+    """``ValueError`` naming the first option that neither this project nor
+    Beam defines (with the closest known spelling). Beam itself only logs
+    "Discarding unparseable args" and runs without it, so a typo such as
+    ``--windwos 1h`` would silently compute every default window."""
+    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_log.level
+    beam_log.setLevel(logging.ERROR)  # its warning would precede ours
+    try:
+        known = options.get_all_options()
+        unknown = sorted(set(options.get_all_options(
+            retain_unknown_options=True)) - set(known))
+    finally:
+        beam_log.setLevel(level)
+    if not unknown:
+        return
+    name = unknown[0]
+    spellings = {n.replace("_", "-") for n in known} | set(known)
+    close = difflib.get_close_matches(name.replace("_", "-"), spellings, 1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    raise ValueError(f"unknown option --{name}{hint}")
+
+
+def check_output_writable(path: str) -> None:
+    """``ValueError`` unless a local ``--output`` can be created and written
+    (found before any work rather than after it). Remote paths (``gs://``)
+    are left to the filesystem at write time."""
+    if "://" in path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".topk-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--output {path}: not writable "
+                         f"({e.strerror or e})") from None
 
 
 def reject_renamed(argv: list[str], renamed: dict[str, str]) -> None:

@@ -42,8 +42,9 @@ from apache_beam.options.pipeline_options import (DebugOptions,
 
 from topk.storage import layout as output_layout
 from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
-from topk.pipelines.options import (TopKOptions, check_required,
-                                    reject_renamed)
+from topk.pipelines.options import (TopKOptions, check_output_writable,
+                                    check_required, reject_renamed,
+                                    reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.bundle_files import WriteBundleFiles
@@ -314,7 +315,9 @@ def run(argv=None, wait: bool = True):
     unbounded one runs until cancelled or the process stops)."""
     reject_renamed(sys.argv[1:] if argv is None else argv, RENAMED_FLAGS)
     options = PipelineOptions(argv)
+    reject_unknown(options)
     check_required(options, ["bootstrap", "topic", "output"])
+    check_output_writable(options.view_as(TopKOptions).output)
     runner = _choose_runner(options)
     kafka = options.view_as(StreamOptions)
     _LOG.info("topk stream: runner %s, %s, topic %s at %s, output %s",
