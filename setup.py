@@ -14,6 +14,7 @@ setuptools.setup(
         "numpy>=1.26",
         "duckdb>=1.1",
         "datasketches>=5.0",
+        "deltalake>=1.6,<1.7",
     ],
     extras_require={
         # crc32c: kafka-python's pure-Python checksums otherwise cap a

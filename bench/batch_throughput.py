@@ -1,21 +1,32 @@
-"""Batch throughput: the columnar pipeline against the naive Beam pipeline
-and the in-process floor, measured side by side in one run.
+"""Batch throughput: ``topk batch --windows all`` against the in-process
+floors, at the sizes of issue 12, measured side by side in one run.
 
-    .venv/bin/python bench/batch_throughput.py            # 20M events
-    .venv/bin/python bench/batch_throughput.py --events 2000000 --repeat 1
+    .venv/bin/python bench/batch_throughput.py                 # full sizes
+    .venv/bin/python bench/batch_throughput.py --scale 0.05 --repeat 1
 
-Three contenders over the same generated JSON-lines events:
+Three inputs (generated JSON lines, 1% duplicates, cached under ``--dir``;
+``--scale`` multiplies the event counts, the spans stay):
 
-* pipeline: ``topk batch`` (all windows, k=100) on the local runner, parse +
-  validate + de-duplicate + exact slices + every window's top-K + Parquet.
-* naive: the textbook Beam pipeline, one element per event:
-  ``ReadFromText | Map(json.loads) | WindowInto | Count.PerElement |
-  Top.Of`` for every window spec, on a subset (it is ~1000x slower).
-* floor: no Beam; read the same file with ``pyarrow.json`` and group-by
-  count (event_type, minute, item) with Arrow, in one process.
+* (a) 20M events over 1 day, 10k items;
+* (b) 10M events over 365 days, 20k items;
+* (c) the same 10M events over 30 days.
 
-Each contender runs in its own process (so peak memory is its own); each is
-repeated and the median reported. The machine is noisy: read the ratios.
+Contenders over each input, each in its own process (so peak RSS is its
+own), repeated and the median reported:
+
+* ``pipeline``: ``topk batch --windows all --k 100`` on the local runner:
+  parse + validate + de-duplicate + exact slices + every window's top-K +
+  output tables.
+* ``floor_arrow``: no Beam; ``pyarrow.json`` reads the file, Arrow group-by
+  counts (event_type, minute, item).
+* ``floor_duckdb``: no Beam; DuckDB's ``read_json`` + the same group-by.
+* ``naive`` (with ``--naive-events N``): the textbook one-element-per-event
+  Beam pipeline on the first N events of (a).
+
+The targets are printed beside the figures: >= 1M events/s on (a), >= 500k
+on (b), peak RSS <= 2 GB on (a) and (b), and peak RSS of (b) / (c) <= 1.2
+(cost follows the window, not the span). The machine is noisy: read the
+ratios.
 """
 import argparse
 import json
@@ -29,9 +40,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-TARGET_EVENTS_PER_S = 1_000_000
-TARGET_VS_NAIVE = 100
-TARGET_VS_FLOOR = 1 / 3
+DAY_S = 86_400
+
+#: name -> (events at scale 1, items, days of event time)
+INPUTS = {
+    "a": (20_000_000, 10_000, 1),
+    "b": (10_000_000, 20_000, 365),
+    "c": (10_000_000, 20_000, 30),
+}
+TARGET_RATE = {"a": 1_000_000, "b": 500_000}
+TARGET_PEAK_MB = {"a": 2048, "b": 2048}
+TARGET_SPAN_RSS_RATIO = 1.2  # peak RSS (b) / (c)
 
 
 def generate(path: str, events: int, seed: int, items: int = 100_000,
@@ -85,6 +104,19 @@ def run_floor(path: str, workdir: str) -> int:
     return table.num_rows
 
 
+def run_floor_duckdb(path: str, workdir: str) -> int:
+    import duckdb
+    con = duckdb.connect()
+    [(rows, events)] = con.sql(
+        "SELECT count(*), sum(n) FROM (SELECT event_type, "
+        "ts - ts % 60000 AS minute, item_id, count(*) AS n FROM read_json("
+        "?, format='newline_delimited', columns={event_id: 'VARCHAR', "
+        "item_id: 'VARCHAR', event_type: 'VARCHAR', ts: 'BIGINT', "
+        "user_id: 'VARCHAR'}) GROUP BY ALL)", params=[path]).fetchall()
+    assert rows > 0
+    return int(events)
+
+
 def run_naive(path: str, workdir: str) -> int:
     import apache_beam as beam
 
@@ -122,18 +154,20 @@ def naive_top_k(lines, windows: str = "all", k: int = 100) -> None:
              k, key=lambda kv: kv[1]).without_defaults())
 
 
-CONTENDERS = {"pipeline": run_pipeline, "floor": run_floor, "naive": run_naive}
+CONTENDERS = {"pipeline": run_pipeline, "floor": run_floor,
+              "floor_arrow": run_floor, "floor_duckdb": run_floor_duckdb,
+              "naive": run_naive}
 
 
-def measure(name: str, path: str, workdir: str, script: str = __file__
-            ) -> dict:
+def measure(name: str, path: str, workdir: str, script: str = __file__,
+            timeout: float | None = None) -> dict:
     """Run one contender in a fresh process (``script --run name path
     workdir``, which calls ``child_main``); seconds, CPU seconds (all
     threads), events, events/s, peak RSS."""
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, script, "--run", name, path, workdir],
-        check=True, capture_output=True, text=True).stdout
+        check=True, capture_output=True, text=True, timeout=timeout).stdout
     seconds = time.perf_counter() - started
     child = json.loads(out.strip().splitlines()[-1])
     # Keys a contender returned besides its event count pass through.
@@ -189,12 +223,27 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
 
 
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000_000,
-                        help="Events to generate (default 20M).")
-    parser.add_argument("--naive-events", type=int, default=50_000,
-                        help="Subset size for the naive pipeline (default 50k).")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="Multiplies the event counts of (a), (b), (c) "
+                        "(default 1: 20M, 10M, 10M); the spans stay.")
+    parser.add_argument("--inputs", default="a,b,c",
+                        help="Which inputs to run (default a,b,c).")
+    parser.add_argument("--contenders",
+                        default="pipeline,floor_arrow,floor_duckdb",
+                        help="Which contenders to run on each input.")
+    parser.add_argument("--naive-events", type=int, default=0,
+                        help="Also run the naive pipeline on this many "
+                        "events of (a) (default 0: skip; it is ~1000x "
+                        "slower).")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="Seconds one run may take before it counts as "
+                        "failed (default 1800).")
     add_run_options(parser)
     args = parser.parse_args()
     if args.run:
@@ -202,45 +251,76 @@ def main() -> None:
         return
 
     os.makedirs(args.dir, exist_ok=True)
-    path = os.path.join(args.dir, f"events-{args.events}.jsonl")
-    small = os.path.join(args.dir, f"events-{args.events}-head"
-                         f"{args.naive_events}.jsonl")
-    started = time.perf_counter()
-    cached = os.path.exists(path)
-    generate(path, args.events, seed=1)
-    print(f"input: {args.events:,} events -> {path} ("
-          + ("cached" if cached else
-             f"generated in {time.perf_counter() - started:.1f} s") + ")")
-    head(path, small, args.naive_events)
-    size_mb = os.path.getsize(path) / 1e6
+    names = [n.strip() for n in args.inputs.split(",") if n.strip()]
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    paths, sizes = {}, {}
+    for name in names:
+        events, items, days = INPUTS[name]
+        n = max(1000, int(events * args.scale))
+        path = os.path.join(args.dir, f"events-{n}-{items}i-{days}d.jsonl")
+        started = time.perf_counter()
+        cached = os.path.exists(path)
+        generate(path, n, seed=1, items=items, rate=n / (days * DAY_S))
+        print(f"input ({name}): {n:,} events, {items:,} items, {days} days -> "
+              f"{path} (" + ("cached" if cached else "generated in "
+                             f"{time.perf_counter() - started:.1f} s") + ")",
+              flush=True)
+        paths[name] = path
+        sizes[name] = os.path.getsize(path) / 1e6
+        print(f"  {sizes[name]:,.0f} MB of JSON lines", flush=True)
+    jobs = [(name, c, paths[name]) for name in names for c in contenders]
+    if args.naive_events and "a" in paths:
+        small = paths["a"][:-len(".jsonl")] + f"-head{args.naive_events}.jsonl"
+        head(paths["a"], small, args.naive_events)
+        jobs.append(("a", "naive", small))
 
     results = {}
-    for name, source in (("pipeline", path), ("floor", path),
-                         ("naive", small)):
-        runs = []
-        for i in range(args.repeat):
-            runs.append(measure(name, source, args.dir))
-            print_run(name, i, runs[-1])
-        results[name] = medians(runs)
+    # Round-robin over the repeats, so that drift of the machine's speed
+    # spreads over every contender alike.
+    runs = {(name, c): [] for name, c, _ in jobs}
+    for i in range(args.repeat):
+        for name, c, path in jobs:
+            try:
+                r = measure(c, path, args.dir, timeout=args.timeout)
+            except (subprocess.CalledProcessError,
+                    subprocess.TimeoutExpired) as e:
+                print(f"  ({name}) {c} run {i + 1}: FAILED "
+                      f"({type(e).__name__})", flush=True)
+                continue
+            runs[(name, c)].append(r)
+            print_run(f"({name}) {c}", i, r)
+    for key, rs in runs.items():
+        if rs:
+            results[key] = medians(rs)
 
-    pipe, floor, naive = (results[n] for n in ("pipeline", "floor", "naive"))
     print()
-    print(f"input: {args.events:,} events, {size_mb:,.0f} MB JSON lines; "
-          f"windows: all 7 specs, k=100; median of {args.repeat}")
-    print(f"{'contender':<10} {'events':>12} {'seconds':>9} {'events/s':>12} "
-          f"{'peak MB':>9}")
-    for name, r in results.items():
-        print(f"{name:<10} {r['events']:>12,} {r['seconds']:>9.1f} "
-              f"{r['rate']:>12,.0f} {r['peak_mb']:>9,.0f}")
-    vs_naive = pipe["rate"] / naive["rate"]
-    vs_floor = pipe["rate"] / floor["rate"]
-    print()
-    print(f"pipeline events/s: {pipe['rate']:,.0f} (target >= "
-          f"{TARGET_EVENTS_PER_S:,}): {'MET' if pipe['rate'] >= TARGET_EVENTS_PER_S else 'MISSED'}")
-    print(f"pipeline / naive:  {vs_naive:,.0f}x (target >= {TARGET_VS_NAIVE}x): "
-          f"{'MET' if vs_naive >= TARGET_VS_NAIVE else 'MISSED'}")
-    print(f"pipeline / floor:  {vs_floor:.2f} (target >= {TARGET_VS_FLOOR:.2f},"
-          f" i.e. within 3x): {'MET' if vs_floor >= TARGET_VS_FLOOR else 'MISSED'}")
+    print(f"windows: all 7 specs, k=100; scale {args.scale}; median of "
+          f"{args.repeat}")
+    print(f"{'input':<6} {'contender':<13} {'events':>12} {'seconds':>9} "
+          f"{'events/s':>12} {'peak MB':>9}  target")
+    for (name, c), r in results.items():
+        target = ""
+        if c == "pipeline" and name in TARGET_RATE:
+            target = (f">= {TARGET_RATE[name]:,}/s: "
+                      f"{_verdict(r['rate'] >= TARGET_RATE[name])}; "
+                      f"<= {TARGET_PEAK_MB[name]:,} MB: "
+                      f"{_verdict(r['peak_mb'] <= TARGET_PEAK_MB[name])}")
+        print(f"{name:<6} {c:<13} {r['events']:>12,} {r['seconds']:>9.1f} "
+              f"{r['rate']:>12,.0f} {r['peak_mb']:>9,.0f}  {target}")
+    pipe = {name: results.get((name, "pipeline")) for name in names}
+    for name in names:
+        for floor in ("floor_arrow", "floor_duckdb"):
+            if pipe[name] and results.get((name, floor)):
+                print(f"({name}) pipeline / {floor}: "
+                      f"{pipe[name]['rate'] / results[(name, floor)]['rate']:.2f}")
+    if pipe.get("b") and pipe.get("c"):
+        ratio = pipe["b"]["peak_mb"] / pipe["c"]["peak_mb"]
+        print(f"peak RSS (b) / (c): {ratio:.2f} (target <= "
+              f"{TARGET_SPAN_RSS_RATIO}): "
+              f"{_verdict(ratio <= TARGET_SPAN_RSS_RATIO)}")
+    if pipe.get("a") and results.get(("a", "naive")):
+        print(f"(a) pipeline / naive: "
+              f"{pipe['a']['rate'] / results[('a', 'naive')]['rate']:,.0f}x")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ pipeline. Results: a table on stdout and in ``--results``
 (bench/results/kafka_throughput.md). The machine is noisy: read the ratios.
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -68,6 +67,7 @@ sys.path.insert(0, REPO)
 
 import batch_throughput as bt  # noqa: E402
 from topk.storage import layout as output_layout  # noqa: E402
+from topk.storage import tables  # noqa: E402
 
 TARGET_CATCHUP = 500_000       # events/s from Kafka to written results
 TARGET_VS_FLOOR = 0.5          # of the read+parse+count floor
@@ -249,27 +249,30 @@ class StreamProcess:
         self.log.close()
 
 
-def _sql_one(sql: str):
-    import duckdb
-    con = duckdb.connect()
+def _committed(output: str, table: str):
+    """A DuckDB connection with ``table``'s committed snapshot as a view,
+    or ``None`` before the stream's first commit of it."""
     try:
-        return con.execute(sql).fetchone()
-    finally:
-        con.close()
+        snap = tables.snapshot(output)
+    except (tables.StorageError, OSError):
+        return None
+    if table not in snap.versions:
+        return None
+    return tables.connect(output, [table])
 
 
 def written_1m_total(output: str) -> tuple[int, int]:
     """(events, windows) of the latest ``1m`` panes over all event types:
     the sum of ``window_total`` of each window's latest pane."""
-    pattern = os.path.join(output, output_layout.RANKED_WINDOWS, "window_spec=1m", "**",
-                           "*.parquet")
-    if not glob.glob(pattern, recursive=True):
+    con = _committed(output, output_layout.RANKED_WINDOWS)
+    if con is None:
         return 0, 0
-    return _sql_one(f"""
+    return con.sql(f"""
         SELECT coalesce(sum(t), 0)::BIGINT, count(*) FROM (
           SELECT window_start, arg_max(window_total, emitted_at) AS t
-          FROM read_parquet('{pattern}')
-          WHERE event_type = '*' AND rank = 1 GROUP BY window_start)""")
+          FROM {output_layout.RANKED_WINDOWS}
+          WHERE window_spec = '1m' AND event_type = '*' AND rank = 1
+          GROUP BY window_start)""").fetchone()
 
 
 def written_late(output: str) -> int:
@@ -278,10 +281,9 @@ def written_late(output: str) -> int:
     late = 0
     for table, expr in ((output_layout.LATE_EVENTS, "count(*)"),
                         (output_layout.LATE_COUNTS, "coalesce(sum(count), 0)")):
-        pattern = os.path.join(output, table, "**", "*.parquet")
-        if glob.glob(pattern, recursive=True):
-            late += _sql_one(f"SELECT {expr}::BIGINT FROM "
-                             f"read_parquet('{pattern}')")[0]
+        con = _committed(output, table)
+        if con is not None:
+            late += con.sql(f"SELECT {expr}::BIGINT FROM {table}").fetchone()[0]
     return late
 
 

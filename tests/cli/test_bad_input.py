@@ -5,7 +5,6 @@ import gzip
 import json
 import os
 
-import pytest
 
 from topk import cli
 

@@ -4,10 +4,7 @@ old flags exit 2 naming the new one, help is plain text, and pipeline
 options keep parsing in the underscore spelling Beam gives remote
 workers."""
 import argparse
-import glob
-import os
 
-import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -18,6 +15,7 @@ from topk.loadgen import generator
 from topk.pipelines import batch, stream
 from topk.pipelines.options import TopKOptions
 from topk.sinks.bigquery import BigQuerySinkOptions
+from topk.storage import tables
 
 #: Flags that several commands take, with their one meaning (argparse
 #: dest). Any other flag in two commands fails ``test_one_meaning_per_flag``.
@@ -36,6 +34,9 @@ SHARED_FLAGS = {
     "--bq-location": "bq_location",
     # Kafka.
     "--bootstrap": "bootstrap", "--topic": "topic",
+    "--broker-timeout-s": "broker_timeout_s",
+    # Progress lines.
+    "--progress-every": "progress_every",
     # Synthetic events.
     "--events": "events", "--seed": "seed", "--items": "items",
     "--zipf": "zipf", "--event-start": "event_start",
@@ -226,10 +227,6 @@ def test_a_hyphenated_option_reaches_the_pipeline(tmp_path, capsys):
                      "--item-shards", "2", "--dedup-shards", "2",
                      "--sketch-budget-bytes", str(budget)]) == 0
     assert "2000 unique events counted" in capsys.readouterr().out
-    files = glob.glob(os.path.join(out, "sketches", "**", "*.parquet"),
-                      recursive=True)
-    assert files
-    sizes = [len(blob) for f in files
-             for blob in pq.read_table(f, columns=["sketch"]).column(
-                 "sketch").to_pylist()]
+    sizes = [len(blob) for blob in tables.dataset(out, "sketches").to_table(
+        columns=["sketch"]).column("sketch").to_pylist()]
     assert sizes and max(sizes) <= budget

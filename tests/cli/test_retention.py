@@ -1,32 +1,40 @@
 """``topk retention``: the retention tiers applied from the command line
 (the policy itself: tests/storage/test_retention.py)."""
-import os
-
 from topk import cli
+from topk.loadgen import generator
+from topk.storage import tables
 
 
-def _partition(root, table, outer, day):
-    path = os.path.join(root, table, outer, f"date={day}")
-    os.makedirs(path)
-    open(os.path.join(path, "part-0.parquet"), "wb").close()
-    return path
+def _minute_days(out):
+    ds = tables.dataset(out, "slices")
+    return sorted({r["date"] for r in ds.to_table(
+        columns=["slice_length", "date"]).to_pylist()
+        if r["slice_length"] == "1m"})
 
 
-def test_retention_deletes_expired_partitions(tmp_path, capsys):
-    out = str(tmp_path)
-    old_minute = _partition(out, "slices", "slice_length=1m", "2024-05-01")
-    new_minute = _partition(out, "slices", "slice_length=1m", "2024-05-09")
-    old_hour = _partition(out, "slices", "slice_length=1h", "2024-05-01")
-    args = ["retention", "--retention", "1m=2d,1h=30d", "--output", out,
-            "--now", "2024-05-10T00:00:00Z"]
+def test_retention_deletes_expired_rows_and_maintains(tmp_path, capsys):
+    """A real batch output over three days; minute slices older than two
+    days expire, the rest stays, and the tables are compacted after."""
+    events, out = str(tmp_path / "ev.jsonl"), str(tmp_path / "out")
+    generator.write_json_lines(generator.GeneratorConfig(
+        events=3000, items=50, rate=3000 / (3 * 86_400),
+        start="2024-05-01T00:00:00Z", seed=5), events)
+    assert cli.main(["batch", "--input", events, "--output", out,
+                     "--windows", "1h", "--k", "3"]) == 0
+    assert _minute_days(out) == ["2024-05-01", "2024-05-02", "2024-05-03"]
+    capsys.readouterr()
+    args = ["retention", "--retention", "1m=2d", "--output", out,
+            "--now", "2024-05-04T12:00:00Z"]
     assert cli.main([*args, "--dry-run"]) == 0
-    assert capsys.readouterr().out == (
-        f"would delete {old_minute}\ndry run as of 2024-05-10T00:00:00Z\n")
-    assert os.path.isdir(old_minute)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("would delete ") and \
+        printed[0].endswith("slice_length=1m/date=2024-05-01")
+    assert printed[-1] == "dry run as of 2024-05-04T12:00:00Z"
+    assert _minute_days(out) == ["2024-05-01", "2024-05-02", "2024-05-03"]
     assert cli.main(args) == 0
-    assert capsys.readouterr().out.startswith(f"deleted {old_minute}\n")
-    assert [os.path.isdir(p) for p in (old_minute, new_minute, old_hour)] \
-        == [False, True, True]
+    printed = capsys.readouterr().out
+    assert "deleted " in printed and "maintained slices" in printed
+    assert _minute_days(out) == ["2024-05-02", "2024-05-03"]
 
 
 def test_retention_errors_are_one_line(tmp_path, capsys):

@@ -31,7 +31,7 @@ DATAFLOW = [
 OUT = "--output=gs://topk-test/out"
 KAFKA = ["--bootstrap=kafka:9092", "--topic=events", OUT]
 BATCH_STEPS = ["ParseEvents", "DedupSlices", "ItemShards", "RankWindows",
-               "SliceTables", "WriteOutput", "WriteDeadLetters"]
+               "SliceTables", "WriteOutput"]
 
 CASES = {
     "batch": (["--input=gs://topk-test/events/*.jsonl.gz", OUT],

@@ -28,7 +28,6 @@ A failure names the file and line of the block, the command, and whether the
 CLI rejected an option (``CLI option?``: the block uses a spelling the code
 does not accept yet) or the doc is wrong.
 """
-import json
 import os
 import pathlib
 import re
@@ -274,10 +273,9 @@ def bigquery_docs(bigquery_emulator, workdir):
     """The shared output's slices and ranked windows of 2024-05-01 09:00 to
     14:00 (the range the BigQuery snippets query; the emulator is slow with
     more rows) in a fresh dataset of the emulator."""
-    import duckdb
     from topk.connectors.bigquery import client as bigquery_client
     from topk.connectors.bigquery import tables as bigquery_tables
-    from topk.storage import layout
+    from topk.storage import layout, tables
     cwd, _ = workdir
     lo, hi = "TIMESTAMPTZ '2024-05-01 09:00:00+00'", "TIMESTAMPTZ '2024-05-01 14:00:00+00'"
     with bigquery_emulator.configured() as emulator:
@@ -291,21 +289,16 @@ def bigquery_docs(bigquery_emulator, workdir):
                  "AND slice_length IN ('1m', '1h')"),
                 (layout.RANKED_WINDOWS, f"window_spec = '1h' AND method = 'exact' "
                  f"AND window_start >= {lo} AND window_start < {hi} AND rank <= 20")]:
-            arrow = duckdb.sql(
-                f"SELECT * EXCLUDE ({', '.join(_partition_columns(table))}) "
-                f"FROM read_parquet('{cwd}/out/{table}/**/*.parquet', "
-                f"hive_partitioning = true) WHERE {where}").fetch_arrow_table()
+            columns = bigquery_tables.TABLES[table].arrow_schema.names
+            arrow = tables.connect(os.path.join(cwd, "out"), [table]).sql(
+                f"SELECT {', '.join(columns)} FROM {table} WHERE {where}"
+            ).fetch_arrow_table()
             rows = bigquery_tables.json_rows(arrow)
             bq_table = client.get_table(target.table_id(table))
             for i in range(0, len(rows), 5000):
                 errors = client.insert_rows(bq_table, rows[i:i + 5000])
                 assert not errors, errors[:3]
         yield client, target
-
-
-def _partition_columns(table):
-    # hive partition columns that are not table columns
-    return {"slices": ["date"]}.get(table, ["window_spec", "date"])
 
 
 @pytest.mark.integration

@@ -7,13 +7,13 @@ all columns but ``emitted_at`` (the wall-clock time a row was written).
 import os
 import uuid
 
-import duckdb
 import pytest
 
 from archive_files import write_archive
 from topk import cli
 from topk.loadgen import generator, producer
 from topk.storage import layout as output_layout
+from topk.storage import tables
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +24,10 @@ CONFIG = generator.GeneratorConfig(
 
 
 def _rows(out: str, table: str) -> list[tuple]:
-    glob = output_layout.table_glob(out, table)
     exclude = "" if table == output_layout.DEAD_LETTERS else \
         " EXCLUDE (emitted_at)"
-    return duckdb.sql(
-        f"SELECT *{exclude} FROM read_parquet('{glob}', hive_partitioning = "
-        "true) ORDER BY ALL").fetchall()
+    return tables.connect(out, [table]).sql(
+        f"SELECT *{exclude} FROM {table} ORDER BY ALL").fetchall()
 
 
 def _assert_same_tables(flink_out: str, local_out: str, dead_letters=True):

@@ -19,9 +19,9 @@ import random
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from topk.storage import tables as output_tables
 from topk import cli, query
 from topk.loadgen import generator
 from topk.core import schema
@@ -109,17 +109,17 @@ def run_batch(path, output, *flags, k=5, windows="all"):
 
 
 def read_table(output, table):
-    """Rows of every Parquet file of ``table``, with ``_file`` and
-    ``_partition`` (dict) added."""
+    """Committed rows of ``table``, with ``_partition`` (dict) added and
+    the derived partition columns removed."""
+    ds = output_tables.dataset(output, table)
+    if ds is None:
+        return []
     rows = []
-    base = os.path.join(output, table)
-    for root, _, names in os.walk(base):
-        for name in names:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, base).split(os.sep)
-            partition = dict(p.split("=", 1) for p in rel[:-1])
-            for row in pq.read_table(path).to_pylist():
-                rows.append(dict(row, _file=name, _partition=partition))
+    for row in ds.to_table().to_pylist():
+        partition = {p: row[p] for p in output_tables.TABLES[table][1]}
+        for derived in ("window_spec", "date", "input_id"):
+            row.pop(derived, None)
+        rows.append(dict(row, _partition=partition))
     return rows
 
 
@@ -190,8 +190,6 @@ def check_ranked_windows(run: Run) -> dict:
         spec = r["window_length"] + ("/" + r["slide"] if r["slide"] else "")
         key = (r["method"], spec, r["event_type"], ms(r["window_start"]))
         windows[key].append(r)
-        assert r["_file"] == ("part-batch.parquet" if r["method"] == "exact"
-                              else f"part-batch-{r['method']}.parquet")
         assert r["_partition"]["window_spec"] == spec.replace("/", "_")
     exact_keys = {key[1:] for key in windows if key[0] == "exact"}
     assert exact_keys
@@ -256,14 +254,9 @@ def test_ranked_windows_bounds_hold_when_sketches_drop_items(
 @pytest.mark.parametrize("run_name", ["default_run", "small_budget_run"])
 def test_sketches_table(run_name, request):
     run = request.getfixturevalue(run_name)
-    base = os.path.join(run.output, "sketches")
     seen = collections.defaultdict(set)
-    for root, _, names in os.walk(base):
-        for name in names:
-            assert name in {f"part-batch-{m}.parquet" for m in APPROX}, name
-            file_schema = pq.read_schema(os.path.join(root, name))
-            assert file_schema.equals(schema.SKETCHES_SCHEMA,
-                                      check_metadata=False), file_schema
+    stored = output_tables.dataset(run.output, "sketches").schema
+    assert stored.names == [*schema.SKETCHES_SCHEMA.names, "date"], stored
     rows = read_table(run.output, "sketches")
     for r in rows:
         start = ms(r["slice_start"])
@@ -271,7 +264,6 @@ def test_sketches_table(run_name, request):
         assert start % size == 0
         assert r["_partition"] == {"slice_length": r["slice_length"],
                                    "date": format_time(start)[:10]}
-        assert r["_file"] == f"part-batch-{r['method']}.parquet"
         assert r["nbytes"] == len(r["sketch"]) <= r["budget_bytes"] == (
             run.budget)
         sketch = sketches.sketch_from_bytes(r["sketch"])
@@ -374,14 +366,20 @@ def test_exact_output_unchanged_and_reruns(tmp_path):
     windows = "1m,1h,1h/1m,30d/1d"
 
     def snapshot(output):
-        files = sorted(os.path.relpath(os.path.join(root, f), output)
-                       for root, _, names in os.walk(output) for f in names)
+        # "files": one name per table, partition and method written.
+        files = sorted({
+            "/".join([table, *(f"{k}={v}" for k, v in r["_partition"].items()),
+                      "part-batch" + ("" if r.get("method", "exact") == "exact"
+                                      else "-" + r["method"]) + ".parquet"])
+            for table in ("ranked_windows", "slices", "sketches")
+            for r in read_table(output, table)})
         rows = {}
         for table in ("ranked_windows", "slices", "dead_letters",
                       "sketches"):
             rows[table] = sorted(
                 repr(sorted((k, v) for k, v in r.items()
-                            if k not in ("emitted_at", "sketch")))
+                            if k not in ("emitted_at", "sketch",
+                                         "_partition")))
                 for r in read_table(output, table))
         return files, rows
 

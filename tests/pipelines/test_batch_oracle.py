@@ -13,9 +13,9 @@ import json
 import os
 import random
 
-import pyarrow.parquet as pq
 import pytest
 
+from topk.storage import tables as output_tables
 from topk import cli, query
 from topk.loadgen import generator
 from topk.pipelines import batch
@@ -45,17 +45,20 @@ def run_batch(input_path, output, k, windows="all", item_shards=3,
 
 
 def read_output(output: str, only: str | None = None) -> dict:
-    """{table: [(partition dict, row dict), ...]} of every Parquet file
-    (of table ``only``, if given)."""
+    """{table: [(partition dict, row dict), ...]} of the committed snapshot
+    of every table (of table ``only``, if given)."""
     out = collections.defaultdict(list)
-    for root, _, files in os.walk(os.path.join(output, only or "")):
-        for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, output).split(os.sep)
-            assert name.endswith(".parquet"), f"stray file {rel}"
-            partition = dict(p.split("=", 1) for p in rel[1:-1])
-            for row in pq.read_table(path).to_pylist():
-                out[rel[0]].append((partition, row))
+    snap = output_tables.snapshot(output)
+    for table in ([only] if only else output_tables.TABLES):
+        ds = output_tables.dataset(output, table, snap)
+        if ds is None:
+            continue
+        partitions = output_tables.TABLES[table][1]
+        for row in ds.to_table().to_pylist():
+            partition = {p: row[p] for p in partitions}
+            for derived in ("window_spec", "date", "input_id"):
+                row.pop(derived, None)
+            out[table].append((partition, row))
     return out
 
 
@@ -143,16 +146,14 @@ def check_against_oracle(block: bytes, input_path: str, output: str, k: int,
 
 
 def snapshot(output: str) -> dict:
-    """Every table's rows without ``emitted_at``, as sorted multisets, and
-    the list of files."""
-    files = sorted(os.path.relpath(os.path.join(root, f), output)
-                   for root, _, names in os.walk(output) for f in names)
+    """Every table's committed rows without ``emitted_at``, as sorted
+    multisets, and the tables' names."""
     rows = {}
     for table, items in read_output(output).items():
         rows[table] = sorted(
             repr(sorted((k, v) for k, v in row.items() if k != "emitted_at"))
             for _, row in items)
-    return {"files": files, "rows": rows}
+    return {"files": sorted(rows), "rows": rows}
 
 
 def query_cli(output, k, start, end, event_type, capsys):

@@ -13,7 +13,6 @@ import random
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import oracle  # tests/ is on sys.path (conftest.py)
@@ -21,6 +20,7 @@ from archive_files import write_archive
 from topk import cli, query
 from topk.storage import reprocess
 from topk.storage import layout as output_layout
+from topk.storage import tables as output_tables
 from topk.core.schema import EVENT_SCHEMA, SLICES_SCHEMA
 
 DAY = "2024-05-01"
@@ -54,11 +54,7 @@ def _stream_slices(out, events):
                 for (et, start, item), count in oracle.slice_counts(
                     events, size).items()]
         table = pa.Table.from_pylist(rows, schema=SLICES_SCHEMA)
-        for partition, part in output_layout.slices_partitions(table):
-            path = output_layout.partition_path(
-                out, output_layout.SLICES, partition, "part-stream.parquet")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            pq.write_table(part, path)
+        output_tables.append(out, output_layout.SLICES, table)
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +109,11 @@ def test_reprocessing_a_day_makes_queries_exact(scenario, capsys):
     assert _answers(out) == expected
 
     # Only the day's slices were written, and none of the neighbours'.
-    slices = duckdb.sql(
-        "SELECT DISTINCT date FROM read_parquet('"
-        + output_layout.table_glob(out, output_layout.SLICES)
-        + "', hive_partitioning = 1, filename = 1) WHERE filename LIKE "
-        "'%part-batch.parquet'").fetchall()
-    assert slices == [(dt.date(2024, 5, 1),)]
+    con = duckdb.connect()
+    output_tables.register_duckdb(con, out)
+    slices = con.sql("SELECT DISTINCT date FROM slices "
+                     "WHERE source = 'batch'").fetchall()
+    assert slices == [("2024-05-01",)]
 
 
 def test_only_windows_inside_the_days_are_written(scenario):
@@ -131,12 +126,13 @@ def test_only_windows_inside_the_days_are_written(scenario):
                      "--windows", WINDOWS, "--k", str(K)]) == 0
     truth = [e for e in oracle.dedup(archived)
              if DAY_MS <= e.ts < DAY_MS + 24 * H]
-    glob = output_layout.table_glob(out, output_layout.RANKED_WINDOWS)
+    con = duckdb.connect()
+    output_tables.register_duckdb(con, out)
     for spec in WINDOWS.split(","):
         length, slide = oracle.WINDOW_SPECS[spec]
-        got = duckdb.sql(
+        got = con.sql(
             "SELECT event_type, epoch_ms(window_start), rank, item_id, count, "
-            f"window_total FROM read_parquet('{glob}', hive_partitioning = 1)"
+            "window_total FROM ranked_windows"
             f" WHERE window_spec = '{spec.replace('/', '_')}'"
             " AND source = 'batch' ORDER BY 1, 2, 3").fetchall()
         want = [r for r in oracle.ranked_windows(truth, length, slide, K)

@@ -1,5 +1,4 @@
 """``topk stream --bounded`` on a real Kafka broker against the oracle."""
-import os
 import uuid
 
 import duckdb
@@ -9,6 +8,7 @@ import generated
 import oracle  # tests/ is on sys.path (conftest.py)
 from topk import cli
 from topk.loadgen import generator, producer
+from topk.storage import tables as output_tables
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +29,19 @@ def test_bounded_stream_equals_the_oracle(kafka_broker, tmp_path, capsys):
     events = oracle.dedup(valid)
     assert len(events) == 6000
 
-    glob = os.path.join(out, "ranked_windows", "**", "*.parquet")
+    con = duckdb.connect()
+    output_tables.register_duckdb(con, out)
     for spec, length, slide in (("1h", 3_600_000, None),
                                 ("1h_1m", 3_600_000, 60_000)):
-        got = duckdb.sql(
-            f"SELECT event_type, epoch_ms(window_start), rank, item_id, count,"
-            f" window_total FROM read_parquet('{glob}', hive_partitioning=1)"
+        got = con.sql(
+            "SELECT event_type, epoch_ms(window_start), rank, item_id, count,"
+            " window_total FROM ranked_windows"
             f" WHERE window_spec = '{spec}' AND source = 'stream'"
             " ORDER BY 1, 2, 3").fetchall()
         assert got == [tuple(r) for r in oracle.ranked_windows(
             events, length, slide, 3)], spec
 
-    dead_rows = duckdb.sql(
-        "SELECT raw, reason FROM read_parquet('"
-        + os.path.join(out, "dead_letters", "*.parquet") + "')").fetchall()
+    dead_rows = con.sql("SELECT raw, reason FROM dead_letters").fetchall()
     assert sorted(raw for raw, _ in dead_rows) == sorted(
         raw.decode() if isinstance(raw, bytes) else raw for raw, _ in dead)
     assert all(reason for _, reason in dead_rows)

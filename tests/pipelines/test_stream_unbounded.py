@@ -23,6 +23,7 @@ from topk import cli, query
 from topk.loadgen import generator, producer
 from topk.pipelines.stream import prism_binary
 from topk.core.windows import format_time, floor_to, now_ms
+from topk.storage import tables as output_tables
 
 pytestmark = pytest.mark.integration
 
@@ -74,21 +75,17 @@ def send_lines(bootstrap, topic, lines, stamp_ms=None):
 
 
 def latest_panes(output, spec):
-    glob = os.path.join(output, "ranked_windows", "**", "*.parquet")
-    try:
-        # Materialised first: DuckDB 2.0.1 computes window partitions over
-        # a hive-partitioned read_parquet wrongly.
-        con = duckdb.connect()
-        con.execute(f"""CREATE TABLE panes AS SELECT * FROM read_parquet(
-            '{glob}', hive_partitioning = 1) WHERE window_spec = '{spec}'""")
-        return con.sql("""
-            SELECT event_type, epoch_ms(window_start), rank, item_id, count,
-                   window_total FROM panes
-            QUALIFY emitted_at = max(emitted_at) OVER (
-              PARTITION BY window_start, event_type)
-            ORDER BY 1, 2, 3""").fetchall()
-    except duckdb.IOException:
-        return []  # nothing written yet
+    if output_tables.dataset(output, "ranked_windows") is None:
+        return []  # nothing committed yet
+    con = output_tables.connect(output, ["ranked_windows"])
+    con.execute(f"""CREATE TABLE panes AS SELECT * FROM ranked_windows
+        WHERE window_spec = '{spec}'""")
+    return con.sql("""
+        SELECT event_type, epoch_ms(window_start), rank, item_id, count,
+               window_total FROM panes
+        QUALIFY emitted_at = max(emitted_at) OVER (
+          PARTITION BY window_start, event_type)
+        ORDER BY 1, 2, 3""").fetchall()
 
 
 def oracle_mismatch(output, events, stream, timeout_s=100) -> str | None:
@@ -151,11 +148,9 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
         deadline = time.time() + 60
         while time.time() < deadline and len(late_rows) < 5:
             try:
-                late_rows = duckdb.sql(
-                    "SELECT event_id FROM read_parquet('" + os.path.join(
-                        output, "late_events", "**", "*.parquet")
-                    + "')").fetchall()
-            except duckdb.IOException:
+                late_rows = output_tables.connect(output).sql(
+                    "SELECT event_id FROM late_events").fetchall()
+            except duckdb.CatalogException:  # nothing committed yet
                 pass
             time.sleep(1)
     finally:
@@ -163,16 +158,16 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     assert sorted(r[0] for r in late_rows) == sorted(
         f"beyond-{i}" for i in range(5))
 
-    glob = os.path.join(output, "ranked_windows", "**", "*.parquet")
-    timings = dict(duckdb.sql(
-        f"SELECT pane_timing, count(*) FROM read_parquet('{glob}') "
+    con = output_tables.connect(output)
+    timings = dict(con.sql(
+        "SELECT pane_timing, count(*) FROM ranked_windows "
         "GROUP BY 1").fetchall())
     assert timings.get("early") and timings.get("on_time") and timings.get(
         "late"), timings
     # One on-time pane per window.
-    [(dupes,)] = duckdb.sql(
-        f"SELECT count(*) FROM (SELECT window_start, event_type FROM "
-        f"read_parquet('{glob}', hive_partitioning = 1) WHERE pane_timing = "
+    [(dupes,)] = con.sql(
+        "SELECT count(*) FROM (SELECT window_start, event_type FROM "
+        "ranked_windows WHERE pane_timing = "
         "'on_time' GROUP BY window_spec, window_start, event_type "
         "HAVING count(DISTINCT pane_index) > 1)").fetchall()
     assert dupes == 0

@@ -16,9 +16,9 @@ wrote the ``slices`` and ``sketches`` tables from them:
   ``sketches``, every slice's sketch of all the events; plus an ``insertAll``
   retry: some of pane 2's rows once more, same ``emitted_at``.
 
-Each run's rows go to Parquet through ``topk.sinks.parquet`` in the output
-layout and, for the BigQuery backend, into the emulator's tables. The
-answers are then compared with ``oracle.topk`` over the true events.
+Each run's rows are committed to the output's Delta tables through
+``topk.storage.tables`` and, for the BigQuery backend, go into the
+emulator's tables. The answers are then compared with ``oracle.topk`` over the true events.
 """
 import collections
 import random
@@ -29,8 +29,8 @@ import oracle
 from topk.approx import sketch_windows, sketches
 from topk.core import counting, schema
 from topk.core.windows import parse_time
-from topk.sinks.parquet import write_parquet_atomically
 from topk.storage import layout as output_layout
+from topk.storage import tables as output_tables
 
 T0 = parse_time("2024-05-01T00:00:00Z")
 M, H, D = schema.MINUTE_MS, schema.HOUR_MS, schema.DAY_MS
@@ -164,14 +164,20 @@ def runs(scenario=SCENARIO):
 
 def write_parquet(output: str, table: str, name: str, rows: pa.Table
                   ) -> None:
-    """One run's rows of ``table`` -> ``<name>.parquet`` in each of their
-    partitions, by the Parquet sink's writer."""
-    partitions = (output_layout.slices_partitions
-                  if table == output_layout.SLICES
-                  else output_layout.sketches_partitions)
-    for partition, part in partitions(rows):
-        write_parquet_atomically(part, output_layout.partition_path(
-            output, table, partition, f"{name}.parquet"))
+    """One run's rows of ``table``, committed to the output's Delta tables
+    the way the pipelines commit them (``topk.storage.tables``): a batch
+    run replaces the rows it owns (its methods' rows of its time span), a
+    stream run appends."""
+    source = rows["source"][0].as_py() if rows.num_rows else "stream"
+    if source != "batch":
+        output_tables.append(output, table, rows, source=source)
+        return
+    methods = (set(rows["method"].to_pylist())
+               if "method" in rows.column_names else {output_layout.EXACT})
+    predicate = output_tables.batch_predicates(
+        output_tables.minute_span([rows]), methods, name).get(table)
+    output_tables.commit(output, [output_tables.Change(
+        table, output_tables.prepare(table, rows), predicate)], "batch")
 
 
 def load_bigquery(client, target, table: str, rows: pa.Table) -> None:

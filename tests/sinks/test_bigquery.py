@@ -6,13 +6,12 @@ as specified and hold exactly the Parquet rows; ``topk query --backend
 bigquery`` answers like ``--backend duckdb`` and like the brute-force
 oracle. Then, on a copy: a rerun of the batch and two stream replays
 (streaming inserts; the second replay's panes hold more than the first's)
-append rows, yet every answer stays exact, and so do the README's BigQuery
+append rows, yet every answer stays exact, and so do the docs' BigQuery
 SQL snippets, run as pasted. Retention deletes the same rows from both
 backends. Bad configuration fails in one line.
 """
 import collections
 import datetime as dt
-import glob
 import json
 import os
 import random
@@ -20,7 +19,6 @@ import re
 import shutil
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -28,6 +26,7 @@ from topk.connectors.bigquery import client as bigquery_client
 from topk.connectors.bigquery import tables as bigquery_tables
 from topk import cli
 from topk.loadgen import generator
+from topk.storage import tables
 from topk.storage.layout import RANKED_WINDOWS, SKETCHES, SLICES
 from topk.pipelines import batch
 from topk.sinks import bigquery as sink
@@ -39,8 +38,8 @@ import oracle  # tests/ is on sys.path (conftest.py)
 MINUTE, HOUR, DAY = oracle.MINUTE_MS, oracle.HOUR_MS, oracle.DAY_MS
 DAY1 = 19844 * DAY  # 2024-05-01T00:00:00Z
 TABLES = (RANKED_WINDOWS, SLICES, SKETCHES)
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "README.md")
+BIGQUERY_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "docs", "bigquery.md")
 
 
 def iso(ms: int) -> str:
@@ -126,10 +125,7 @@ def bigquery_rows(client, target, table):
 
 def parquet_rows(output, table):
     names = bigquery_tables.TABLES[table].arrow_schema.names
-    rows = []
-    for path in glob.glob(os.path.join(output, table, "**", "*.parquet"),
-                          recursive=True):
-        rows += pq.read_table(path, columns=names).to_pylist()
+    rows = tables.dataset(output, table).to_table(columns=names).to_pylist()
     return normalized(rows, names)
 
 
@@ -144,7 +140,7 @@ def bigquery_args(emulator, dataset):
 
 
 def ranges(first_day: int, days: int, count: int, seed: int):
-    """Fixed shapes (whole days, the README's hours, across midnight) and
+    """Fixed shapes (whole days, the docs' hours, across midnight) and
     random minute-aligned ranges within the data's days."""
     out = [(first_day, first_day + days * DAY),
            (first_day + 9 * HOUR + 17 * MINUTE,
@@ -287,35 +283,34 @@ def test_rerun_and_stream_replays_never_double_count(run, capsys):
               iso(DAY1 + DAY)]
     assert query(capsys, *bq, *approx) == query(
         capsys, "--output", run.output, *approx)
-    check_readme_sql(client, target, unique, run.output)
+    check_doc_sql(client, target, unique, run.output)
 
 
-def readme_sql_blocks() -> dict:
-    """The BigQuery section's SQL blocks by their first comment line."""
-    with open(README, encoding="utf-8") as f:
+def doc_sql_blocks() -> list[str]:
+    """The ready-to-paste SQL blocks of docs/bigquery.md's SQL section, in
+    order: the range top 10, then the trending query."""
+    with open(BIGQUERY_DOC, encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("\n## BigQuery"):]
-    section = section.split("\n## ")[1]  # up to the next section, if any
-    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
-    return {b.splitlines()[0]: b for b in blocks if "PROJECT.DATASET" in b}
+    section = text[text.index("\n## SQL\n"):]
+    section = section.split("\n## ")[1]  # up to the next section
+    return [b for b in re.findall(r"```sql\n(.*?)```", section, re.S)
+            if "PROJECT.DATASET" in b]
 
 
-def check_readme_sql(client, target, unique, batch_output) -> None:
-    """The README's ready-to-paste BigQuery SQL, run on the replayed
-    dataset (rerun and stream panes included), answers exactly."""
-    blocks = readme_sql_blocks()
-    run_sql = {name: [dict(r) for r in client.query(sql.replace(
+def check_doc_sql(client, target, unique, batch_output) -> None:
+    """The docs' ready-to-paste BigQuery SQL, run on the replayed dataset
+    (rerun and stream panes included), answers exactly."""
+    top, trending = ([dict(r) for r in client.query(sql.replace(
         "PROJECT.DATASET", target.dataset_id)).result()]
-        for name, sql in blocks.items()}
-    top, trending = (run_sql[k] for k in sorted(run_sql))  # "-- 1", "-- 2"
+        for sql in doc_sql_blocks())
     start, end = DAY1 + 9 * HOUR + 17 * MINUTE, DAY1 + 13 * HOUR + 42 * MINUTE
     assert len(top) == 10 and [(r["item_id"], r["count"]) for r in top] == [
         (i, c) for _, i, c in oracle.topk(unique, 10, start, end)]
     # Trending: the batch run's 1h top-5 of 13:00 against 12:00.
-    rows = [r for path in glob.glob(os.path.join(
-        batch_output, RANKED_WINDOWS, "window_spec=1h", "**", "*.parquet"),
-        recursive=True) for r in pq.read_table(path).to_pylist()
-        if r["method"] == "exact" and r["event_type"] == "*"]
+    rows = [r for r in tables.dataset(batch_output, RANKED_WINDOWS)
+            .to_table().to_pylist()
+            if r["window_spec"] == "1h" and r["method"] == "exact"
+            and r["event_type"] == "*"]
     rank_at = {(r["window_start"].timestamp() * 1000, r["item_id"]): r["rank"]
                for r in rows}
     current = DAY1 + 13 * HOUR

@@ -1,11 +1,17 @@
-"""The Parquet sink: atomic files, partitions, reruns replace."""
+"""The bounded-run sink: rows staged by workers, committed once to the
+output's Delta tables; reruns replace the rows the run owns."""
 import os
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from topk.core import schema
+from topk.core.windows import parse_time
 from topk.sinks import parquet
+from topk.storage import layout, tables
+
+T0 = parse_time("2024-05-01T00:00:00Z")
 
 
 def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
@@ -16,20 +22,49 @@ def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
     assert pq.read_table(path)["a"].to_pylist() == [2]
 
 
-def test_partitions_gather_into_one_sorted_file_and_reruns_replace(tmp_path):
+def slices(counts, emitted_at) -> pa.Table:
+    """1m slice rows: ``counts`` = [(minute index, item, count)]."""
+    return pa.Table.from_pylist([
+        {"slice_start": T0 + m * 60_000, "slice_length": "1m",
+         "event_type": "play", "item_id": item, "count": n,
+         "source": "batch", "emitted_at": emitted_at}
+        for m, item, n in counts], schema=schema.SLICES_SCHEMA)
+
+
+def dead(raw) -> pa.Table:
+    return pa.table({"raw": raw, "reason": ["bad"] * len(raw),
+                     "source": ["f"] * len(raw)},
+                    schema=schema.DEAD_LETTER_SCHEMA)
+
+
+def run(output, batches, dead_letters, input_id):
     from apache_beam.testing.test_pipeline import TestPipeline
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = {layout.SLICES: p | "S" >> beam.Create(batches),
+             layout.DEAD_LETTERS: p | "D" >> beam.Create(dead_letters)} | (
+            parquet.WriteOutputTables(output, input_id=input_id))
 
-    def partitions(t):
-        return [((("p", v),), t.filter(pa.compute.equal(t["p"], v)))
-                for v in set(t["p"].to_pylist())]
 
-    batches = [pa.table({"p": ["x", "y"], "v": [3, 1]}),
-               pa.table({"p": ["x"], "v": [2]})]
+def committed(output, table):
+    return sorted((r.get("item_id") or r["raw"], r.get("count"))
+                  for r in tables.dataset(output, table).to_table()
+                  .to_pylist())
+
+
+def test_one_commit_per_run_and_reruns_replace(tmp_path):
+    out = str(tmp_path)
+    batches = [slices([(0, "a", 2), (1, "b", 1)], T0),
+               slices([(2, "a", 5)], T0)]
     for _ in range(2):
-        with TestPipeline(runner="FnApiRunner") as p:
-            _ = (p | beam.Create(batches) | parquet.WriteParquetTable(
-                str(tmp_path), "tbl", partitions, "part-batch", ["v"]))
-    x = pq.read_table(tmp_path / "tbl" / "p=x" / "part-batch.parquet")
-    assert x["v"].to_pylist() == [2, 3]
-    assert sorted(os.listdir(tmp_path / "tbl")) == ["p=x", "p=y"]
-    assert os.listdir(tmp_path / "tbl" / "p=y") == ["part-batch.parquet"]
+        run(out, batches, [dead(["x", "y"])], "input-1")
+    history = tables.history(out).to_pylist()
+    assert [h["source"] for h in history] == ["batch", "batch"]
+    assert committed(out, layout.SLICES) == [("a", 2), ("a", 5), ("b", 1)]
+    assert committed(out, layout.DEAD_LETTERS) == [("x", None), ("y", None)]
+    # Another input's run over other minutes keeps the first run's rows.
+    run(out, [slices([(60, "c", 4)], T0)], [dead(["z"])], "input-2")
+    assert committed(out, layout.SLICES) == [
+        ("a", 2), ("a", 5), ("b", 1), ("c", 4)]
+    assert committed(out, layout.DEAD_LETTERS) == [
+        ("x", None), ("y", None), ("z", None)]
+    assert not os.path.exists(os.path.join(out, tables.STAGING))

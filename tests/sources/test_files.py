@@ -109,3 +109,34 @@ def _holds(predicate):
     def check(got):
         assert predicate(got), got
     return check
+
+
+def test_read_progress_adds_up_to_the_input(tmp_path, pipeline):
+    """The read DoFn's progress hook (one add per block): every file's
+    bytes exactly once, however it is split into ranges, gzip by its
+    compressed size, Parquet by its file size; every record once."""
+    from topk.core.progress import READ_PROGRESS
+    rng = random.Random(5)
+    lines = [b'{"n": %d, "pad": "%s"}' % (i, b"x" * rng.randint(0, 40))
+             for i in range(3000)]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "b.jsonl").write_bytes(b"\n".join(lines[:7]))  # no final \n
+    (tmp_path / "e.jsonl").write_bytes(b"")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    pq.write_table(pa.table({"n": list(range(1000))}), tmp_path / "d.parquet",
+                   row_group_size=300)
+    sizes = files.matching_file_sizes(str(tmp_path / "*"))
+    assert sizes == {str(p): p.stat().st_size
+                     for p in sorted(tmp_path.iterdir())}
+    READ_PROGRESS.start(sum(sizes.values()), len(sizes))
+    try:
+        with pipeline as p:
+            _ = p | files.ReadEventFiles(str(tmp_path / "*"),
+                                         range_bytes=1000)
+        snap = READ_PROGRESS.snapshot()
+    finally:
+        READ_PROGRESS.stop()
+    assert snap.bytes == sum(sizes.values())
+    assert snap.records == 3000 + 7 + 3000 + 1000
+    assert snap.first_read is not None and snap.files == 5

@@ -1,11 +1,14 @@
-"""Retention tiers: policy parsing, tiers, BigQuery DML, Parquet cleanup."""
+"""Retention tiers: policy parsing, tiers, BigQuery DML, deletes from the
+output's Delta tables."""
 import os
 
+import pyarrow as pa
 import pytest
 
-from topk.storage import retention
+from topk.core import schema
 from topk.core.schema import DAY_MS, HOUR_MS
-from topk.core.windows import parse_time
+from topk.core.windows import duration_ms, parse_time
+from topk.storage import retention, tables
 
 
 def test_parse_retention():
@@ -73,32 +76,65 @@ def test_bigquery_deletes_cover_the_tiers_partition_expiration_does_not():
     assert [p[1][2] for _, p in unbounded] == ["1m", "1h"]
 
 
-def touch(root, *parts):
-    path = os.path.join(root, *parts)
-    os.makedirs(path, exist_ok=True)
-    open(os.path.join(path, "part-batch.parquet"), "w").close()
-    return path
+def _rows(table, outer, day):
+    """One row of ``table`` in partition (``outer``, ``day``)."""
+    start = parse_time(day)
+    common = {"source": "batch", "emitted_at": start}
+    if table == "ranked_windows":
+        length, _, slide = outer.partition("_")
+        return pa.Table.from_pylist([dict(
+            common, window_start=start, window_end=start + duration_ms(length),
+            window_length=length, slide=slide or None, method="exact",
+            event_type="*", rank=1, item_id="a", count=1, lower_bound=1,
+            upper_bound=1, guaranteed=True, window_total=1,
+            pane_timing="batch", pane_index=0)],
+            schema=schema.RANKED_WINDOWS_SCHEMA)
+    if table == "slices":
+        return pa.Table.from_pylist([dict(
+            common, slice_start=start, slice_length=outer, event_type="play",
+            item_id="a", count=1)], schema=schema.SLICES_SCHEMA)
+    return pa.Table.from_pylist([dict(
+        common, slice_start=start, slice_length=outer, method="cms",
+        event_type="*", sketch=b"x", total=1, nbytes=1, budget_bytes=1)],
+        schema=schema.SKETCHES_SCHEMA)
+
+
+def _partitions(out):
+    """Directory names of the committed partitions holding rows."""
+    found = set()
+    for table in retention.TABLES:
+        ds = tables.dataset(out, table)
+        outer = tables.TABLES[table][1][0]
+        for r in ds.to_table(columns=[outer, "date"]).to_pylist():
+            found.add(os.path.join(out, table, f"{outer}={r[outer]}",
+                                   f"date={r['date']}"))
+    return found
 
 
 def test_parquet_cleanup_deletes_expired_day_partitions(tmp_path):
     out = str(tmp_path)
-    minute_old = touch(out, "slices", "slice_length=1m", "date=2024-05-07")
-    minute_new = touch(out, "slices", "slice_length=1m", "date=2024-05-08")
-    hour_old = touch(out, "sketches", "slice_length=1h", "date=2024-05-04")
-    hour_new = touch(out, "sketches", "slice_length=1h", "date=2024-05-05")
-    day = touch(out, "slices", "slice_length=1d", "date=2020-01-01")
-    sliding = touch(out, "ranked_windows", "window_spec=1h_1m",
-                    "date=2024-05-07")
-    hourly = touch(out, "ranked_windows", "window_spec=1h", "date=2024-05-07")
-    touch(out, "dead_letters")
+    partitions = [("slices", "1m", "2024-05-07"), ("slices", "1m", "2024-05-08"),
+                  ("sketches", "1h", "2024-05-04"),
+                  ("sketches", "1h", "2024-05-05"),
+                  ("slices", "1d", "2020-01-01"),
+                  ("ranked_windows", "1h_1m", "2024-05-07"),
+                  ("ranked_windows", "1h", "2024-05-07")]
+    tables.commit(out, [tables.Change(table, tables.prepare(
+        table, _rows(table, outer, day)))
+        for table, outer, day in partitions], "test")
+    path = {(t, o, d): os.path.join(
+        out, t, ("window_spec" if t == "ranked_windows" else "slice_length")
+        + f"={o}", f"date={d}") for t, o, d in partitions}
+    everything = set(path.values())
+    assert _partitions(out) == everything
     policy = retention.parse_retention("1m=2d,1h=5d")
     now = parse_time("2024-05-10T15:30:00Z")
-    expired = [minute_old, sliding, hour_old]
-    assert sorted(retention.cleanup_parquet(out, policy, now, dry_run=True)
-                  ) == sorted(expired)
-    assert all(os.path.isdir(p) for p in expired)
-    assert sorted(retention.cleanup_parquet(out, policy, now)) == sorted(
-        expired)
-    assert [os.path.isdir(p) for p in (
-        minute_old, minute_new, hour_old, hour_new, day, sliding, hourly)] == [
-        False, True, False, True, True, False, True]
+    expired = {path[("slices", "1m", "2024-05-07")],
+               path[("ranked_windows", "1h_1m", "2024-05-07")],
+               path[("sketches", "1h", "2024-05-04")]}
+    assert set(retention.cleanup_parquet(out, policy, now, dry_run=True)
+               ) == expired
+    assert _partitions(out) == everything
+    assert set(retention.cleanup_parquet(out, policy, now)) == expired
+    assert _partitions(out) == everything - expired
+    assert retention.cleanup_parquet(out, policy, now) == []

@@ -9,9 +9,10 @@
                [--method exact|cms|frequent_items] [--format table|json]
     topk query --backend bigquery --bq-dataset D --k K --start T --end T ...
     topk retention --retention 1m=7d,1h=90d,1d=730d --output DIR [--dry-run]
+    topk migrate --output DIR      # an older version's Parquet -> Delta
 
 One module per command family (``common``, ``pipelines``, ``query``,
-``loadgen``, ``retention``); each is a thin layer over library functions.
+``loadgen``, ``retention``, ``storage``); each is a thin layer over library functions.
 Every flag is spelled with hyphens and means one thing across commands.
 Bad input exits with status 2 and a one-line reason on stderr.
 """
@@ -20,7 +21,7 @@ import logging
 import sys
 
 import topk
-from topk.cli import loadgen, pipelines, query, retention
+from topk.cli import loadgen, pipelines, query, retention, storage
 from topk.cli.common import EXIT_USAGE, CliError, CommandParser
 
 __all__ = ["EXIT_USAGE", "CliError", "build_parser", "main"]
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_query(sub)
     loadgen.add_produce(sub)
     retention.add_retention(sub)
+    storage.add_migrate(sub)
     return parser
 
 

@@ -99,6 +99,16 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` escaped (``printable``) and cut in the middle to at most
+    about ``limit`` characters: a user's value quoted in a one-line error."""
+    text = printable(text)
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return f"{text[:half]}...{text[-half:]}"
+
+
 def format_table(rows, approximate: bool = False) -> str:
     """Ranked rows as a fixed-width text table (item ids escaped)."""
     if not rows:

@@ -143,6 +143,10 @@ def add_produce(sub) -> None:
                    help="retention.ms of a topic this command creates "
                    "(default -1, forever: time retention looks at message "
                    "timestamps, which may be old event times).")
+    p.add_argument("--broker-timeout-s", type=float, default=10.0,
+                   help="Wait this long for --bootstrap to answer before "
+                   "generating anything; an unreachable broker is then a "
+                   "one-line error (default 10; 0 skips the check).")
     p.add_argument("--progress-every", type=float, default=5.0,
                    help="Seconds between progress lines (default 5).")
     _add_event_shape_options(p, d, start_help=" or 'now'")
@@ -160,6 +164,8 @@ def cmd_produce(args) -> int:
                         ("--event-rate", args.event_rate)):
         if value is not None and value <= 0:
             raise CliError(f"{flag} must be positive")
+    if not 0 <= args.broker_timeout_s < float("inf"):
+        raise CliError("--broker-timeout-s must be a number of seconds >= 0")
     try:
         config = generator.GeneratorConfig(
             events=args.events, items=args.items, zipf=args.zipf,
@@ -182,7 +188,8 @@ def cmd_produce(args) -> int:
             acks="all" if args.acks == "all" else int(args.acks),
             timestamps=args.timestamps, retention_ms=args.retention_ms,
             progress=lambda line: print(line, flush=True),
-            progress_every_s=args.progress_every, **tuned)
+            progress_every_s=args.progress_every,
+            broker_timeout_s=args.broker_timeout_s, **tuned)
     except ValueError as e:
         raise CliError(str(e)) from None
     return 1 if summary.failed_messages else 0

@@ -9,6 +9,7 @@ import argparse
 import os
 import time
 
+from topk.cli import progress
 from topk.cli.common import (CliError, CommandParser, add_renamed,
                              format_table, make_parent)
 
@@ -56,6 +57,47 @@ def cmd_stream(args, beam_args) -> int:
                          ("bootstrap", "topic", "output"))
 
 
+#: Commands that show read progress (``add_progress_options``).
+_PROGRESS_COMMANDS = ("topk batch",)
+
+
+def add_progress_options(parser) -> None:
+    """``--progress`` / ``--no-progress`` and ``--progress-every``: options
+    of the command, not of the pipeline (they never reach Beam)."""
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="Show progress on stderr: bytes read (with % and ETA, from the "
+        "input files' sizes), records read, records/s, elapsed time. On a "
+        "terminal one line refreshed every second is the default "
+        "(--no-progress turns it off); elsewhere --progress prints a plain "
+        "line every --progress-every seconds. Counts what the local runner "
+        "reads in this process; on remote runners (Flink, Dataflow) "
+        "progress is the runner's UI.")
+    parser.add_argument(
+        "--progress-every", "--progress_every", dest="progress_every",
+        type=_positive_seconds, default=progress.PLAIN_EVERY_S,
+        help="Seconds between plain progress lines (default "
+        f"{progress.PLAIN_EVERY_S:g}).")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds: {text}")
+    return value
+
+
+def _split_progress_options(beam_args):
+    """``(progress options, the rest)``: Beam must not see ours."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_progress_options(parser)
+    return parser.parse_known_args(beam_args)
+
+
 def _run_pipeline(args, beam_args, prog, module, options_classes,
                   required) -> int:
     from topk.pipelines.options import TopKOptions
@@ -66,16 +108,41 @@ def _run_pipeline(args, beam_args, prog, module, options_classes,
     if args.help:
         parser.print_help()
         return 0
-    parser.parse_known_args(beam_args)  # our options' errors, in one line
+    # Our options' errors, in one line.
+    options = parser.parse_known_args(beam_args)[0]
+    reporter = progress.Reporter(False, None)  # silent
+    if prog in _PROGRESS_COMMANDS:
+        shown, beam_args = _split_progress_options(beam_args)
+        reporter = progress.reporter_for(shown.progress, shown.progress_every)
     started = time.perf_counter()
+    started_wall = time.time()
     try:
-        result = module.run(beam_args)
+        with reporter:
+            result = module.run(beam_args)
     except ValueError as e:
         raise CliError(str(e)) from None
+    finally:
+        progress.READ_PROGRESS.stop()
     counters = print_run_summary(result, time.perf_counter() - started)
-    check_dead_letter_ratio(counters, parser.parse_known_args(beam_args)[0]
-                            .max_dead_letter_ratio)
+    print_committed(options, started_wall)
+    check_dead_letter_ratio(counters, options.max_dead_letter_ratio)
     return 0
+
+
+def print_committed(options, since: float) -> None:
+    """The run summary's second line: what the run committed where."""
+    from topk.sinks.bigquery import BIGQUERY, parse_sinks
+    output = options.output
+    what = None
+    try:
+        what = progress.committed(output, since)
+    except Exception as e:  # a summary must not fail a finished run
+        what = f"(cannot read its manifest: {type(e).__name__})"
+    line = f"output {output}" + (f": {what}" if what else "")
+    if BIGQUERY in parse_sinks(options.sink):
+        line += (f"; BigQuery tables {options.bq_table_prefix or ''}* in "
+                 f"dataset {options.bq_dataset}")
+    print(line)
 
 
 def check_dead_letter_ratio(counters: dict, max_ratio: float) -> None:
@@ -101,6 +168,8 @@ def options_parser(prog: str, pipeline_module, options_classes,
                            epilog=PIPELINE_EPILOG)
     for cls in options_classes:
         cls._add_argparse_args(parser)
+    if prog in _PROGRESS_COMMANDS:
+        add_progress_options(parser)
     add_renamed(parser, getattr(pipeline_module, "RENAMED_FLAGS", {}))
     for action in parser._actions:
         if action.dest in required:
@@ -158,8 +227,12 @@ def cmd_demo(args) -> int:
     generator.write_json_lines(config, events_path)
     print("2/3 running the batch pipeline (local runner) -> " + output)
     started = time.perf_counter()
-    result = batch.run([f"--input={events_path}", f"--output={output}",
-                        "--windows=1h,1d,1h/1m", "--k=10"])
+    try:
+        with progress.reporter_for(None):  # a live line on a terminal only
+            result = batch.run([f"--input={events_path}", f"--output={output}",
+                                "--windows=1h,1d,1h/1m", "--k=10"])
+    finally:
+        progress.READ_PROGRESS.stop()
     print_run_summary(result, time.perf_counter() - started)
     print("3/3 queries (exact, from the slices table):")
     for title, start, end, etype in [

@@ -1,8 +1,28 @@
 """``topk query``: top-K of any minute-aligned range, from the output
 tables of ``topk batch`` / ``topk stream`` (DuckDB) or BigQuery."""
+import argparse
 import json
 
-from topk.cli.common import CliError, format_table
+from topk.cli.common import CliError, format_table, shorten
+
+#: More digits than this cannot be a valid k (it is echoed in the error
+#: only up to this length: a 5,000-digit --k stays a short line).
+_K_DIGITS = 12
+
+
+def _k(text: str) -> int:
+    """``--k``: a whole number; one that cannot be in range is refused here
+    without echoing all its digits (the query contract checks the range)."""
+    from topk.query.contract import MAX_K
+    digits = text.strip().lstrip("+-")
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_K}: {shorten(text)}")
+    if len(digits.lstrip("0")) > _K_DIGITS:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_K}, got a "
+            f"{len(digits.lstrip('0'))}-digit number")
+    return int(text)
 
 
 def add_query(sub) -> None:
@@ -24,7 +44,8 @@ def add_query(sub) -> None:
                    "bigquery: the tables of --bq-dataset (written with --sink "
                    "bigquery), with Application Default Credentials.")
     bigquery_client.add_arguments(p)
-    p.add_argument("--k", type=int, required=True, help="How many items.")
+    p.add_argument("--k", type=_k, required=True,
+                   help="How many items (1 to 100000).")
     p.add_argument("--start", required=True,
                    help="Range start (inclusive), RFC 3339 UTC, whole minute.")
     p.add_argument("--end", required=True,
@@ -48,9 +69,18 @@ def add_query(sub) -> None:
 def cmd_query(args) -> int:
     from topk import query
     from topk.connectors.bigquery import client as bigquery_client
+    from topk.query import contract
     if args.backend == "duckdb" and not args.output:
         raise CliError("--output is required with --backend duckdb")
     try:
+        # The query itself first (k up to contract.MAX_K, the range, the
+        # method): its errors need no connection to BigQuery.
+        if args.method == "exact":
+            contract.exact_query(args.k, args.start, args.end,
+                                 args.event_type)
+        else:
+            contract.approx_query(args.k, args.start, args.end, args.method,
+                                  args.event_type)
         backend, where = query, (args.output,)
         if args.backend == "bigquery":
             from topk.query import bigquery as backend

@@ -76,15 +76,58 @@ def shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
     With ``window_starts`` (epoch ms), only those windows are ranked: a
     stream firing wants a few windows of counts that overlap many more.
 
+    The concatenation of what ``iter_shard_top_k`` yields; a caller that
+    does not need every window at once should iterate that instead.
+    """
+    _check_k(k)
+    parts = {spec: [] for spec in specs}
+    for spec, _, top in iter_shard_top_k(counts, specs, k, all_types,
+                                         window_starts):
+        parts[spec].append(top)
+    return {spec: WindowTopK(
+        pa.concat_tables([p.candidates for p in tops]),
+        pa.concat_tables([p.totals for p in tops])) if tops
+        else WindowTopK.empty() for spec, tops in parts.items()}
+
+
+#: Windows of one output chunk: ``iter_shard_top_k`` yields a spec's
+#: windows a chunk at a time, chunk ``c`` holding the windows whose index
+#: (``window_start // step``) lies in ``[c * WINDOWS_PER_CHUNK, (c + 1) *
+#: WINDOWS_PER_CHUNK)``, so no consumer holds more than a chunk's windows
+#: (a day of ``1m`` or ``1h/1m`` windows, 60 days of ``1h`` or ``1d/1h``).
+WINDOWS_PER_CHUNK = 1440
+#: (window, item) pairs one step of the sliding windows expands at most: a
+#: chunk whose windows hold more is ranked in several steps.
+PAIRS_PER_STEP = 2_000_000
+
+
+def chunk_of(spec: WindowSpec, window_start_ms):
+    """The output chunk (``iter_shard_top_k``) of windows starting at
+    ``window_start_ms`` (a scalar or a NumPy array)."""
+    return window_start_ms // (spec.step_ms * WINDOWS_PER_CHUNK)
+
+
+def iter_shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
+                     all_types: bool = True,
+                     window_starts: np.ndarray | None = None):
+    """``shard_top_k`` a piece at a time: yields ``(spec, chunk,
+    WindowTopK)`` for every spec, event type (then ``ALL_TYPES``) and
+    output chunk (``chunk_of``) holding a window, chunks in time order.
+
+    Memory beyond the encoded counts is bounded by one chunk, never by the
+    span of the data: tumbling windows are runs of the rows sorted by pane;
+    sliding windows walk time over sparse per-item count segments (see
+    ``_count_segments``), never over a dense (pane x item) block.
+
     Items are dictionary-encoded once, in ``item_id`` order, so everything
     after that is integer NumPy work and ties break by the code.
     """
     _check_k(k)
     if counts.num_rows == 0:
-        return {spec: WindowTopK.empty() for spec in specs}
+        return
     panes = _PaneLevels(counts)
-    return {spec: panes.top_k(spec, k, all_types, window_starts)
-            for spec in specs}
+    for spec in specs:
+        yield from panes.iter_top_k(spec, k, all_types, window_starts)
 
 
 class _PaneLevels:
@@ -123,53 +166,57 @@ class _PaneLevels:
         self._levels[step_ms] = rows
         return rows
 
-    def top_k(self, spec: WindowSpec, k: int, all_types: bool,
-              window_starts: np.ndarray | None = None) -> WindowTopK:
+    def iter_top_k(self, spec: WindowSpec, k: int, all_types: bool,
+                   window_starts: np.ndarray | None = None):
+        """Yields ``(spec, chunk, WindowTopK)`` per event type and chunk."""
         t, pane, item, count = self.at(spec.step_ms)
+        n = spec.panes_per_window
         only = None
         if window_starts is not None:
-            # Window indexes in panes; for tumbling windows also a row
-            # filter (a window is one pane).
+            # Window indexes in panes; only the rows of their panes count.
             only = np.unique(np.asarray(window_starts, np.int64)
                              // spec.step_ms)
-            if spec.panes_per_window == 1:
+            if n == 1:
                 keep = np.isin(pane, only)
-                t, pane, item, count = t[keep], pane[keep], item[keep], count[keep]
-        groups = [(self.types[int(code)].as_py(), t == code)
-                  for code in range(len(self.types))]
-        parts = []
-        for name, mask in groups:
-            parts.append(self._rank(spec, k, name, pane[mask], item[mask],
-                                    count[mask], only))
+            else:
+                keep = (pane >= only[0]) & (pane < only[-1] + n) if len(
+                    only) else np.zeros(len(pane), bool)
+            t, pane, item, count = t[keep], pane[keep], item[keep], count[keep]
+        for code in range(len(self.types)):
+            mask = t == code
+            yield from self._rank(spec, k, self.types[code].as_py(),
+                                  pane[mask], item[mask], count[mask], only)
         if all_types:
             _, all_pane, all_item, all_count = _sum_rows(
                 (np.zeros_like(t), pane, item), count, len(self.items))
-            parts.append(self._rank(spec, k, schema.ALL_TYPES, all_pane,
-                                    all_item, all_count, only))
-        return WindowTopK(
-            pa.concat_tables([p.candidates for p in parts]),
-            pa.concat_tables([p.totals for p in parts]))
+            yield from self._rank(spec, k, schema.ALL_TYPES, all_pane,
+                                  all_item, all_count, only)
 
-    def _rank(self, spec, k, event_type, pane, item, count,
-              only=None) -> WindowTopK:
+    def _rank(self, spec, k, event_type, pane, item, count, only=None):
+        # Rows are unique per (pane, item) and sorted by (pane, item).
         if spec.panes_per_window == 1:
-            start, code, value, win, total = _tumbling_top_k(pane, item, count, k)
+            pieces = _tumbling_chunks(pane, item, count, k, only)
         else:
-            start, code, value, win, total = _sliding_top_k(
-                pane, item, count, len(self.items), spec.panes_per_window, k,
-                only)
-        cands = pa.table({
-            "event_type": pa.array([event_type] * len(code), pa.string()),
-            "window_start": pa.array(start * spec.step_ms),
-            "item_id": self.items.take(pa.array(code)),
-            "count": pa.array(value),
-        }, schema=CANDIDATES_SCHEMA)
-        totals = pa.table({
-            "event_type": pa.array([event_type] * len(win), pa.string()),
-            "window_start": pa.array(win * spec.step_ms),
-            "total": pa.array(total),
-        }, schema=TOTALS_SCHEMA)
-        return WindowTopK(cands, totals)
+            pieces = _sliding_chunks(pane, item, count,
+                                     spec.panes_per_window, k, only)
+        for chunk, (start, code, value, win, total) in pieces:
+            cands = pa.table({
+                "event_type": _repeat(event_type, len(code)),
+                "window_start": pa.array(start * spec.step_ms),
+                "item_id": self.items.take(pa.array(code)),
+                "count": pa.array(value),
+            }, schema=CANDIDATES_SCHEMA)
+            totals = pa.table({
+                "event_type": _repeat(event_type, len(win)),
+                "window_start": pa.array(win * spec.step_ms),
+                "total": pa.array(total),
+            }, schema=TOTALS_SCHEMA)
+            yield spec, int(chunk), WindowTopK(cands, totals)
+
+
+def _repeat(value: str | None, n: int) -> pa.Array:
+    """``n`` copies of a string (or nulls), built without a Python list."""
+    return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
 def _sum_rows(keys: tuple, count: np.ndarray, n_items: int):
@@ -191,121 +238,214 @@ def _sum_rows(keys: tuple, count: np.ndarray, n_items: int):
     return (rest // n_panes).astype(t.dtype), rest % n_panes + lo, item_out, sums
 
 
-def _tumbling_top_k(pane, item, count, k):
-    """Rows unique per (pane, item) -> top-k per pane, and pane totals."""
-    if len(count) == 0:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty, empty, empty
-    order = np.lexsort((item, -count, pane))
-    pane, item, count = pane[order], item[order], count[order]
-    first = np.r_[True, pane[1:] != pane[:-1]]
-    starts = np.flatnonzero(first)
-    rank = np.arange(len(pane)) - np.repeat(starts, np.diff(np.r_[starts, len(pane)]))
-    keep = rank < k
-    totals = np.add.reduceat(count, starts)
-    return pane[keep], item[keep], count[keep], pane[starts], totals
+def _top_k_mask(group, item, value, k, n_groups):
+    """Mask of the rows in the top ``k`` of their group (``group`` in
+    ``0..n_groups-1``) by value desc, then item asc. Only groups with more
+    than ``k`` rows are sorted; the rows of the others are all kept."""
+    big = np.bincount(group, minlength=n_groups) > k
+    keep = ~big[group]
+    if not big.any():
+        return keep
+    idx = np.flatnonzero(~keep)
+    g, v, i = group[idx], value[idx], item[idx]
+    top, width = int(v.max()) + 1, int(i.max()) + 1
+    if n_groups * top * width < 2**62:
+        # One int64 key (group, then count desc, then item) sorts faster
+        # than three.
+        idx = idx[np.argsort((g * top + (top - 1 - v)) * width + i,
+                             kind="stable")]
+    else:
+        idx = idx[np.lexsort((i, -v, g))]
+    g = group[idx]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    rank = np.arange(len(idx)) - np.repeat(starts, np.diff(np.r_[starts, len(idx)]))
+    keep[idx[rank < k]] = True
+    return keep
 
 
-#: Cells of the (panes x items) matrix one block of sliding windows uses.
-BLOCK_CELLS = 4_000_000
-#: Sliding windows ranked together (one matrix, one argpartition).
-WINDOWS_PER_BLOCK = 32
+def _chunk_bounds(chunk_of_row):
+    """``(chunk, lo, hi)`` runs of a sorted chunk column."""
+    starts = np.flatnonzero(np.r_[True, chunk_of_row[1:] != chunk_of_row[:-1]])
+    return zip(chunk_of_row[starts], starts, np.r_[starts[1:], len(chunk_of_row)])
 
 
-def _sliding_top_k(pane, item, count, n_items, n, k, only=None):
-    # Sliding windows are runs of n consecutive panes. For a block of
-    # consecutive windows, lay the panes out as a dense (pane x item) matrix,
-    # take cumulative sums along time, and every window's counts are one row
-    # difference: each pane is added once, not copied into the n windows
-    # containing it (stream slicing), and the top-k of all the block's
-    # windows is one vectorised argpartition. Items that cannot reach any
-    # top-k of the block are pruned before the matrix is built.
-    empty = np.zeros(0, np.int64)
-    if len(pane) == 0:
-        return empty, empty, empty, empty, empty
-    order = np.argsort(pane, kind="stable")
-    pane, item, count = pane[order], item[order], count[order]
-    starts = np.unique((np.unique(pane)[:, None] - np.arange(n)[None, :]).ravel())
+def _tumbling_chunks(pane, item, count, k, only=None):
+    """Rows unique per (pane, item), sorted by pane -> per output chunk:
+    (window, item, count) of every window's top k, windows and totals."""
     if only is not None:
-        starts = np.intersect1d(starts, only)
-        if len(starts) == 0:
-            return empty, empty, empty, empty, empty
-    # Small blocks keep the windows of a block alike, which prunes best.
-    block = max(1, min(WINDOWS_PER_BLOCK, BLOCK_CELLS // max(n_items, 1) - n + 1))
-    out_start, out_code, out_count, out_total = [], [], [], []
-    i = 0
-    while i < len(starts):
-        w0 = starts[i]
-        j = np.searchsorted(starts, w0 + block)
-        windows = starts[i:j] - w0
-        lo = np.searchsorted(pane, w0)
-        hi = np.searchsorted(pane, w0 + int(windows[-1]) + n)
-        rel = pane[lo:hi] - w0 + 1  # matrix row; row 0 stays zero
-        span = int(windows[-1]) + n + 1
-        codes, local = np.unique(item[lo:hi], return_inverse=True)
-        values = count[lo:hi]
-        out_total.append(_window_sums(rel, values, windows, n, span))
-        if len(codes) > 4 * k:
-            keep = _prunable(rel, local, values, len(codes), windows, n, span, k)
-            rows = keep[local]
-            codes = codes[keep]
-            local = (np.cumsum(keep) - 1)[local[rows]]
-            rel, values = rel[rows], values[rows]
-        counts = _window_counts(rel, local, values, len(codes), windows, n, span)
-        # One key per cell: count first, then the smaller item code wins.
-        width = len(codes)
-        key = counts * width + (width - 1 - np.arange(width))
-        if width > k:
-            sel = np.argpartition(-key, k - 1, axis=1)[:, :k]
-        else:
-            sel = np.broadcast_to(np.arange(width), (len(windows), width))
-        picked = np.take_along_axis(counts, sel, axis=1)
-        keep_cell = picked > 0
-        out_start.append(np.broadcast_to((windows + w0)[:, None],
-                                         sel.shape)[keep_cell])
-        out_code.append(codes[sel[keep_cell]])
-        out_count.append(picked[keep_cell])
-        i = j
-    return (np.concatenate(out_start), np.concatenate(out_code),
-            np.concatenate(out_count), starts, np.concatenate(out_total))
+        keep = np.isin(pane, only)
+        pane, item, count = pane[keep], item[keep], count[keep]
+    if len(pane) == 0:
+        return
+    for chunk, lo, hi in _chunk_bounds(pane // WINDOWS_PER_CHUNK):
+        p, i, c = pane[lo:hi], item[lo:hi], count[lo:hi]
+        starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+        group = np.repeat(np.arange(len(starts)),
+                          np.diff(np.r_[starts, len(p)]))
+        keep = _top_k_mask(group, i, c, k, len(starts))
+        yield chunk, (p[keep], i[keep], c[keep], p[starts],
+                      np.add.reduceat(c, starts))
 
 
-def _window_counts(rel, local, values, width, windows, n, span):
-    """(windows x items) counts from rows (matrix row, item column, value)
-    that are unique per (row, column)."""
-    cum = np.zeros((span, width), np.int64)
-    cum[rel, local] = values
-    np.cumsum(cum, axis=0, out=cum)
-    return cum[windows + n] - cum[windows]
+def _count_segments(pane, item, count, n):
+    """The sliding windows of ``n`` panes, as sparse per-item segments.
 
-
-def _window_sums(rel, values, windows, n, span):
-    cum = np.zeros(span, np.int64)
-    np.add.at(cum, rel, values)
-    cum = np.cumsum(cum)
-    return cum[windows + n] - cum[windows]
-
-
-def _prunable(rel, local, values, width, windows, n, span, k):
-    """Mask of the items that may be in some window's top-k of the block.
-
-    An item's count in any window of the block is at most its total over
-    the block. The k-th largest count of a window is at least the k-th
-    largest among any subset of items, here the 2k largest by block total.
-    Items whose block total is below the smallest such lower bound can never
-    make a top-k, whatever the window.
+    An item's count in window ``w`` (panes ``[w, w + n)``) changes only
+    where one of its panes ``p`` enters (``w = p - n + 1``: + count) or
+    leaves (``w = p + 1``: - count). Sorting those changes by (item, w)
+    and summing them gives, for each item, runs of windows ``[start,
+    end)`` where its count is a constant ``value``; an item's changes sum
+    to zero, so one running sum over all items serves. Returns the runs
+    with a non-zero value, sorted by ``start``: ``(start, end, item,
+    value)``. A window holding the item lies between the entry and the
+    exit of one of its panes, so every run is at most ``n`` windows long.
     """
-    block_total = np.zeros(width, np.int64)
-    np.add.at(block_total, local, values)
-    subset = np.argpartition(-block_total, 2 * k)[:2 * k]
-    in_subset = np.zeros(width, bool)
-    in_subset[subset] = True
-    rows = in_subset[local]
-    position = np.cumsum(in_subset) - 1
-    sub = _window_counts(rel[rows], position[local[rows]], values[rows],
-                         2 * k, windows, n, span)
-    kth = np.partition(sub, 2 * k - k, axis=1)[:, 2 * k - k]
-    return block_total >= max(int(kth.min()), 1)
+    pos = np.concatenate([pane - (n - 1), pane + 1])
+    who = np.concatenate([item, item]).astype(np.int64)
+    delta = np.concatenate([count, -count])
+    lo = int(pos.min())
+    width = int(pos.max()) - lo + 1
+    if (int(who.max()) + 1) * width < 2**62:
+        order = np.argsort(who * width + (pos - lo), kind="stable")
+    else:
+        order = np.lexsort((pos, who))
+    pos, who = pos[order], who[order]
+    value = np.cumsum(delta[order])
+    keep = (who[1:] == who[:-1]) & (pos[1:] > pos[:-1]) & (value[:-1] != 0)
+    start, end = pos[:-1][keep], pos[1:][keep]
+    who, value = who[:-1][keep], value[:-1][keep]
+    order = np.argsort(start, kind="stable")
+    return start[order], end[order], who[order], value[order]
+
+
+def _sliding_chunks(pane, item, count, n, k, only=None):
+    """Rows unique per (pane, item), sorted by pane -> per output chunk:
+    (window, item, count) of every window's top k, windows and totals.
+
+    Walks the chunks in time order. A chunk's windows are ranked over the
+    count segments (``_count_segments``) that reach them, expanded to
+    (window, item, count) pairs: one per item active in a window, at most
+    ``PAIRS_PER_STEP`` at a time. Window totals come from running sums of
+    the pane totals."""
+    if len(pane) == 0:
+        return
+    seg_start, seg_end, seg_item, seg_value = _count_segments(
+        pane, item, count, n)
+    first = np.flatnonzero(np.r_[True, pane[1:] != pane[:-1]])
+    panes = pane[first]
+    running = np.r_[0, np.cumsum(np.add.reduceat(count, first))]
+    if only is None:
+        # Chunks holding a window: those of the windows each pane is in.
+        lo = (panes - (n - 1)) // WINDOWS_PER_CHUNK
+        hi = panes // WINDOWS_PER_CHUNK
+        span = hi - lo + 1
+        chunks = np.unique(np.repeat(hi, span) - (
+            np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)))
+        windows_of = (lambda c: np.arange(c * WINDOWS_PER_CHUNK,
+                                          (c + 1) * WINDOWS_PER_CHUNK))
+    else:
+        chunk_of_window = only // WINDOWS_PER_CHUNK
+        chunks = np.unique(chunk_of_window)
+        windows_of = (lambda c: only[chunk_of_window == c])
+    for chunk in chunks:
+        ws = windows_of(chunk)
+        parts = list(_sliding_step(ws, seg_start, seg_end, seg_item,
+                                   seg_value, n, k))
+        if not parts:
+            continue
+        w, i, v, win = (np.concatenate(col) for col in zip(*parts))
+        total = (running[np.searchsorted(panes, win + n)]
+                 - running[np.searchsorted(panes, win)])
+        yield chunk, (w, i, v, win, total)
+
+
+def _sliding_step(ws, seg_start, seg_end, seg_item, seg_value, n, k):
+    """Top-k pairs ``(window, item, count)`` and the windows holding an
+    event, among the sorted window indexes ``ws``, in pieces of at most
+    ``PAIRS_PER_STEP`` pairs."""
+    a = np.searchsorted(seg_start, ws[0] - (n - 1))
+    b = np.searchsorted(seg_start, ws[-1], side="right")
+    if a == b:
+        return
+    start, end = seg_start[a:b], seg_end[a:b]
+    lo, hi = np.searchsorted(ws, start), np.searchsorted(ws, end)
+    # Pairs per window (a difference array), to cut the windows into steps.
+    active = np.cumsum(np.bincount(lo, minlength=len(ws) + 1)
+                       - np.bincount(hi, minlength=len(ws) + 1))[:-1]
+    cum = np.cumsum(active)
+    cuts = np.unique(np.r_[0, np.searchsorted(
+        cum, np.arange(PAIRS_PER_STEP, cum[-1], PAIRS_PER_STEP),
+        side="right"), len(ws)])
+    for w0, w1 in zip(cuts[:-1], cuts[1:]):
+        w0 = max(int(w0), 0)
+        if w1 <= w0:
+            continue
+        # Segments reaching windows ws[w0:w1], clipped to them.
+        s_lo, s_hi = np.clip(lo, w0, w1), np.clip(hi, w0, w1)
+        size = s_hi - s_lo
+        has = np.flatnonzero(size > 0)
+        if len(has) == 0:
+            continue
+        size, s_lo = size[has], s_lo[has]
+        windows = ws[w0:w1][active[w0:w1] > 0]
+        if size.sum() > PRUNE_ITEMS_PER_WINDOW * k * (w1 - w0):
+            # Many items per window: drop the segments that cannot reach
+            # the top k of any window they cover first.
+            keep = _reachable(s_lo - w0, size, seg_item[a:b][has],
+                              seg_value[a:b][has], w1 - w0, k)
+            has, size, s_lo = has[keep], size[keep], s_lo[keep]
+        rep = np.repeat(has, size)
+        where = np.repeat(s_lo - w0, size) + (
+            np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size))
+        it, val = seg_item[a:b][rep], seg_value[a:b][rep]
+        keep = _top_k_mask(where, it, val, k, w1 - w0)
+        yield ws[w0:w1][where[keep]], it[keep], val[keep], windows
+
+
+#: Pruning (``_reachable``) starts when a step's windows hold more than this
+#: many items per window and per unit of k on average.
+PRUNE_ITEMS_PER_WINDOW = 4
+
+
+def _reachable(first, size, item, value, n_windows, k):
+    """Mask of the segments (windows ``[first, first + size)`` of
+    ``0..n_windows-1``, constant ``value`` of ``item``) that may be in the
+    top k of some window they cover.
+
+    The k-th largest count of window ``w`` is at least ``bound[w]``, the
+    k-th largest among any subset of items: here the 2k items with the
+    largest count x windows. A segment whose value is below the bound of
+    every window it covers ranks below k items there, whatever the ties.
+    """
+    mass = np.bincount(item, weights=value * size)
+    subset = np.argsort(-mass, kind="stable")[:2 * k]
+    column = np.full(len(mass), -1)
+    column[subset] = np.arange(len(subset))
+    mine = np.flatnonzero(column[item] >= 0)
+    grid = np.zeros((n_windows, len(subset)), np.int64)
+    sz = size[mine]
+    rows = np.repeat(first[mine], sz) + (
+        np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz))
+    grid[rows, np.repeat(column[item[mine]], sz)] = np.repeat(value[mine], sz)
+    if len(subset) < k:
+        return np.ones(len(first), bool)
+    bound = -np.partition(-grid, k - 1, axis=1)[:, k - 1]
+    # Minimum of the bound over each segment's windows: a sparse table
+    # of minima over power-of-two runs, two lookups per segment.
+    level = np.floor(np.log2(size)).astype(np.int64)
+    table = [bound]
+    while (1 << len(table)) <= size.max():
+        half = 1 << (len(table) - 1)
+        prev = table[-1]
+        table.append(np.minimum(prev[:-half], prev[half:]) if len(prev) > half
+                     else prev[:0])
+    lowest = np.empty(len(first), np.int64)
+    for lv in np.unique(level):
+        sel = level == lv
+        run = table[lv]
+        lowest[sel] = np.minimum(run[first[sel]],
+                                 run[first[sel] + size[sel] - (1 << lv)])
+    return value >= lowest
 
 
 def top_k_rows(table: pa.Table, group_cols: list[str], k: int,
@@ -379,9 +519,9 @@ def to_ranked_windows(merged: pa.Table, spec: WindowSpec, *,
     return pa.table({
         "window_start": start.cast(pa.int64()).cast(schema.TIMESTAMP),
         "window_end": pc.add(start, spec.length_ms).cast(schema.TIMESTAMP),
-        "window_length": pa.array([spec.length_name] * n, pa.string()),
-        "slide": pa.array([spec.slide_name] * n, pa.string()),
-        "method": pa.array([method] * n, pa.string()),
+        "window_length": _repeat(spec.length_name, n),
+        "slide": _repeat(spec.slide_name, n),
+        "method": _repeat(method, n),
         "event_type": merged["event_type"],
         "rank": merged["rank"],
         "item_id": merged["item_id"],
@@ -390,9 +530,9 @@ def to_ranked_windows(merged: pa.Table, spec: WindowSpec, *,
         "upper_bound": merged["count"] if upper is None else upper,
         "guaranteed": guaranteed,
         "window_total": merged["window_total"],
-        "pane_timing": pa.array([pane_timing] * n, pa.string()),
+        "pane_timing": _repeat(pane_timing, n),
         "pane_index": pa.array(np.full(n, pane_index, np.int32)),
-        "source": pa.array([source] * n, pa.string()),
+        "source": _repeat(source, n),
         "emitted_at": pa.array(np.full(n, emitted_at_ms, np.int64)).cast(
             schema.TIMESTAMP),
     }, schema=schema.RANKED_WINDOWS_SCHEMA)

@@ -246,7 +246,8 @@ def produce(bootstrap_servers, topic: str,
             retention_ms: int | None = -1,
             progress: Callable[[str], None] | None = print,
             progress_every_s: float = 5.0,
-            producer_config: dict | None = None) -> ProduceSummary:
+            producer_config: dict | None = None,
+            broker_timeout_s: float | None = None) -> ProduceSummary:
     """Send the events of ``config`` to ``topic``; returns a summary.
 
     ``send_rate``: target events per second sent (``None``: as fast as
@@ -259,7 +260,10 @@ def produce(bootstrap_servers, topic: str,
     retention looks at record timestamps, so a broker that keeps 7 days
     deletes a replayed day of 2024 within minutes when messages carry event
     times). ``progress`` gets a line every ``progress_every_s`` seconds
-    (``None``: silent).
+    (``None``: silent). Before anything is generated, the broker must
+    answer within ``broker_timeout_s`` (default
+    ``BROKER_CHECK_TIMEOUT_S``; 0 skips the check), else
+    ``BrokerUnavailable``, a ``ValueError`` naming the address.
     """
     if events_per_message < 1:
         raise ValueError("events_per_message must be >= 1")
@@ -269,7 +273,12 @@ def produce(bootstrap_servers, topic: str,
         raise ValueError("timestamps must be 'event' or 'now'")
     if acks == "all":
         acks = -1
-    from topk.connectors.kafka import check_crc32c
+    from topk.connectors.kafka import (BROKER_CHECK_TIMEOUT_S, check_broker,
+                                       check_crc32c)
+    if broker_timeout_s is None:
+        broker_timeout_s = BROKER_CHECK_TIMEOUT_S
+    if broker_timeout_s:
+        check_broker(bootstrap_servers, timeout_s=broker_timeout_s)
     check_crc32c()
     created = ensure_topic(
         bootstrap_servers, topic, partitions, topic_config=(

@@ -26,18 +26,23 @@ import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions,
+                                                  PipelineOptions,
+                                                  StandardOptions)
 
+from topk.core.progress import READ_PROGRESS
 from topk.storage import reprocess
 from topk.storage import layout as output_layout
+from topk.storage import tables as output_tables
 from topk.approx import sketch_windows
 from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     check_required, reject_renamed,
                                     reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
-from topk.sinks.parquet import WriteOutputTables, WriteParquetTable
-from topk.sources.files import ReadEventFiles, matching_files
+from topk.sinks.parquet import WriteOutputTables
+from topk.sources.files import (ReadEventFiles, event_file_sizes,
+                                matching_file_sizes, matching_files)
 from topk.transforms.exact import (DedupSliceCounts,
                                    ItemShardCounts)
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
@@ -126,7 +131,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
     days = archive_range(options)
     if days is None:
         raw = pipeline | "ReadFiles" >> ReadEventFiles(batch.input)
-        input_name = output_layout.input_fingerprint(batch.input)
+        # Dead letters are keyed by the files read, not how they were
+        # spelled (remote inputs: by the pattern, not listed at build time).
+        input_name = (output_layout.input_fingerprint(batch.input)
+                      if "://" in batch.input else output_tables.input_id(
+                          matching_files(batch.input)))
     else:
         start_ms, end_ms = days
         raw = (
@@ -185,18 +194,23 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
     sinks = parse_sinks(options.view_as(BigQuerySinkOptions).sink)
     written = []
     if PARQUET in sinks:
-        written.append(tables | "WriteOutput" >> WriteOutputTables(
-            opts.output, source=source))
+        # One commit for the run: tables and dead letters appear together.
+        written.append(
+            {**tables, output_layout.DEAD_LETTERS: parsed[DEAD_LETTERS]}
+            | "WriteOutput" >> WriteOutputTables(
+                opts.output, source=source, methods=methods,
+                input_id=input_name, window_range=window_range))
+    else:
+        # The dead letters still go to --output, in a commit of their own.
+        written.append(
+            {output_layout.DEAD_LETTERS: parsed[DEAD_LETTERS]}
+            | "WriteDeadLetters" >> WriteOutputTables(
+                opts.output, source=source, methods=(), input_id=input_name))
     if BIGQUERY in sinks:
         written.append(tables | "WriteBigQuery" >> (
             WriteBigQueryTables.from_options(options, tables)))
     written = written[0] if len(written) == 1 else (
         tuple(written) | "AllSinks" >> beam.Flatten())
-    (parsed[DEAD_LETTERS]
-     | "WriteDeadLetters" >> WriteParquetTable(
-         opts.output, output_layout.DEAD_LETTERS,
-         lambda t: [((), t)], f"part-{source}-{input_name}",
-         ["source", "raw"]))
     return written
 
 
@@ -233,16 +247,28 @@ def run(argv=None):
     batch = options.view_as(BatchOptions)
     days = archive_range(options)
     if days is None:
-        matching_files(batch.input)  # fail fast, with the pattern, on no input
+        # Fails fast, with the pattern, on no input; the sizes are what the
+        # read progress counts towards.
+        sizes = matching_file_sizes(batch.input)
         what = f"input {batch.input}"
     else:
         check_archive(batch.from_archive, *days)
+        sizes = event_file_sizes(reprocess.archive_day_globs(
+            batch.from_archive, *days))
         what = (f"archive {batch.from_archive} "
                 f"[{reprocess.describe_range(*days)})")
     check_output_writable(options.view_as(TopKOptions).output)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_BATCH_RUNNER
+    # The file source counts what it reads in READ_PROGRESS, which the CLI
+    # shows; only the in-process local runner reads in this process.
+    runner_name = standard.runner if isinstance(standard.runner, str) else (
+        type(standard.runner).__name__)
+    in_process = runner_name.endswith(LOCAL_BATCH_RUNNER) and (
+        options.view_as(DirectOptions).direct_running_mode
+        != "multi_processing")
+    READ_PROGRESS.start(sum(sizes.values()), len(sizes), in_process)
     _LOG.info("topk batch: runner %s, %s, output %s", standard.runner, what,
               options.view_as(TopKOptions).output)
     pipeline = beam.Pipeline(options=options)

@@ -40,6 +40,7 @@ from apache_beam.options.pipeline_options import (DebugOptions,
                                                   PrismRunnerOptions,
                                                   StandardOptions)
 
+from topk.connectors.kafka import BROKER_CHECK_TIMEOUT_S, check_broker
 from topk.storage import layout as output_layout
 from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
 from topk.pipelines.options import (TopKOptions, check_output_writable,
@@ -47,7 +48,7 @@ from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
-from topk.sinks.bundle_files import WriteBundleFiles
+from topk.sinks.bundle_files import WriteArchiveFiles, WriteBundleFiles
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
@@ -123,6 +124,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0: {text}")
+    return value
+
+
 class StreamOptions(PipelineOptions):
     """Options of ``topk stream`` besides the shared ``TopKOptions``."""
 
@@ -180,6 +192,15 @@ class StreamOptions(PipelineOptions):
             help="After this long without new messages, a partition's "
             "watermark follows the wall clock (default: the source's, 5 s). "
             "Use 0 to never do that (replays of old data).")
+        parser.add_argument(
+            "--broker-timeout-s", "--broker_timeout_s",
+            dest="broker_timeout_s", type=_non_negative_seconds,
+            default=BROKER_CHECK_TIMEOUT_S,
+            help="Before the run, wait this long for --bootstrap to answer "
+            "and check that --topic exists; an unreachable broker or a "
+            "missing topic is then a one-line error (default "
+            f"{BROKER_CHECK_TIMEOUT_S:g}). 0 skips the check (a launcher "
+            "that cannot reach the brokers its workers can).")
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions):
@@ -216,11 +237,11 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
          kafka.dead_letter_topic or f"{kafka.topic}-dead-letters"))
     (parsed[DEAD_LETTERS]
      | "WriteDeadLetters" >> WriteBundleFiles(
-         output, output_layout.DEAD_LETTERS, lambda t: [((), t)]))
+         output, output_layout.DEAD_LETTERS,
+         input_id=output_layout.input_fingerprint(
+             f"{kafka.bootstrap}/{kafka.topic}")))
     (parsed.events
-     | "WriteArchive" >> WriteBundleFiles(
-         output, output_layout.ARCHIVE, output_layout.archive_partitions,
-         ["ts"]))
+     | "WriteArchive" >> WriteArchiveFiles(output))
     tables = parsed.events | "StreamTopK" >> StreamTopK(
         parse_windows(opts.windows), opts.k, item_shards=opts.item_shards,
         dedup_shards=opts.dedup_shards,
@@ -230,13 +251,9 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
     if PARQUET in sinks:
         (tables[output_layout.RANKED_WINDOWS]
          | "WriteRankedWindows" >> WriteBundleFiles(
-             output, output_layout.RANKED_WINDOWS,
-             output_layout.ranked_windows_partitions,
-             ["event_type", "window_start", "rank"]))
+             output, output_layout.RANKED_WINDOWS))
         (tables[output_layout.SLICES]
-         | "WriteSlices" >> WriteBundleFiles(
-             output, output_layout.SLICES, output_layout.slices_partitions,
-             ["slice_start"]))
+         | "WriteSlices" >> WriteBundleFiles(output, output_layout.SLICES))
     if BIGQUERY in sinks:
         panes = {name: tables[name] for name in (output_layout.RANKED_WINDOWS,
                                                  output_layout.SLICES)}
@@ -244,13 +261,10 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
             options, panes)
     (tables[LATE_EVENTS]
      | "WriteLateEvents" >> WriteBundleFiles(
-         output, output_layout.LATE_EVENTS,
-         lambda t: output_layout.split_by_day(t, "ts", ()), ["ts"]))
+         output, output_layout.LATE_EVENTS))
     (tables[LATE_COUNTS]
      | "WriteLateCounts" >> WriteBundleFiles(
-         output, output_layout.LATE_COUNTS,
-         lambda t: output_layout.split_by_day(t, "slice_start", ()),
-         ["slice_start"]))
+         output, output_layout.LATE_COUNTS))
 
 
 def prism_binary() -> str | None:
@@ -326,6 +340,10 @@ def run(argv=None, wait: bool = True):
               options.view_as(TopKOptions).output)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
+    if kafka.broker_timeout_s:
+        # Before any work: otherwise the planner retries inside the job for
+        # a minute and the runner reports it as a long traceback.
+        check_broker(kafka.bootstrap, kafka.topic, kafka.broker_timeout_s)
     result = pipeline.run()
     if not wait:
         return result

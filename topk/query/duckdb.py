@@ -1,24 +1,29 @@
 """DuckDB backend of the query layer: ``topk(k, start, end)`` over the
-Parquet slices or sketches table.
+slices or sketches table.
 
 Arguments are checked and answers shaped by ``topk.query.contract`` (the
 same for the BigQuery backend); this module only turns a checked ``Query``
 into DuckDB SQL. The range is decomposed into the fewest aligned
 day/hour/minute slices (``Query.runs``). ``topk`` answers exactly with one
-DuckDB statement over the Hive-partitioned Parquet ``slices`` table;
+DuckDB statement over the ``slices`` table;
 ``topk_approx`` reads the per-slice sketches of one method for the same
 slices from the ``sketches`` table and merges them, so its counts come with
 bounds. The top-K of a range is not the union of the top-Ks of its parts,
 so both merge mergeable slices rather than ranked windows. Per slice and
 source only the latest row (by ``emitted_at``) counts, and where both the
 stream and a batch reprocessing wrote a slice, the batch rows win.
+
+The tables are Delta tables; every query reads them at the versions of the
+latest manifest row (``topk.storage.tables.register_duckdb``), so it never
+sees part of a run, even while one commits.
 """
+import contextlib
 import datetime as dt
 import os
-
-import duckdb
+import uuid
 
 from topk.storage import layout as output_layout
+from topk.storage import tables as output_tables
 from topk.core.local_duckdb import connection
 from topk.core.windows import DAY_MS
 from topk.query import contract
@@ -49,12 +54,13 @@ def _latest_batch_first(columns: str, key: str, value: str,
     """CTEs ``s`` (the latest ``value`` per slice, ``key`` and source) and
     ``visible`` (batch rows, and stream rows of slices no batch row
     covers). arg_max, not a window function: DuckDB 2.0.1 computes window
-    partitions over a hive-partitioned read_parquet wrongly."""
+    partitions over a hive-partitioned read_parquet wrongly. ``{table}`` is
+    left for the caller to fill in."""
     return f"""
         WITH s AS (
           SELECT source, slice_length, slice_start, {columns}
                  arg_max({value}, emitted_at) AS {value}
-          FROM read_parquet(?, hive_partitioning = true)
+          FROM {{table}}
           WHERE {where}
           GROUP BY source, slice_length, slice_start, {key}
         ), batch_slices AS (
@@ -72,6 +78,27 @@ def _check_output(output: str) -> None:
         raise QueryError(f"output directory {output!r} does not exist")
 
 
+@contextlib.contextmanager
+def _committed(output: str, table: str, missing: str):
+    """The committed snapshot of ``table`` registered in this thread's
+    DuckDB connection under a name of its own (unregistered afterwards);
+    ``QueryError(missing)`` when no commit wrote it, or when the output
+    cannot be read (``StorageError``, e.g. an output of an older topk)."""
+    con = connection()
+    name = f"committed_{table}_{uuid.uuid4().hex[:8]}"
+    try:
+        names = output_tables.register_duckdb(con, output, [table],
+                                              prefix=name + "_")
+    except output_tables.StorageError as e:
+        raise QueryError(str(e)) from None
+    if table not in names:
+        raise QueryError(missing)
+    try:
+        yield con, names[table]
+    finally:
+        con.unregister(names[table])
+
+
 def topk(output: str, k: int, start, end, event_type: str | None = None
          ) -> list[RankedItem]:
     """The exact ``k`` most frequent items in ``[start, end)``.
@@ -85,10 +112,6 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
     """
     q = contract.exact_query(k, start, end, event_type)
     _check_output(output)
-    if not os.path.isdir(output_layout.table_dir(output,
-                                                 output_layout.SLICES)):
-        raise QueryError(f"{output!r} has no slices table: run `topk batch` "
-                         "or `topk stream` with --output pointing there")
     where, params = _range_sql(q.runs)
     where = f"({where})"
     if q.event_type is not None:
@@ -102,9 +125,13 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
         GROUP BY item_id
         ORDER BY count DESC, item_id ASC
         LIMIT ?"""
-    glob = output_layout.table_glob(output, output_layout.SLICES)
-    rows = connection().execute(sql, [glob, *params, q.k]).fetchall()
-    return contract.ranked_items(rows, q, lambda: _known_types(glob))
+    missing = (f"{output!r} has no slices table: run `topk batch` or `topk "
+               "stream` with --output pointing there")
+    with _committed(output, output_layout.SLICES, missing) as (con, table):
+        rows = con.execute(sql.format(table=table),
+                           [*params, q.k]).fetchall()
+        return contract.ranked_items(rows, q,
+                                     lambda: _known_types(con, table))
 
 
 def topk_approx(output: str, k: int, start, end, method: str,
@@ -124,38 +151,32 @@ def topk_approx(output: str, k: int, start, end, method: str,
     _check_output(output)
     missing = (f"{output!r} has no {q.method} sketches: run `topk batch "
                f"--method {q.method}` with --output pointing there")
-    if not os.path.isdir(output_layout.table_dir(output,
-                                                 output_layout.SKETCHES)):
-        raise QueryError(missing)
     where, params = _range_sql(q.runs)
     sql = _latest_batch_first(
         "", "method, event_type", "sketch",
         f"({where}) AND method = ? AND event_type = ?") + """
         SELECT sketch FROM visible
         ORDER BY slice_start, slice_length, source"""
-    glob = output_layout.table_glob(output, output_layout.SKETCHES)
-    con = connection()
+    with _committed(output, output_layout.SKETCHES, missing) as (con, table):
 
-    def has_sketches() -> bool:
-        [(stored,)] = con.execute(
-            "SELECT count(*) FROM read_parquet(?, hive_partitioning = true) "
-            "WHERE method = ?", [glob, q.method]).fetchall()
-        return stored > 0
+        def has_sketches() -> bool:
+            [(stored,)] = con.execute(
+                f"SELECT count(*) FROM {table} WHERE method = ?",
+                [q.method]).fetchall()
+            return stored > 0
 
-    try:
         blobs = [r[0] for r in con.execute(
-            sql, [glob, *params, q.method, q.sketch_event_type]).fetchall()]
+            sql.format(table=table),
+            [*params, q.method, q.sketch_event_type]).fetchall()]
         return contract.approx_items(
             blobs, q, has_sketches=has_sketches, missing=missing,
-            known_types=lambda: _known_types(glob, "AND method = ?",
+            known_types=lambda: _known_types(con, table, "AND method = ?",
                                              [q.method]))
-    except duckdb.IOException:  # a sketches directory without files
-        raise QueryError(missing) from None
 
 
-def _known_types(glob: str, extra_filter: str = "", params=()) -> list[str]:
+def _known_types(con, table: str, extra_filter: str = "", params=()
+                 ) -> list[str]:
     # Every type that ever occurred has rows in the (small) day slices.
-    return [r[0] for r in connection().execute(
-        "SELECT DISTINCT event_type FROM read_parquet(?, hive_partitioning "
-        f"= true) WHERE slice_length = '1d' {extra_filter}",
-        [glob, *params]).fetchall()]
+    return [r[0] for r in con.execute(
+        f"SELECT DISTINCT event_type FROM {table} WHERE slice_length = '1d' "
+        f"{extra_filter}", list(params)).fetchall()]

@@ -1,22 +1,38 @@
-"""Parquet sink: Hive-partitioned output tables, one atomic file per
-partition and writer.
+"""Output-table sink of bounded runs: parallel staging, one commit.
 
-See ``topk.storage.layout`` for the layout. Every partition's rows are
-gathered to one writer that writes ``<name>.parquet.tmp-<uuid>`` and renames
-it over the final name, so readers never see a half-written file and a rerun
-replaces what the previous run wrote instead of adding to it. Paths go
-through Beam's ``FileSystems``, so ``gs://`` outputs work on Dataflow.
+The output tables are Delta tables committed together through a manifest
+(``topk.storage.tables``). A bounded run (``topk batch``, ``topk stream
+--bounded``) must appear whole or not at all, so:
+
+1. workers write their rows in parallel as plain Parquet files under
+   ``OUTPUT/_staging/<run id>/<table>/`` (one file per table and bundle;
+   readers never look there);
+2. after every table's rows are staged, a single step commits them all:
+   for ``source = batch`` an overwrite, per table, of the rows the run owns
+   (its methods' rows of its event-time span, and the dead letters of its
+   input: ``tables.batch_predicates``), else appends; then one manifest row.
+
+The final step streams the staged files into the tables rather than
+gathering rows in memory, so its memory does not grow with the output;
+the price is writing the rows twice. The run id is fixed when the pipeline
+is built, so a runner's retry of the commit step is a no-op and a retried
+staging bundle only adds files the commit replaces by predicate anyway.
+
+``write_parquet_atomically`` stays for the stream's raw event archive,
+which is plain Parquet (``topk.storage.tables`` says why).
 """
-import typing
+import os
 import uuid
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from topk.storage import layout as output_layout
+from topk.storage import tables as output_tables
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 
 
@@ -35,95 +51,89 @@ def write_parquet_atomically(table: pa.Table, path: str) -> str:
     return path
 
 
-class WriteParquetTable(beam.PTransform):
-    """Write ``pa.Table`` batches of one output table, partitioned.
+class _StageFn(beam.DoFn):
+    """Buffer one table's batches per bundle; write them as one staged
+    Parquet file (in the table's stored form) at the bundle's end."""
 
-    ``partitions`` maps a batch to ``[(partition, rows)]`` (see
-    ``output_layout``); all rows of a partition land in one file
-    ``<file_name>.parquet`` sorted by ``sort_keys``. With ``per_method``,
-    each ``method`` value of a partition gets its own file instead, named
-    by ``output_layout.method_file_name`` (exact rows keep ``file_name``).
-    Yields the paths written.
-    """
-
-    def __init__(self, output: str, table: str, partitions, file_name: str,
-                 sort_keys: list[str], per_method: bool = False):
-        super().__init__()
+    def __init__(self, output, run_id, table, input_id):
         self._output = output
+        self._run_id = run_id
         self._table = table
-        self._partitions = partitions
-        self._file_name = file_name
-        self._sort_keys = sort_keys
-        self._per_method = per_method
+        self._input_id = input_id
+        self._buffer = []
 
-    def expand(self, tables):
-        output, table_name = self._output, self._table
-        file_name, sort_keys = self._file_name, self._sort_keys
-        partitions, per_method = self._partitions, self._per_method
+    def start_bundle(self):
+        self._buffer = []
 
-        def locate(table):
-            # Key = (partition, file name): one writer per file.
-            for partition, rows in partitions(table):
-                if not per_method:
-                    yield (partition, file_name), rows
-                    continue
-                methods = pc.unique(rows["method"]).to_pylist()
-                for method in methods:
-                    yield ((partition,
-                            output_layout.method_file_name(file_name, method)),
-                           rows if len(methods) == 1 else rows.filter(
-                               pc.equal(rows["method"], method)))
+    def process(self, rows):
+        if rows.num_rows:
+            self._buffer.append(output_tables.prepare(
+                self._table, rows, self._input_id))
 
-        def write(location, parts):
-            partition, name = location
-            rows = pa.concat_tables(list(parts))
-            rows = rows.take(pc.sort_indices(
-                rows, sort_keys=[(k, "ascending") for k in sort_keys]))
-            return write_parquet_atomically(
-                rows, output_layout.partition_path(
-                    output, table_name, partition, f"{name}.parquet"))
-
-        return (
-            tables
-            | "Partition" >> beam.FlatMap(locate).with_output_types(
-                typing.Tuple[typing.Tuple[typing.Tuple[
-                    typing.Tuple[str, str], ...], str], pa.Table])
-            | "GatherPartition" >> beam.GroupByKey()
-            | "WriteFile" >> beam.MapTuple(write))
+    def finish_bundle(self):
+        if not self._buffer:
+            return
+        rows = pa.concat_tables(self._buffer)
+        self._buffer = []
+        directory = output_tables.staging_dir(self._output, self._run_id,
+                                              self._table)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{uuid.uuid4().hex}.parquet")
+        # Staged files are read by the commit step only after every bundle
+        # finished, so a plain write is enough here.
+        pq.write_table(rows, path, compression="zstd")
+        yield WindowedValue(path, GlobalWindow().max_timestamp(),
+                            [GlobalWindow()])
 
 
 class WriteOutputTables(beam.PTransform):
-    """Write the ranked windows, exact slices and sketches of one run.
+    """Write the output tables of one bounded run in one commit.
 
-    Takes a dict ``{"ranked_windows": PCollection[pa.Table], "slices":
-    PCollection[pa.Table], "sketches": PCollection[pa.Table]}`` (any may be
-    absent); yields the paths written. Ranked windows and sketches are
-    written one file per method (``output_layout.method_file_name``).
+    Takes a dict ``{table: PCollection[pa.Table]}`` of any of
+    ``ranked_windows``, ``slices``, ``sketches``, ``dead_letters``; yields
+    the manifest sequence number of the commit (one element). ``methods``:
+    the run's ``--method``s (a batch run replaces only their rows);
+    ``input_id``: the key of its input's dead letters
+    (``tables.input_id``); ``window_range``: for reprocessing, the whole
+    days rebuilt (only windows inside them are replaced).
     """
 
-    def __init__(self, output: str, source: str = "batch"):
+    def __init__(self, output: str, source: str = "batch",
+                 methods=(output_layout.EXACT,), input_id: str = "",
+                 window_range: tuple[int, int] | None = None):
         super().__init__()
+        if "://" not in output:
+            # Fail before the run, not at its commit, on an old output.
+            output_tables.check_not_legacy(output)
         self._output = output
-        self._file = f"part-{source}"
-
-    #: table -> (step label, partitioner, sort keys, one file per method)
-    _TABLES = {
-        output_layout.RANKED_WINDOWS: (
-            "WriteRankedWindows", output_layout.ranked_windows_partitions,
-            ["event_type", "window_start", "rank"], True),
-        output_layout.SLICES: (
-            "WriteSlices", output_layout.slices_partitions, ["slice_start"],
-            False),
-        output_layout.SKETCHES: (
-            "WriteSketches", output_layout.sketches_partitions,
-            ["event_type", "slice_start"], True),
-    }
+        self._source = source
+        self._methods = list(methods)
+        self._input_id = input_id
+        self._window_range = window_range
+        # Fixed at construction: a retried commit step finds it in the
+        # manifest and does nothing.
+        self._run_id = uuid.uuid4().hex
 
     def expand(self, pcolls):
-        written = [
-            pcolls[table] | label >> WriteParquetTable(
-                self._output, table, partitions, self._file, sort_keys,
-                per_method=per_method)
-            for table, (label, partitions, sort_keys, per_method)
-            in self._TABLES.items() if table in pcolls]
-        return tuple(written) | "AllWritten" >> beam.Flatten()
+        output, run_id, source = self._output, self._run_id, self._source
+        methods, input_id = self._methods, self._input_id
+        window_range = self._window_range
+        staged = [
+            pcolls[table] | f"Stage_{table}" >> beam.ParDo(
+                _StageFn(output, run_id, table, input_id))
+            for table in sorted(pcolls)]
+
+        def commit(_):
+            if source == "batch":
+                snap = output_tables.commit_staged(
+                    output, run_id, methods, input_id, span=window_range,
+                    whole_windows_only=window_range is not None)
+            else:
+                snap = output_tables.commit_staged_appends(
+                    output, run_id, source, input_id)
+            return snap.seq
+
+        return (
+            staged | "AllStaged" >> beam.Flatten()
+            | "CountStaged" >> beam.combiners.Count.Globally()
+            | "Commit" >> beam.Map(commit))

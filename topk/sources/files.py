@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from topk.core.progress import READ_PROGRESS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 
 #: Bytes of JSON lines per range (one range is read by one worker).
@@ -84,18 +85,30 @@ def check_event_file(path: str) -> None:
         raise ValueError(f"{path}: not a Parquet file (no PAR1 header)")
 
 
+def event_file_sizes(patterns: list[str]) -> dict[str, int]:
+    """``{path: size in bytes}`` of the event files matching any of the
+    globs (``is_event_file``); empty when nothing matches."""
+    results = FileSystems.match([resolve_pattern(p) for p in patterns])
+    return {m.path: m.size_in_bytes for r in results
+            for m in r.metadata_list if is_event_file(m.path)}
+
+
+def matching_file_sizes(pattern: str) -> dict[str, int]:
+    """``matching_files`` with each file's size (what the read progress
+    counts towards), in path order."""
+    sizes = event_file_sizes([pattern])
+    if not sizes:
+        raise ValueError(f"no input files match {pattern!r}")
+    for p in sorted(sizes):
+        check_event_file(p)
+    return {p: sizes[p] for p in sorted(sizes)}
+
+
 def matching_files(pattern: str) -> list[str]:
     """Event files matching a glob (local or any Beam filesystem), checked
     with ``check_event_file``; raises ``ValueError`` naming the pattern
     when nothing matches and the file when one is not readable input."""
-    result = FileSystems.match([resolve_pattern(pattern)])[0]
-    paths = sorted(m.path for m in result.metadata_list
-                   if is_event_file(m.path))
-    if not paths:
-        raise ValueError(f"no input files match {pattern!r}")
-    for p in paths:
-        check_event_file(p)
-    return paths
+    return list(matching_file_sizes(pattern))
 
 
 class ReadFailure(str):
@@ -134,34 +147,70 @@ def read_json_range(f, start: int, end: int, batch_bytes: int = BATCH_BYTES):
         yield block
 
 
+def _records_in(block: bytes) -> int:
+    # A trailing newline ends the last record; a block without one (the
+    # end of a file) still holds a last record. C speed, once per block.
+    return block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+
+
 class _ReadRangeFn(beam.DoFn):
+    """Reads one planned piece. Progress hook: each block adds its bytes of
+    the file (compressed bytes for gzip, clipped to the piece, so the
+    pieces of a file add up to its size) and its records to
+    ``READ_PROGRESS``, one call per block."""
 
     def process(self, piece):
         path, start, end = piece
         if file_format(path) == "parquet":
-            with FileSystems.open(path) as f:
-                pf = pq.ParquetFile(f)
-                for i, batch in enumerate(pf.iter_batches(BATCH_ROWS)):
-                    yield (f"{path}#batch{i}", batch)
+            yield from self._read_parquet(path)
             return
         with FileSystems.open(path, compression_type="uncompressed") as raw:
             gz = path.lower().endswith(".gz")
             f = gzip.GzipFile(fileobj=raw) if gz else raw
             blocks = read_json_range(
                 f, start, end, GZIP_BATCH_BYTES if gz else BATCH_BYTES)
+            credited = start
+
+            def credit(records):
+                nonlocal credited
+                pos = raw.tell() if end < 0 else min(raw.tell(), end)
+                READ_PROGRESS.add(max(0, pos - credited), records)
+                credited = max(credited, pos)
+
             while True:
                 try:
                     block = next(blocks)
                 except StopIteration:
+                    if end >= 0:
+                        READ_PROGRESS.add(max(0, end - credited))
+                    else:
+                        credit(0)
                     return
                 except (EOFError, gzip.BadGzipFile, zlib.error) as e:
                     # The lines before the damage were yielded; what
                     # follows cannot be read, so it is reported, once.
+                    credit(1)
                     yield (f"{path}@{start}", ReadFailure(
                         f"unreadable input after {raw.tell()} bytes: "
                         f"{type(e).__name__}: {e}"))
                     return
+                credit(_records_in(block))
                 yield (f"{path}@{start}", block)
+
+    @staticmethod
+    def _read_parquet(path):
+        with FileSystems.open(path) as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            pf = pq.ParquetFile(f)
+            total_rows, rows, credited = pf.metadata.num_rows, 0, 0
+            for i, batch in enumerate(pf.iter_batches(BATCH_ROWS)):
+                rows += batch.num_rows
+                done = size * rows // total_rows if total_rows else 0
+                READ_PROGRESS.add(done - credited, batch.num_rows)
+                credited = done
+                yield (f"{path}#batch{i}", batch)
+            READ_PROGRESS.add(size - credited)
 
 
 class ReadEventFiles(beam.PTransform):

@@ -1,15 +1,17 @@
 """Where the output tables live and how they are partitioned (no Beam).
 
-An output directory holds Hive-style partitioned Parquet tables::
+An output directory holds one Delta table per output table (committed
+together through ``OUTPUT/_commits``: ``topk.storage.tables``), partitioned
+Hive-style, plus the raw event archive as plain Parquet files::
 
-    OUTPUT/ranked_windows/window_spec=1h_1m/date=2024-05-01/part-batch.parquet
-    OUTPUT/ranked_windows/window_spec=1h_1m/date=2024-05-01/part-batch-cms.parquet
-    OUTPUT/slices/slice_length=1h/date=2024-05-01/part-batch.parquet
-    OUTPUT/sketches/slice_length=1h/date=2024-05-01/part-batch-cms.parquet
-    OUTPUT/dead_letters/part-batch-<input hash>.parquet
+    OUTPUT/_commits/                     the manifest (a Delta table)
+    OUTPUT/ranked_windows/window_spec=1h_1m/date=2024-05-01/part-*.parquet
+    OUTPUT/slices/slice_length=1h/date=2024-05-01/part-*.parquet
+    OUTPUT/sketches/slice_length=1h/date=2024-05-01/part-*.parquet
+    OUTPUT/dead_letters/part-*.parquet
+    OUTPUT/late_events/date=2024-05-01/part-*.parquet
+    OUTPUT/late_counts/date=2024-05-01/part-*.parquet
     OUTPUT/archive/date=2024-05-01/hour=09/part-stream-<writer id>.parquet
-    OUTPUT/late_events/date=2024-05-01/part-stream-<writer id>.parquet
-    OUTPUT/late_counts/date=2024-05-01/part-stream-<writer id>.parquet
 
 ``archive`` holds the validated events the stream read (``EVENT_SCHEMA``,
 hourly partitions by event time), not yet de-duplicated: the input of
@@ -17,14 +19,12 @@ hourly partitions by event time), not yet de-duplicated: the input of
 Stream writers add files (a replay may add a copy of an event; the batch
 de-duplication removes it) and never rewrite them.
 
-``date`` is the UTC day of ``window_start`` / ``slice_start``. A writer owns
-whole files, named by what they hold (source, pane for the stream, and the
-approximate method: ``method_file_name``), and replaces them atomically, so
-rerunning a job over the same input rewrites the same files instead of
-adding duplicates, and a rerun with other ``--method``s replaces only those
-methods' files. The method is a column and a file name, not a partition
-directory, so the exact tables keep the layout they had before approximate
-methods existed (readers filter on the ``method`` column).
+``date`` is the UTC day of ``window_start`` / ``slice_start``.
+``archive_partitions`` splits events into the archive's files; the other
+``*_partitions`` functions split rows as the tables are partitioned (and
+as outputs of older versions were laid out); ``table_glob`` matches a table's
+data files, which for a Delta table include replaced and uncommitted ones:
+read tables through ``topk.storage.tables`` instead.
 """
 import datetime as dt
 import hashlib

@@ -14,8 +14,10 @@ expires once its day (of ``slice_start`` / ``window_start``) lies entirely
 before ``now - keep``, rounded down to a day (``cutoff_ms``), so data is kept
 at least ``keep``.
 
-- Parquet: ``cleanup_parquet`` deletes the expired ``date=`` partition
-  directories of each table.
+- Delta tables (``--output``): ``cleanup_parquet`` deletes the rows of the
+  expired ``date`` partitions of each table by predicate, in one commit
+  (``topk.storage.tables``); ``tables.maintain`` then compacts the tables
+  and vacuums the files no snapshot needs any more.
 - BigQuery: the longest tier is the tables' partition expiration
   (``partition_expiration_ms``: BigQuery drops old partitions by itself, for
   free); shorter tiers are deleted by ``bigquery_deletes`` (DML over the
@@ -31,9 +33,11 @@ Range queries over expired minutes of a range see no data there: query old
 ranges on hour boundaries (they are then answered from hour and day slices).
 """
 import os
-import shutil
+
+from deltalake import DeltaTable
 
 from topk.storage import layout as output_layout
+from topk.storage import tables
 from topk.core.schema import DAY_MS, HOUR_MS
 from topk.core.windows import (SLICE_LENGTHS, SUPPORTED_WINDOWS, WindowSpec,
                                duration_ms, floor_to, parse_time)
@@ -137,37 +141,51 @@ def bigquery_deletes(policy: dict[str, int], table_ids: dict[str, str],
 
 def expired_parquet_dirs(output: str, policy: dict[str, int], now: int
                          ) -> list[str]:
-    """The ``date=`` partition directories of ``output`` whose data is
-    expired under ``policy`` (local paths)."""
+    """The partitions of ``output``'s committed tables whose data is
+    expired under ``policy``, named as their directories
+    (``OUTPUT/slices/slice_length=1m/date=2024-05-01``)."""
+    return [path for path, _, _ in _expired_partitions(output, policy, now)]
+
+
+def _expired_partitions(output: str, policy: dict[str, int], now: int):
+    """``(directory, table, predicate)`` of every expired partition."""
     expired = []
+    snap = tables.snapshot(output)
     for table in TABLES:
-        root = output_layout.table_dir(output, table)
-        if not os.path.isdir(root):
+        if table not in snap.versions:
             continue
-        for outer in sorted(os.listdir(root)):
-            column, _, value = outer.partition("=")
-            if column == "window_spec":
-                spec = WindowSpec.parse(value.replace("_", "/"))
+        delta = DeltaTable(tables.table_path(output, table),
+                           version=snap.versions[table])
+        outer_column = tables.TABLES[table][1][0]
+        values = sorted({(p[outer_column], p["date"])
+                         for p in delta.partitions()})
+        for outer, day in values:
+            if outer_column == "window_spec":
+                spec = WindowSpec.parse(outer.replace("_", "/"))
                 tier = window_tier(spec.length_name, spec.slide_name)
-            elif column == "slice_length":
-                tier = value
             else:
+                tier = outer
+            if tier not in policy or parse_time(day) >= cutoff_ms(
+                    now, policy[tier]):
                 continue
-            if tier not in policy:
-                continue
-            cutoff = cutoff_ms(now, policy[tier])
-            for inner in sorted(os.listdir(os.path.join(root, outer))):
-                column, _, day = inner.partition("=")
-                if column == "date" and parse_time(day) < cutoff:
-                    expired.append(os.path.join(root, outer, inner))
+            expired.append((
+                os.path.join(output_layout.table_dir(output, table),
+                             f"{outer_column}={outer}", f"date={day}"),
+                table, f"({outer_column} = '{outer}' AND date = '{day}')"))
     return expired
 
 
 def cleanup_parquet(output: str, policy: dict[str, int], now: int,
                     dry_run: bool = False) -> list[str]:
-    """Delete the expired partition directories; returns them."""
-    expired = expired_parquet_dirs(output, policy, now)
-    if not dry_run:
-        for path in expired:
-            shutil.rmtree(path)
-    return expired
+    """Delete the expired partitions' rows, by predicate, in one commit
+    (readers keep seeing the previous snapshot until it lands; ``maintain``
+    later vacuums the files); returns the partitions."""
+    expired = _expired_partitions(output, policy, now)
+    if expired and not dry_run:
+        predicates = {}
+        for _, table, predicate in expired:
+            predicates.setdefault(table, []).append(predicate)
+        tables.delete_where(output, {t: " OR ".join(p)
+                                     for t, p in predicates.items()},
+                            "retention")
+    return [path for path, _, _ in expired]

@@ -19,6 +19,11 @@ class ArrowTableCoder(beam.coders.Coder):
     def decode(self, encoded: bytes) -> pa.Table:
         return pa.ipc.open_stream(encoded).read_all()
 
+    def estimate_size(self, table: pa.Table) -> int:
+        # Beam sizes elements for its metrics and buffers; the default
+        # would encode the whole table just to measure it.
+        return table.nbytes
+
     def is_deterministic(self) -> bool:
         # Equal tables can differ in chunking, hence in bytes; never a key.
         return False
@@ -41,6 +46,9 @@ class ArrowTableListCoder(beam.coders.Coder):
 
     def decode(self, encoded: bytes) -> list:
         return [self._table.decode(encoded)] if encoded else []
+
+    def estimate_size(self, tables: list) -> int:
+        return sum(t.nbytes for t in tables)
 
     def is_deterministic(self) -> bool:
         return False

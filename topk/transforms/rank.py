@@ -14,7 +14,9 @@ class RankWindows(beam.PTransform):
     Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (one table per
     shard holding all of that shard's items); yields one ``pa.Table`` in
     ``RANKED_WINDOWS_SCHEMA`` per window spec, with the top ``k`` items of
-    every window, per event type and over all types (``event_type = '*'``).
+    every window, per event type and over all types (``event_type = '*'``),
+    a chunk of windows (``ranking.chunk_of``) per table: shards are merged
+    per (spec, chunk), so memory follows the windows, not the data's span.
     """
 
     def __init__(self, specs: list[WindowSpec], k: int, source: str = "batch",
@@ -34,12 +36,17 @@ class RankWindows(beam.PTransform):
         by_key = {spec.key: spec for spec in specs}
 
         def per_shard(shard_and_counts):
-            results = ranking.shard_top_k(shard_and_counts[1], specs, k)
-            return [(spec.key, top) for spec, top in results.items()]
+            # A generator: a shard's windows leave a chunk at a time
+            # (ranking.WINDOWS_PER_CHUNK windows), and every merge below
+            # holds one chunk of one spec, whatever the span of the data.
+            for spec, chunk, top in ranking.iter_shard_top_k(
+                    shard_and_counts[1], specs, k):
+                yield (spec.key, chunk), top
 
         def merge(key, parts):
+            spec_key, _ = key
             return ranking.to_ranked_windows(
-                ranking.merge_window_top_k(list(parts), k), by_key[key],
+                ranking.merge_window_top_k(list(parts), k), by_key[spec_key],
                 source=source, pane_timing=timing, emitted_at_ms=now_ms())
 
         return (

@@ -34,6 +34,29 @@ def test_targets_validate_the_identifiers_that_go_into_sql():
             Target(*args)
 
 
+@pytest.mark.parametrize("args, message", [
+    (("my-project", "top_k\n"), "bad BigQuery dataset"),
+    (("my-project", "top_k", "dev_\n"), "bad BigQuery table prefix"),
+    (("my-project\n", "top_k"), "bad BigQuery project id"),
+    (("example.com:my-project\n", "top_k"), "bad BigQuery project id"),
+    (("my-project", "top_k\n\n"), "bad BigQuery dataset"),
+])
+def test_a_trailing_newline_is_not_part_of_a_valid_name(args, message):
+    # ``$`` matches before a final newline; names must match whole.
+    with pytest.raises(BigQueryError, match=message):
+        Target(*args)
+
+
+def test_a_name_with_a_newline_fails_before_any_connection(adc, capsys):
+    from topk import cli
+    assert cli.main(["query", "--backend", "bigquery", "--bq-project",
+                     "my-project", "--bq-dataset", "top_k\n", "--k", "3",
+                     "--start", "2024-05-01T00:00:00Z", "--end",
+                     "2024-05-01T01:00:00Z"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad BigQuery dataset name" in err, err
+
+
 def test_endpoints_get_a_scheme():
     assert bigquery_client.normalize_endpoint("127.0.0.1:9050/") == \
         "http://127.0.0.1:9050"

@@ -29,17 +29,23 @@ PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
 GOOGLE_ENDPOINT = "https://bigquery.googleapis.com"
 
 #: Identifiers go into SQL text (they cannot be query parameters), so they
-#: are checked against BigQuery's own naming rules first.
+#: are checked against BigQuery's own naming rules first, always with
+#: ``fullmatch`` (``$`` would also match before a trailing newline).
 _PROJECT = re.compile(
-    r"^(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_]*$")
+    r"(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}")
+_PREFIX = re.compile(r"[A-Za-z0-9_]*")
 _TIMEOUT_S = 60.0
 _REQUEST_PREFIX = re.compile(r"^(?:GET|POST|PUT|PATCH|DELETE) \S+: ")
 
 
 class BigQueryError(ValueError):
     """A BigQuery configuration or API problem, with a one-line reason."""
+
+
+def _is_name(pattern: re.Pattern, value) -> bool:
+    """Whether all of ``value`` (a ``str``) follows ``pattern``."""
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +58,13 @@ class Target:
     location: str | None = None  # None: the dataset's
 
     def __post_init__(self):
-        if not _PROJECT.match(self.project):
+        if not _is_name(_PROJECT, self.project):
             raise BigQueryError(f"bad BigQuery project id {self.project!r}")
-        if not _DATASET.match(self.dataset):
+        if not _is_name(_DATASET, self.dataset):
             raise BigQueryError(
                 f"bad BigQuery dataset name {self.dataset!r}: letters, digits "
                 "and underscores only")
-        if not _PREFIX.match(self.table_prefix):
+        if not _is_name(_PREFIX, self.table_prefix):
             raise BigQueryError(
                 f"bad BigQuery table prefix {self.table_prefix!r}: letters, "
                 "digits and underscores only")

@@ -1,6 +1,7 @@
 """Kafka without Beam, one module per concept:
 
-- ``client``: kafka-python consumers as configured here, retry backoff;
+- ``client``: kafka-python consumers as configured here, retry backoff,
+  the broker/topic check before a run;
 - ``plans``: start positions and the offset range each reader owns;
 - ``watermarks``: watermark arithmetic, aligned across partitions;
 - ``reader``: ``PartitionReader`` and the ``Batch`` es it returns.
@@ -9,7 +10,10 @@
 this package re-exports what the source, the load generator and the
 benchmarks use.
 """
-from topk.connectors.kafka.client import (CONSUMER_DEFAULTS, Backoff,
+from topk.connectors.kafka.client import (BROKER_CHECK_TIMEOUT_S,
+                                          CONSUMER_DEFAULTS, Backoff,
+                                          BrokerUnavailable, TopicMissing,
+                                          bootstrap_addresses, check_broker,
                                           check_crc32c, consumer_config,
                                           new_consumer)
 from topk.connectors.kafka.plans import (UNBOUNDED_STOP, PartitionPlan,
@@ -28,8 +32,9 @@ from topk.connectors.kafka.watermarks import (ALLOWED_SKEW_MS, DONE,
 
 __all__ = [
     # client
-    "CONSUMER_DEFAULTS", "Backoff", "check_crc32c", "consumer_config",
-    "new_consumer",
+    "BROKER_CHECK_TIMEOUT_S", "CONSUMER_DEFAULTS", "Backoff",
+    "BrokerUnavailable", "TopicMissing", "bootstrap_addresses",
+    "check_broker", "check_crc32c", "consumer_config", "new_consumer",
     # plans
     "UNBOUNDED_STOP", "PartitionPlan", "parse_start", "plan_partitions",
     "plan_topic", "resolve_start_offset", "split_offsets",

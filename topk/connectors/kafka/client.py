@@ -4,13 +4,18 @@ delay of a failed broker call (no Beam).
 ``check_crc32c`` warns when kafka-python would checksum in pure Python;
 ``consumer_config`` / ``new_consumer`` build the consumers of the planner
 and of every ``PartitionReader``; ``Backoff`` spaces retries while a broker
-is unreachable.
+is unreachable; ``check_broker`` finds an unreachable broker or a missing
+topic in seconds, before a run, with a one-line reason.
 """
+import contextlib
 import functools
 import logging
 import random
+import socket
+import time
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import KafkaError
 
 _LOG = logging.getLogger(__name__)
 
@@ -85,3 +90,111 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+#: Seconds ``check_broker`` waits for a broker by default.
+BROKER_CHECK_TIMEOUT_S = 10.0
+
+
+class BrokerUnavailable(ValueError):
+    """No Kafka broker answers at the bootstrap address (one-line reason)."""
+
+
+class TopicMissing(ValueError):
+    """The topic does not exist on the cluster (one-line reason)."""
+
+
+def bootstrap_addresses(bootstrap_servers) -> list[tuple[str, int]]:
+    """``"host:port[,host:port]"`` (or a list of them) -> ``[(host, port)]``;
+    ``ValueError`` naming the bad entry. IPv6 hosts go in brackets
+    (``[::1]:9092``)."""
+    entries = (bootstrap_servers.split(",") if isinstance(
+        bootstrap_servers, str) else list(bootstrap_servers or []))
+    out = []
+    for entry in (e.strip() for e in entries):
+        host, sep, port = entry.rpartition(":")
+        host = host.strip("[]")
+        if not (sep and host and port.isdigit()
+                and 0 < int(port) < 65536):
+            raise ValueError(f"bad Kafka bootstrap address {entry!r}: use "
+                             "host:port[,host:port]")
+        out.append((host, int(port)))
+    if not out:
+        raise ValueError("no Kafka bootstrap address given (host:port)")
+    return out
+
+
+def _connect_error(e: OSError, timeout_s: float) -> str:
+    if isinstance(e, socket.gaierror):
+        return "unknown host"
+    if isinstance(e, TimeoutError):  # socket.timeout
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    return e.strerror or str(e)
+
+
+@contextlib.contextmanager
+def _quiet_kafka_logs():
+    # kafka-python logs every failed attempt at WARNING; the check reports
+    # the outcome itself, in one line.
+    log = logging.getLogger("kafka")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def check_broker(bootstrap_servers, topic: str | None = None,
+                 timeout_s: float = BROKER_CHECK_TIMEOUT_S) -> list[str]:
+    """Check, within about ``timeout_s``, that a Kafka broker answers at
+    ``bootstrap_servers`` and (if given) that ``topic`` exists there.
+    Returns the cluster's topics.
+
+    First a plain TCP connection to each address (a closed port or an
+    unknown host fails at once), then one metadata request. Raises
+    ``BrokerUnavailable`` or ``TopicMissing`` (both ``ValueError``, one
+    line naming the address), or ``ValueError`` for a malformed address.
+    """
+    if timeout_s <= 0:
+        raise ValueError("the broker check timeout must be positive")
+    addresses = bootstrap_addresses(bootstrap_servers)
+    where = ",".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}"
+                     for h, p in addresses)
+    deadline = time.monotonic() + timeout_s
+    problems = []
+    for host, port in addresses:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            socket.create_connection((host, port), timeout=remaining).close()
+            break
+        except OSError as e:
+            reason = _connect_error(e, remaining)
+            problems.append(reason if len(addresses) == 1 else
+                            f"{host}:{port} {reason}")
+    else:
+        raise BrokerUnavailable(f"no Kafka broker reachable at {where} ("
+                                f"{'; '.join(problems)})")
+    remaining_ms = max(1_000, int((deadline - time.monotonic()) * 1000))
+    admin = None
+    try:
+        with _quiet_kafka_logs():
+            admin = KafkaAdminClient(
+                bootstrap_servers=[f"{h}:{p}" for h, p in addresses],
+                client_id="topk-broker-check",
+                bootstrap_timeout_ms=remaining_ms,
+                request_timeout_ms=remaining_ms)
+            topics = sorted(admin.list_topics())
+    except (KafkaError, OSError) as e:
+        raise BrokerUnavailable(
+            f"no Kafka broker answered at {where} within {timeout_s:g} s "
+            f"({type(e).__name__}): is it a Kafka listener?") from None
+    finally:
+        if admin is not None:
+            with _quiet_kafka_logs():
+                admin.close()
+    if topic is not None and topic not in topics:
+        raise TopicMissing(f"topic {topic} does not exist on {where}")
+    return topics

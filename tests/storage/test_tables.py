@@ -1,0 +1,250 @@
+"""The output tables (``topk.storage.tables``): commits that several tables
+show together, orphan recovery, predicate-owned reruns, concurrent
+writers, maintenance and migration, checked against counts computed
+independently from the events."""
+import collections
+import multiprocessing
+import os
+import random
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+import oracle
+from topk import query
+from topk.core import counting, schema
+from topk.core.windows import parse_time
+from topk.storage import layout, retention, tables
+
+T0 = parse_time("2024-05-01T00:00:00Z")
+M, D = schema.MINUTE_MS, schema.DAY_MS
+
+
+def events(day: int, n: int, seed: int, source_items=("a", "b", "c", "d")):
+    """``n`` events on day ``day`` (0-based), deterministic per seed."""
+    rng = random.Random(seed)
+    return [oracle.Event(
+        event_id=f"{seed}-{day}-{i}", item_id=rng.choice(source_items),
+        event_type=rng.choice(("play", "click")),
+        ts=T0 + day * D + rng.randrange(D), user_id=None,
+        weight=rng.randint(1, 3)) for i in range(n)]
+
+
+def slice_rows(evs, source="batch", emitted_at=T0 + 9 * D) -> pa.Table:
+    counts = counting.merge_counts([pa.table({
+        "event_type": [e.event_type for e in evs],
+        "slice_start": [e.ts - e.ts % M for e in evs],
+        "item_id": [e.item_id for e in evs],
+        "count": [e.weight for e in evs]}, schema=schema.SLICE_COUNTS_SCHEMA)])
+    return pa.concat_tables(
+        counting.to_slices_table(counting.rollup(counts, ms), name, source,
+                                 emitted_at)
+        for name, ms in (("1m", M), ("1h", schema.HOUR_MS), ("1d", D)))
+
+
+def commit_batch(output, rows, run="run", pause_env=None):
+    """Commit slice rows as a batch run over their span does."""
+    span = tables.minute_span([rows])
+    predicate = tables.batch_predicates(span, ["exact"], run)[layout.SLICES]
+    return tables.commit(output, [tables.Change(
+        layout.SLICES, tables.prepare(layout.SLICES, rows), predicate)],
+        "batch", span=span)
+
+
+def day_counts(output) -> dict:
+    """{(day, item): count} of the committed 1d slices (latest row per
+    slice and source, batch first: what ``topk query`` reads)."""
+    ds = tables.dataset(output, layout.SLICES)
+    rows = ds.to_table(filter=(pa.compute.field("slice_length") == "1d"))
+    out = collections.Counter()
+    for r in rows.to_pylist():
+        out[(r["date"], r["item_id"], r["source"])] += r["count"]
+    return dict(out)
+
+
+def truth(evs, source="batch") -> dict:
+    out = collections.Counter()
+    for e in oracle.dedup(evs):
+        day = layout.day_name(e.ts // D)
+        out[(day, e.item_id, source)] += e.weight
+    return dict(out)
+
+
+def test_runs_over_other_days_keep_each_others_rows(tmp_path):
+    """Day 1, then day 2, into one output: both days stay (the old layout
+    replaced whole partitions); rerunning day 2 replaces only its rows."""
+    out = str(tmp_path)
+    day1, day2 = events(0, 300, 1), events(1, 300, 2)
+    commit_batch(out, slice_rows(day1))
+    commit_batch(out, slice_rows(day2))
+    assert day_counts(out) == truth(day1 + day2)
+    commit_batch(out, slice_rows(day2))
+    assert day_counts(out) == truth(day1 + day2)
+    # Every range answer equals the oracle's over both days.
+    assert query.topk(out, 3, T0, T0 + 2 * D) == [
+        query.RankedItem(*r) for r in oracle.topk(
+            oracle.dedup(day1 + day2), 3, T0, T0 + 2 * D)]
+
+
+def test_reader_sees_the_manifest_versions_and_writers_undo_orphans(tmp_path):
+    out = str(tmp_path)
+    day1 = events(0, 200, 1)
+    commit_batch(out, slice_rows(day1))
+    committed = tables.snapshot(out)
+    # A writer killed after its table commit, before its manifest row:
+    orphan = tables.prepare(layout.SLICES, slice_rows(events(0, 50, 9)))
+    write_deltalake(tables.table_path(out, layout.SLICES), orphan,
+                    mode="append", partition_by=["slice_length", "date"])
+    assert DeltaTable(tables.table_path(out, layout.SLICES)).version() > \
+        committed.versions[layout.SLICES]
+    assert tables.snapshot(out) == committed
+    assert day_counts(out) == truth(day1)
+    # The next writer restores the table before committing its own rows.
+    day2 = events(1, 200, 2)
+    commit_batch(out, slice_rows(day2))
+    assert day_counts(out) == truth(day1 + day2)
+    latest = DeltaTable(tables.table_path(out, layout.SLICES))
+    assert latest.to_pyarrow_table().num_rows == tables.dataset(
+        out, layout.SLICES).count_rows()
+
+
+def test_a_retried_commit_is_applied_once(tmp_path):
+    out = str(tmp_path)
+    rows = slice_rows(events(0, 100, 3))
+    change = tables.Change(layout.SLICES, tables.prepare(layout.SLICES, rows))
+    first = tables.commit(out, [change], "stream", run_id="r1")
+    again = tables.commit(out, [change], "stream", run_id="r1")
+    assert first == again
+    assert tables.history(out).num_rows == 1
+    assert tables.dataset(out, layout.SLICES).count_rows() == rows.num_rows
+
+
+def test_a_commit_shows_all_its_tables_together(tmp_path):
+    out = str(tmp_path)
+    rows = slice_rows(events(0, 100, 4))
+    dead = pa.table({"raw": ["x"], "reason": ["bad"], "source": ["f"]},
+                    schema=schema.DEAD_LETTER_SCHEMA)
+    snap = tables.commit(out, [
+        tables.Change(layout.SLICES, tables.prepare(layout.SLICES, rows)),
+        tables.Change(layout.DEAD_LETTERS,
+                      tables.prepare(layout.DEAD_LETTERS, dead, "in"))],
+        "batch")
+    row = tables.history(out).to_pylist()[-1]
+    assert snap.seq == row["seq"] == 1
+    assert set(snap.versions) == {layout.SLICES, layout.DEAD_LETTERS}
+    con = duckdb.connect()
+    assert set(tables.register_duckdb(con, out)) == set(snap.versions)
+    assert con.sql("SELECT raw, input_id FROM dead_letters").fetchall() == [
+        ("x", "in")]
+
+
+def test_dead_letters_are_keyed_by_the_files_not_their_spelling(
+        tmp_path, monkeypatch):
+    path = tmp_path / "in.jsonl"
+    path.write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    os.symlink(path, tmp_path / "link.jsonl")
+    key = tables.input_id(["in.jsonl"])
+    assert key == tables.input_id([str(path)]) == tables.input_id(
+        ["./in.jsonl", str(path)]) == tables.input_id(["link.jsonl"])
+    path.write_text("{}\n{}\n")  # other contents: another input
+    assert tables.input_id(["in.jsonl"]) != key
+
+
+def _stream_writer(output, bundles, seed):
+    for i in range(bundles):
+        tables.append(output, layout.SLICES, slice_rows(
+            events(2, 20, seed * 1000 + i), source="stream",
+            emitted_at=T0 + 9 * D + i))
+
+
+def _batch_writer(output, runs):
+    for i in range(runs):
+        commit_batch(output, slice_rows(events(i % 2, 200, 50 + i)),
+                     run=f"batch-{i}")
+
+
+def test_a_stream_and_a_batch_writing_at_once_keep_both(tmp_path):
+    """Two processes commit into one output at once: a stream appending
+    bundles, a batch replacing its days. Every bundle's rows and the last
+    batch run of each day are present afterwards."""
+    out = str(tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_stream_writer, args=(out, 12, 1)),
+             ctx.Process(target=_stream_writer, args=(out, 12, 2)),
+             ctx.Process(target=_batch_writer, args=(out, 4))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0
+    stream_events = [e for seed in (1, 2) for i in range(12)
+                     for e in events(2, 20, seed * 1000 + i)]
+    # Stream bundles hold disjoint events here, so their counts add up.
+    want = truth(stream_events, "stream")
+    want.update(truth(events(0, 200, 52)))
+    want.update(truth(events(1, 200, 53)))
+    assert day_counts(out) == want
+    assert tables.history(out).num_rows == 12 + 12 + 4
+
+
+def test_maintain_compacts_and_vacuums_without_changing_rows(tmp_path):
+    out = str(tmp_path)
+    for i in range(6):
+        tables.append(out, layout.SLICES, slice_rows(
+            events(0, 30, 100 + i), source="stream"))
+    before = sorted(map(repr, tables.dataset(
+        out, layout.SLICES).to_table().to_pylist()))
+    path = tables.table_path(out, layout.SLICES)
+    files_before = len(DeltaTable(path).file_uris())
+    tables.maintain(out, vacuum_hours=0)
+    after = tables.dataset(out, layout.SLICES)
+    assert sorted(map(repr, after.to_table().to_pylist())) == before
+    assert len(DeltaTable(path).file_uris()) < files_before
+    on_disk = {os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+               if f.endswith(".parquet") and "_delta_log" not in d}
+    assert on_disk == {u.removeprefix("file://")
+                       for u in DeltaTable(path).file_uris()}
+
+
+def test_retention_deletes_by_predicate(tmp_path):
+    out = str(tmp_path)
+    old, recent = events(0, 200, 5), events(20, 200, 6)
+    commit_batch(out, slice_rows(old + recent))
+    policy = retention.parse_retention("1m=7d,1h=7d")
+    now = T0 + 25 * D
+    dry = retention.cleanup_parquet(out, policy, now, dry_run=True)
+    assert os.path.join(out, "slices", "slice_length=1m",
+                        "date=2024-05-01") in dry
+    assert tables.snapshot(out).seq == 1
+    retention.cleanup_parquet(out, policy, now)
+    rows = tables.dataset(out, layout.SLICES).to_table().to_pylist()
+    kept = collections.Counter((r["slice_length"], r["date"]) for r in rows)
+    assert {length for length, day in kept if day == "2024-05-01"} == {"1d"}
+    assert {length for length, day in kept if day == "2024-05-21"} == {
+        "1m", "1h", "1d"}
+    assert day_counts(out) == truth(old + recent)
+
+
+def test_an_old_output_is_refused_until_migrated(tmp_path):
+    out = str(tmp_path)
+    evs = events(0, 300, 7)
+    rows = slice_rows(evs)
+    for partition, part in layout.slices_partitions(rows):
+        path = layout.partition_path(out, layout.SLICES, partition,
+                                     "part-batch.parquet")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(part, path)
+    with pytest.raises(query.QueryError, match=r"topk migrate --output"):
+        query.topk(out, 3, T0, T0 + D)
+    with pytest.raises(tables.StorageError, match="older topk"):
+        commit_batch(out, rows)
+    assert tables.migrate(out) == [layout.SLICES]
+    assert tables.legacy_tables(out) == []
+    assert day_counts(out) == truth(evs)
+    assert query.topk(out, 3, T0, T0 + D) == [
+        query.RankedItem(*r) for r in oracle.topk(
+            oracle.dedup(evs), 3, T0, T0 + D)]
