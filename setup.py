@@ -13,6 +13,9 @@ setuptools.setup(
         "pyarrow>=15",
         "numpy>=1.26",
         "duckdb>=1.1",
+        # DuckDB reads a Python file object (the JSON parser's DuckDB
+        # engine, core/events.py) only through fsspec.
+        "fsspec>=2023.1",
         "datasketches>=5.0",
         "deltalake>=1.6,<1.7",
     ],

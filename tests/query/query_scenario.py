@@ -7,8 +7,9 @@ wrote the ``slices`` and ``sketches`` tables from them:
 - days 1 and 2: a batch run (the truth), then a rerun of day 2 (the same
   rows again, later ``emitted_at``);
 - day 1 also has a *stale* stream run, written after the batch run: panes of
-  some of day 1's events with items renamed and weights doubled; the batch
-  rows of those slices win, so it never shows;
+  some of day 1's events with items renamed and weights doubled, and some as
+  a type (``view``) the batch never saw there; the batch rows of those
+  slices win, so it never shows;
 - day 3: stream only, two accumulating panes (the second written later):
   the first pane holds the slices of a prefix of day 3's events; the second
   holds, for ``slices``, only the rows that changed since (a stream writes
@@ -124,6 +125,11 @@ def make_scenario(seed: int = 11):
     prefix = stream[:70]
     stale = [e._replace(item_id=f"ghost-{e.item_id}", weight=2 * e.weight)
              for e in rng.sample(batch[:160], 40)]
+    # Stale rows of a type the batch never saw in those slices: the batch
+    # still owns the slices, so they must not count either.
+    stale += [e._replace(event_id=f"view-{e.event_id}", event_type="view",
+                         item_id=f"ghost-{e.item_id}")
+              for e in rng.sample(batch[:160], 10)]
     return {"events": batch + stream, "batch": batch, "stream": stream,
             "prefix": prefix, "stale": stale,
             "day2": [e for e in batch if e.ts >= T0 + D]}

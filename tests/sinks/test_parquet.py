@@ -68,3 +68,42 @@ def test_one_commit_per_run_and_reruns_replace(tmp_path):
     assert committed(out, layout.DEAD_LETTERS) == [
         ("x", None), ("y", None), ("z", None)]
     assert not os.path.exists(os.path.join(out, tables.STAGING))
+
+
+def test_staging_flushes_by_size_and_commits_the_same_rows(tmp_path,
+                                                           monkeypatch):
+    """A bundle holding a whole output is staged in pieces, not held: with
+    a one-byte flush threshold every batch becomes its own staged file, and
+    the committed rows equal those of the default threshold."""
+    import json
+    from topk import cli
+    events = tmp_path / "ev.jsonl"
+    t0 = parse_time("2024-05-01T00:00:00Z")
+    events.write_text("".join(json.dumps(
+        {"event_id": f"e{i}", "item_id": f"i{i % 13}", "event_type": "play",
+         "ts": t0 + i * 7_000}) + "\n" for i in range(3000)))
+
+    staged = []
+    staging_dir = tables.staging_dir
+
+    def counting_staging_dir(output, run_id, table):
+        staged.append(table)  # one call per staged file
+        return staging_dir(output, run_id, table)
+
+    monkeypatch.setattr(parquet.output_tables, "staging_dir",
+                        counting_staging_dir)
+
+    def run(out, flush_bytes):
+        staged.clear()
+        monkeypatch.setattr(parquet, "STAGE_FLUSH_BYTES", flush_bytes)
+        assert cli.main(["batch", "--input", str(events), "--output",
+                         str(out), "--windows", "1m,1h/1m", "--k", "3"]) == 0
+        return {t: sorted(map(str, tables.dataset(str(out), t).to_table()
+                              .drop_columns(["emitted_at"]).to_pylist()))
+                for t in (layout.RANKED_WINDOWS, layout.SLICES)}, len(staged)
+
+    default_rows, default_files = run(tmp_path / "default",
+                                      parquet.STAGE_FLUSH_BYTES)
+    flushed_rows, flushed_files = run(tmp_path / "small", 1)
+    assert flushed_rows == default_rows
+    assert flushed_files > default_files

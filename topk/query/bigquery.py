@@ -47,9 +47,12 @@ def _slices_filter(q: contract.Query) -> tuple[str, list]:
 
 
 def _latest_batch_first(table_id: str, columns: str, key: str,
-                        where: str) -> str:
-    """CTEs ``s`` (the latest row per key and source) and ``visible`` (batch
-    rows, and stream rows of slices no batch row covers)."""
+                        where: str, keep: str = "TRUE") -> str:
+    """CTEs ``s`` (the latest row per key and source) and ``visible`` (the
+    rows of ``s`` matching ``keep``: batch rows, and stream rows of slices
+    no batch row covers). Coverage is decided over all event types, as in
+    the DuckDB backend: a batch run that saw no plays in a slice still owns
+    it."""
     return f"""
         WITH s AS (
           SELECT {columns}, source FROM `{table_id}`
@@ -64,19 +67,20 @@ def _latest_batch_first(table_id: str, columns: str, key: str,
           SELECT s.* FROM s LEFT JOIN batch_slices b
             ON b.slice_length = s.slice_length
            AND b.slice_start = s.slice_start
-          WHERE s.source = 'batch' OR b.slice_start IS NULL
+          WHERE ({keep}) AND (s.source = 'batch' OR b.slice_start IS NULL)
         )"""
 
 
 def topk_sql(table_id: str, q: contract.Query) -> tuple[str, list]:
     """The exact top-``k`` statement over the ``slices`` table."""
     where, params = _slices_filter(q)
+    keep = "TRUE"
     if q.event_type is not None:
-        where += " AND event_type = @event_type"
+        keep = "s.event_type = @event_type"
         params.append(("event_type", "STRING", q.event_type))
     sql = _latest_batch_first(
         table_id, "slice_length, slice_start, event_type, item_id, count",
-        "event_type, item_id", where) + """
+        "event_type, item_id", where, keep) + """
         SELECT item_id, SUM(count) AS count FROM visible
         GROUP BY item_id
         ORDER BY count DESC, item_id ASC
@@ -88,12 +92,12 @@ def sketches_sql(table_id: str, q: contract.Query) -> tuple[str, list]:
     """The statement selecting the sketches of the range, in the DuckDB
     backend's merge order."""
     where, params = _slices_filter(q)
-    where += " AND method = @method AND event_type = @event_type"
+    where += " AND method = @method"
     params += [("method", "STRING", q.method),
                ("event_type", "STRING", q.sketch_event_type)]
     sql = _latest_batch_first(
         table_id, "slice_length, slice_start, method, event_type, sketch",
-        "method, event_type", where) + """
+        "method, event_type", where, "s.event_type = @event_type") + """
         SELECT sketch FROM visible
         ORDER BY slice_start, slice_length, source"""
     return sql, params

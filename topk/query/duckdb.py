@@ -50,12 +50,15 @@ def _ts(ms: int) -> dt.datetime:
 
 
 def _latest_batch_first(columns: str, key: str, value: str,
-                        where: str) -> str:
+                        where: str, keep: str = "TRUE") -> str:
     """CTEs ``s`` (the latest ``value`` per slice, ``key`` and source) and
-    ``visible`` (batch rows, and stream rows of slices no batch row
-    covers). arg_max, not a window function: DuckDB 2.0.1 computes window
-    partitions over a hive-partitioned read_parquet wrongly. ``{table}`` is
-    left for the caller to fill in."""
+    ``visible`` (the rows of ``s`` that match ``keep``: batch rows, and
+    stream rows of slices no batch row covers). Coverage is decided over
+    all event types: a batch run that saw no plays in a slice still owns
+    it, so a stream's play rows there must not count. arg_max, not a window
+    function: DuckDB 2.0.1 computes window partitions over a
+    hive-partitioned read_parquet wrongly. ``{table}`` is left for the
+    caller to fill in."""
     return f"""
         WITH s AS (
           SELECT source, slice_length, slice_start, {columns}
@@ -68,8 +71,9 @@ def _latest_batch_first(columns: str, key: str, value: str,
           WHERE source = 'batch'
         ), visible AS (
           SELECT * FROM s
-          WHERE source = 'batch' OR (slice_length, slice_start) NOT IN (
-            SELECT (slice_length, slice_start) FROM batch_slices)
+          WHERE ({keep}) AND (source = 'batch' OR
+            (slice_length, slice_start) NOT IN (
+              SELECT (slice_length, slice_start) FROM batch_slices))
         )"""
 
 
@@ -113,14 +117,14 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
     q = contract.exact_query(k, start, end, event_type)
     _check_output(output)
     where, params = _range_sql(q.runs)
-    where = f"({where})"
+    keep = "TRUE"
     if q.event_type is not None:
-        where += " AND event_type = ?"
+        keep = "event_type = ?"
         params.append(q.event_type)
     # A stream writes a slice row per pane, each with the full count so
     # far: the latest one counts.
     sql = _latest_batch_first("event_type, item_id,", "event_type, item_id",
-                              "count", where) + """
+                              "count", where, keep) + """
         SELECT item_id, sum(count)::BIGINT AS count FROM visible
         GROUP BY item_id
         ORDER BY count DESC, item_id ASC
@@ -153,8 +157,9 @@ def topk_approx(output: str, k: int, start, end, method: str,
                f"--method {q.method}` with --output pointing there")
     where, params = _range_sql(q.runs)
     sql = _latest_batch_first(
-        "", "method, event_type", "sketch",
-        f"({where}) AND method = ? AND event_type = ?") + """
+        "method, event_type,", "method, event_type", "sketch",
+        f"({where}) AND method = ?",
+        "event_type = ?") + """
         SELECT sketch FROM visible
         ORDER BY slice_start, slice_length, source"""
     with _committed(output, output_layout.SKETCHES, missing) as (con, table):

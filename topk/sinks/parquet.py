@@ -51,9 +51,16 @@ def write_parquet_atomically(table: pa.Table, path: str) -> str:
     return path
 
 
+#: A staging writer flushes once it buffers this many bytes: a local
+#: runner may hand a whole long-span output to one bundle, which must not be
+#: held in memory at once.
+STAGE_FLUSH_BYTES = 64 << 20
+
+
 class _StageFn(beam.DoFn):
-    """Buffer one table's batches per bundle; write them as one staged
-    Parquet file (in the table's stored form) at the bundle's end."""
+    """Buffer one table's batches; write them as staged Parquet files (in
+    the table's stored form) whenever ``STAGE_FLUSH_BYTES`` are buffered
+    and at the bundle's end."""
 
     def __init__(self, output, run_id, table, input_id):
         self._output = output
@@ -64,17 +71,24 @@ class _StageFn(beam.DoFn):
 
     def start_bundle(self):
         self._buffer = []
+        self._buffered_bytes = 0
 
     def process(self, rows):
         if rows.num_rows:
             self._buffer.append(output_tables.prepare(
                 self._table, rows, self._input_id))
+            self._buffered_bytes += self._buffer[-1].nbytes
+        if self._buffered_bytes >= STAGE_FLUSH_BYTES:
+            yield from self._flush()
 
     def finish_bundle(self):
+        yield from self._flush()
+
+    def _flush(self):
         if not self._buffer:
             return
         rows = pa.concat_tables(self._buffer)
-        self._buffer = []
+        self._buffer, self._buffered_bytes = [], 0
         directory = output_tables.staging_dir(self._output, self._run_id,
                                               self._table)
         os.makedirs(directory, exist_ok=True)

@@ -11,8 +11,10 @@ newline-delimited bytes, ready for ``ParseEvents``) and its ``source()``
 package; benchmarks and tests use it directly. All instants are epoch
 milliseconds (UTC), like the rest of the project.
 """
+import collections
 import dataclasses
 import logging
+import operator
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError, OffsetOutOfRangeError
@@ -123,10 +125,32 @@ def span_cut(records, max_span_ms: int) -> int:
     return len(records)
 
 
+_SIZE = operator.attrgetter("serialized_value_size")
+
+
 def _value_bytes(records) -> int:
     # kafka-python reports -1 for a message without a value.
-    return sum(r.serialized_value_size for r in records
-               if r.serialized_value_size > 0)
+    return sum(s for s in map(_SIZE, records) if s > 0)
+
+
+def _span_cut_chunks(chunks, pos: int, max_span_ms: int) -> int | None:
+    """``span_cut`` of the records held in ``chunks`` (lists, in offset
+    order) from index ``pos`` of the first: ``None`` when all of them are
+    within the span, else how many are. Looks at the records it keeps and
+    one more, never at the rest."""
+    first = chunks[0][pos].timestamp
+    if first is None or first < 0:
+        return None
+    lo, hi = first - max_span_ms, first + max_span_ms
+    seen = 0
+    for chunk in chunks:
+        for j in range(pos, len(chunk)):
+            t = chunk[j].timestamp
+            if t is not None and t >= 0 and (t > hi or t < lo):
+                return max(seen + j - pos, 1)
+        seen += len(chunk) - pos
+        pos = 0
+    return None
 
 
 class PartitionReader:
@@ -155,8 +179,13 @@ class PartitionReader:
         # Messages polled but cut off the last batch by its span, in
         # offset order from ``_next``: the next batch starts with them.
         # (Seeking back instead would drop kafka-python's prefetched
-        # messages and cost a fetch round trip per batch.)
-        self._carry = []
+        # messages and cost a fetch round trip per batch.) Kept as the
+        # polls returned them (a deque of lists) with the index of the first
+        # unread message of the first list, their count and value bytes, so
+        # a batch costs work in proportion to the messages it returns, not
+        # to the messages carried over (a poll may bring 200k of them and
+        # the span cut may take a few at a time).
+        self._drop_carry()
         # Wall clock of the last non-empty poll; the idle clock starts now.
         self.last_data_ms = now_ms()
         self.skipped = 0  # offsets lost to retention before being read
@@ -167,7 +196,13 @@ class PartitionReader:
         if self._next != offset:
             self.consumer.seek(self.tp, offset)
             self._next = offset
-            self._carry = []
+            self._drop_carry()
+
+    def _drop_carry(self) -> None:
+        self._carry = collections.deque()  # lists of records
+        self._carry_pos = 0  # first unread record of self._carry[0]
+        self._carry_len = 0  # records held from there on
+        self._carry_bytes = 0  # their value bytes
 
     def read_batch(self, max_records: int = MAX_BATCH_RECORDS,
                    max_bytes: int = MAX_BATCH_BYTES,
@@ -180,40 +215,84 @@ class PartitionReader:
         wait), and, with ``max_span_ms``, only messages stamped within that
         much of the first one (the rest is read again next time). Raises
         kafka-python errors (the caller retries)."""
-        records, self._carry = self._carry, []
-        nbytes = _value_bytes(records)
-        wait = 0 if records else timeout_ms
-        while len(records) < max_records and nbytes < max_bytes:
+        chunks = self._carry
+        count, nbytes = self._carry_len, self._carry_bytes
+        wait = 0 if count else timeout_ms
+        while count < max_records and nbytes < max_bytes:
             try:
                 got = self.consumer.poll(
-                    timeout_ms=wait, max_records=max_records - len(records))
+                    timeout_ms=wait, max_records=max_records - count)
             except OffsetOutOfRangeError:
-                if records:
+                if count:
                     break  # return what we have; the next call handles it
                 self._skip_deleted()
                 continue
             part = got.get(self.tp)
             if not part:
                 break
-            records.extend(part)
+            chunks.append(part)
+            count += len(part)
             nbytes += _value_bytes(part)
+            # Held from now on, should a later poll raise.
+            self._carry_len, self._carry_bytes = count, nbytes
             wait = 0
-        if not records:
+        if not count:
             return None
+        pos = self._carry_pos
         # Guard against a message before the requested position (a fetch
         # that raced a seek): it belongs to someone else's range.
-        if self._next is not None and records[0].offset < self._next:
-            records = [r for r in records if r.offset >= self._next]
-            if not records:
+        if self._next is not None and chunks[0][pos].offset < self._next:
+            kept = [r for i, chunk in enumerate(chunks)
+                    for r in (chunk[pos:] if i == 0 else chunk)
+                    if r.offset >= self._next]
+            self._drop_carry()
+            if not kept:
                 return None
+            chunks, pos = self._carry, 0
+            chunks.append(kept)
+            count, nbytes = len(kept), _value_bytes(kept)
+        take = None
         if max_span_ms is not None:
-            cut = span_cut(records, max_span_ms)
-            if cut < len(records):
-                records, self._carry = records[:cut], records[cut:]
-                nbytes = _value_bytes(records)
+            take = _span_cut_chunks(chunks, pos, max_span_ms)
+        if take is None or take >= count:
+            records = self._take(chunks, pos, count)
+            self._drop_carry()
+        else:
+            records = self._take(chunks, pos, take)
+            batch_bytes = _value_bytes(records)
+            self._carry_len = count - take
+            self._carry_bytes = nbytes - batch_bytes
+            nbytes = batch_bytes
         self._next = records[-1].offset + 1
         self.last_data_ms = now_ms()
         return Batch(self.topic, self.partition, records, nbytes)
+
+    def _take(self, chunks, pos: int, n: int) -> list:
+        """The first ``n`` records of ``chunks`` from ``pos``, removed
+        (``self._carry_pos`` follows). Copies only the records taken."""
+        records = None
+        while n:
+            chunk = chunks[0]
+            avail = len(chunk) - pos
+            if avail <= n:
+                chunks.popleft()
+                if records is None and pos == 0:
+                    records = chunk  # a whole poll: no copy
+                elif records is None:
+                    records = chunk[pos:]
+                else:
+                    records.extend(chunk[pos:] if pos else chunk)
+                n -= avail
+                pos = 0
+            else:
+                if records is None:
+                    records = chunk[pos:pos + n]
+                else:
+                    records.extend(chunk[pos:pos + n])
+                pos += n
+                n = 0
+        self._carry_pos = pos
+        return records
 
     def _skip_deleted(self) -> None:
         # Our position left the log: retention deleted those messages before
@@ -236,7 +315,7 @@ class PartitionReader:
         """After a read whose tail was not used, the next ``seek`` must
         really seek."""
         self._next = None
-        self._carry = []
+        self._drop_carry()
 
     def position(self, timeout_ms: int = 2_000) -> int:
         """The consumer's position: the offset after the last one it has
