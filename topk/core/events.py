@@ -31,6 +31,19 @@ from topk.core import schema
 from topk.core.local_duckdb import connection
 
 
+class ReadFailure(str):
+    """A payload that is not data but the reason a source could not read
+    its input to the end (e.g. a truncated gzip file): ``dead_letter_of``
+    turns it into one dead letter, so the loss is counted and named, never
+    silent."""
+
+
+def dead_letter_of(failure: ReadFailure, source: str) -> pa.Table:
+    """The one dead letter (``DEAD_LETTER_SCHEMA``) reporting a failed read."""
+    return pa.table({"raw": [""], "reason": [str(failure)],
+                     "source": [source]}, schema=schema.DEAD_LETTER_SCHEMA)
+
+
 @dataclasses.dataclass
 class ParsedBatch:
     events: pa.Table  # EVENT_SCHEMA

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from topk.core.events import ReadFailure
 from topk.core.progress import READ_PROGRESS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 
@@ -109,12 +110,6 @@ def matching_files(pattern: str) -> list[str]:
     with ``check_event_file``; raises ``ValueError`` naming the pattern
     when nothing matches and the file when one is not readable input."""
     return list(matching_file_sizes(pattern))
-
-
-class ReadFailure(str):
-    """A payload that is not data but the reason a file could not be read
-    to its end (e.g. a truncated gzip): ``ParseEvents`` turns it into a
-    dead letter, so the loss is counted and named, never silent."""
 
 
 def plan_ranges(path: str, size: int, range_bytes: int = RANGE_BYTES):

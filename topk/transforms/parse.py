@@ -4,8 +4,6 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from topk.core import events as events_lib
-from topk.core import schema
-from topk.sources.files import ReadFailure
 # The dead-letter output's tag is the name of the table it is written to.
 from topk.storage.layout import DEAD_LETTERS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
@@ -19,11 +17,10 @@ class _ParseBatchFn(beam.DoFn):
 
     def process(self, element):
         source, payload = element
-        if isinstance(payload, ReadFailure):
+        if isinstance(payload, events_lib.ReadFailure):
             self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, pa.table(
-                {"raw": [""], "reason": [str(payload)], "source": [source]},
-                schema=schema.DEAD_LETTER_SCHEMA))
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, events_lib.dead_letter_of(payload, source))
             return
         if isinstance(payload, (pa.Table, pa.RecordBatch)):
             parsed = events_lib.validate_table(payload, source)
