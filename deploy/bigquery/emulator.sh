@@ -12,7 +12,7 @@ PIP_CACHE="${PIP_CACHE:-$HOME/.cache/pip}"
 BQEMU_STATE_DIR="${BQEMU_STATE_DIR:-$BQEMU_HOME/run}"
 BQEMU_START_TIMEOUT="${BQEMU_START_TIMEOUT:-60}"
 
-# Pins (COMPONENTS.md): DuckDB's spatial (required) and avro extensions come from PyPI
+# Pins: DuckDB's spatial (required) and avro extensions come from PyPI
 # so the emulator starts offline (DuckDB would otherwise download them at start-up).
 PKGS=(
   "bqemulator==1.4.0"

@@ -1,6 +1,6 @@
 """Approximate slices and windows: sketches per slice, windows as merges.
 
-The approximate path has the same shape as the exact one (DESIGN.md
+The approximate path has the same shape as the exact one (docs/architecture.md,
 decisions 2 and 4). The de-duplicated exact partial counts of each minute
 feed one sketch per ``(method, event_type, minute)`` (``split_slices``),
 ``event_type = ALL_TYPES`` included so that an all-types range query merges

@@ -2,7 +2,7 @@
 
 Order everywhere: count descending, then ``item_id`` ascending, so ranks are
 deterministic under ties. Shards partition items, so the top-K of a window is
-the top-K of the union of the shards' top-K lists (DESIGN.md decision 3);
+the top-K of the union of the shards' top-K lists (docs/architecture.md, decision 3);
 ``shard_window_top_k`` computes the per-shard lists, ``merge_window_top_k``
 the exact global answer.
 """

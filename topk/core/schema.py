@@ -3,7 +3,7 @@
 Events travel between the source and the first aggregation as Arrow tables of
 ``EVENT_SCHEMA`` (one Beam element per batch, never per event). The output
 tables (ranked windows, exact slices, sketches, dead letters) are the output
-contract of DESIGN.md and are identical for Parquet and BigQuery.
+contract of docs/output-tables.md and are identical for Parquet and BigQuery.
 
 All instants are epoch milliseconds (UTC) inside the pipeline and
 ``timestamp[ms, tz=UTC]`` in the written tables.

@@ -1,6 +1,6 @@
 """Stable, vectorised hashing of string columns into shards.
 
-Shards partition items for exact top-K (DESIGN.md decision 3) and event ids
+Shards partition items for exact top-K (docs/architecture.md, decision 3) and event ids
 for de-duplication. The hash must agree across worker processes (Python's
 ``hash`` is salted per process), so it is DuckDB's ``hash()``: deterministic
 for a DuckDB version and ~100M strings/s. Shard numbers live only inside one

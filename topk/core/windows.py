@@ -1,6 +1,6 @@
 """Window arithmetic: window specs, slice alignment and range decomposition.
 
-Every window is a merge of aligned slices (DESIGN.md decision 2). A window
+Every window is a merge of aligned slices (docs/architecture.md, decision 2). A window
 spec is tumbling (``1h``) or sliding (``1h/1m``: one hour, refreshed every
 minute). Windows are aligned to the Unix epoch, like Beam's ``FixedWindows``
 and ``SlidingWindows`` with offset 0, so a 30-day window starts at a multiple

@@ -6,7 +6,7 @@ ugly parts of real traffic switched on by configuration: Zipf-skewed item
 popularity, out-of-order event times, exact re-deliveries (duplicates),
 malformed records and a hot-item burst.
 
-Everything is vectorised (DESIGN.md decision 1): the numeric columns are drawn
+Everything is vectorised (docs/architecture.md, decision 1): the numeric columns are drawn
 with NumPy for all events at once, and the JSON lines are assembled per chunk
 of records (``CHUNK_SIZE``) by joining string columns with Arrow compute and
 writing the joined buffer as is. Fixed-width pieces (event ids, RFC 3339
