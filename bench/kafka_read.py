@@ -29,7 +29,9 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
@@ -38,19 +40,10 @@ from kafka.errors import TopicAlreadyExistsError  # noqa: E402
 
 from topk.connectors import kafka as ko  # noqa: E402
 
-KAFKA_SH = os.path.join(REPO, "deploy", "kafka", "kafka.sh")
+# The broker this benchmark starts is the one kafka_throughput.py starts.
+from kafka_throughput import KAFKA_SH, start_broker  # noqa: E402
+
 T0 = 1_714_521_600_000
-
-
-def start_broker(directory: str) -> str:
-    env = dict(os.environ, KAFKA_PROBE_PYTHON=sys.executable)
-    out = subprocess.run([KAFKA_SH, "start", "--dir", directory, "--port",
-                          "0"], env=env, check=True, capture_output=True,
-                         text=True).stdout
-    for line in out.splitlines():
-        if line.startswith("KAFKA_BOOTSTRAP="):
-            return line.split("=", 1)[1].strip()
-    raise RuntimeError(f"kafka.sh start printed no bootstrap: {out!r}")
 
 
 def end_offset(bootstrap: str, topic: str) -> int:

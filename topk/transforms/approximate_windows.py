@@ -16,7 +16,8 @@ from topk.approx import sketch_windows, sketches
 from topk.core.schema import DAY_MS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.transforms.approximate import ApproximateTopKFn, MergeSketchesFn
-from topk.core.windows import WindowSpec, duration_ms, now_ms
+from topk.transforms.rank import WindowRanking
+from topk.core.windows import duration_ms, now_ms
 
 #: Rows fed to one sketch, keyed by ``(event_type, slice_start_ms)``.
 SliceRows = typing.Tuple[typing.Tuple[str, int], pa.Table]
@@ -135,7 +136,7 @@ class SketchTables(beam.PTransform):
             | "ToTable" >> beam.MapTuple(table).with_output_types(pa.Table))
 
 
-class ApproximateWindows(beam.PTransform):
+class ApproximateWindows(WindowRanking):
     """Slice sketches -> ranked top-K windows with bounds, per method.
 
     Takes what ``ApproximateSlices`` returns; yields ``pa.Table`` in
@@ -150,16 +151,6 @@ class ApproximateWindows(beam.PTransform):
     (``sketch_windows.rank_block``): one shuffle for all specs, one output
     table per block.
     """
-
-    def __init__(self, specs: list[WindowSpec], k: int, source: str = "batch",
-                 pane_timing: str = "batch"):
-        super().__init__()
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        self._specs = specs
-        self._k = k
-        self._source = source
-        self._pane_timing = pane_timing
 
     def expand(self, slices):
         k, source, timing = self._k, self._source, self._pane_timing

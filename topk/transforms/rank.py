@@ -8,16 +8,9 @@ from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.core.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
 
 
-class RankWindows(beam.PTransform):
-    """Exact per-shard slice counts -> ranked top-K windows.
-
-    Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (one table per
-    shard holding all of that shard's items); yields one ``pa.Table`` in
-    ``RANKED_WINDOWS_SCHEMA`` per window spec, with the top ``k`` items of
-    every window, per event type and over all types (``event_type = '*'``),
-    a chunk of windows (``ranking.chunk_of``) per table: shards are merged
-    per (spec, chunk), so memory follows the windows, not the data's span.
-    """
+class WindowRanking(beam.PTransform):
+    """What every ranking of windows is configured by: the window specs,
+    ``k``, and how its rows are labelled (``source``, ``pane_timing``)."""
 
     def __init__(self, specs: list[WindowSpec], k: int, source: str = "batch",
                  pane_timing: str = "batch"):
@@ -28,6 +21,18 @@ class RankWindows(beam.PTransform):
         self._k = k
         self._source = source
         self._pane_timing = pane_timing
+
+
+class RankWindows(WindowRanking):
+    """Exact per-shard slice counts -> ranked top-K windows.
+
+    Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (one table per
+    shard holding all of that shard's items); yields one ``pa.Table`` in
+    ``RANKED_WINDOWS_SCHEMA`` per window spec, with the top ``k`` items of
+    every window, per event type and over all types (``event_type = '*'``),
+    a chunk of windows (``ranking.chunk_of``) per table: shards are merged
+    per (spec, chunk), so memory follows the windows, not the data's span.
+    """
 
     def expand(self, shard_counts):
         # Locals, not self, in the lambdas: they are pickled to the workers.
