@@ -104,6 +104,7 @@ def oracle_mismatch(output, events, stream, timeout_s=100) -> str | None:
     return "; ".join(
         f"{spec}: missing {sorted(set(expected[spec]) - set(got[spec]))[:3]}"
         f" extra {sorted(set(got[spec]) - set(expected[spec]))[:3]}"
+        f" repeated {len(got[spec]) - len(set(got[spec]))} rows"
         for spec in expected)
 
 

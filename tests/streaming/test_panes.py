@@ -377,3 +377,26 @@ def test_a_shard_rebuilt_from_its_chunk_log_equals_the_live_one():
             live.counts[size])
     assert rebuilt.meta() == live.meta()
     assert sum(live.counts[MIN]["count"].to_numpy()) > 0
+
+
+def test_a_window_closed_in_the_round_of_its_early_update_gets_one_pane():
+    # The merge's event-time timer may find early shard panes in its log:
+    # the window it closes must get its on-time pane only (an early pane
+    # emitted with it would share its emitted_at).
+    spec = WindowSpec.parse("1m")
+    panes = stream_panes.ShardPanes([spec], 3, 5 * MIN)
+    merge = stream_panes.PaneMerge(spec, 3, 5 * MIN)
+    early = panes.fire([counting.count_slices(_table(
+        [oracle.Event("1", "a", "click", T0, None, 1),
+         oracle.Event("2", "b", "click", T0 + MIN, None, 1)]))], 10)
+    (_, timing, top), = early.windows
+    assert timing == "early"
+    out = merge.advance([(0, early.emitted_at_ms, timing, top)],
+                        watermark_ms=T0 + MIN + 1)
+    windows = collections.Counter()
+    for name, merged, index in out:
+        for start in set(merged["window_start"].to_pylist()):
+            windows[(start, name)] += 1
+    # The first minute closes (on time only); the second is still open.
+    assert windows == {(T0, "on_time"): 1, (T0 + MIN, "early"): 1}
+    assert merge.emission_time(5) < merge.emission_time(5)

@@ -336,6 +336,7 @@ class PaneMerge:
         self.windows: dict[int, _WindowPanes] = {}
         self.watermark_ms = NO_WATERMARK
         self.refused = 0  # shard panes of windows already expired here
+        self.last_emit_ms = 0
 
     def update(self, shard: int, timing: str, top: ranking.WindowTopK,
                version: int = 0
@@ -351,6 +352,31 @@ class PaneMerge:
         ``ranking.merge_window_top_k`` yields it: one pane per changed
         window, early while the window is open, late after its on-time
         pane."""
+        return self.advance(updates)
+
+    def advance(self, updates, watermark_ms: int | None = None
+                ) -> list[tuple[str, pa.Table, dict[int, int]]]:
+        """``update_all``, then (with ``watermark_ms``) ``tick``, as one
+        round: a window that the tick closes gets its on-time pane only,
+        not also an early pane of the updates it already counts (two panes
+        of one window emitted together would share an ``emitted_at``, and
+        a reader could not tell which is the latest)."""
+        emit = self._absorb(updates)
+        closing = set(self._closed(watermark_ms)) if watermark_ms else set()
+        for start in closing:
+            if emit.get(start) == EARLY:
+                del emit[start]
+        by_timing: dict[str, list[int]] = {}
+        for start, name in sorted(emit.items()):
+            by_timing.setdefault(name, []).append(start)
+        out = [self._pane(name, starts) for name, starts in by_timing.items()]
+        if watermark_ms is not None:
+            out += self.tick(watermark_ms)
+        return out
+
+    def _absorb(self, updates) -> dict[int, str]:
+        """Fold ``updates`` into the held rows; returns the timing of the
+        pane each changed window is due."""
         emit: dict[int, str] = {}
         # Newest version first per (window, shard): the rows kept are those
         # of the newest update, whatever order the log holds them in.
@@ -365,10 +391,7 @@ class PaneMerge:
                 elif timing == EARLY:
                     emit.setdefault(start, EARLY)
         self._replace(updates, accepted)
-        by_timing: dict[str, list[int]] = {}
-        for start, name in sorted(emit.items()):
-            by_timing.setdefault(name, []).append(start)
-        return [self._pane(name, starts) for name, starts in by_timing.items()]
+        return emit
 
     def _accepted_windows(self, shard, version, top) -> list[int]:
         """The windows of a shard pane that are neither expired nor
@@ -418,8 +441,7 @@ class PaneMerge:
         """The watermark reached ``watermark_ms``: the on-time panes of the
         windows that ended before it, then expiry."""
         self.watermark_ms = max(self.watermark_ms, watermark_ms)
-        closed = [s for s, p in self.windows.items() if not p.on_time_done
-                  and s + self.spec.length_ms < self.watermark_ms]
+        closed = self._closed(self.watermark_ms)
         out = [self._pane(ON_TIME, sorted(closed))] if closed else []
         for start in closed:
             self.windows[start].on_time_done = True
@@ -435,6 +457,20 @@ class PaneMerge:
             self.totals = self.totals.filter(
                 pc.greater(self.totals["window_start"], horizon))
         return out
+
+    def emission_time(self, now_ms: int) -> int:
+        """``emitted_at`` for the panes of this round: after every earlier
+        round's, even within one millisecond (readers take the latest)."""
+        self.last_emit_ms = max(int(now_ms),
+                                self.last_emit_ms + 1)
+        return self.last_emit_ms
+
+    def _closed(self, watermark_ms: int) -> list[int]:
+        """Open windows (no on-time pane yet) that end before
+        ``watermark_ms``."""
+        watermark_ms = max(self.watermark_ms, watermark_ms)
+        return [s for s, p in self.windows.items() if not p.on_time_done
+                and s + self.spec.length_ms < watermark_ms]
 
     def next_tick(self) -> int | None:
         """When ``tick`` next has something to do: just after the end of

@@ -333,14 +333,12 @@ class _MergePanesFn(beam.DoFn):
                    for shard, version, timing, candidates, totals
                    in log.read()]
         log.clear()
-        panes = merge.update_all(updates)
-        if watermark_ms is not None:
-            panes += merge.tick(watermark_ms)
+        panes = merge.advance(updates, watermark_ms)
         self._refused.inc(merge.refused - refused)
-        now = now_ms()
+        emitted_at = merge.emission_time(now_ms()) if panes else None
         for name, merged, index in panes:
             yield stream_panes.ranked_pane_rows(merge.spec, name, merged,
-                                                index, now)
+                                                index, emitted_at)
         armed = _merge_armed(timers)
         due = merge.next_tick()
         if due is not None and due != armed["tick"]:
