@@ -35,8 +35,9 @@ SHARED_FLAGS = {
     # Kafka.
     "--bootstrap": "bootstrap", "--topic": "topic",
     "--broker-timeout-s": "broker_timeout_s",
-    # Progress lines.
+    # Progress lines and the metrics endpoint.
     "--progress-every": "progress_every",
+    "--metrics-port": "metrics_port",
     # Synthetic events.
     "--events": "events", "--seed": "seed", "--items": "items",
     "--zipf": "zipf", "--event-start": "event_start",

@@ -46,8 +46,3 @@ def test_bounded_stream_equals_the_oracle(kafka_broker, tmp_path, capsys):
         raw.decode() if isinstance(raw, bytes) else raw for raw, _ in dead)
     assert all(reason for _, reason in dead_rows)
 
-
-def test_unbounded_sketches_are_refused_with_one_line(capsys):
-    assert cli.main(["stream", "--bootstrap", "127.0.0.1:1", "--topic", "t",
-                     "--output", "o", "--method", "cms"]) == 2
-    assert "unbounded streams count exactly" in capsys.readouterr().err

@@ -59,6 +59,8 @@ def cmd_stream(args, beam_args) -> int:
 
 #: Commands that show read progress (``add_progress_options``).
 _PROGRESS_COMMANDS = ("topk batch",)
+#: Commands that export their counters (``add_metrics_option``).
+_METRICS_COMMANDS = ("topk batch", "topk stream")
 
 
 def add_progress_options(parser) -> None:
@@ -91,11 +93,50 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _split_progress_options(beam_args):
-    """``(progress options, the rest)``: Beam must not see ours."""
+def add_metrics_option(parser) -> None:
+    """``--metrics-port``: an option of the command, not of the pipeline
+    (it never reaches Beam)."""
+    parser.add_argument(
+        "--metrics-port", "--metrics_port", dest="metrics_port",
+        type=_port, default=None,
+        help="Serve the pipeline's counters (events read, valid, dead "
+        "letters, duplicates, late, Kafka lag, ...) in Prometheus text "
+        "format at http://HOST:PORT/metrics, on all interfaces, from before "
+        "the run until the process exits (the final values once the run is "
+        "over). 0 picks a free port; the URL is printed first. See "
+        "docs/metrics.md.")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number 0-65535: {text}")
+    return value
+
+
+def _split_command_options(prog, beam_args):
+    """``(the command's own options, the rest)``: Beam must not see ours."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    add_progress_options(parser)
+    if prog in _PROGRESS_COMMANDS:
+        add_progress_options(parser)
+    add_metrics_option(parser)
     return parser.parse_known_args(beam_args)
+
+
+def _start_exporter(port):
+    """The ``--metrics-port`` endpoint, or ``None`` without one."""
+    if port is None:
+        return None
+    from topk.pipelines import metrics_export
+    try:
+        return metrics_export.start(port)
+    except OSError as e:
+        raise CliError(f"--metrics-port {port}: cannot listen: "
+                       f"{e.strerror or e}") from None
 
 
 def _run_pipeline(args, beam_args, prog, module, options_classes,
@@ -111,18 +152,34 @@ def _run_pipeline(args, beam_args, prog, module, options_classes,
     # Our options' errors, in one line.
     options = parser.parse_known_args(beam_args)[0]
     reporter = progress.Reporter(False, None)  # silent
+    shown, beam_args = _split_command_options(prog, beam_args)
     if prog in _PROGRESS_COMMANDS:
-        shown, beam_args = _split_progress_options(beam_args)
         reporter = progress.reporter_for(shown.progress, shown.progress_every)
+    # Before the pipeline: a port in use is a one-line error.
+    exporter = _start_exporter(shown.metrics_port)
     started = time.perf_counter()
     started_wall = time.time()
     try:
+        if exporter:
+            exporter.started()
         with reporter:
-            result = module.run(beam_args)
+            result = module.run(
+                beam_args, on_result=exporter.watch if exporter else None)
     except ValueError as e:
+        if exporter:
+            exporter.close()
         raise CliError(str(e)) from None
+    except BaseException:
+        if exporter:
+            exporter.close()
+        raise
     finally:
+        if exporter:
+            exporter.note_read_progress()
         progress.READ_PROGRESS.stop()
+    if exporter:
+        # The final values, the summary's, stay until the process exits.
+        exporter.finish(result)
     counters = print_run_summary(result, time.perf_counter() - started)
     print_committed(options, started_wall)
     check_dead_letter_ratio(counters, options.max_dead_letter_ratio)
@@ -170,6 +227,8 @@ def options_parser(prog: str, pipeline_module, options_classes,
         cls._add_argparse_args(parser)
     if prog in _PROGRESS_COMMANDS:
         add_progress_options(parser)
+    if prog in _METRICS_COMMANDS:
+        add_metrics_option(parser)
     add_renamed(parser, getattr(pipeline_module, "RENAMED_FLAGS", {}))
     for action in parser._actions:
         if action.dest in required:
@@ -179,18 +238,25 @@ def options_parser(prog: str, pipeline_module, options_classes,
 
 def print_run_summary(result, seconds: float) -> dict:
     """One line from the pipeline's counters; returns the counters."""
-    counters = {r.key.metric.name: r.committed
-                for r in result.metrics().query()["counters"]}
+    from topk.pipelines.metrics_export import counter_totals, duplicates
+    # Summed over the steps that count them; committed values, or the
+    # attempted ones where the runner has no others (Flink).
+    counters = counter_totals(result.metrics())
     valid = counters.get("events_valid", 0)
-    unique = counters.get("events_unique", 0)
     dead = counters.get("events_dead_letter", 0)
     late = counters.get("events_late", 0)
+    refused = counters.get("late_counts_refused", 0)
+    dropped = duplicates(counters)
     rate = (valid + dead) / seconds if seconds else 0
     runner = type(result).__module__.rsplit(".", 1)[-1]
+    counted = ("" if dropped is None else
+               f"{counters['events_unique']} unique events counted, "
+               f"{dropped} duplicates dropped, ")
     print(f"done in {seconds:.1f} s on {runner} ({rate:,.0f} records/s): "
-          f"{valid} valid events, {unique} unique events counted, "
-          f"{valid - unique - late} duplicates dropped, {dead} dead letters"
-          + (f", {late} late events not counted" if late else ""))
+          f"{valid} valid events, {counted}{dead} dead letters"
+          + (f", {late} late events not counted" if late else "")
+          + (f", {refused} of late weight refused by window stages"
+             if refused else ""))
     return counters
 
 

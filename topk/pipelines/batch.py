@@ -241,8 +241,11 @@ def parse_args(argv: list[str]) -> PipelineOptions:
     return options
 
 
-def run(argv=None):
-    """Run the batch pipeline; returns the Beam ``PipelineResult``."""
+def run(argv=None, on_result=None):
+    """Run the batch pipeline; returns the Beam ``PipelineResult``.
+    ``on_result(result)`` is called as soon as the runner hands it back,
+    before waiting for the end (the local runner hands it back at the end;
+    portable ones while the job runs)."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     batch = options.view_as(BatchOptions)
     days = archive_range(options)
@@ -274,6 +277,8 @@ def run(argv=None):
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
     result = pipeline.run()
+    if on_result is not None:
+        on_result(result)
     result.wait_until_finish()
     return result
 

@@ -26,6 +26,7 @@ and runs the same steps as ``topk batch`` (``batch.add_top_k_tables``), all
 windows final, rows with ``source = stream``.
 """
 import argparse
+import collections
 import glob
 import logging
 import os
@@ -52,8 +53,9 @@ from topk.sinks.bundle_files import WriteArchiveFiles, WriteBundleFiles
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
-from topk.storage.layout import LATE_COUNTS, LATE_EVENTS
+from topk.transforms.stream_sketches import StreamSketchTopK
 from topk.transforms.stream_topk import StreamTopK
+from topk.approx import sketch_windows
 from topk.core.windows import duration_ms, parse_windows
 
 _LOG = logging.getLogger(__name__)
@@ -228,9 +230,8 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
     kafka = options.view_as(StreamOptions)
     opts = options.view_as(TopKOptions)
     output = opts.output
-    if opts.method != "exact":
-        raise ValueError("unbounded streams count exactly for now: use "
-                         "--method exact, or --bounded for sketches")
+    methods = sketch_windows.parse_methods(opts.method)
+    approximate = sketch_windows.approximate_methods(methods)
     (parsed[DEAD_LETTERS]
      | "DeadLetterTopic" >> WriteDeadLettersToKafka(
          kafka.bootstrap,
@@ -242,29 +243,41 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
              f"{kafka.bootstrap}/{kafka.topic}")))
     (parsed.events
      | "WriteArchive" >> WriteArchiveFiles(output))
-    tables = parsed.events | "StreamTopK" >> StreamTopK(
-        parse_windows(opts.windows), opts.k, item_shards=opts.item_shards,
-        dedup_shards=opts.dedup_shards,
-        allowed_lateness_ms=kafka.allowed_lateness,
-        early_firing_s=kafka.early_firing_s)
+    specs = parse_windows(opts.windows)
+    outputs = collections.defaultdict(list)  # table -> PCollections
+    if sketch_windows.EXACT in methods:
+        exact = parsed.events | "StreamTopK" >> StreamTopK(
+            specs, opts.k, item_shards=opts.item_shards,
+            dedup_shards=opts.dedup_shards,
+            allowed_lateness_ms=kafka.allowed_lateness,
+            early_firing_s=kafka.early_firing_s)
+        for name, pcoll in exact.items():
+            outputs[name].append(pcoll)
+    if approximate:
+        # No de-duplication on this path: see topk.streaming.sketch_panes.
+        sketched = parsed.events | "StreamSketchTopK" >> StreamSketchTopK(
+            specs, opts.k, approximate,
+            budget_bytes=opts.sketch_budget_bytes,
+            allowed_lateness_ms=kafka.allowed_lateness,
+            early_firing_s=kafka.early_firing_s)
+        for name, pcoll in sketched.items():
+            outputs[name].append(pcoll)
+    tables = {name: pcolls[0] if len(pcolls) == 1 else
+              pcolls | f"Flatten_{name}" >> beam.Flatten()
+              for name, pcolls in outputs.items()}
     sinks = parse_sinks(options.view_as(BigQuerySinkOptions).sink)
-    if PARQUET in sinks:
-        (tables[output_layout.RANKED_WINDOWS]
-         | "WriteRankedWindows" >> WriteBundleFiles(
-             output, output_layout.RANKED_WINDOWS))
-        (tables[output_layout.SLICES]
-         | "WriteSlices" >> WriteBundleFiles(output, output_layout.SLICES))
+    panes = {name: tables[name] for name in (output_layout.RANKED_WINDOWS,
+                                             output_layout.SLICES,
+                                             output_layout.SKETCHES)
+             if name in tables}
     if BIGQUERY in sinks:
-        panes = {name: tables[name] for name in (output_layout.RANKED_WINDOWS,
-                                                 output_layout.SLICES)}
         panes | "WriteBigQuery" >> WriteBigQueryTables.from_options(
             options, panes)
-    (tables[LATE_EVENTS]
-     | "WriteLateEvents" >> WriteBundleFiles(
-         output, output_layout.LATE_EVENTS))
-    (tables[LATE_COUNTS]
-     | "WriteLateCounts" >> WriteBundleFiles(
-         output, output_layout.LATE_COUNTS))
+    # Late events and counts always go to the output: they are the
+    # record of what was not counted.
+    for name, pcoll in tables.items():
+        if PARQUET in sinks or name not in panes:
+            pcoll | f"Write_{name}" >> WriteBundleFiles(output, name)
 
 
 def prism_binary() -> str | None:
@@ -324,9 +337,11 @@ def _choose_runner(options: PipelineOptions) -> str:
     return runner
 
 
-def run(argv=None, wait: bool = True):
+def run(argv=None, wait: bool = True, on_result=None):
     """Run the Kafka pipeline; returns the Beam ``PipelineResult`` (an
-    unbounded one runs until cancelled or the process stops)."""
+    unbounded one runs until cancelled or the process stops).
+    ``on_result(result)`` is called as soon as the runner hands the result
+    back, while the job runs (the local bounded runner: at the end)."""
     reject_renamed(sys.argv[1:] if argv is None else argv, RENAMED_FLAGS)
     options = PipelineOptions(argv)
     reject_unknown(options)
@@ -345,6 +360,8 @@ def run(argv=None, wait: bool = True):
         # a minute and the runner reports it as a long traceback.
         check_broker(kafka.bootstrap, kafka.topic, kafka.broker_timeout_s)
     result = pipeline.run()
+    if on_result is not None:
+        on_result(result)
     if not wait:
         return result
     if kafka.bounded:

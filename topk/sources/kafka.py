@@ -224,6 +224,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         self.retries = Metrics.counter("topk", "kafka_retries")
         self.lost = Metrics.counter("topk", "kafka_offsets_lost_to_retention")
         self.batch_sizes = Metrics.distribution("topk", "kafka_batch_messages")
+        self._lag_gauges = {}
 
     # -- RestrictionProvider, delegated ------------------------------------
 
@@ -327,6 +328,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                         self._end_call(plan, watermark, own_wm, done=True)
                         self._maybe_commit(reader, stop, force=True)
                         return
+                self._note_end(reader, next_offset)
                 own_wm = self._idle_watermark(reader, own_wm, next_offset)
                 self._end_call(plan, watermark, own_wm)
                 tracker.defer_remainder(Duration.of(s["resume_delay_s"]))
@@ -354,7 +356,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 next_offset = mine.last_offset + 1
                 own_wm = ko.data_watermark(own_wm, max_ts,
                                            s["allowed_skew_ms"])
-                self._note_end(reader)
+                self._note_end(reader, next_offset)
             if batch.last_offset >= stop - 1:
                 # The range is done: the last claim reached its end.
                 self._end_call(plan, watermark, own_wm, done=plan.bounded)
@@ -427,6 +429,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         try:
             end = reader.end_offset(timeout_ms=2_000)
             _KNOWN_ENDS[(reader.topic, reader.partition)] = end
+            self._note_lag(reader.partition, end, next_offset)
             caught_up = next_offset >= end
         except Exception:  # noqa: BLE001 (an unreachable broker, a closed
             # consumer at shutdown: either way this is not idleness)
@@ -434,10 +437,23 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         return ko.idle_watermark(own_wm, now, reader.last_data_ms, idle_ms,
                                  self._s["allowed_skew_ms"], caught_up)
 
-    def _note_end(self, reader) -> None:
+    def _note_end(self, reader, next_offset: int) -> None:
         end = reader.consumer.highwater(reader.tp)
         if end is not None:
             _KNOWN_ENDS[(reader.topic, reader.partition)] = end
+            self._note_lag(reader.partition, end, next_offset)
+
+    def _note_lag(self, partition: int, end: int, next_offset: int) -> None:
+        """The partition's lag (messages not read yet) as a gauge of its
+        own, ``kafka_lag_messages_p<N>``: a runner keeps a gauge's latest
+        value per name, so one gauge for every partition would only show
+        the partition read last (``topk.pipelines.metrics_export`` labels
+        them by partition)."""
+        gauge = self._lag_gauges.get(partition)
+        if gauge is None:
+            gauge = self._lag_gauges[partition] = Metrics.gauge(
+                "topk", f"kafka_lag_messages_p{partition}")
+        gauge.set(max(0, end - next_offset))
 
     # -- commits -------------------------------------------------------------
 

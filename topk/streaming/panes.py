@@ -166,7 +166,7 @@ class ShardPanes:
         before they get here; this catches what a dedup shard that had not
         yet seen the watermark let through (right after a start).
         """
-        pending, late = _split_late(list(pending), self.watermark_ms,
+        pending, late = split_late(list(pending), self.watermark_ms,
                                     self.allowed_lateness_ms)
         absorbed = counting.merge_counts(pending)
         dirty = self._absorb(absorbed)
@@ -260,8 +260,10 @@ class ShardPanes:
                     pc.greater(table["slice_start"], keep_after - size))
 
 
-def _split_late(tables: list[pa.Table], watermark_ms: int,
-                lateness_ms: int) -> tuple[list[pa.Table], pa.Table]:
+def split_late(tables: list[pa.Table], watermark_ms: int,
+               lateness_ms: int) -> tuple[list[pa.Table], pa.Table]:
+    """Minute partials (stamped with ``READ_AT``) -> (those within the
+    lateness horizon, each without the stamp; the refused rest)."""
     on_time, late = [], []
     for t in tables:
         read_at = (t.schema.metadata or {}).get(READ_AT)

@@ -176,7 +176,9 @@ class _ShardPanesFn(beam.DoFn):
         self._k = k
         self._lateness = allowed_lateness_ms
         self._early_s = early_firing_s
-        self._late = Metrics.counter("topk", "events_late")
+        # Weights of partials refused as late (not events: partials are
+        # sums), apart from the dedup stage's events_late.
+        self._late = Metrics.counter("topk", "late_counts_refused")
         self._cache = {}
 
     def setup(self):

@@ -1,0 +1,273 @@
+"""Streaming panes of the approximate methods: slice sketches of the open
+windows (no Beam).
+
+The approximate stream has the exact stream's pane rules (early panes every
+few seconds while a window is open, one on-time pane when the watermark
+passes its end, late panes for changes within the allowed lateness; see
+``topk.streaming.panes``) on the batch path's approximate algebra
+(``topk.approx.sketch_windows``): one sketch per ``(method, event type,
+slice)`` at the three slice lengths (1m, 1h, 1d; ``event_type = '*'`` for
+all types), windows as merges of the slices of their step.
+
+Memory is fixed by the windows, never by the items: a slice's sketch stays
+within ``--sketch-budget-bytes`` however many items it sees, and a level's
+sketches are kept only while a window of that level, or the lateness, can
+still need them. What the approximate path does *not* keep is per-event
+state: there is no de-duplication by ``event_id`` (that would be state per
+event), so a duplicated event counts twice here. The bounds then hold for
+the events as delivered; the precise path (``topk batch --from-archive``)
+de-duplicates and replaces these answers.
+
+``SketchPanes.fire`` takes the minute partial counts that arrived since the
+last firing and returns a ``SketchFiring``: ranked rows of the panes due and
+the sketches of slices that closed or changed after closing (the
+``sketches`` table: a slice's sketch is written when the watermark passes
+its end, and again when a late event changes it, not at every early
+firing, which would rewrite every open slice's full budget every few
+seconds).
+"""
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+
+from topk.approx import sketch_windows, sketches
+from topk.core import counting, schema
+from topk.core.windows import WindowSpec
+from topk.streaming.dedup import NO_WATERMARK, RETENTION_MARGIN_MS
+from topk.streaming.panes import (EARLY, LATE, LEVELS, ON_TIME, SOURCE,
+                                  level_of, next_window_end, split_late)
+
+
+@dataclasses.dataclass
+class SketchFiring:
+    """What one firing emits."""
+    ranked: pa.Table  # RANKED_WINDOWS_SCHEMA rows, every method
+    sketches: pa.Table  # SKETCHES_SCHEMA rows
+    late: pa.Table  # refused partials (SLICE_COUNTS_SCHEMA)
+    emitted_at_ms: int
+
+
+class SketchPanes:
+    """Slice sketches of the open windows of ``specs`` for ``methods``, and
+    the pane bookkeeping (module docstring). Pickles as its sketches'
+    compact bytes plus a few dicts: it is runner state as it is."""
+
+    def __init__(self, specs: list[WindowSpec], k: int, methods: list[str],
+                 budget_bytes: int, allowed_lateness_ms: int):
+        self.specs = list(specs)
+        self.k = k
+        self.methods = list(methods)
+        self.budget_bytes = budget_bytes
+        self.allowed_lateness_ms = allowed_lateness_ms
+        #: (method, slice ms, event type) -> {slice start: sketch}
+        self.slices: dict[tuple[str, int, str], dict[int, object]] = {}
+        self.watermark_ms = NO_WATERMARK
+        self.last_emit_ms = 0
+        #: spec key -> starts of open windows changed at an event-time
+        #: firing: their early pane waits for the next processing-time one.
+        self.deferred: dict[str, np.ndarray] = {}
+        #: (spec key, window start) -> the next pane's index
+        self.pane_index: dict[tuple[str, int], int] = {}
+        #: (slice ms, slice start) of closed slices changed since written
+        self._unwritten: set[tuple[int, int]] = set()
+        self._retention = {size: max([size] + [
+            s.length_ms for s in self.specs if level_of(s) == size])
+            for size, _ in LEVELS}
+        for method in self.methods:  # fail now on a bad method or budget
+            sketches.new_sketch(method, budget_bytes)
+
+    # -- state ---------------------------------------------------------------
+
+    def held_slices(self) -> int:
+        """How many slice sketches are held (all methods, types, levels)."""
+        return sum(len(by_start) for by_start in self.slices.values())
+
+    def next_close(self) -> int | None:
+        """When the next event-time firing is due: the next on-time pane
+        (as ``ShardPanes``) or the end of a held slice, whose sketch is
+        written then."""
+        due = [next_window_end(self.specs, np.fromiter(by_start, np.int64),
+                               self.watermark_ms)
+               for (_, size, _), by_start in self.slices.items()
+               if by_start and size == schema.MINUTE_MS]
+        for (_, size, _), by_start in self.slices.items():
+            ends = [s + size for s in by_start if s + size > self.watermark_ms]
+            due.append(min(ends) if ends else None)
+        due = [d for d in due if d is not None]
+        return min(due) if due else None
+
+    # -- firing ------------------------------------------------------------------
+
+    def fire(self, pending: list[pa.Table], now_ms: int,
+             watermark_ms: int | None = None) -> SketchFiring:
+        """Absorb the minute partials that arrived since the last firing
+        and emit the panes due, as ``ShardPanes.fire`` does for exact
+        counts: ``watermark_ms`` (an event-time firing) closes windows
+        ending by then (on-time panes) and defers the early panes of open
+        windows to the next processing-time firing (``None``)."""
+        pending, late = split_late(list(pending), self.watermark_ms,
+                                   self.allowed_lateness_ms)
+        dirty = self._absorb(counting.merge_counts(pending))
+        previous = self.watermark_ms
+        watermark = previous if watermark_ms is None else max(previous,
+                                                              watermark_ms)
+        emitted_at = max(int(now_ms), self.last_emit_ms + 1)
+        self.last_emit_ms = emitted_at
+        ranked = [self._spec_rows(spec, dirty, previous, watermark,
+                                  watermark_ms is not None, emitted_at)
+                  for spec in self.specs]
+        self.watermark_ms = watermark
+        written = self._sketch_rows(previous, watermark, emitted_at)
+        self._expire()
+        return SketchFiring(
+            pa.concat_tables([schema.RANKED_WINDOWS_SCHEMA.empty_table()]
+                             + ranked),
+            written, late, emitted_at)
+
+    def _absorb(self, partials: pa.Table) -> np.ndarray:
+        """Add minute partials to every level's slice sketches; returns the
+        changed minutes."""
+        if partials.num_rows == 0:
+            return np.empty(0, np.int64)
+        for size, _ in LEVELS:
+            rows = partials if size == schema.MINUTE_MS else counting.rollup(
+                partials, size)
+            for (event_type, start), part in sketch_windows.split_slices(
+                    rows):
+                for method in self.methods:
+                    by_start = self.slices.setdefault(
+                        (method, size, event_type), {})
+                    sketch = by_start.get(start)
+                    if sketch is None:
+                        sketch = by_start[start] = sketches.new_sketch(
+                            method, self.budget_bytes)
+                    sketch.update(part["item_id"], part["count"])
+                if start + size <= self.watermark_ms:
+                    self._unwritten.add((size, start))  # changed once closed
+        return np.unique(partials["slice_start"].to_numpy())
+
+    def _wanted(self, spec, dirty, previous, watermark, defer_early):
+        """Starts of the spec's windows to emit now (``ShardPanes``'s rule:
+        the changed ones, and those the watermark just closed)."""
+        length = spec.length_ms
+        wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
+            0, np.int64)
+        deferred = self.deferred.pop(spec.key, np.empty(0, np.int64))
+        if watermark > previous:
+            held = [np.fromiter(by_start, np.int64)
+                    for (_, size, _), by_start in self.slices.items()
+                    if size == level_of(spec) and by_start]
+            if held:
+                starts = spec.window_starts_for(np.unique(np.concatenate(
+                    held)))
+                ends = starts + length
+                wanted = np.union1d(wanted, starts[(ends > previous)
+                                                   & (ends <= watermark)])
+        if defer_early:
+            is_open = wanted + length > watermark
+            deferred = np.union1d(deferred[deferred + length > watermark],
+                                  wanted[is_open])
+            if deferred.size:
+                self.deferred[spec.key] = deferred
+            return wanted[~is_open]
+        return np.union1d(wanted, deferred)
+
+    def _spec_rows(self, spec, dirty, previous, watermark, defer_early,
+                   emitted_at) -> pa.Table:
+        wanted = self._wanted(spec, dirty, previous, watermark, defer_early)
+        if wanted.size == 0:
+            return schema.RANKED_WINDOWS_SCHEMA.empty_table()
+        ends = wanted + spec.length_ms
+        timing = np.where(ends > watermark, EARLY,
+                          np.where(ends > previous, ON_TIME, LATE))
+        index = {}
+        for start in wanted.tolist():
+            key = (spec.key, start)
+            index[start] = self.pane_index.get(key, 0)
+            self.pane_index[key] = index[start] + 1
+        size = level_of(spec)
+        parts = []
+        for (method, level, event_type), by_start in self.slices.items():
+            if level != size or not by_start:
+                continue
+            for name in (EARLY, ON_TIME, LATE):
+                picked = wanted[timing == name]
+                if picked.size:
+                    parts.extend(self._windows(
+                        spec, event_type, by_start, picked, name, index,
+                        emitted_at))
+        return (pa.concat_tables(parts) if parts
+                else schema.RANKED_WINDOWS_SCHEMA.empty_table())
+
+    def _windows(self, spec, event_type, by_start, starts, timing, index,
+                 emitted_at) -> list[pa.Table]:
+        """Ranked rows of the windows ``starts`` of one method and type:
+        blocks of panes merged as the batch path does
+        (``sketch_windows.window_sketches``)."""
+        pane_ms = level_of(spec)
+        _, n, step = sketch_windows.pane_plan(spec)
+        size = sketch_windows.block_panes(n)
+        wanted = set((starts // pane_ms).tolist())
+        held = sorted((s // pane_ms, sketch) for s, sketch in by_start.items())
+
+        def block(b):
+            return [p for p in held if b * size <= p[0] < (b + 1) * size]
+
+        windows = []
+        for b in sorted({p // size for p in wanted}):
+            windows += [(first, sketch) for first, sketch
+                        in sketch_windows.window_sketches(
+                            b, n, step, block(b), block(b + 1) if n > 1
+                            else []) if first in wanted]
+        if not windows:
+            return []
+        rows = sketch_windows.ranked_windows(
+            windows, spec, pane_ms, self.k, event_type,
+            emitted_at_ms=emitted_at, source=SOURCE, pane_timing=timing)
+        return [with_pane_index(rows, index)]
+
+    def _sketch_rows(self, previous, watermark, emitted_at) -> pa.Table:
+        """The slices to write: those the watermark just closed, and closed
+        ones changed since they were written."""
+        due = set(self._unwritten)
+        self._unwritten.clear()
+        if watermark > previous:
+            for (_, size, _), by_start in self.slices.items():
+                due.update((size, s) for s in by_start
+                           if previous < s + size <= watermark)
+        parts = []
+        for size, name in LEVELS:
+            rows = [sketch_windows.sketch_row(method, event_type, start,
+                                              by_start[start])
+                    for (method, level, event_type), by_start
+                    in self.slices.items() if level == size
+                    for start in sorted(by_start) if (size, start) in due]
+            if rows:
+                parts.append(sketch_windows.sketches_table(
+                    rows, name, SOURCE, emitted_at))
+        return (pa.concat_tables(parts) if parts
+                else schema.SKETCHES_SCHEMA.empty_table())
+
+    def _expire(self) -> None:
+        if self.watermark_ms <= NO_WATERMARK:
+            return
+        for (_, size, _), by_start in self.slices.items():
+            keep_after = (self.watermark_ms - self._retention[size]
+                          - self.allowed_lateness_ms - RETENTION_MARGIN_MS)
+            for start in [s for s in by_start if s + size <= keep_after]:
+                del by_start[start]
+        horizon = (self.watermark_ms - self.allowed_lateness_ms
+                   - RETENTION_MARGIN_MS)
+        lengths = {s.key: s.length_ms for s in self.specs}
+        self.pane_index = {key: i for key, i in self.pane_index.items()
+                           if key[1] + lengths[key[0]] > horizon}
+
+
+def with_pane_index(rows: pa.Table, index: dict[int, int]) -> pa.Table:
+    """``rows`` with ``pane_index`` set per window start (epoch ms)."""
+    starts = rows["window_start"].cast(pa.int64()).to_numpy()
+    values = np.array([index[int(s)] for s in starts], np.int32)
+    return rows.set_column(rows.schema.get_field_index("pane_index"),
+                           schema.RANKED_WINDOWS_SCHEMA.field("pane_index"),
+                           pa.array(values))

@@ -1,0 +1,183 @@
+"""Unbounded approximate top-K with early, on-time and late panes: Beam
+state and timers around ``topk.streaming.sketch_panes``.
+
+    event tables
+      | CountMinutes   exact partial counts per (event type, minute, item),
+      |                stamped with the batch's read time; one key
+      | SketchPanes    slice sketches of the open windows (every method);
+                       early panes on a processing-time timer, on-time panes
+                       and closed slices' sketches on an event-time timer,
+                       late panes
+
+No de-duplication stage: the approximate path keeps no state per event
+(``topk.streaming.sketch_panes`` says what duplicates do). Its state is one
+sketch per (method, event type, slice) of the open windows, whatever the
+number of items, under one key: a sketch update is vectorised over a whole
+batch, so one key keeps up with what one worker reads.
+"""
+import typing
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (BagStateSpec,
+                                              ReadModifyWriteStateSpec,
+                                              TimerSpec, on_timer)
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from topk.core import counting, schema
+from topk.core.windows import WindowSpec, now_ms
+from topk.storage.layout import LATE_COUNTS, RANKED_WINDOWS, SKETCHES
+from topk.streaming import dedup as stream_dedup
+from topk.streaming.sketch_panes import SketchPanes
+from topk.transforms import coders
+from topk.transforms.beam_time import beam_timestamp, epoch_ms
+
+#: The one key of the sketch stage.
+_KEY = "sketches"
+
+
+def _count_minutes(events: pa.Table, timestamp=beam.DoFn.TimestampParam):
+    if events.num_rows:
+        partials = counting.count_slices(events).replace_schema_metadata(
+            {stream_dedup.READ_AT: str(epoch_ms(timestamp)).encode()})
+        yield _KEY, partials
+
+
+class _SketchPanesFn(beam.DoFn):
+    """(key, minute partials) -> ``ranked_windows`` rows; closed slices'
+    sketches to the ``sketches`` output, refused partials to
+    ``late_counts``."""
+
+    PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
+    PANES = ReadModifyWriteStateSpec("panes", PickleCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+    EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
+    CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+
+    def __init__(self, specs, k, methods, budget_bytes, allowed_lateness_ms,
+                 early_firing_s):
+        self._args = (list(specs), k, list(methods), budget_bytes,
+                      allowed_lateness_ms)
+        self._early_s = early_firing_s
+        # Weights of partials refused as late (this path has no dedup
+        # stage to count late events).
+        self._late = Metrics.counter("topk", "late_counts_refused")
+        self._cache = None
+
+    def setup(self):
+        # (generation, SketchPanes): a firing finds the state it wrote last
+        # unless something else wrote it since (a restore, another worker).
+        self._cache = None
+
+    def _panes(self, state) -> tuple[dict, SketchPanes]:
+        held = state.read()
+        if held is None:
+            return {"generation": None}, SketchPanes(*self._args)
+        if self._cache is not None and self._cache[0] == held["generation"]:
+            return held, self._cache[1]
+        return held, held["panes"]
+
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
+                timers=beam.DoFn.StateParam(TIMERS),
+                early=beam.DoFn.TimerParam(EARLY),
+                close=beam.DoFn.TimerParam(CLOSE)):
+        _, partials = element
+        pending.add(partials)
+        armed = timers.read() or {"early": False, "close": None,
+                                  "watermark": stream_dedup.NO_WATERMARK}
+        if not armed["early"]:
+            early.set(Timestamp.now() + Duration(seconds=self._early_s))
+            armed["early"] = True
+        # Until a firing knows the windows: close at the end of the first
+        # minute of this batch (``SketchPanes.next_close`` takes over).
+        first = int(pa.compute.min(partials["slice_start"]).as_py())
+        due = max(first + schema.MINUTE_MS, armed["watermark"] + 1)
+        if armed["close"] is None or due < armed["close"]:
+            close.set(beam_timestamp(due))
+            armed["close"] = due
+        timers.write(armed)
+
+    def _fire(self, pending, state, timers, watermark_ms=None):
+        held, panes = self._panes(state)
+        firing = panes.fire(list(pending.read()), now_ms(), watermark_ms)
+        pending.clear()
+        generation = uuid.uuid4().hex
+        state.write({"generation": generation, "panes": panes})
+        self._cache = (generation, panes)
+        armed = timers.read()
+        armed["watermark"] = panes.watermark_ms
+        timers.write(armed)
+        if firing.sketches.num_rows:
+            yield beam.pvalue.TaggedOutput(SKETCHES, firing.sketches)
+        if firing.late.num_rows:
+            self._late.inc(pa.compute.sum(firing.late["count"]).as_py())
+            yield beam.pvalue.TaggedOutput(LATE_COUNTS, firing.late)
+        if firing.ranked.num_rows:
+            yield firing.ranked
+        return panes
+
+    @on_timer(EARLY)
+    def on_early(self, pending=beam.DoFn.StateParam(PENDING),
+                 state=beam.DoFn.StateParam(PANES),
+                 timers=beam.DoFn.StateParam(TIMERS)):
+        yield from self._fire(pending, state, timers)
+        armed = timers.read()
+        armed["early"] = False
+        timers.write(armed)
+
+    @on_timer(CLOSE)
+    def on_close(self, fired=beam.DoFn.TimestampParam,
+                 pending=beam.DoFn.StateParam(PENDING),
+                 state=beam.DoFn.StateParam(PANES),
+                 timers=beam.DoFn.StateParam(TIMERS),
+                 close=beam.DoFn.TimerParam(CLOSE)):
+        panes = yield from self._fire(pending, state, timers,
+                                      watermark_ms=epoch_ms(fired))
+        due = panes.next_close()
+        if due is not None:
+            close.set(beam_timestamp(due))
+        armed = timers.read()
+        armed["close"] = due
+        timers.write(armed)
+
+
+class StreamSketchTopK(beam.PTransform):
+    """Validated event tables (unbounded) -> approximate panes of every
+    window's top-K, for every method of ``methods`` (``cms``,
+    ``frequent_items``).
+
+    Takes ``pa.Table`` batches in ``EVENT_SCHEMA``. Yields a dict of
+    PCollections of ``pa.Table``: ``ranked_windows`` (panes with bounds and
+    the guaranteed flag, ``pane_timing`` early / on_time / late),
+    ``sketches`` (slice sketches once closed, and again when a late event
+    changes them, ``SKETCHES_SCHEMA``) and ``late_counts`` (minute partials
+    older than the allowed lateness, not counted).
+    """
+
+    def __init__(self, specs: list[WindowSpec], k: int, methods: list[str],
+                 *, budget_bytes: int,
+                 allowed_lateness_ms: int = 10 * schema.MINUTE_MS,
+                 early_firing_s: float = 5.0):
+        super().__init__()
+        if allowed_lateness_ms < 0:
+            raise ValueError("allowed lateness must not be negative")
+        if early_firing_s <= 0:
+            raise ValueError("the early firing interval must be positive")
+        SketchPanes(specs, k, methods, budget_bytes, allowed_lateness_ms)
+        self._fn = _SketchPanesFn(specs, k, methods, budget_bytes,
+                                  allowed_lateness_ms, early_firing_s)
+
+    def expand(self, events):
+        fired = (
+            events
+            | "CountMinutes" >> beam.FlatMap(_count_minutes).with_output_types(
+                typing.Tuple[str, pa.Table])
+            | "SketchPanes" >> beam.ParDo(self._fn).with_outputs(
+                SKETCHES, LATE_COUNTS, main="ranked"))
+        return {RANKED_WINDOWS: fired.ranked, SKETCHES: fired[SKETCHES],
+                LATE_COUNTS: fired[LATE_COUNTS]}
