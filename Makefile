@@ -26,6 +26,7 @@ services:
 	deploy/prism/prism.sh install
 	deploy/bigquery/emulator.sh install
 	deploy/flink/flink.sh install
+	deploy/chromium/chromium.sh install
 
 test: venv services
 	$(PY) -m pytest -p no:cacheprovider tests

