@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_CACHE ?= $(HOME)/.cache/pip
 
-.PHONY: venv services demo test unit clean
+.PHONY: venv services demo demo-serve test unit clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/topk demo
+
+# The demo, then its output served: the API and the live leaderboard page.
+demo-serve: venv
+	$(VENV)/bin/topk demo --serve
 
 # Prism (Beam's portable local runner, built from the Go module proxy once
 # and cached) runs the unbounded streaming tests; Kafka is started by the

@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "topk"
 BEAM_FREE = ("core", "approx", "streaming", "storage", "query", "connectors",
-             "loadgen")
+             "loadgen", "serve", "alerts")
 
 
 def _imports(path: pathlib.Path):

@@ -28,6 +28,7 @@ SHARED_FLAGS = {
     "--sketch-budget-bytes": "sketch_budget_bytes",
     "--max-dead-letter-ratio": "max_dead_letter_ratio",
     "--sink": "sink", "--bq-write-method": "bq_write_method",
+    "--backend": "backend", "--port": "port",
     "--retention": "retention",
     "--bq-project": "bq_project", "--bq-dataset": "bq_dataset",
     "--bq-table-prefix": "bq_table_prefix", "--bq-endpoint": "bq_endpoint",
@@ -43,7 +44,9 @@ SHARED_FLAGS = {
     "--zipf": "zipf", "--event-start": "event_start",
     "--event-rate": "event_rate", "--jitter": "jitter",
     "--duplicates": "duplicates", "--malformed": "malformed",
-    "--ts-format": "ts_format",
+    "--ts-format": "ts_format", "--burst-item": "burst_item",
+    "--burst-share": "burst_share", "--burst-start": "burst_start",
+    "--burst-duration": "burst_duration",
     "--event-type": "event_type",
 }
 

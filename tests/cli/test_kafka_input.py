@@ -106,3 +106,26 @@ def test_produce_then_stream_pass_the_check(kafka_broker, tmp_path, capsys):
                      "--topic", topic, "--output", str(tmp_path / "out"),
                      "--bounded", "--windows", "1h", "--k", "3"]) == 0
     assert "300 unique events counted" in capsys.readouterr().out
+
+
+def test_produce_sends_the_burst_generate_writes(kafka_broker, tmp_path):
+    # The same options give the same events on a topic and in a file.
+    from kafka import KafkaConsumer
+    topic = f"burst-{uuid.uuid4().hex[:8]}"
+    shape = ["--events", "2000", "--event-start", "2024-05-01T00:00:00Z",
+             "--event-rate", "2", "--seed", "4", "--burst-item", "hit",
+             "--burst-share", "0.6", "--burst-duration", "300",
+             "--duplicates", "0", "--malformed", "0"]
+    assert cli.main(["produce", "--bootstrap", kafka_broker.bootstrap,
+                     "--topic", topic, *shape]) == 0
+    out = tmp_path / "events.jsonl"
+    assert cli.main(["generate", "--out", str(out), *shape]) == 0
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap,
+                             auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    sent = [line for m in consumer for line in m.value.decode().splitlines()]
+    consumer.close()
+    written = out.read_text().splitlines()
+    assert sorted(sent) == sorted(written)
+    hits = sum('"item_id":"hit"' in line for line in written)
+    assert hits > 100  # the burst is there: 60% of ~300 s at 2 events/s

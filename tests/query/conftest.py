@@ -3,6 +3,7 @@ hold every run of ``query_scenario.SCENARIO`` (Parquet, the BigQuery
 emulator); ``backends`` asks either backend a question."""
 import os
 import sys
+import uuid
 
 import pytest
 
@@ -62,11 +63,14 @@ def scenario_output(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded_bigquery(bigquery_emulator):
-    """The emulator's ``scenario`` dataset with every run of ``SCENARIO``:
-    ``(client, target)``."""
+    """A ``scenario_*`` dataset of the emulator with every run of
+    ``SCENARIO``: ``(client, target)``. A name of its own per module: the
+    emulator is shared by the whole session, and other modules (the serve
+    tests) load the scenario too."""
     with bigquery_emulator.configured() as emulator:
         client, target = bigquery_client.connect(
-            emulator.project, "scenario", endpoint=emulator.endpoint,
+            emulator.project, f"scenario_{uuid.uuid4().hex[:8]}",
+            endpoint=emulator.endpoint,
             check_dataset=False)
         client.create_dataset(target.dataset_id)
         bigquery_tables.ensure_tables(client, target, [

@@ -10,9 +10,12 @@
     topk query --backend bigquery --bq-dataset D --k K --start T --end T ...
     topk retention --retention 1m=7d,1h=90d,1d=730d --output DIR [--dry-run]
     topk migrate --output DIR      # an older version's Parquet -> Delta
+    topk serve --output DIR [--port 8080]   # HTTP API + live leaderboard
+    topk alert --rules FILE --output DIR    # spike alerts on new panes
 
 One module per command family (``common``, ``pipelines``, ``query``,
-``loadgen``, ``retention``, ``storage``); each is a thin layer over library functions.
+``loadgen``, ``retention``, ``storage``, ``serve``, ``alert``); each is a
+thin layer over library functions.
 Every flag is spelled with hyphens and means one thing across commands.
 Bad input exits with status 2 and a one-line reason on stderr.
 """
@@ -21,7 +24,8 @@ import logging
 import sys
 
 import topk
-from topk.cli import loadgen, pipelines, query, retention, storage
+from topk.cli import (alert, loadgen, pipelines, query, retention, serve,
+                      storage)
 from topk.cli.common import EXIT_USAGE, CliError, CommandParser
 
 __all__ = ["EXIT_USAGE", "CliError", "build_parser", "main"]
@@ -50,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen.add_produce(sub)
     retention.add_retention(sub)
     storage.add_migrate(sub)
+    alert.add_alert(sub)
+    serve.add_serve(sub)
     return parser
 
 

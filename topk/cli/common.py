@@ -131,3 +131,11 @@ def format_table(rows, approximate: bool = False) -> str:
 def make_parent(path: str) -> None:
     """Create the directory ``path`` will be written in."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535 (0: a free one)."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port 0..65535: {text[:20]!r}")
+    return int(text)

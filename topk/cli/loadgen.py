@@ -27,16 +27,6 @@ def add_generate(sub) -> None:
                    help="Events per second of event time (default "
                    f"{d.rate:g}); the span is events / event-rate.")
     _add_event_shape_options(p, d)
-    p.add_argument("--burst-item", default=None,
-                   help="Item that bursts (hot-item burst); off by default.")
-    p.add_argument("--burst-share", type=float, default=0.5,
-                   help="Share of events inside the burst that go to the "
-                   "burst item (default 0.5).")
-    p.add_argument("--burst-start", default=None,
-                   help="Burst start, RFC 3339 (default: middle of the span).")
-    p.add_argument("--burst-duration", type=float, default=d.burst_duration_s,
-                   help=f"Burst length in seconds (default "
-                   f"{d.burst_duration_s:g}).")
     add_renamed(p, _GENERATE_RENAMED)
     p.set_defaults(func=cmd_generate)
 
@@ -67,6 +57,24 @@ def _add_event_shape_options(p, d, start_help: str = "") -> None:
     p.add_argument("--ts-format", choices=("ms", "rfc3339", "mixed"),
                    default=d.ts_format,
                    help=f"How ts is written (default {d.ts_format}).")
+    p.add_argument("--burst-item", default=None,
+                   help="Item that bursts (hot-item burst); off by default.")
+    p.add_argument("--burst-share", type=float, default=0.5,
+                   help="Share of events inside the burst that go to the "
+                   "burst item (default 0.5).")
+    p.add_argument("--burst-start", default=None,
+                   help="Burst start, RFC 3339 (default: middle of the span).")
+    p.add_argument("--burst-duration", type=float, default=d.burst_duration_s,
+                   help=f"Burst length in seconds (default "
+                   f"{d.burst_duration_s:g}).")
+
+
+def _burst(args) -> dict:
+    """The generator's burst settings from the options."""
+    return {"burst_item": args.burst_item,
+            "burst_share": args.burst_share if args.burst_item else 0.0,
+            "burst_start": args.burst_start,
+            "burst_duration_s": args.burst_duration}
 
 
 def cmd_generate(args) -> int:
@@ -77,10 +85,7 @@ def cmd_generate(args) -> int:
         events=args.events, items=args.items, zipf=args.zipf,
         start=args.event_start, rate=args.event_rate, jitter_s=args.jitter,
         duplicate_share=args.duplicates, malformed_share=args.malformed,
-        ts_format=args.ts_format, seed=args.seed,
-        burst_item=args.burst_item,
-        burst_share=args.burst_share if args.burst_item else 0.0,
-        burst_start=args.burst_start, burst_duration_s=args.burst_duration)
+        ts_format=args.ts_format, seed=args.seed, **_burst(args))
     make_parent(args.out)
     started = time.perf_counter()
     try:
@@ -175,7 +180,7 @@ def cmd_produce(args) -> int:
             rate=args.event_rate or args.send_rate or
             generator.GeneratorConfig.rate, jitter_s=args.jitter,
             duplicate_share=args.duplicates, malformed_share=args.malformed,
-            ts_format=args.ts_format, seed=args.seed)
+            ts_format=args.ts_format, seed=args.seed, **_burst(args))
         tuned = {}
         if args.linger_ms is not None:
             tuned["linger_ms"] = args.linger_ms

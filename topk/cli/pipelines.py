@@ -11,7 +11,7 @@ import time
 
 from topk.cli import progress
 from topk.cli.common import (CliError, CommandParser, add_renamed,
-                             format_table, make_parent)
+                             format_table, make_parent, port_number)
 
 #: Said once in the help of the pipeline commands, whose options are shown
 #: by their hyphenated spelling only.
@@ -98,24 +98,13 @@ def add_metrics_option(parser) -> None:
     (it never reaches Beam)."""
     parser.add_argument(
         "--metrics-port", "--metrics_port", dest="metrics_port",
-        type=_port, default=None,
+        type=port_number, default=None,
         help="Serve the pipeline's counters (events read, valid, dead "
         "letters, duplicates, late, Kafka lag, ...) in Prometheus text "
         "format at http://HOST:PORT/metrics, on all interfaces, from before "
         "the run until the process exits (the final values once the run is "
         "over). 0 picks a free port; the URL is printed first. See "
         "docs/metrics.md.")
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"must be a port number 0-65535: {text}")
-    return value
 
 
 def _split_command_options(prog, beam_args):
@@ -270,6 +259,12 @@ def add_demo(sub) -> None:
                    help="Working directory (default demo-output).")
     p.add_argument("--events", type=int, default=500_000,
                    help="Events to generate (default 500000).")
+    p.add_argument("--serve", action="store_true",
+                   help="Then serve the demo's output (`topk serve`): the "
+                   "API and the live leaderboard page, until interrupted.")
+    p.add_argument("--port", type=port_number, default=8080,
+                   help="Port of --serve (default 8080; 0: a free port, "
+                   "printed).")
     p.set_defaults(func=cmd_demo)
 
 
@@ -312,4 +307,7 @@ def cmd_demo(args) -> int:
         print(format_table(query.topk(output, 10, start, end, etype)))
     print(f"\nTry: topk query --output {output} --k 5 "
           "--start 2024-05-01T12:00:00Z --end 2024-05-01T13:00:00Z")
+    if args.serve:
+        from topk.cli.serve import serve
+        return serve(output, port=args.port)
     return 0

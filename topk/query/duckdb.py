@@ -14,16 +14,21 @@ source only the latest row (by ``emitted_at``) counts, and where both the
 stream and a batch reprocessing wrote a slice, the batch rows win.
 
 The tables are Delta tables; every query reads them at the versions of the
-latest manifest row (``topk.storage.tables.register_duckdb``), so it never
-sees part of a run, even while one commits.
+latest manifest row (``Committed``, as ``topk.storage.tables.register_duckdb``
+opens them), so it never sees part of a run, even while one commits. A
+caller asking many questions (``topk serve``) keeps one ``Committed`` per
+manifest row and reuses it.
 """
+import collections
 import contextlib
 import datetime as dt
 import os
+import threading
 import uuid
 
 from topk.storage import layout as output_layout
 from topk.storage import tables as output_tables
+from topk.core import schema
 from topk.core.local_duckdb import connection
 from topk.core.windows import DAY_MS
 from topk.query import contract
@@ -82,25 +87,156 @@ def _check_output(output: str) -> None:
         raise QueryError(f"output directory {output!r} does not exist")
 
 
+#: Registered relations a thread's connection keeps (oldest unregistered).
+_KEEP_REGISTERED = 16
+_local = threading.local()
+
+
+class Committed:
+    """One committed snapshot of an output (the versions of one manifest
+    row), opened once and reusable across many queries and threads: each
+    table's Arrow dataset is opened at most once, and registered in a
+    thread's DuckDB connection (``topk.core.local_duckdb``) at most once, under
+    a name of its own. ``topk`` / ``topk_approx`` open one per call; a
+    server keeps one per manifest ``seq``.
+
+    ``QueryError`` when the output does not exist or cannot be read
+    (``StorageError``, e.g. an output of an older topk)."""
+
+    def __init__(self, output: str,
+                 snap: output_tables.Snapshot | None = None):
+        _check_output(output)
+        if snap is None:
+            try:
+                snap = output_tables.snapshot(output)
+            except output_tables.StorageError as e:
+                raise QueryError(str(e)) from None
+        self.output, self.snap = output, snap
+        self._datasets = {}
+        self._lock = threading.Lock()
+        self._prefix = f"committed_{uuid.uuid4().hex[:8]}_"
+
+    @property
+    def seq(self) -> int:
+        return self.snap.seq
+
+    def has(self, table: str) -> bool:
+        return table in self.snap.versions
+
+    def dataset(self, table: str):
+        """``table``'s Arrow dataset at this snapshot (``None``: never
+        committed)."""
+        if table not in self.snap.versions:
+            return None
+        with self._lock:
+            if table not in self._datasets:
+                self._datasets[table] = output_tables.dataset(
+                    self.output, table, self.snap)
+            return self._datasets[table]
+
+    def table(self, table: str, missing: str) -> tuple:
+        """``(con, name)``: this thread's connection and the name ``table``
+        is registered under in it; ``QueryError(missing)`` when no commit
+        wrote the table."""
+        ds = self.dataset(table)
+        if ds is None:
+            raise QueryError(missing)
+        con = connection()
+        registered = getattr(_local, "registered", None)
+        if registered is None:
+            registered = _local.registered = collections.OrderedDict()
+        name = self._prefix + table
+        if name in registered:
+            registered.move_to_end(name)
+        else:
+            con.register(name, ds)
+            registered[name] = True
+            while len(registered) > _KEEP_REGISTERED:
+                old, _ = registered.popitem(last=False)
+                con.unregister(old)
+        return con, name
+
+    def release(self) -> None:
+        """Unregister this snapshot's tables from this thread's connection
+        (the other threads drop theirs as newer snapshots come)."""
+        registered = getattr(_local, "registered", None) or {}
+        for table in list(self._datasets):
+            name = self._prefix + table
+            if registered.pop(name, None):
+                connection().unregister(name)
+
+    # --- The questions ----------------------------------------------------
+
+    def topk(self, q: contract.Query) -> list[RankedItem]:
+        """The exact answer of a checked ``Query`` (``topk``)."""
+        where, params = _range_sql(q.runs)
+        keep = "TRUE"
+        if q.event_type is not None:
+            keep = "event_type = ?"
+            params.append(q.event_type)
+        # A stream writes a slice row per pane, each with the full count so
+        # far: the latest one counts.
+        sql = _latest_batch_first("event_type, item_id,",
+                                  "event_type, item_id", "count", where,
+                                  keep) + """
+            SELECT item_id, sum(count)::BIGINT AS count FROM visible
+            GROUP BY item_id
+            ORDER BY count DESC, item_id ASC
+            LIMIT ?"""
+        missing = (f"{self.output!r} has no slices table: run `topk batch` "
+                   "or `topk stream` with --output pointing there")
+        con, table = self.table(output_layout.SLICES, missing)
+        rows = con.execute(sql.format(table=table),
+                           [*params, q.k]).fetchall()
+        return contract.ranked_items(rows, q,
+                                     lambda: _known_types(con, table))
+
+    def topk_approx(self, q: contract.Query) -> list[ApproxRankedItem]:
+        """The approximate answer of a checked ``Query`` (``topk_approx``)."""
+        missing = (f"{self.output!r} has no {q.method} sketches: run `topk "
+                   f"batch --method {q.method}` with --output pointing there")
+        where, params = _range_sql(q.runs)
+        sql = _latest_batch_first(
+            "method, event_type,", "method, event_type", "sketch",
+            f"({where}) AND method = ?",
+            "event_type = ?") + """
+            SELECT sketch FROM visible
+            ORDER BY slice_start, slice_length, source"""
+        con, table = self.table(output_layout.SKETCHES, missing)
+
+        def has_sketches() -> bool:
+            [(stored,)] = con.execute(
+                f"SELECT count(*) FROM {table} WHERE method = ?",
+                [q.method]).fetchall()
+            return stored > 0
+
+        blobs = [r[0] for r in con.execute(
+            sql.format(table=table),
+            [*params, q.method, q.sketch_event_type]).fetchall()]
+        return contract.approx_items(
+            blobs, q, has_sketches=has_sketches, missing=missing,
+            known_types=lambda: _known_types(con, table, "AND method = ?",
+                                             [q.method]))
+
+    def known_types(self) -> list[str]:
+        """Every event type the slices (else the sketches) ever held."""
+        for table in (output_layout.SLICES, output_layout.SKETCHES):
+            if self.has(table):
+                con, name = self.table(table, "")
+                return sorted(set(_known_types(con, name))
+                              - {schema.ALL_TYPES})
+        return []
+
+
 @contextlib.contextmanager
-def _committed(output: str, table: str, missing: str):
-    """The committed snapshot of ``table`` registered in this thread's
-    DuckDB connection under a name of its own (unregistered afterwards);
-    ``QueryError(missing)`` when no commit wrote it, or when the output
-    cannot be read (``StorageError``, e.g. an output of an older topk)."""
-    con = connection()
-    name = f"committed_{table}_{uuid.uuid4().hex[:8]}"
+def _committed(output: str):
+    """A ``Committed`` snapshot of ``output`` for one question, released
+    from this thread's connection afterwards."""
+    snap = Committed(output)
     try:
-        names = output_tables.register_duckdb(con, output, [table],
-                                              prefix=name + "_")
-    except output_tables.StorageError as e:
-        raise QueryError(str(e)) from None
-    if table not in names:
-        raise QueryError(missing)
-    try:
-        yield con, names[table]
+        yield snap
     finally:
-        con.unregister(names[table])
+        snap.release()
 
 
 def topk(output: str, k: int, start, end, event_type: str | None = None
@@ -115,27 +251,8 @@ def topk(output: str, k: int, start, end, event_type: str | None = None
     far). Raises ``QueryError`` on bad arguments (``topk.query.contract``).
     """
     q = contract.exact_query(k, start, end, event_type)
-    _check_output(output)
-    where, params = _range_sql(q.runs)
-    keep = "TRUE"
-    if q.event_type is not None:
-        keep = "event_type = ?"
-        params.append(q.event_type)
-    # A stream writes a slice row per pane, each with the full count so
-    # far: the latest one counts.
-    sql = _latest_batch_first("event_type, item_id,", "event_type, item_id",
-                              "count", where, keep) + """
-        SELECT item_id, sum(count)::BIGINT AS count FROM visible
-        GROUP BY item_id
-        ORDER BY count DESC, item_id ASC
-        LIMIT ?"""
-    missing = (f"{output!r} has no slices table: run `topk batch` or `topk "
-               "stream` with --output pointing there")
-    with _committed(output, output_layout.SLICES, missing) as (con, table):
-        rows = con.execute(sql.format(table=table),
-                           [*params, q.k]).fetchall()
-        return contract.ranked_items(rows, q,
-                                     lambda: _known_types(con, table))
+    with _committed(output) as snap:
+        return snap.topk(q)
 
 
 def topk_approx(output: str, k: int, start, end, method: str,
@@ -152,31 +269,8 @@ def topk_approx(output: str, k: int, start, end, method: str,
     when the output holds no sketches of ``method``.
     """
     q = contract.approx_query(k, start, end, method, event_type)
-    _check_output(output)
-    missing = (f"{output!r} has no {q.method} sketches: run `topk batch "
-               f"--method {q.method}` with --output pointing there")
-    where, params = _range_sql(q.runs)
-    sql = _latest_batch_first(
-        "method, event_type,", "method, event_type", "sketch",
-        f"({where}) AND method = ?",
-        "event_type = ?") + """
-        SELECT sketch FROM visible
-        ORDER BY slice_start, slice_length, source"""
-    with _committed(output, output_layout.SKETCHES, missing) as (con, table):
-
-        def has_sketches() -> bool:
-            [(stored,)] = con.execute(
-                f"SELECT count(*) FROM {table} WHERE method = ?",
-                [q.method]).fetchall()
-            return stored > 0
-
-        blobs = [r[0] for r in con.execute(
-            sql.format(table=table),
-            [*params, q.method, q.sketch_event_type]).fetchall()]
-        return contract.approx_items(
-            blobs, q, has_sketches=has_sketches, missing=missing,
-            known_types=lambda: _known_types(con, table, "AND method = ?",
-                                             [q.method]))
+    with _committed(output) as snap:
+        return snap.topk_approx(q)
 
 
 def _known_types(con, table: str, extra_filter: str = "", params=()
