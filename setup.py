@@ -7,6 +7,8 @@ setuptools.setup(
     description="Exact and approximate top-K over 1-minute to 30-day windows "
     "with Apache Beam, Kafka, Parquet/DuckDB and BigQuery.",
     packages=setuptools.find_packages(include=["topk", "topk.*"]),
+    # The leaderboard page `topk serve` ships (no CDN at run time).
+    package_data={"topk.serve": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",
