@@ -198,24 +198,8 @@ class ShardPanes:
     def _spec_panes(self, spec, dirty, previous, watermark, defer_early):
         table = self.counts[level_of(spec)]
         length = spec.length_ms
-        wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
-            0, np.int64)
-        deferred = self.deferred.pop(spec.key, np.empty(0, np.int64))
-        if watermark > previous and table.num_rows:
-            held = spec.window_starts_for(
-                np.unique(table["slice_start"].to_numpy()))
-            ends = held + length
-            wanted = np.union1d(wanted, held[(ends > previous)
-                                             & (ends <= watermark)])
-        if defer_early:
-            is_open = wanted + length > watermark
-            deferred = np.union1d(deferred[deferred + length > watermark],
-                                  wanted[is_open])
-            if deferred.size:
-                self.deferred[spec.key] = deferred
-            wanted = wanted[~is_open]
-        else:
-            wanted = np.union1d(wanted, deferred)
+        wanted = windows_due(spec, dirty, table["slice_start"].to_numpy(),
+                             previous, watermark, self.deferred, defer_early)
         if wanted.size == 0:
             return []
         starts = table["slice_start"]
@@ -224,9 +208,7 @@ class ShardPanes:
             pc.less(starts, int(wanted.max()) + length)))
         top = ranking.shard_top_k(rows, [spec], self.k,
                                   window_starts=wanted)[spec]
-        ends = wanted + length
-        timing = np.where(ends > watermark, EARLY,
-                          np.where(ends > previous, ON_TIME, LATE))
+        timing = pane_timings(spec, wanted, previous, watermark)
         out = []
         for name in (EARLY, ON_TIME, LATE):
             picked = wanted[timing == name]
@@ -258,6 +240,43 @@ class ShardPanes:
             if table.num_rows:
                 self.counts[size] = table.filter(
                     pc.greater(table["slice_start"], keep_after - size))
+
+
+def windows_due(spec: WindowSpec, dirty: np.ndarray, held: np.ndarray,
+                previous: int, watermark: int, deferred: dict,
+                defer_early: bool) -> np.ndarray:
+    """Starts of the windows of ``spec`` to emit at a firing: those holding
+    a changed slice (``dirty`` slice starts), and those the watermark just
+    closed (ends in ``(previous, watermark]``, among the windows of the
+    ``held`` slice starts). An event-time firing (``defer_early``) keeps the
+    changed open windows in ``deferred`` (spec key -> starts) for the next
+    processing-time firing, which emits them (see ``ShardPanes.fire``)."""
+    length = spec.length_ms
+    wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
+        0, np.int64)
+    waiting = deferred.pop(spec.key, np.empty(0, np.int64))
+    if watermark > previous and held.size:
+        starts = spec.window_starts_for(np.unique(held))
+        ends = starts + length
+        wanted = np.union1d(wanted, starts[(ends > previous)
+                                           & (ends <= watermark)])
+    if not defer_early:
+        return np.union1d(wanted, waiting)
+    is_open = wanted + length > watermark
+    waiting = np.union1d(waiting[waiting + length > watermark],
+                         wanted[is_open])
+    if waiting.size:
+        deferred[spec.key] = waiting
+    return wanted[~is_open]
+
+
+def pane_timings(spec: WindowSpec, starts: np.ndarray, previous: int,
+                 watermark: int) -> np.ndarray:
+    """The pane timing of each window of ``starts`` at a firing that moved
+    the watermark from ``previous`` to ``watermark``."""
+    ends = starts + spec.length_ms
+    return np.where(ends > watermark, EARLY,
+                    np.where(ends > previous, ON_TIME, LATE))
 
 
 def split_late(tables: list[pa.Table], watermark_ms: int,

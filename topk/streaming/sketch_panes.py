@@ -36,7 +36,8 @@ from topk.core import counting, schema
 from topk.core.windows import WindowSpec
 from topk.streaming.dedup import NO_WATERMARK, RETENTION_MARGIN_MS
 from topk.streaming.panes import (EARLY, LATE, LEVELS, ON_TIME, SOURCE,
-                                  level_of, next_window_end, split_late)
+                                  level_of, next_window_end, pane_timings,
+                                  split_late, windows_due)
 
 
 @dataclasses.dataclass
@@ -147,46 +148,23 @@ class SketchPanes:
                     self._unwritten.add((size, start))  # changed once closed
         return np.unique(partials["slice_start"].to_numpy())
 
-    def _wanted(self, spec, dirty, previous, watermark, defer_early):
-        """Starts of the spec's windows to emit now (``ShardPanes``'s rule:
-        the changed ones, and those the watermark just closed)."""
-        length = spec.length_ms
-        wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
-            0, np.int64)
-        deferred = self.deferred.pop(spec.key, np.empty(0, np.int64))
-        if watermark > previous:
-            held = [np.fromiter(by_start, np.int64)
-                    for (_, size, _), by_start in self.slices.items()
-                    if size == level_of(spec) and by_start]
-            if held:
-                starts = spec.window_starts_for(np.unique(np.concatenate(
-                    held)))
-                ends = starts + length
-                wanted = np.union1d(wanted, starts[(ends > previous)
-                                                   & (ends <= watermark)])
-        if defer_early:
-            is_open = wanted + length > watermark
-            deferred = np.union1d(deferred[deferred + length > watermark],
-                                  wanted[is_open])
-            if deferred.size:
-                self.deferred[spec.key] = deferred
-            return wanted[~is_open]
-        return np.union1d(wanted, deferred)
-
     def _spec_rows(self, spec, dirty, previous, watermark, defer_early,
                    emitted_at) -> pa.Table:
-        wanted = self._wanted(spec, dirty, previous, watermark, defer_early)
+        size = level_of(spec)
+        held = [np.fromiter(by_start, np.int64)
+                for (_, level, _), by_start in self.slices.items()
+                if level == size and by_start]
+        wanted = windows_due(
+            spec, dirty, np.concatenate(held) if held else np.empty(
+                0, np.int64), previous, watermark, self.deferred, defer_early)
         if wanted.size == 0:
             return schema.RANKED_WINDOWS_SCHEMA.empty_table()
-        ends = wanted + spec.length_ms
-        timing = np.where(ends > watermark, EARLY,
-                          np.where(ends > previous, ON_TIME, LATE))
+        timing = pane_timings(spec, wanted, previous, watermark)
         index = {}
         for start in wanted.tolist():
             key = (spec.key, start)
             index[start] = self.pane_index.get(key, 0)
             self.pane_index[key] = index[start] + 1
-        size = level_of(spec)
         parts = []
         for (method, level, event_type), by_start in self.slices.items():
             if level != size or not by_start:
