@@ -218,3 +218,37 @@ def test_memory_is_bounded_by_the_windows_not_the_span():
     # (A day's sketch more, per type: the day level keeps the open day.)
     assert long <= short * 1.2, (short, long)
     assert long < 48 * 60 / 10, long  # far from a sketch per minute held
+
+
+def test_a_state_rebuilt_from_its_chunk_log_equals_the_live_one():
+    # As the Beam stage persists it: meta() plus the changes of each
+    # firing (sometimes all slices instead); the rebuild fires alike.
+    events = sorted(_events(13, 1500, 40, span_min=150), key=lambda e: e.ts)
+    args = (SPECS, 5, ["cms", "frequent_items"], 2048, 10 * MIN)
+    live = SketchPanes(*args)
+    log = []
+    for n, i in enumerate(range(0, len(events), 100)):
+        part = events[i:i + 100]
+        live.fire([_partials(part, part[-1].ts)], n, watermark_ms=part[0].ts)
+        log = [live.all_slices()] if n % 5 == 4 else log + [
+            live.take_changes()]
+    rebuilt = SketchPanes.from_chunks(*args, live.meta(), log)
+
+    def held(panes):  # what a sketch answers (bytes may differ in order)
+        return {(*key, start): (sketch.total, sorted(
+                    sketch.top_k(50).to_pylist(), key=lambda r: r["item_id"]))
+                for key, by_start in panes.slices.items()
+                for start, sketch in by_start.items()}
+    assert held(rebuilt) == held(live) and held(live)
+    late = [oracle.Event("x", "item-000", "play", events[-1].ts - MIN, None, 2)]
+    a = live.fire([_partials(late, events[-1].ts)], 10**6,
+                  watermark_ms=events[-1].ts)
+    b = rebuilt.fire([_partials(late, events[-1].ts)], 10**6,
+                     watermark_ms=events[-1].ts)
+
+    def rows(table):
+        return sorted(table.to_pylist(), key=lambda r: sorted(
+            (k, str(v)) for k, v in r.items()))
+    assert rows(a.ranked) == rows(b.ranked) and a.ranked.num_rows
+    assert rows(a.sketches.drop_columns(["sketch"])) == rows(
+        b.sketches.drop_columns(["sketch"]))

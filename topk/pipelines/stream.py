@@ -52,6 +52,7 @@ from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
 from topk.sinks.bundle_files import WriteArchiveFiles, WriteBundleFiles
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
+from topk.transforms.coalesce import CoalesceTables
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.stream_sketches import StreamSketchTopK
 from topk.transforms.stream_topk import StreamTopK
@@ -244,9 +245,11 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
     (parsed.events
      | "WriteArchive" >> WriteArchiveFiles(output))
     specs = parse_windows(opts.windows)
+    # One table per bundle into the keyed stages, not one per Kafka batch.
+    events = parsed.events | "CoalesceBatches" >> CoalesceTables()
     outputs = collections.defaultdict(list)  # table -> PCollections
     if sketch_windows.EXACT in methods:
-        exact = parsed.events | "StreamTopK" >> StreamTopK(
+        exact = events | "StreamTopK" >> StreamTopK(
             specs, opts.k, item_shards=opts.item_shards,
             dedup_shards=opts.dedup_shards,
             allowed_lateness_ms=kafka.allowed_lateness,
@@ -255,7 +258,7 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
             outputs[name].append(pcoll)
     if approximate:
         # No de-duplication on this path: see topk.streaming.sketch_panes.
-        sketched = parsed.events | "StreamSketchTopK" >> StreamSketchTopK(
+        sketched = events | "StreamSketchTopK" >> StreamSketchTopK(
             specs, opts.k, approximate,
             budget_bytes=opts.sketch_budget_bytes,
             allowed_lateness_ms=kafka.allowed_lateness,

@@ -72,6 +72,9 @@ class SketchPanes:
         self.pane_index: dict[tuple[str, int], int] = {}
         #: (slice ms, slice start) of closed slices changed since written
         self._unwritten: set[tuple[int, int]] = set()
+        #: (method, slice ms, event type, start) changed since
+        #: ``take_changes``
+        self._changed: set[tuple[str, int, str, int]] = set()
         self._retention = {size: max([size] + [
             s.length_ms for s in self.specs if level_of(s) == size])
             for size, _ in LEVELS}
@@ -79,6 +82,55 @@ class SketchPanes:
             sketches.new_sketch(method, budget_bytes)
 
     # -- state ---------------------------------------------------------------
+    # Runner state is ``meta()`` (small) and a log of chunks: the slices
+    # each firing changed (``take_changes``), from time to time all of them
+    # instead (``all_slices``). Rewriting every held sketch at every firing
+    # cost the whole state (megabytes) each time.
+
+    def meta(self) -> dict:
+        return {"watermark_ms": self.watermark_ms,
+                "last_emit_ms": self.last_emit_ms, "deferred": self.deferred,
+                "pane_index": self.pane_index,
+                "unwritten": sorted(self._unwritten)}
+
+    def take_changes(self) -> list[tuple]:
+        """``(method, slice ms, event type, start, sketch bytes)`` of the
+        held slices changed since the last call."""
+        out = [(*key[:3], key[3], self.slices[key[:3]][key[3]].to_bytes())
+               for key in sorted(self._changed)
+               if key[3] in self.slices.get(key[:3], {})]
+        self._changed.clear()
+        return out
+
+    def all_slices(self) -> list[tuple]:
+        """Every held slice, as ``take_changes`` gives them."""
+        self._changed.clear()
+        return [(*key, start, sketch.to_bytes())
+                for key, by_start in sorted(self.slices.items())
+                for start, sketch in sorted(by_start.items())]
+
+    @classmethod
+    def from_chunks(cls, specs, k, methods, budget_bytes,
+                    allowed_lateness_ms, meta: dict | None, chunks
+                    ) -> "SketchPanes":
+        """Rebuild from ``meta()`` and the chunks, in log order (a later
+        chunk's sketch of a slice replaces an earlier one's)."""
+        panes = cls(specs, k, methods, budget_bytes, allowed_lateness_ms)
+        if meta:
+            panes.watermark_ms = meta["watermark_ms"]
+            panes.last_emit_ms = meta["last_emit_ms"]
+            panes.deferred = meta["deferred"]
+            panes.pane_index = meta["pane_index"]
+            panes._unwritten = {tuple(u) for u in meta["unwritten"]}
+        latest = {}
+        for chunk in chunks:
+            for method, size, event_type, start, blob in chunk:
+                latest[(method, size, event_type, start)] = blob
+        for (method, size, event_type, start), blob in latest.items():
+            panes.slices.setdefault((method, size, event_type), {})[
+                start] = sketches.sketch_from_bytes(blob)
+        panes._expire()
+        return panes
 
     def held_slices(self) -> int:
         """How many slice sketches are held (all methods, types, levels)."""
@@ -144,6 +196,7 @@ class SketchPanes:
                         sketch = by_start[start] = sketches.new_sketch(
                             method, self.budget_bytes)
                     sketch.update(part["item_id"], part["count"])
+                    self._changed.add((method, size, event_type, start))
                 if start + size <= self.watermark_ms:
                     self._unwritten.add((size, start))  # changed once closed
         return np.unique(partials["slice_start"].to_numpy())

@@ -59,8 +59,14 @@ class _SketchPanesFn(beam.DoFn):
     ``late_counts``."""
 
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
-    PANES = ReadModifyWriteStateSpec("panes", PickleCoder())
+    #: ``SketchPanes.meta()`` with a generation token and the log length;
+    #: the slices as a chunk log (``SketchPanes.from_chunks``).
+    META = ReadModifyWriteStateSpec("meta", PickleCoder())
+    CHUNKS = BagStateSpec("chunks", PickleCoder())
     TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+
+    #: Chunks the log may grow to before all slices replace it.
+    COMPACT_AFTER = 64
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
@@ -75,17 +81,18 @@ class _SketchPanesFn(beam.DoFn):
         self._cache = None
 
     def setup(self):
-        # (generation, SketchPanes): a firing finds the state it wrote last
-        # unless something else wrote it since (a restore, another worker).
+        # (generation, SketchPanes): a firing that finds the generation it
+        # wrote last skips reading and rebuilding the chunk log (a restore
+        # or another worker changes the generation).
         self._cache = None
 
-    def _panes(self, state) -> tuple[dict, SketchPanes]:
-        held = state.read()
-        if held is None:
-            return {"generation": None}, SketchPanes(*self._args)
-        if self._cache is not None and self._cache[0] == held["generation"]:
-            return held, self._cache[1]
-        return held, held["panes"]
+    def _panes(self, meta, chunks) -> tuple[dict, SketchPanes]:
+        known = meta.read() or {"generation": None, "chunks": 0,
+                                "panes": None}
+        if self._cache is not None and self._cache[0] == known["generation"]:
+            return known, self._cache[1]
+        return known, SketchPanes.from_chunks(*self._args, known["panes"],
+                                              chunks.read())
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 pending=beam.DoFn.StateParam(PENDING),
@@ -110,12 +117,22 @@ class _SketchPanesFn(beam.DoFn):
             armed["close"] = due
         timers.write(armed)
 
-    def _fire(self, pending, state, timers, watermark_ms=None):
-        held, panes = self._panes(state)
+    def _fire(self, pending, meta, chunks, timers, watermark_ms=None):
+        known, panes = self._panes(meta, chunks)
         firing = panes.fire(list(pending.read()), now_ms(), watermark_ms)
         pending.clear()
+        if known["chunks"] >= self.COMPACT_AFTER:
+            chunks.clear()
+            chunks.add(panes.all_slices())
+            logged = 1
+        else:
+            changed = panes.take_changes()
+            if changed:
+                chunks.add(changed)
+            logged = known["chunks"] + bool(changed)
         generation = uuid.uuid4().hex
-        state.write({"generation": generation, "panes": panes})
+        meta.write({"generation": generation, "chunks": logged,
+                    "panes": panes.meta()})
         self._cache = (generation, panes)
         armed = timers.read()
         armed["watermark"] = panes.watermark_ms
@@ -131,9 +148,10 @@ class _SketchPanesFn(beam.DoFn):
 
     @on_timer(EARLY)
     def on_early(self, pending=beam.DoFn.StateParam(PENDING),
-                 state=beam.DoFn.StateParam(PANES),
+                 meta=beam.DoFn.StateParam(META),
+                 chunks=beam.DoFn.StateParam(CHUNKS),
                  timers=beam.DoFn.StateParam(TIMERS)):
-        yield from self._fire(pending, state, timers)
+        yield from self._fire(pending, meta, chunks, timers)
         armed = timers.read()
         armed["early"] = False
         timers.write(armed)
@@ -141,10 +159,11 @@ class _SketchPanesFn(beam.DoFn):
     @on_timer(CLOSE)
     def on_close(self, fired=beam.DoFn.TimestampParam,
                  pending=beam.DoFn.StateParam(PENDING),
-                 state=beam.DoFn.StateParam(PANES),
+                 meta=beam.DoFn.StateParam(META),
+                 chunks=beam.DoFn.StateParam(CHUNKS),
                  timers=beam.DoFn.StateParam(TIMERS),
                  close=beam.DoFn.TimerParam(CLOSE)):
-        panes = yield from self._fire(pending, state, timers,
+        panes = yield from self._fire(pending, meta, chunks, timers,
                                       watermark_ms=epoch_ms(fired))
         armed = timers.read()
         due = coarse_close(panes.next_close(), armed["seen"])
