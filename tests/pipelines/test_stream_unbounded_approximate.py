@@ -71,7 +71,9 @@ def test_approximate_panes_bound_every_window_beside_exact_ones(
         expected = {(m, spec, et, w) for m in METHODS for spec, length, slide
                     in SPECS for (et, w, *_) in oracle.ranked_windows(
                         oracle.dedup(valid), length, slide, K)}
-        deadline = time.time() + 60
+        # (A busy machine: the panes of the last windows may lag the
+        # exact ones by a firing or two.)
+        deadline = time.time() + 150
         latest = {}
         while time.time() < deadline:
             latest = latest_approximate(output)
