@@ -81,3 +81,16 @@ def test_the_help_states_the_largest_k(capsys):
     with pytest.raises(SystemExit):
         cli.main(["query", "--help"])
     assert f"(1 to {contract.MAX_K})" in capsys.readouterr().out
+
+
+def test_freshness_names_the_snapshot_and_the_newest_event(output, capsys):
+    from topk.core.windows import format_time
+    from topk.storage import tables
+    assert cli.main(["query", "--output", output, "--k", "3", *RANGE,
+                     "--freshness"]) == 0
+    err = capsys.readouterr().err
+    # Four events from T0 on, a second apart: the newest minute is T0's.
+    assert err.startswith(f"freshness: snapshot {tables.snapshot(output).seq}"
+                          " committed "), err
+    assert f"newest event minute {format_time(T0 - T0 % 60_000)}" in err
+    assert "stream pane" not in err  # a batch output has none

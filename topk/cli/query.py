@@ -2,6 +2,7 @@
 tables of ``topk batch`` / ``topk stream`` (DuckDB) or BigQuery."""
 import argparse
 import json
+import sys
 
 from topk.cli.common import CliError, format_table, shorten
 
@@ -63,6 +64,12 @@ def add_query(sub) -> None:
                    "count, and for approximate methods lower_bound, "
                    "upper_bound and guaranteed (certainly in the true top "
                    "k).")
+    p.add_argument("--freshness", action="store_true",
+                   help="Also print, on stderr, how fresh the answer is: "
+                   "the committed snapshot it read and when it was "
+                   "committed, the newest event time counted, and the "
+                   "newest stream pane with its lag behind the clock "
+                   "(--backend duckdb).")
     p.set_defaults(func=cmd_query)
 
 
@@ -96,11 +103,34 @@ def cmd_query(args) -> int:
     except (query.QueryError, bigquery_client.BigQueryError) as e:
         raise CliError(str(e)) from None
     approximate = args.method != "exact"
+    if args.freshness:
+        print(_freshness(args), file=sys.stderr)
     if args.format == "json":
         print(json.dumps([_json_row(r, approximate) for r in rows]))
     else:
         print(format_table(rows, approximate))
     return 0
+
+
+def _freshness(args) -> str:
+    """One line: the snapshot an answer read and how fresh its data is."""
+    if args.backend != "duckdb":
+        return "freshness: not available with --backend bigquery"
+    from topk.core.windows import format_time, now_ms
+    from topk.query import coverage
+    head = coverage.manifest_head(args.output)
+    held = coverage.coverage(args.output)
+    parts = [f"snapshot {head.seq}" + (
+        f" committed {format_time(head.committed_at)}"
+        if head.committed_at else "")]
+    if held.newest_event_time is not None:
+        parts.append("newest event minute "
+                     f"{format_time(held.newest_event_time)}")
+    if held.newest_stream_at is not None:
+        lag = (now_ms() - held.newest_stream_at) / 1000
+        parts.append(f"newest stream pane {format_time(held.newest_stream_at)}"
+                     f" ({lag:,.0f} s ago)")
+    return "freshness: " + "; ".join(parts)
 
 
 def _json_row(r, approximate: bool) -> dict:

@@ -29,8 +29,8 @@ def add_serve(sub) -> None:
     p.add_argument("--backend", choices=("duckdb", "bigquery"),
                    default="duckdb",
                    help="duckdb (default): the tables under --output; "
-                   "bigquery: /v1/topk answers from the tables of "
-                   "--bq-dataset (the other data endpoints answer 501).")
+                   "bigquery: the data endpoints answer from the tables "
+                   "of --bq-dataset (uncached; null freshness).")
     bigquery_client.add_arguments(p)
     p.add_argument("--refresh-s", type=_seconds, default=0.5,
                    help="Seconds between checks for a newer committed "

@@ -449,9 +449,10 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
                refresh_s: float = 0.5, max_stale_s: float = 5.0,
                cache_size: int = 1024, workers: int = 4) -> FastAPI:
     """The API over ``output`` (module docstring). ``backend="bigquery"``
-    answers ``/v1/topk`` from BigQuery through ``bq = (client, target)``
-    (``topk.connectors.bigquery.client.connect``); the other data endpoints
-    then answer 501. ``refresh_s``: seconds between manifest reads (0: every
+    answers the data endpoints from BigQuery through ``bq = (client,
+    target)`` (``topk.connectors.bigquery.client.connect``;
+    ``topk.query.bigquery`` and ``topk.query.bigquery_views``), uncached,
+    with null ``freshness`` fields. ``refresh_s``: seconds between manifest reads (0: every
     request reads it); ``max_stale_s``: how long after a newer snapshot was
     committed an answer of the previous one may still be served while its
     recomputation runs (0: never); ``cache_size``: answers kept;
@@ -536,9 +537,18 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
         return _respond(entry, metrics, route,
                         extra(entry) if extra else None)
 
-    def unavailable(what: str):
-        raise ApiError(501, f"{what} is not available with --backend "
-                       "bigquery")
+    async def from_bigquery(route: str, function: str, *args,
+                            extra=None) -> Response:
+        """The answer of ``topk.query.bigquery_views.<function>(client,
+        target, *args)``, computed on the pool, uncached (as ``/v1/topk``
+        on BigQuery); ``extra(meta)`` adds the fields that depend on the
+        clock; ``freshness`` fields are null (no manifest)."""
+        value, rows = await asyncio.get_running_loop().run_in_executor(
+            store.pool, _bigquery_view, bq, function, *args)
+        meta = {k: value.pop(k) for k in list(value) if k.startswith("_")}
+        metrics.rows.labels(route).inc(rows)
+        return JSONResponse({**value, **(extra(meta) if extra else {}),
+                             "freshness": freshness(None)})
 
     # Pages and probes.
 
@@ -630,8 +640,6 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
                               method: str | None = None,
                               window_start: str | None = None):
         async def answer():
-            if bigquery:
-                unavailable("/v1/windows/latest")
             if spec is None:
                 raise ApiError(400, "spec is required, e.g. 1h/1m")
             k_ = _k(k, 10)
@@ -641,20 +649,14 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
             start_ms = (None if window_start is None
                         else contract.to_ms(window_start))
 
+            if bigquery:
+                return await from_bigquery(
+                    "/v1/windows/latest", "latest", parsed.name, k_, etype,
+                    m, start_ms, extra=_pane_clock)
+
             def compute(snap: Committed):
-                pane = latest_q.latest(snap, parsed.name, k_, etype, m,
-                                       start_ms)
-                return ({
-                    "spec": pane.spec, "method": pane.method,
-                    "event_type": pane.event_type,
-                    "window_start": format_time(pane.window_start),
-                    "window_end": format_time(pane.window_end),
-                    "pane_timing": pane.pane_timing,
-                    "pane_index": pane.pane_index, "source": pane.source,
-                    "emitted_at": format_time(pane.emitted_at),
-                    "window_total": pane.window_total,
-                    "rows": _item_rows(pane.rows, True),
-                    "_emitted_at": pane.emitted_at}, len(pane.rows))
+                return _pane_answer(latest_q.latest(snap, parsed.name, k_,
+                                                    etype, m, start_ms))
             return await cached(
                 request, "/v1/windows/latest",
                 ("latest", parsed.name, k_, etype, m, start_ms), compute,
@@ -671,21 +673,19 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
                               end: str | None = None, step: str = "1h",
                               event_type: str | None = None):
         async def answer():
-            if bigquery:
-                unavailable("/v1/items/{item_id}/series")
             item, start_ms, end_ms, _ = series_q.check_series(
                 item_id, _required("start", start), _required("end", end),
                 step)
             etype = contract.check_event_type(event_type)
 
+            if bigquery:
+                return await from_bigquery(
+                    "/v1/items/{item_id}/series", "series", item, start_ms,
+                    end_ms, step, etype)
+
             def compute(snap: Committed):
-                s = series_q.series(snap, item, start_ms, end_ms, step, etype)
-                return ({"item_id": s.item_id, "step": s.step,
-                         "event_type": s.event_type,
-                         "start": format_time(s.start_ms),
-                         "end": format_time(s.end_ms),
-                         "points": [{"t": format_time(t), "count": c}
-                                    for t, c in s.points]}, len(s.points))
+                return _series_answer(series_q.series(
+                    snap, item, start_ms, end_ms, step, etype))
             return await cached(
                 request, "/v1/items/{item_id}/series",
                 ("series", item, start_ms, end_ms, step, etype), compute)
@@ -695,29 +695,11 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
     async def coverage_endpoint(request: Request):
         async def answer():
             if bigquery:
-                unavailable("/v1/coverage")
+                return await from_bigquery("/v1/coverage", "coverage",
+                                           extra=_coverage_clock_of)
 
             def compute(snap: Committed):
-                cov = coverage_q.coverage(snap)
-                return ({
-                    "snapshot_seq": snap.seq,
-                    "specs": [{
-                        "spec": s.spec, "methods": s.methods,
-                        "event_types": s.event_types,
-                        "first_window_start": format_time(
-                            s.first_window_start),
-                        "last_window_end": format_time(s.last_window_end),
-                        "newest_emitted_at": format_time(s.newest_emitted_at),
-                    } for s in cov.specs],
-                    "slices": None if cov.slices is None else {
-                        "first": format_time(cov.slices[0]),
-                        "last": format_time(cov.slices[1])},
-                    "methods": cov.methods, "event_types": cov.event_types,
-                    "newest_event_time": (
-                        None if cov.newest_event_time is None
-                        else format_time(cov.newest_event_time)),
-                    "_newest_stream_at": cov.newest_stream_at,
-                }, len(cov.specs))
+                return _coverage_answer(coverage_q.coverage(snap))
             return await cached(request, "/v1/coverage", ("coverage",),
                                 compute, _coverage_clock)
         return await guarded("/v1/coverage", request, answer)
@@ -725,18 +707,72 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
     return app
 
 
-def _pane_age(entry: _Entry) -> dict:
+def _pane_answer(pane: latest_q.LatestPane) -> tuple[dict, int]:
+    return ({
+        "spec": pane.spec, "method": pane.method,
+        "event_type": pane.event_type,
+        "window_start": format_time(pane.window_start),
+        "window_end": format_time(pane.window_end),
+        "pane_timing": pane.pane_timing,
+        "pane_index": pane.pane_index, "source": pane.source,
+        "emitted_at": format_time(pane.emitted_at),
+        "window_total": pane.window_total,
+        "rows": _item_rows(pane.rows, True),
+        "_emitted_at": pane.emitted_at}, len(pane.rows))
+
+
+def _series_answer(s: series_q.Series) -> tuple[dict, int]:
+    return ({"item_id": s.item_id, "step": s.step,
+             "event_type": s.event_type,
+             "start": format_time(s.start_ms),
+             "end": format_time(s.end_ms),
+             "points": [{"t": format_time(t), "count": c}
+                        for t, c in s.points]}, len(s.points))
+
+
+def _coverage_answer(cov: coverage_q.Coverage) -> tuple[dict, int]:
+    """A coverage answer; ``snapshot_seq`` is ``None`` on BigQuery."""
+    return ({
+        "snapshot_seq": cov.seq,
+        "specs": [{
+            "spec": s.spec, "methods": s.methods,
+            "event_types": s.event_types,
+            "first_window_start": format_time(s.first_window_start),
+            "last_window_end": format_time(s.last_window_end),
+            "newest_emitted_at": format_time(s.newest_emitted_at),
+        } for s in cov.specs],
+        "slices": None if cov.slices is None else {
+            "first": format_time(cov.slices[0]),
+            "last": format_time(cov.slices[1])},
+        "methods": cov.methods, "event_types": cov.event_types,
+        "newest_event_time": (
+            None if cov.newest_event_time is None
+            else format_time(cov.newest_event_time)),
+        "_newest_stream_at": cov.newest_stream_at,
+    }, len(cov.specs))
+
+
+def _pane_clock(meta: dict) -> dict:
     """``age_s`` of a latest pane: depends on the clock."""
-    return {"age_s": round(time.time() - entry.meta["_emitted_at"] / 1000,
-                           3)}
+    return {"age_s": round(time.time() - meta["_emitted_at"] / 1000, 3)}
+
+
+def _pane_age(entry: _Entry) -> dict:
+    return _pane_clock(entry.meta)
+
+
+def _coverage_clock_of(meta: dict, head: coverage_q.Head | None = None
+                       ) -> dict:
+    """The fields of a coverage answer that depend on the clock
+    (``committed_at`` null without a manifest ``head``)."""
+    stream_at = meta["_newest_stream_at"]
+    return {"committed_at": freshness(head)["committed_at"],
+            "stream_lag_s": None if stream_at is None else round(
+                time.time() - stream_at / 1000, 3)}
 
 
 def _coverage_clock(entry: _Entry) -> dict:
-    """The fields of a coverage answer that depend on the clock."""
-    stream_at = entry.meta["_newest_stream_at"]
-    return {"committed_at": freshness(entry.head)["committed_at"],
-            "stream_lag_s": None if stream_at is None else round(
-                time.time() - stream_at / 1000, 3)}
+    return _coverage_clock_of(entry.meta, entry.head)
 
 
 def _bigquery_topk(bq, q: contract.Query):
@@ -751,6 +787,23 @@ def _bigquery_topk(bq, q: contract.Query):
                                    q.end_ms, q.method, q.event_type)
     except BigQueryError as e:
         raise ApiError(502, f"BigQuery: {e}") from None
+
+
+_BIGQUERY_ANSWERS = {"latest": _pane_answer, "series": _series_answer,
+                     "coverage": _coverage_answer}
+
+
+def _bigquery_view(bq, function: str, *args) -> tuple[dict, int]:
+    """The answer of ``topk.query.bigquery_views.<function>`` as the DuckDB
+    endpoints shape it; ``BigQueryError`` -> 502."""
+    from topk.connectors.bigquery.client import BigQueryError
+    from topk.query import bigquery_views
+    client, target = bq
+    try:
+        result = getattr(bigquery_views, function)(client, target, *args)
+    except BigQueryError as e:
+        raise ApiError(502, f"BigQuery: {e}") from None
+    return _BIGQUERY_ANSWERS[function](result)
 
 
 def _version() -> str:
