@@ -65,7 +65,7 @@ def _query(client, target: Target, sql: str, params, missing: str):
         raise
 
 
-# --- latest -------------------------------------------------------------------
+# --- latest ------------------------------------------------------------------
 
 def latest_sql(table_id: str, spec, method: str, event_type: str,
                start_ms: int | None) -> tuple[str, list]:
@@ -154,7 +154,7 @@ def latest(client, target: Target, spec: str, k: int = 10,
                           bool(r["guaranteed"])) for r in rows])
 
 
-# --- series -------------------------------------------------------------------
+# --- series ------------------------------------------------------------------
 
 def series_sql(table_id: str, item_id: str, start_ms: int, end_ms: int,
                step: str, event_type: str | None) -> tuple[str, list]:
@@ -212,7 +212,7 @@ def series(client, target: Target, item_id: str, start, end,
                            for t in range(start_ms, end_ms, STEPS[step])])
 
 
-# --- coverage -----------------------------------------------------------------
+# --- coverage ----------------------------------------------------------------
 
 _STREAM_AT = ("MAX(CASE WHEN source = 'stream' THEN emitted_at END) "
               "AS stream_at")

@@ -452,11 +452,11 @@ def create_app(output: str, backend: str = "duckdb", bq=None, *,
     answers the data endpoints from BigQuery through ``bq = (client,
     target)`` (``topk.connectors.bigquery.client.connect``;
     ``topk.query.bigquery`` and ``topk.query.bigquery_views``), uncached,
-    with null ``freshness`` fields. ``refresh_s``: seconds between manifest reads (0: every
-    request reads it); ``max_stale_s``: how long after a newer snapshot was
-    committed an answer of the previous one may still be served while its
-    recomputation runs (0: never); ``cache_size``: answers kept;
-    ``workers``: threads running queries."""
+    with null ``freshness`` fields. ``refresh_s``: seconds between
+    manifest reads (0: every request reads it); ``max_stale_s``: how long
+    after a newer snapshot was committed an answer of the previous one may
+    still be served while its recomputation runs (0: never);
+    ``cache_size``: answers kept; ``workers``: threads running queries."""
     if backend not in ("duckdb", "bigquery"):
         raise ValueError(f"unknown backend {backend!r}")
     if backend == "bigquery" and bq is None:
