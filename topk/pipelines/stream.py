@@ -27,7 +27,6 @@ windows final, rows with ``source = stream``.
 """
 import argparse
 import collections
-import typing
 import glob
 import logging
 import os
@@ -36,7 +35,6 @@ import sys
 import threading
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.options.pipeline_options import (DebugOptions,
                                                   PipelineOptions,
                                                   PortableOptions,
@@ -51,8 +49,7 @@ from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
-from topk.sinks.bundle_files import (WriteArchiveFiles, WriteBundleFiles,
-                                    WriteTablesPerBundle)
+from topk.sinks.bundle_files import WriteArchiveFiles, WriteBundleFiles
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
 from topk.transforms.coalesce import CoalesceTables
@@ -281,14 +278,9 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
             options, panes)
     # Late events and counts always go to the output: they are the
     # record of what was not counted.
-    tagged = [pcoll | f"Tag_{name}" >> beam.Map(
-        lambda rows, name=name: (name, rows)).with_output_types(
-            typing.Tuple[str, pa.Table])
-        for name, pcoll in tables.items()
-        if PARQUET in sinks or name not in panes]
-    (tagged
-     | "FlattenTables" >> beam.Flatten()
-     | "WriteTables" >> WriteTablesPerBundle(output))
+    for name, pcoll in tables.items():
+        if PARQUET in sinks or name not in panes:
+            pcoll | f"Write_{name}" >> WriteBundleFiles(output, name)
 
 
 def prism_binary() -> str | None:

@@ -2,8 +2,8 @@
 
 A bounded run stages its rows and commits them once (``topk.sinks.parquet``).
 An unbounded stream cannot wait for the end: each bundle appends what it
-received to its Delta tables in one commit, followed by a manifest row
-(``topk.storage.tables.commit``), so readers see whole bundles only, and a
+received to its Delta table in one commit, followed by a manifest row
+(``topk.storage.tables.append``), so readers see whole bundles only, and a
 batch run committing into the same output meanwhile keeps its rows (commits
 are serialised; an append never replaces rows). Stream readers take the
 latest pane or slice row by ``emitted_at`` (``topk.query``), so a replayed
@@ -75,47 +75,6 @@ class WriteBundleFiles(beam.PTransform):
 
     def expand(self, tables):
         return tables | "AppendBundles" >> beam.ParDo(self._fn)
-
-
-class _CommitTablesFn(beam.DoFn):
-    """Gather a bundle's ``(table, rows)``; commit them all at its end."""
-
-    def __init__(self, output):
-        self._output = output
-        self._buffer = {}
-
-    def start_bundle(self):
-        self._buffer = {}
-
-    def process(self, element):
-        table, rows = element
-        if rows.num_rows:
-            self._buffer.setdefault(table, []).append(rows)
-
-    def finish_bundle(self):
-        if not self._buffer:
-            return
-        changes = [output_tables.Change(table, output_tables.prepare(
-            table, pa.concat_tables(parts)))
-            for table, parts in sorted(self._buffer.items())]
-        self._buffer = {}
-        output_tables.commit(self._output, changes, "stream")
-
-
-class WriteTablesPerBundle(beam.PTransform):
-    """Append ``(table name, pa.Table)`` elements to their output tables,
-    all tables of a bundle in one commit (one manifest row): a stream
-    firing that writes panes, sketches and late counts pays one commit, not
-    one per table. Yields nothing."""
-
-    def __init__(self, output: str):
-        super().__init__()
-        if "://" not in output:
-            output_tables.check_not_legacy(output)  # fail before the run
-        self._fn = _CommitTablesFn(output)
-
-    def expand(self, tagged):
-        return tagged | "CommitBundles" >> beam.ParDo(self._fn)
 
 
 class _ArchiveFilesFn(_BufferFn):
