@@ -36,7 +36,7 @@ from topk.query import contract
 from topk.query.bigquery import _known_types
 from topk.query.contract import ApproxRankedItem, QueryError
 from topk.query.coverage import Coverage, SpecCoverage, _spec_order
-from topk.query.latest import LatestPane, NotFound, check_method, check_spec
+from topk.query.latest import LatestPane, NotFound, check_latest
 from topk.query.series import STEPS, Series, check_series
 from topk.storage import layout as output_layout
 
@@ -125,14 +125,8 @@ def latest(client, target: Target, spec: str, k: int = 10,
     table of ``target``. Raises ``QueryError`` on bad arguments,
     ``NotFound`` when no pane answers (or the table does not exist) and
     ``BigQueryError`` on BigQuery problems."""
-    k = contract.check_k(k)
-    parsed = check_spec(spec)
-    method = check_method(method)
-    event_type = contract.check_event_type(event_type) or schema.ALL_TYPES
-    start_ms = None if window_start is None else contract.to_ms(window_start)
-    if start_ms is not None and not (contract.MIN_QUERY_MS <= start_ms
-                                     < contract.MAX_QUERY_MS):
-        raise QueryError(f"window_start {start_ms} ms is out of range")
+    k, parsed, event_type, method, start_ms = check_latest(
+        spec, k, event_type, method, window_start)
     table_id = target.table_id(output_layout.RANKED_WINDOWS)
     nothing = (f"no {method} pane of window {parsed.name} for event type "
                f"{event_type!r}" + ("" if start_ms is None else

@@ -85,14 +85,10 @@ def check_method(method) -> str:
     return method
 
 
-def latest(output, spec: str, k: int = 10, event_type: str | None = None,
-           method: str = output_layout.EXACT, window_start=None
-           ) -> LatestPane:
-    """The top ``k`` rows of the latest pane of the latest window of
-    ``spec`` (or of the window starting at ``window_start``: RFC 3339,
-    datetime or epoch ms). ``output``: a directory or a ``Committed``
-    snapshot. Raises ``QueryError`` on bad arguments and ``NotFound`` when
-    the output holds no pane of that spec, method and event type."""
+def check_latest(spec, k, event_type, method, window_start):
+    """The checked arguments of a latest-pane question (both backends):
+    ``(k, WindowSpec, event type or '*', method, window start ms or
+    None)``; ``QueryError`` on bad ones."""
     k = contract.check_k(k)
     parsed = check_spec(spec)
     method = check_method(method)
@@ -101,6 +97,19 @@ def latest(output, spec: str, k: int = 10, event_type: str | None = None,
     if start_ms is not None and not (contract.MIN_QUERY_MS <= start_ms
                                      < contract.MAX_QUERY_MS):
         raise QueryError(f"window_start {start_ms} ms is out of range")
+    return k, parsed, event_type, method, start_ms
+
+
+def latest(output, spec: str, k: int = 10, event_type: str | None = None,
+           method: str = output_layout.EXACT, window_start=None
+           ) -> LatestPane:
+    """The top ``k`` rows of the latest pane of the latest window of
+    ``spec`` (or of the window starting at ``window_start``: RFC 3339,
+    datetime or epoch ms). ``output``: a directory or a ``Committed``
+    snapshot. Raises ``QueryError`` on bad arguments and ``NotFound`` when
+    the output holds no pane of that spec, method and event type."""
+    k, parsed, event_type, method, start_ms = check_latest(
+        spec, k, event_type, method, window_start)
     if isinstance(output, Committed):
         return _latest(output, parsed, k, event_type, method, start_ms)
     with _committed(output) as snap:
