@@ -1,10 +1,9 @@
-"""``topk stream --method exact,cms,frequent_items`` unbounded on Prism
-against a real broker: the approximate fast path beside the exact one.
+"""``topk stream --method cms,frequent_items`` unbounded on Prism against a
+real broker: the approximate fast path.
 
 The approximate path keeps no per-event state, so it counts the records as
 delivered (duplicates included): its bounds must hold the counts of every
-valid record, and the exact panes, from the same run, the de-duplicated
-counts (the oracle's)."""
+valid record."""
 import collections
 import os
 import signal
@@ -34,6 +33,8 @@ BUDGET = 1024
 def latest_approximate(output):
     """(method, spec, event type, window start ms) -> rows of the window's
     latest pane."""
+    if output_tables.dataset(output, "ranked_windows") is None:
+        return {}  # nothing committed yet
     con = output_tables.connect(output, ["ranked_windows"])
     rows = con.sql("""
         SELECT method, window_spec, event_type, epoch_ms(window_start),
@@ -58,21 +59,18 @@ def true_counts(records, length_ms, event_type, start):
     return counts
 
 
-def test_approximate_panes_bound_every_window_beside_exact_ones(
+def test_approximate_panes_bound_every_window(
         kafka_broker, tmp_path):
     topic, valid, _, output, stream = stream_first_phase(
         kafka_broker.bootstrap, tmp_path, 6,
-        extra=("--method", "exact," + ",".join(METHODS),
-               "--sketch-budget-bytes", str(BUDGET)))
+        extra=("--method", ",".join(METHODS),
+               "--sketch-budget-bytes", str(BUDGET)), exact=False)
     try:
-        # The exact panes already equal the oracle (stream_first_phase);
-        # the approximate ones of every window must be there too.
+        # The approximate panes of every window the oracle knows.
         lengths = {spec: length for spec, length, _ in SPECS}
         expected = {(m, spec, et, w) for m in METHODS for spec, length, slide
                     in SPECS for (et, w, *_) in oracle.ranked_windows(
                         oracle.dedup(valid), length, slide, K)}
-        # (A busy machine: the panes of the last windows may lag the
-        # exact ones by a firing or two.)
         deadline = time.time() + 150
         latest = {}
         while time.time() < deadline:
