@@ -52,7 +52,6 @@ from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
 from topk.sinks.bundle_files import WriteArchiveFiles, WriteBundleFiles
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
-from topk.transforms.coalesce import CoalesceTables
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
 from topk.transforms.stream_sketches import StreamSketchTopK
 from topk.transforms.stream_topk import StreamTopK
@@ -245,8 +244,7 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
     (parsed.events
      | "WriteArchive" >> WriteArchiveFiles(output))
     specs = parse_windows(opts.windows)
-    # One table per bundle into the keyed stages, not one per Kafka batch.
-    events = parsed.events | "CoalesceBatches" >> CoalesceTables()
+    events = parsed.events
     outputs = collections.defaultdict(list)  # table -> PCollections
     if sketch_windows.EXACT in methods:
         exact = events | "StreamTopK" >> StreamTopK(
