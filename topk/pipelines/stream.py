@@ -49,7 +49,7 @@ from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
-from topk.sinks.bundle_files import WriteArchiveFiles, WriteBundleFiles
+from topk.sinks.bundle_files import WriteArchiveFiles, WriteTablesBuffered
 from topk.sinks.kafka_topic import WriteDeadLettersToKafka
 from topk.sources.kafka import ReadFromKafkaBatches
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
@@ -183,6 +183,14 @@ class StreamOptions(PipelineOptions):
             help="Seconds of processing time between early panes of an open "
             "window (default 5).")
         parser.add_argument(
+            "--commit-interval-s", "--commit_interval_s",
+            dest="commit_interval_s", type=_non_negative_seconds,
+            default=1.0,
+            help="Seconds of wall time between two commits of the output "
+            "tables (default 1): every table's new rows are committed "
+            "together. Shorter makes panes visible sooner; each commit "
+            "costs tens of milliseconds whatever its size.")
+        parser.add_argument(
             "--dead-letter-topic", "--dead_letter_topic",
             dest="dead_letter_topic", default=None,
             help="Kafka topic for records that fail validation (JSON with "
@@ -236,11 +244,6 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
      | "DeadLetterTopic" >> WriteDeadLettersToKafka(
          kafka.bootstrap,
          kafka.dead_letter_topic or f"{kafka.topic}-dead-letters"))
-    (parsed[DEAD_LETTERS]
-     | "WriteDeadLetters" >> WriteBundleFiles(
-         output, output_layout.DEAD_LETTERS,
-         input_id=output_layout.input_fingerprint(
-             f"{kafka.bootstrap}/{kafka.topic}")))
     (parsed.events
      | "WriteArchive" >> WriteArchiveFiles(output))
     specs = parse_windows(opts.windows)
@@ -274,11 +277,17 @@ def _add_unbounded_tables(parsed, options: PipelineOptions):
     if BIGQUERY in sinks:
         panes | "WriteBigQuery" >> WriteBigQueryTables.from_options(
             options, panes)
-    # Late events and counts always go to the output: they are the
-    # record of what was not counted.
-    for name, pcoll in tables.items():
-        if PARQUET in sinks or name not in panes:
-            pcoll | f"Write_{name}" >> WriteBundleFiles(output, name)
+    # Late events and counts, and dead letters, always go to the output:
+    # they are the record of what was not counted.
+    written = {name: pcoll for name, pcoll in tables.items()
+               if PARQUET in sinks or name not in panes}
+    written[output_layout.DEAD_LETTERS] = parsed[DEAD_LETTERS]
+    (written
+     | "WriteTables" >> WriteTablesBuffered(
+         output, input_ids={
+             output_layout.DEAD_LETTERS: output_layout.input_fingerprint(
+                 f"{kafka.bootstrap}/{kafka.topic}")},
+         commit_interval_s=kafka.commit_interval_s))
 
 
 def prism_binary() -> str | None:
