@@ -1,5 +1,6 @@
 """Reading one Kafka partition of one-event messages through
-``PartitionReader.read_batch``, against the raw kafka-python poll loop.
+``PartitionReader.read_batch`` and ``ConfluentPartitionReader.read_batch``,
+against the raw kafka-python poll loop.
 
 Produces ``--messages`` small JSON events (~100 bytes, one per message) to a
 one-partition topic, their record timestamps ``--ms-per-message`` apart, so
@@ -9,6 +10,8 @@ times and side by side, reads the whole topic with:
 
 * ``floor``: a kafka-python consumer's poll loop (the values, nothing else);
 * ``reader``: ``topk.connectors.kafka.PartitionReader.read_batch``;
+* ``confluent``: ``ConfluentPartitionReader.read_batch`` (confluent-kafka,
+  librdkafka; ``open_reader("confluent", ...)``), if installed;
 * ``impl:PATH``: the same with ``PartitionReader`` of another copy of
   reader.py, e.g. the committed one::
 
@@ -111,9 +114,12 @@ def read_floor(bootstrap: str, topic: str, messages: int, _span) -> int:
     return n
 
 
-def reader_of(module):
+def reader_of(module, client: str = "kafka-python"):
     def read(bootstrap: str, topic: str, messages: int, span) -> int:
-        reader = module.PartitionReader(bootstrap, topic, 0)
+        if client == "kafka-python":
+            reader = module.PartitionReader(bootstrap, topic, 0)
+        else:
+            reader = module.open_reader(client, bootstrap, topic, 0)
         reader.seek(0)
         n = 0
         try:
@@ -159,6 +165,13 @@ def main() -> None:
         from topk.connectors.kafka import reader as current
         contenders = [("floor: kafka-python poll loop", read_floor),
                       ("PartitionReader (this tree)", reader_of(current))]
+        try:
+            import confluent_kafka  # noqa: F401
+            contenders.append(("ConfluentPartitionReader (this tree)",
+                               reader_of(current, "confluent")))
+        except ImportError:
+            print("confluent-kafka is not installed: its reader is skipped",
+                  file=sys.stderr)
         contenders += [(f"PartitionReader ({p})", reader_of(load_module(p)))
                        for p in args.impl]
         times = {name: [] for name, _ in contenders}

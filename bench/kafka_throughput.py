@@ -26,8 +26,14 @@ preload is reused. Then, each contender in its own process:
   path: no de-duplication, so done when the latest 1m panes hold every
   record, duplicates included).
 * ``raw``: one kafka-python consumer that only reads every message (the
-  I/O limit); ``raw_confluent`` the same with confluent-kafka, if installed
-  (``pip install confluent-kafka``).
+  I/O limit).
+* ``raw_reader`` / ``raw_confluent``: the source's own read path, a
+  partition reader (``open_reader``: ``PartitionReader``, kafka-python /
+  ``ConfluentPartitionReader``, confluent-kafka, if installed) per
+  partition, one after the other from its beginning to its end, with the
+  source's batch limits and span cut (``--reader-span-ms``); each batch's
+  ``payload()`` is what the source emits. Their ratio picks the source's
+  default client.
 * ``floor``: the kafka-python reader, plus ``pyarrow.json`` parsing of
   each poll batch and an Arrow group-by count per (event type, minute,
   item), merged at the end: the least work that yields the counts, in one
@@ -76,10 +82,12 @@ TARGET_CATCHUP = 500_000       # events/s from Kafka to written results
 TARGET_VS_FLOOR = 0.5          # of the read+parse+count floor
 TARGET_P99_S = 5.0             # produce -> early pane visible to topk query
 
-ALL_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_confluent",
-             "floor", "naive", "latency", "profile")
-DEFAULT_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_confluent",
-                 "floor", "naive", "latency")
+ALL_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_reader",
+             "raw_confluent", "floor", "naive", "latency", "profile")
+DEFAULT_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_reader",
+                 "raw_confluent", "floor", "naive", "latency")
+#: The parts that only read, by the client of their partition readers.
+READER_PARTS = {"raw_reader": "kafka-python", "raw_confluent": "confluent"}
 KAFKA_SH = os.path.join(REPO, "deploy", "kafka", "kafka.sh")
 DAY_S = 86_400
 
@@ -380,34 +388,37 @@ def _kafka_python_batches(bootstrap: str, topic: str):
 
 
 def _confluent_batches(bootstrap: str, topic: str):
-    """The same with confluent-kafka (librdkafka)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "bench-raw-confluent",
-        "enable.auto.commit": False, "enable.partition.eof": False,
-        "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
-        "queued.max.messages.kbytes": 256 << 10})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = sorted(meta.partitions)
-        ends = {p: consumer.get_watermark_offsets(
-            TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                         for p in parts])
-        left = {p for p in parts if ends[p] > 0}
-        while left:
-            msgs = consumer.consume(num_messages=10_000, timeout=1.0)
-            values = []
-            for m in msgs:
-                if m.error():
-                    raise RuntimeError(str(m.error()))
-                values.append(m.value())
-                if m.offset() + 1 >= ends[m.partition()]:
-                    left.discard(m.partition())
-            if values:
-                yield values
-    finally:
-        consumer.close()
+    """The same with confluent-kafka (librdkafka), through
+    ``ConfluentPartitionReader``: the lists are batches' values."""
+    for batch in _reader_batches(bootstrap, topic, "confluent"):
+        yield batch.records.values()
+
+
+def _reader_batches(bootstrap: str, topic: str, client: str,
+                    span_ms: int | None = None):
+    """Every message of ``topic`` as the source reads it: the ``Batch`` es
+    of an ``open_reader(client, ...)`` per partition, one partition after
+    the other (as one source worker would), from the beginning to the end
+    offsets present at start, with the source's default batch limits and
+    a ``span_ms`` span cut (``None``: the source's ``allowed_skew_ms``;
+    0: none)."""
+    from topk.connectors import kafka as ko
+    span = ko.ALLOWED_SKEW_MS if span_ms is None else (span_ms or None)
+    for p, end in sorted(end_offsets(bootstrap, topic).items()):
+        if end <= 0:
+            continue
+        reader = ko.open_reader(client, bootstrap, topic, p)
+        try:
+            reader.seek(0)
+            while True:
+                batch = reader.read_batch(timeout_ms=1_000, max_span_ms=span)
+                if batch is None:
+                    continue
+                yield batch
+                if batch.last_offset + 1 >= end:
+                    break
+        finally:
+            reader.close()
 
 
 READERS = {"kafka-python": _kafka_python_batches,
@@ -424,12 +435,33 @@ def _read_only(spec: str, reader: str) -> dict:
     return {"events": events, "messages": messages, "bytes": nbytes}
 
 
+def _read_batches(spec: str, client: str) -> dict:
+    """Read with the source's partition readers; events are the records of
+    the payloads the source would emit."""
+    s = json.loads(spec)
+    messages = events = nbytes = batches = 0
+    for batch in _reader_batches(s["bootstrap"], s["topic"], client,
+                                 s.get("reader_span_ms")):
+        payload = batch.payload()
+        messages += len(batch)
+        nbytes += batch.nbytes
+        batches += 1
+        # join_values: newline-terminated records, or joined by newlines.
+        events += payload.count(b"\n") + (not payload.endswith(b"\n"))
+    return {"events": events, "messages": messages, "bytes": nbytes,
+            "batches": batches}
+
+
 def run_raw(spec: str, workdir: str) -> dict:
     return _read_only(spec, "kafka-python")
 
 
+def run_raw_reader(spec: str, workdir: str) -> dict:
+    return _read_batches(spec, READER_PARTS["raw_reader"])
+
+
 def run_raw_confluent(spec: str, workdir: str) -> dict:
-    return _read_only(spec, "confluent-kafka")
+    return _read_batches(spec, READER_PARTS["raw_confluent"])
 
 
 def run_floor(spec: str, workdir: str) -> dict:
@@ -655,6 +687,7 @@ def run_stream_cms(spec: str, workdir: str) -> dict:
 
 CONTENDERS = {"bounded": run_bounded, "stream": run_stream,
               "stream_cms": run_stream_cms, "raw": run_raw,
+              "raw_reader": run_raw_reader,
               "raw_confluent": run_raw_confluent, "floor": run_floor,
               "naive": run_naive, "latency": run_latency,
               "profile": run_profile_stage}
@@ -678,8 +711,10 @@ LABELS = {
     "bounded": "topk stream --bounded (FnApiRunner, batch steps)",
     "stream": "topk stream unbounded (Prism) catch-up",
     "stream_cms": "topk stream unbounded --method cms (Prism) catch-up",
-    "raw": "raw read, kafka-python (I/O limit)",
-    "raw_confluent": "raw read, confluent-kafka",
+    "raw": "raw read, kafka-python poll loop (I/O limit)",
+    "raw_reader": "source read path, PartitionReader (kafka-python)",
+    "raw_confluent": "source read path, ConfluentPartitionReader "
+                     "(confluent-kafka)",
     "floor": "floor: kafka-python + pyarrow.json + group-by",
     "naive": "naive Beam, one element per event (subset)",
 }
@@ -732,8 +767,12 @@ def main() -> None:
                         help="--dedup-shards of the stream pipelines "
                         "(default: the pipelines' own; 2 in the profile).")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="Runs of raw, raw_confluent and floor (cheap); "
+                        help="Runs of raw, raw_reader, raw_confluent and "
+                        "floor (cheap, alternating within a round); "
                         "the median is reported (default 3).")
+    parser.add_argument("--reader-span-ms", type=int, default=None,
+                        help="Span cut of raw_reader and raw_confluent "
+                        "(default: the source's allowed_skew_ms; 0: none).")
     parser.add_argument("--repeat-pipelines", type=int, default=1,
                         help="Runs of bounded and naive (default 1).")
     parser.add_argument("--naive-events", type=int, default=10_000,
@@ -827,10 +866,11 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
     epm, nparts = args.events_per_message, args.partitions
     rate = args.event_rate or args.events / DAY_S
     base = {"bootstrap": bootstrap, "windows": args.windows, "k": args.k,
+            "reader_span_ms": args.reader_span_ms,
             "item_shards": args.item_shards,
             "dedup_shards": args.dedup_shards}
-    main_parts = {"bounded", "stream", "stream_cms", "raw", "raw_confluent",
-                  "floor"}
+    main_parts = {"bounded", "stream", "stream_cms", "raw", "raw_reader",
+                  "raw_confluent", "floor"}
     topic = (preload(bootstrap, args.dir, "main", args.events, epm, nparts,
                      rate=rate)
              if main_parts & set(parts) else None)
@@ -842,7 +882,8 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
                      if "profile" in parts else None)
 
     results, runs = {}, {}
-    cheap = [p for p in ("raw", "raw_confluent", "floor") if p in parts]
+    cheap = [p for p in ("raw", "raw_reader", "raw_confluent", "floor")
+             if p in parts]
     pipes = [p for p in ("bounded", "naive") if p in parts]
     rounds = max(args.repeat if cheap else 0,
                  args.repeat_pipelines if pipes else 0)
@@ -859,7 +900,8 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
             runs.setdefault(name, []).append(r)
             bt.print_run(name, i, r)
     for name, rs in runs.items():
-        results[name] = {**bt.medians(rs), "runs": len(rs)}
+        results[name] = {**bt.medians(rs), "runs": len(rs),
+                         "rates": [r["rate"] for r in rs]}
 
     for name in ("stream", "stream_cms"):
         if name not in parts:
@@ -933,8 +975,8 @@ def print_report(args, command, topic, results, latency, profile,
     naive = results.get("naive", {}).get("rate")
     out("| contender | events | seconds | events/s | vs floor | runs |")
     out("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in ("bounded", "stream", "stream_cms", "raw", "raw_confluent",
-                 "floor", "naive"):
+    for name in ("bounded", "stream", "stream_cms", "raw", "raw_reader",
+                 "raw_confluent", "floor", "naive"):
         r = results.get(name)
         if r is None:
             continue
@@ -968,13 +1010,20 @@ def print_report(args, command, topic, results, latency, profile,
             + (f"; {rate / naive:,.0f}x the naive pipeline" if naive
                else ""))
     raw = results.get("raw", {}).get("rate")
+    kp = results.get("raw_reader", {}).get("rate")
     conf = results.get("raw_confluent", {}).get("rate")
     if raw and floor:
         verdicts.append(f"- floor / raw read: {floor / raw:.2f} (parsing "
                         "and counting cost on top of reading)")
+    if kp and conf:
+        verdicts.append(f"- the source's read path, confluent-kafka / "
+                        f"kafka-python: {conf / kp:.2f}x (per run: "
+                        + ", ".join(f"{c / k:.2f}" for c, k in zip(
+                            results["raw_confluent"]["rates"],
+                            results["raw_reader"]["rates"])) + ")")
     if raw and conf:
-        verdicts.append(f"- confluent-kafka / kafka-python raw read: "
-                        f"{conf / raw:.2f}x")
+        verdicts.append(f"- confluent-kafka reader / kafka-python raw poll "
+                        f"loop: {conf / raw:.2f}x")
     if latency:
         ok = latency["missing"] == 0 and latency["p99_s"] <= TARGET_P99_S
         verdicts.append(

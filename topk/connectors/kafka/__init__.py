@@ -4,7 +4,10 @@
   the broker/topic check before a run;
 - ``plans``: start positions and the offset range each reader owns;
 - ``watermarks``: watermark arithmetic, aligned across partitions;
-- ``reader``: ``PartitionReader`` and the ``Batch`` es it returns.
+- ``reader``: ``PartitionReader`` and the ``Batch`` es it returns, the
+  batch cutting it shares with ``confluent_reader``'s
+  ``ConfluentPartitionReader`` (confluent-kafka), and ``open_reader``,
+  which opens either by client name.
 
 ``topk.sources.kafka.ReadFromKafkaBatches`` is thin Beam wiring around it;
 this package re-exports what the source, the load generator and the
@@ -20,10 +23,13 @@ from topk.connectors.kafka.plans import (UNBOUNDED_STOP, PartitionPlan,
                                          parse_start, plan_partitions,
                                          plan_topic, resolve_start_offset,
                                          split_offsets)
-from topk.connectors.kafka.reader import (MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
+from topk.connectors.kafka.reader import (DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS,
+                                          MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
                                           POLL_TIMEOUT_MS, Batch,
-                                          PartitionReader, batch_source,
-                                          join_values, span_cut)
+                                          CarryingReader, ColumnRecords,
+                                          PartitionReader, Record,
+                                          batch_source, join_values,
+                                          open_reader, span_cut)
 from topk.connectors.kafka.watermarks import (ALLOWED_SKEW_MS, DONE,
                                               IDLE_TIMEOUT_MS,
                                               AlignedWatermarks,
@@ -41,7 +47,19 @@ __all__ = [
     # reader
     "MAX_BATCH_BYTES", "MAX_BATCH_RECORDS", "POLL_TIMEOUT_MS", "Batch",
     "PartitionReader", "batch_source", "join_values", "span_cut",
+    "CarryingReader", "ColumnRecords", "Record", "KAFKA_CLIENTS",
+    "DEFAULT_KAFKA_CLIENT", "open_reader", "ConfluentPartitionReader",
     # watermarks
     "ALLOWED_SKEW_MS", "DONE", "IDLE_TIMEOUT_MS", "AlignedWatermarks",
     "aligned_minimum", "data_watermark", "idle_watermark", "later",
 ]
+
+
+def __getattr__(name):
+    # confluent-kafka is imported only when its reader is asked for, so the
+    # package works without it (open_reader("kafka-python", ...)).
+    if name == "ConfluentPartitionReader":
+        from topk.connectors.kafka.confluent_reader import \
+            ConfluentPartitionReader
+        return ConfluentPartitionReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

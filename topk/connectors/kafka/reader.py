@@ -7,10 +7,15 @@ element of the Beam source: its ``payload()`` (the message values as
 newline-delimited bytes, ready for ``ParseEvents``) and its ``source()``
 (``topic/partition@first-last``).
 
+The cutting is ``CarryingReader`` 's, shared with
+``confluent_reader.ConfluentPartitionReader`` (confluent-kafka,
+librdkafka); ``open_reader`` opens either by client name.
+
 ``topk.sources.kafka.ReadFromKafkaBatches`` is thin Beam wiring around this
 package; benchmarks and tests use it directly. All instants are epoch
 milliseconds (UTC), like the rest of the project.
 """
+import abc
 import collections
 import dataclasses
 import logging
@@ -58,12 +63,51 @@ def batch_source(topic: str, partition: int, first: int, last: int) -> str:
     return f"{topic}/{partition}@{first}-{last}"
 
 
+#: A record as ``ColumnRecords`` hand it out: offset, timestamp (epoch ms,
+#: negative when the message carries none) and value (``None`` for a null).
+Record = collections.namedtuple("Record", "offset timestamp value")
+
+
+class ColumnRecords(collections.abc.Sequence):
+    """Records kept as columns rather than as one object per message.
+
+    A client whose messages expose their fields through method calls
+    (confluent-kafka's ``Message``) would pay an object per message to look
+    like kafka-python's ``ConsumerRecord``; a ``Batch`` of ``ColumnRecords``
+    instead reads whole columns. Indexing gives ``Record`` s (built on
+    demand: for offsets at the edges and for tests, not per message);
+    slicing gives ``ColumnRecords``; ``extend`` appends another's records.
+    """
+
+    @abc.abstractmethod
+    def values(self) -> list:
+        """The message values, ``b""`` for a null value."""
+
+    @abc.abstractmethod
+    def timestamps(self) -> list:
+        """The record timestamps (epoch ms, negative when absent)."""
+
+    @abc.abstractmethod
+    def value_bytes(self) -> int:
+        """The summed length of the values."""
+
+    @abc.abstractmethod
+    def extend(self, other: "ColumnRecords") -> None:
+        """Append ``other`` 's records (later offsets)."""
+
+
+def _record_bytes(records) -> int:
+    if isinstance(records, ColumnRecords):
+        return records.value_bytes()
+    return sum(len(r.value or b"") for r in records)
+
+
 @dataclasses.dataclass
 class Batch:
     """Messages of one partition from one or more polls, in offset order.
 
     ``records`` are kafka-python ``ConsumerRecord`` s (anything with
-    ``offset``, ``timestamp`` and ``value``)."""
+    ``offset``, ``timestamp`` and ``value``) or ``ColumnRecords``."""
     topic: str
     partition: int
     records: list
@@ -92,16 +136,30 @@ class Batch:
             else:
                 hi = mid
         kept = self.records[:lo]
-        return Batch(self.topic, self.partition, kept,
-                     sum(len(r.value or b"") for r in kept))
+        return Batch(self.topic, self.partition, kept, _record_bytes(kept))
 
     def max_timestamp(self) -> int | None:
         """The largest Kafka record timestamp (epoch ms), ``None`` if the
         messages carry none (pre-0.10 formats report -1)."""
-        ts = max(r.timestamp for r in self.records)
+        if isinstance(self.records, ColumnRecords):
+            ts = max(self.records.timestamps())
+        else:
+            ts = max(r.timestamp for r in self.records)
         return ts if ts is not None and ts >= 0 else None
 
+    def min_timestamp(self) -> int | None:
+        """The smallest Kafka record timestamp (epoch ms) of the messages
+        that carry one, ``None`` if none does."""
+        if isinstance(self.records, ColumnRecords):
+            stamps = self.records.timestamps()
+        else:
+            stamps = [r.timestamp for r in self.records]
+        stamped = [t for t in stamps if t is not None and t >= 0]
+        return min(stamped) if stamped else None
+
     def payload(self) -> bytes:
+        if isinstance(self.records, ColumnRecords):
+            return join_values(self.records.values())
         return join_values([r.value or b"" for r in self.records])
 
     def source(self) -> str:
@@ -133,73 +191,101 @@ def _value_bytes(records) -> int:
     return sum(s for s in map(_SIZE, records) if s > 0)
 
 
-def _span_cut_chunks(chunks, pos: int, max_span_ms: int) -> int | None:
-    """``span_cut`` of the records held in ``chunks`` (lists, in offset
-    order) from index ``pos`` of the first: ``None`` when all of them are
-    within the span, else how many are. Looks at the records it keeps and
-    one more, never at the rest."""
-    first = chunks[0][pos].timestamp
+_TIMESTAMP = operator.attrgetter("timestamp")
+
+
+def _record_timestamps(chunk, start: int):
+    """The timestamps of a list of records from index ``start``, lazily
+    (one attribute read per record looked at)."""
+    return map(_TIMESTAMP, map(chunk.__getitem__, range(start, len(chunk))))
+
+
+def _span_cut_chunks(chunks, pos: int, max_span_ms: int,
+                     timestamps=_record_timestamps) -> int | None:
+    """``span_cut`` of the records held in ``chunks`` (in offset order)
+    from index ``pos`` of the first: ``None`` when all of them are within
+    the span, else how many are. ``timestamps(chunk, start)`` iterates a
+    chunk's record timestamps from ``start``. Looks at the records it keeps
+    and one more, never at the rest."""
+    first = next(iter(timestamps(chunks[0], pos)))
     if first is None or first < 0:
         return None
     lo, hi = first - max_span_ms, first + max_span_ms
     seen = 0
     for chunk in chunks:
-        for j in range(pos, len(chunk)):
-            t = chunk[j].timestamp
+        for j, t in enumerate(timestamps(chunk, pos)):
             if t is not None and t >= 0 and (t > hi or t < lo):
-                return max(seen + j - pos, 1)
+                return max(seen + j, 1)
         seen += len(chunk) - pos
         pos = 0
     return None
 
 
-class PartitionReader:
-    """A kafka-python consumer assigned to one partition (no group
-    membership, no auto-commit: the caller owns the offsets).
+class CarryingReader:
+    """What both clients' partition readers share: ``read_batch`` (the
+    cutting of polls into batches by records, bytes and record-time span,
+    with the carried-over tail), the position it returns from, the guard
+    against stale messages and the skipping of offsets lost to retention.
 
-    Creating a ``KafkaConsumer`` costs a broker round trip and some
-    milliseconds of Python, and its fetch buffer holds messages already on
-    their way, so readers are meant to be kept and reused across calls.
-    kafka-python reconnects by itself when the broker comes back; the caller
-    retries empty or failed polls.
+    A subclass is one client: it sets ``consumer`` and implements
+    ``_poll`` (the next messages already held or arriving within a wait,
+    as one chunk: a list of records or ``ColumnRecords``; raises
+    ``kafka.errors.OffsetOutOfRangeError`` when the position left the
+    log), ``_seek_consumer``, ``position``, ``end_offset``,
+    ``beginning_offset``, ``commit`` and ``close``; and, for chunks that
+    are not lists of kafka-python records, ``_chunk_bytes`` and
+    ``_chunk_timestamps``.
     """
 
-    def __init__(self, bootstrap_servers, topic: str, partition: int,
-                 group_id: str | None = None,
-                 consumer_overrides: dict | None = None):
+    def __init__(self, topic: str, partition: int):
         self.topic = topic
         self.partition = partition
         self.tp = TopicPartition(topic, partition)
-        check_crc32c()
-        self.consumer = new_consumer(consumer_config(
-            bootstrap_servers, group_id, f"topk-kafka-{topic}-{partition}",
-            consumer_overrides))
-        self.consumer.assign([self.tp])
         self._next = None  # offset of the next message read_batch returns
         # Messages polled but cut off the last batch by its span, in
         # offset order from ``_next``: the next batch starts with them.
-        # (Seeking back instead would drop kafka-python's prefetched
+        # (Seeking back instead would drop the client's prefetched
         # messages and cost a fetch round trip per batch.) Kept as the
-        # polls returned them (a deque of lists) with the index of the first
-        # unread message of the first list, their count and value bytes, so
-        # a batch costs work in proportion to the messages it returns, not
-        # to the messages carried over (a poll may bring 200k of them and
-        # the span cut may take a few at a time).
+        # polls returned them (a deque of chunks) with the index of the
+        # first unread message of the first chunk, their count and value
+        # bytes, so a batch costs work in proportion to the messages it
+        # returns, not to the messages carried over (a poll may bring 200k
+        # of them and the span cut may take a few at a time).
         self._drop_carry()
         # Wall clock of the last non-empty poll; the idle clock starts now.
         self.last_data_ms = now_ms()
         self.skipped = 0  # offsets lost to retention before being read
 
+    # -- what a client implements ---------------------------------------------
+
+    def _poll(self, max_records: int, timeout_ms: int):
+        """At most ``max_records`` next messages (a chunk), waiting up to
+        ``timeout_ms`` for the first; ``None`` or empty when none came."""
+        raise NotImplementedError
+
+    def _seek_consumer(self, offset: int) -> None:
+        raise NotImplementedError
+
+    def beginning_offset(self, timeout_ms: int = 5_000) -> int:
+        raise NotImplementedError
+
+    #: The value bytes of a chunk (or of the records of a batch).
+    _chunk_bytes = staticmethod(_value_bytes)
+    #: ``timestamps(chunk, start)`` for ``_span_cut_chunks``.
+    _chunk_timestamps = staticmethod(_record_timestamps)
+
+    # -- shared ----------------------------------------------------------------
+
     def seek(self, offset: int) -> None:
         """Read from ``offset`` next. A no-op when already there, which keeps
-        the messages kafka-python has prefetched."""
+        the messages the client has prefetched."""
         if self._next != offset:
-            self.consumer.seek(self.tp, offset)
+            self._seek_consumer(offset)
             self._next = offset
             self._drop_carry()
 
     def _drop_carry(self) -> None:
-        self._carry = collections.deque()  # lists of records
+        self._carry = collections.deque()  # chunks of records
         self._carry_pos = 0  # first unread record of self._carry[0]
         self._carry_len = 0  # records held from there on
         self._carry_bytes = 0  # their value bytes
@@ -214,25 +300,23 @@ class PartitionReader:
         ``max_bytes`` of values (a batch ends at the first poll that would
         wait), and, with ``max_span_ms``, only messages stamped within that
         much of the first one (the rest is read again next time). Raises
-        kafka-python errors (the caller retries)."""
+        ``kafka.errors.KafkaError`` s (the caller retries)."""
         chunks = self._carry
         count, nbytes = self._carry_len, self._carry_bytes
         wait = 0 if count else timeout_ms
         while count < max_records and nbytes < max_bytes:
             try:
-                got = self.consumer.poll(
-                    timeout_ms=wait, max_records=max_records - count)
+                part = self._poll(max_records - count, wait)
             except OffsetOutOfRangeError:
                 if count:
                     break  # return what we have; the next call handles it
                 self._skip_deleted()
                 continue
-            part = got.get(self.tp)
             if not part:
                 break
             chunks.append(part)
             count += len(part)
-            nbytes += _value_bytes(part)
+            nbytes += self._chunk_bytes(part)
             # Held from now on, should a later poll raise.
             self._carry_len, self._carry_bytes = count, nbytes
             wait = 0
@@ -242,24 +326,19 @@ class PartitionReader:
         # Guard against a message before the requested position (a fetch
         # that raced a seek): it belongs to someone else's range.
         if self._next is not None and chunks[0][pos].offset < self._next:
-            kept = [r for i, chunk in enumerate(chunks)
-                    for r in (chunk[pos:] if i == 0 else chunk)
-                    if r.offset >= self._next]
-            self._drop_carry()
-            if not kept:
+            chunks, pos, count, nbytes = self._drop_stale(chunks, pos)
+            if not count:
                 return None
-            chunks, pos = self._carry, 0
-            chunks.append(kept)
-            count, nbytes = len(kept), _value_bytes(kept)
         take = None
         if max_span_ms is not None:
-            take = _span_cut_chunks(chunks, pos, max_span_ms)
+            take = _span_cut_chunks(chunks, pos, max_span_ms,
+                                    self._chunk_timestamps)
         if take is None or take >= count:
             records = self._take(chunks, pos, count)
             self._drop_carry()
         else:
             records = self._take(chunks, pos, take)
-            batch_bytes = _value_bytes(records)
+            batch_bytes = self._chunk_bytes(records)
             self._carry_len = count - take
             self._carry_bytes = nbytes - batch_bytes
             nbytes = batch_bytes
@@ -267,7 +346,24 @@ class PartitionReader:
         self.last_data_ms = now_ms()
         return Batch(self.topic, self.partition, records, nbytes)
 
-    def _take(self, chunks, pos: int, n: int) -> list:
+    def _drop_stale(self, chunks, pos: int):
+        """The carry without its messages before ``self._next`` (each poll
+        is in offset order, so they lead their chunk): ``(chunks, pos,
+        count, nbytes)`` of what is left, which becomes the carry."""
+        self._drop_carry()
+        kept = self._carry
+        for chunk in chunks:
+            j = pos
+            while j < len(chunk) and chunk[j].offset < self._next:
+                j += 1
+            if j < len(chunk):
+                kept.append(chunk[j:] if j else chunk)
+            pos = 0
+        self._carry_len = sum(map(len, kept))
+        self._carry_bytes = sum(map(self._chunk_bytes, kept))
+        return kept, 0, self._carry_len, self._carry_bytes
+
+    def _take(self, chunks, pos: int, n: int):
         """The first ``n`` records of ``chunks`` from ``pos``, removed
         (``self._carry_pos`` follows). Copies only the records taken."""
         records = None
@@ -308,7 +404,7 @@ class PartitionReader:
                    "were read (retention); skipping them", self.tp,
                    self._next, beginning)
         self.skipped += beginning - self._next
-        self.consumer.seek(self.tp, beginning)
+        self._seek_consumer(beginning)
         self._next = beginning
 
     def forget_position(self) -> None:
@@ -316,6 +412,42 @@ class PartitionReader:
         really seek."""
         self._next = None
         self._drop_carry()
+
+    def highwater(self) -> int | None:
+        """The partition's end offset as of the last fetch, without asking
+        the broker; ``None`` before the first fetch. (The same as
+        ``consumer.highwater(tp)``.)"""
+        return self.consumer.highwater(self.tp)
+
+
+class PartitionReader(CarryingReader):
+    """A kafka-python consumer assigned to one partition (no group
+    membership, no auto-commit: the caller owns the offsets).
+
+    Creating a ``KafkaConsumer`` costs a broker round trip and some
+    milliseconds of Python, and its fetch buffer holds messages already on
+    their way, so readers are meant to be kept and reused across calls.
+    kafka-python reconnects by itself when the broker comes back; the caller
+    retries empty or failed polls.
+    """
+
+    def __init__(self, bootstrap_servers, topic: str, partition: int,
+                 group_id: str | None = None,
+                 consumer_overrides: dict | None = None):
+        super().__init__(topic, partition)
+        check_crc32c()
+        self.consumer = new_consumer(consumer_config(
+            bootstrap_servers, group_id, f"topk-kafka-{topic}-{partition}",
+            consumer_overrides))
+        self.consumer.assign([self.tp])
+
+    def _poll(self, max_records: int, timeout_ms: int):
+        got = self.consumer.poll(timeout_ms=timeout_ms,
+                                 max_records=max_records)
+        return got.get(self.tp)
+
+    def _seek_consumer(self, offset: int) -> None:
+        self.consumer.seek(self.tp, offset)
 
     def position(self, timeout_ms: int = 2_000) -> int:
         """The consumer's position: the offset after the last one it has
@@ -344,3 +476,48 @@ class PartitionReader:
         except Exception:  # closing a consumer of a dead broker may raise
             _LOG.debug("closing the consumer of %s failed", self.tp,
                        exc_info=True)
+
+
+#: The Kafka clients a source can read with (``open_reader``).
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+#: The one ``open_reader`` uses unless told: confluent-kafka read 3-4.5x
+#: the events/s of kafka-python on the source's read path, at a third of
+#: the CPU (``raw_confluent`` / ``raw_reader`` of bench/kafka_throughput.py,
+#: one- and 100-event messages). kafka-python when it is not installed.
+DEFAULT_KAFKA_CLIENT = "confluent"
+
+
+def _default_client() -> str:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        _LOG.warning("confluent-kafka is not installed: reading Kafka with "
+                     "kafka-python, 3-4x slower (pip install "
+                     "confluent-kafka)")
+        return "kafka-python"
+    return DEFAULT_KAFKA_CLIENT
+
+
+def open_reader(client: str | None, bootstrap_servers, topic: str,
+                partition: int, group_id: str | None = None,
+                consumer_overrides: dict | None = None) -> CarryingReader:
+    """A partition reader of ``client`` (one of ``KAFKA_CLIENTS``; ``None``
+    for ``DEFAULT_KAFKA_CLIENT``, or kafka-python without confluent-kafka):
+    ``PartitionReader`` (kafka-python) or ``ConfluentPartitionReader``
+    (confluent-kafka, librdkafka). Both take the same arguments, return the
+    same ``Batch`` es and raise ``kafka.errors.KafkaError`` s;
+    ``consumer_overrides`` are kafka-python ``KafkaConsumer`` settings,
+    which the confluent reader translates (or librdkafka properties,
+    dotted, for it alone)."""
+    client = _default_client() if client is None else client
+    if client == "kafka-python":
+        cls = PartitionReader
+    elif client == "confluent":
+        # Imported here: confluent-kafka is needed only when chosen.
+        from topk.connectors.kafka.confluent_reader import \
+            ConfluentPartitionReader as cls
+    else:
+        raise ValueError(f"unknown Kafka client {client!r}: use one of "
+                         f"{', '.join(KAFKA_CLIENTS)}")
+    return cls(bootstrap_servers, topic, partition, group_id,
+               consumer_overrides)
