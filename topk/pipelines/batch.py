@@ -199,7 +199,8 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
             {**tables, output_layout.DEAD_LETTERS: parsed[DEAD_LETTERS]}
             | "WriteOutput" >> WriteOutputTables(
                 opts.output, source=source, methods=methods,
-                input_id=input_name, window_range=window_range))
+                input_id=input_name, window_range=window_range,
+                specs=specs, k=opts.k))
     else:
         # The dead letters still go to --output, in a commit of their own.
         written.append(

@@ -10,7 +10,10 @@ The output tables are Delta tables committed together through a manifest
 2. after every table's rows are staged, a single step commits them all:
    for ``source = batch`` an overwrite, per table, of the rows the run owns
    (its methods' rows of its event-time span, and the dead letters of its
-   input: ``tables.batch_predicates``), else appends; then one manifest row.
+   input: ``tables.batch_predicates``), with the exact windows and slices
+   straddling the span's edges recomputed from the committed slices too
+   (``topk.storage.boundary_windows``), else appends; then one manifest
+   row.
 
 The final step streams the staged files into the tables rather than
 gathering rows in memory, so its memory does not grow with the output;
@@ -109,12 +112,18 @@ class WriteOutputTables(beam.PTransform):
     the run's ``--method``s (a batch run replaces only their rows);
     ``input_id``: the key of its input's dead letters
     (``tables.input_id``); ``window_range``: for reprocessing, the whole
-    days rebuilt (only windows inside them are replaced).
+    days rebuilt (only windows inside them are replaced); ``specs`` and
+    ``k``: the run's window specs (``WindowSpec`` or names) and K, with
+    which a batch commit re-ranks the exact windows straddling its span's
+    edges from its own and the committed slices
+    (``topk.storage.boundary_windows``; without them those windows keep
+    the run's own counts).
     """
 
     def __init__(self, output: str, source: str = "batch",
                  methods=(output_layout.EXACT,), input_id: str = "",
-                 window_range: tuple[int, int] | None = None):
+                 window_range: tuple[int, int] | None = None,
+                 specs=None, k: int | None = None):
         super().__init__()
         if "://" not in output:
             # Fail before the run, not at its commit, on an old output.
@@ -124,6 +133,9 @@ class WriteOutputTables(beam.PTransform):
         self._methods = list(methods)
         self._input_id = input_id
         self._window_range = window_range
+        # Names, not WindowSpecs: plain strings pickle to any worker.
+        self._specs = [getattr(s, "name", s) for s in specs or ()]
+        self._k = k
         # Fixed at construction: a retried commit step finds it in the
         # manifest and does nothing.
         self._run_id = uuid.uuid4().hex
@@ -132,6 +144,7 @@ class WriteOutputTables(beam.PTransform):
         output, run_id, source = self._output, self._run_id, self._source
         methods, input_id = self._methods, self._input_id
         window_range = self._window_range
+        specs, k = self._specs, self._k
         staged = [
             pcolls[table] | f"Stage_{table}" >> beam.ParDo(
                 _StageFn(output, run_id, table, input_id))
@@ -141,7 +154,8 @@ class WriteOutputTables(beam.PTransform):
             if source == "batch":
                 snap = output_tables.commit_staged(
                     output, run_id, methods, input_id, span=window_range,
-                    whole_windows_only=window_range is not None)
+                    whole_windows_only=window_range is not None,
+                    specs=specs, k=k)
             else:
                 snap = output_tables.commit_staged_appends(
                     output, run_id, source, input_id)

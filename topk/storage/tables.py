@@ -54,7 +54,8 @@ from deltalake import DeltaTable, write_deltalake
 
 from topk.core import schema
 from topk.core.schema import DAY_MS, HOUR_MS, MINUTE_MS
-from topk.storage import layout
+from topk.core.windows import WindowSpec
+from topk.storage import boundary_windows, layout
 
 COMMITS = "_commits"
 LOCK_FILE = "_commits.lock"
@@ -354,11 +355,13 @@ def _apply(output: str, change: Change) -> int | None:
 
 
 def commit(output: str, changes: list[Change], source: str,
-           run_id: str | None = None, span: tuple[int, int] | None = None
-           ) -> Snapshot:
+           run_id: str | None = None, span: tuple[int, int] | None = None,
+           then=None) -> Snapshot:
     """Commit ``changes`` to ``output``'s tables so that readers see them
     all at once (module docstring). ``run_id`` makes a retried commit a
-    no-op; ``span`` (epoch ms) is recorded in the manifest. Returns the new
+    no-op; ``span`` (epoch ms) is recorded in the manifest. ``then(snap)``
+    returns more changes computed from the committed snapshot this commit
+    lands on, under the lock (other writers wait). Returns the new
     snapshot."""
     retry = run_id is not None  # a fresh id cannot have committed yet
     run_id = run_id or uuid.uuid4().hex
@@ -370,6 +373,8 @@ def commit(output: str, changes: list[Change], source: str,
         if retry and _committed_runs(output, run_id):
             return snap
         versions = _recover(output, snap)
+        if then is not None:
+            changes = list(changes) + then(Snapshot(snap.seq, versions))
         wrote = []
         for change in changes:
             version = _apply(output, change)
@@ -597,18 +602,66 @@ def staged(output: str, run_id: str, table: str) -> pads.Dataset | None:
 
 def commit_staged(output: str, run_id: str, methods, input_id_: str,
                   span: tuple[int, int] | None = None,
-                  whole_windows_only: bool = False) -> Snapshot:
+                  whole_windows_only: bool = False, specs=None,
+                  k: int | None = None) -> Snapshot:
     """Commit what a batch run staged (``staging_dir``), replacing the rows
     the run owns (``batch_predicates``; ``span`` defaults to the minutes of
-    its staged slices and sketches), then remove the staging files."""
+    its staged slices and sketches), then remove the staging files.
+
+    With exact counts, the 1h/1d slices and (given the run's window
+    ``specs``, names or ``WindowSpec``s, and ``k``) the exact ranked
+    windows that straddle an edge of the span are recomputed from the
+    run's counts inside it plus the committed batch slices outside it
+    (``topk.storage.boundary_windows``), in the same commit and from the
+    snapshot that commit lands on (``_commit_edges``). Reprocessing
+    (``whole_windows_only``) replaces no straddling window, and its
+    whole-day span cuts no slice."""
     data = {t: staged(output, run_id, t) for t in TABLES}
     if span is None:
         span = minute_span([data[layout.SLICES], data[layout.SKETCHES]])
     predicates = batch_predicates(span, methods, input_id_,
                                   whole_windows_only)
+    if (span is None or whole_windows_only or layout.EXACT not in methods
+            or data[layout.SLICES] is None):
+        changes = [Change(table, _staged_rows(table, data[table]), predicate)
+                   for table, predicate in predicates.items()]
+        return _commit_and_clean(output, run_id, changes, "batch", span)
+    specs = [WindowSpec.parse(s) if isinstance(s, str) else s
+             for s in specs or ()]
+    return _commit_edges(output, run_id, data, predicates, span, specs, k)
+
+
+def _commit_edges(output, run_id, data, predicates, span, specs, k
+                  ) -> Snapshot:
+    """``commit_staged`` with the straddling rows recomputed from the
+    snapshot the commit lands on: computed under the commit lock
+    (``commit``'s ``then``), so no other writer commits in between; they
+    wait for this computation, which reads about two window lengths of
+    slices per edge."""
+    edged = {layout.SLICES, layout.RANKED_WINDOWS} & set(predicates)
+
+    def edge_changes(snap):
+        # Materialised here: delta-rs cannot read a table from inside its
+        # own write of another (``_staged_rows`` below reads staging files
+        # only).
+        reader = boundary_windows.SliceReader(
+            data[layout.SLICES], dataset(output, layout.SLICES, snap), span)
+        now = int(time.time() * 1000)
+        edges = {layout.SLICES: boundary_windows.straddling_slices(reader,
+                                                                   now)}
+        if specs and k:
+            edges[layout.RANKED_WINDOWS] = (
+                boundary_windows.ranked_straddling_windows(specs, k, reader,
+                                                           now))
+        return [Change(table, _staged_rows(table, data[table],
+                                           *edges.get(table, (None, None))),
+                       predicates[table]) for table in sorted(edged)]
+
     changes = [Change(table, _staged_rows(table, data[table]), predicate)
-               for table, predicate in predicates.items()]
-    return _commit_and_clean(output, run_id, changes, "batch", span)
+               for table, predicate in predicates.items()
+               if table not in edged]
+    return _commit_and_clean(output, run_id, changes, "batch", span,
+                             then=edge_changes)
 
 
 def commit_staged_appends(output: str, run_id: str, source: str,
@@ -628,17 +681,33 @@ def commit_staged_appends(output: str, run_id: str, source: str,
     return _commit_and_clean(output, run_id, changes, source, None)
 
 
-def _staged_rows(table: str, ds):
+def _staged_rows(table: str, ds, rows: pa.Table | None = None,
+                 replaces=None):
+    """The staged rows of ``table`` (``ds``, or none) as stored. With
+    ``rows`` (recomputed rows of the table's schema), those first, and the
+    staged rows matching ``replaces`` (a dataset filter) left out."""
     target = stored_schema(table)
-    if ds is None:
+    if ds is None and rows is None:
         return target.empty_table()
-    # Streamed batch by batch into the Delta writer: memory stays flat.
-    return pa.RecordBatchReader.from_batches(
-        target, (b.cast(target) for b in ds.to_batches()))
+
+    def batches():
+        if rows is not None:
+            for batch in prepare(table, rows).to_batches():
+                yield batch.cast(target)
+        if ds is not None:
+            keep = None if replaces is None else ~replaces
+            # Streamed batch by batch into the Delta writer: memory stays
+            # flat.
+            for batch in ds.to_batches(filter=keep):
+                yield batch.cast(target)
+
+    return pa.RecordBatchReader.from_batches(target, batches())
 
 
-def _commit_and_clean(output, run_id, changes, source, span) -> Snapshot:
-    snap = commit(output, changes, source, run_id=run_id, span=span)
+def _commit_and_clean(output, run_id, changes, source, span, then=None
+                      ) -> Snapshot:
+    snap = commit(output, changes, source, run_id=run_id, span=span,
+                  then=then)
     shutil.rmtree(os.path.join(output, STAGING, run_id), ignore_errors=True)
     with contextlib.suppress(OSError):  # other runs may be staging
         os.rmdir(os.path.join(output, STAGING))
