@@ -28,8 +28,10 @@ setuptools.setup(
     ],
     extras_require={
         # crc32c: kafka-python's pure-Python checksums otherwise cap a
-        # consumer at ~10k messages/s.
-        "kafka": ["kafka-python>=2.0.2", "crc32c>=2.3"],
+        # consumer at ~10k messages/s. confluent-kafka: the librdkafka
+        # reader (open_reader("confluent"); wheels bundle librdkafka).
+        "kafka": ["kafka-python>=2.0.2", "crc32c>=2.3",
+                  "confluent-kafka>=2.3"],
         # --sink bigquery / topk query --backend bigquery: Beam's
         # WriteToBigQuery (apitools, ...) and google-cloud-bigquery.
         "bigquery": ["apache-beam[gcp]==2.77.0",
@@ -41,6 +43,7 @@ setuptools.setup(
             "hypothesis>=6.100",
             "kafka-python>=2.0.2",
             "crc32c>=2.3",
+            "confluent-kafka>=2.3",
             # Offline checks of deploy/: Dataflow graphs, Kubernetes and
             # Compose schemas, the Airflow DAG's templates.
             "apache-beam[gcp]==2.77.0",
@@ -54,7 +57,8 @@ setuptools.setup(
             "playwright>=1.40",
             "httpx>=0.27",
         ],
-        "bench": ["matplotlib>=3.8"],
+        # bench/table_formats.py: the same workload on Apache Iceberg.
+        "bench": ["matplotlib>=3.8", "pyiceberg[sql-sqlite,pyarrow]>=0.9"],
     },
     entry_points={"console_scripts": ["topk=topk.cli:main"]},
 )
