@@ -44,6 +44,12 @@ Commands:
   health [--min-slots N] Print REST /overview JSON; exit non-zero if the cluster is down, has no
                         TaskManager or fewer than N task slots in all (default 1).
   stop                  Stop the cluster started by 'start'.
+  kill-taskmanager      SIGKILL every TaskManager of the cluster (a crash, for failover tests) and
+                        print their pids; jobs restart from their last checkpoint once a
+                        TaskManager offers slots again.
+  start-taskmanager [--timeout S]
+                        Start one more TaskManager and wait (default 60 s) until it is registered
+                        (REST /taskmanagers lists a new one); prints its REST id.
   jobserver-jar         Print the job server jar path (non-zero exit if not installed).
   options [--parallelism N] [--environment_type T] [--environment_config C]
                         Print the Beam options that submit a pipeline to this cluster
@@ -332,6 +338,58 @@ cmd_stop() {
   log "stopped"
 }
 
+TASKMANAGER_PID_FILE_GLOB="flink-*-taskexecutor.pid"
+
+cmd_kill_taskmanager() {
+  load_state || die "no cluster state in $RUN_DIR (not started)"
+  flink_env
+  local f pid killed=""
+  for f in "$FLINK_PID_DIR"/$TASKMANAGER_PID_FILE_GLOB; do
+    [[ -f "$f" ]] || continue
+    while read -r pid; do
+      if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid" 2>/dev/null && killed+="$pid "
+      fi
+    done <"$f"
+    # flink-daemon.sh counts the pids in this file as running instances.
+    : >"$f"
+  done
+  [[ -n "$killed" ]] || die "no running TaskManager found in $FLINK_PID_DIR"
+  log "killed TaskManager pid(s) $killed"
+  echo "$killed"
+}
+
+taskmanager_ids() {  # prints the REST ids of the registered TaskManagers, one per line
+  curl -fsS --max-time 5 "http://127.0.0.1:$REST_PORT/taskmanagers" 2>/dev/null \
+    | grep -o '"id":"[^"]*"' | cut -d'"' -f4
+}
+
+cmd_start_taskmanager() {
+  local timeout=60
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --timeout) timeout="$2"; shift 2 ;;
+      *) die "start-taskmanager: unknown option $1" ;;
+    esac
+  done
+  load_state || die "no cluster state in $RUN_DIR (not started)"
+  flink_env
+  local before id deadline=$((SECONDS + timeout))
+  before="$(taskmanager_ids || true)"
+  "$FLINK_HOME/bin/taskmanager.sh" start >&2
+  while ((SECONDS < deadline)); do
+    for id in $(taskmanager_ids || true); do
+      if ! grep -qxF "$id" <<<"$before"; then
+        log "TaskManager $id registered"
+        echo "$id"
+        return 0
+      fi
+    done
+    sleep 1
+  done
+  die "no new TaskManager registered within ${timeout}s (see 'flink.sh logs')"
+}
+
 JOBSERVER_PID_FILE="$RUN_DIR/pid/jobserver.pid"
 
 jobserver_pid() {  # prints the pid of a running job server started by us
@@ -452,6 +510,8 @@ main() {
     start) cmd_start "$@" ;;
     health) cmd_health "$@" ;;
     stop) cmd_stop "$@" ;;
+    kill-taskmanager) cmd_kill_taskmanager "$@" ;;
+    start-taskmanager) cmd_start_taskmanager "$@" ;;
     jobserver-jar) cmd_jobserver_jar "$@" ;;
     jobserver) cmd_jobserver "$@" ;;
     env) cmd_env "$@" ;;

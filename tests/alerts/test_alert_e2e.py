@@ -11,10 +11,7 @@ alerts; a killed and restarted ``topk alert`` on the same state file
 re-sends nothing while new panes keep coming.
 """
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +20,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from alerts.test_deliver import Receiver
+from streams import Process
 from topk.core.windows import format_time, now_ms
 from topk.loadgen import generator, producer
 from topk.pipelines.stream import prism_binary
@@ -30,8 +28,6 @@ from topk.storage import tables as output_tables
 
 pytestmark = pytest.mark.integration
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 BURST_ITEM = "burst-item"
 BURST_EVENTS = 1200
 #: Steady events in the whole test: item a gets half, so at most 300.
@@ -58,33 +54,6 @@ MAX_DELAY_S = 15.0  # from a pane's emitted_at to the webhook
 def _prism():
     if not prism_binary():
         pytest.skip("Prism is not built (deploy/prism/prism.sh install)")
-
-
-class Process:
-    """A ``topk`` command in its own process group, output to a log."""
-
-    def __init__(self, log, *argv):
-        self.log_path = log
-        self.log = open(log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "topk.cli", *argv], cwd=REPO,
-            stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self, sig=signal.SIGKILL):
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-        self.log.close()
-
-    def tail(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read()[-3000:].decode(errors="replace")
 
 
 class Steady:

@@ -44,10 +44,51 @@ class FlinkCluster:
         return shlex.split(self.sh("options", "--parallelism",
                                    str(parallelism)))
 
-    def rest(self, path: str):
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.rest_port}{path}", timeout=10) as r:
+    def streaming_args(self, parallelism: int = 2,
+                       checkpoint_ms: int = 2000) -> list[str]:
+        """``beam_args`` plus Beam's Flink options of an unbounded job with
+        checkpoints every ``checkpoint_ms`` and restarts from the last one
+        (the job server's ``FlinkPipelineOptions``, declared for the CLI
+        by ``topk.pipelines.options.FlinkCheckpointOptions``).
+
+        ``finish_bundle_before_checkpointing``: otherwise a bundle open at
+        a checkpoint buffers its output in operator state until the next
+        element reaches that operator, and the single Impulse element's
+        partition plan may never leave ``PlanPartitions``: the stream
+        then reads nothing."""
+        return [*self.beam_args(parallelism),
+                f"--checkpointing_interval={checkpoint_ms}",
+                "--finish_bundle_before_checkpointing=true",
+                "--number_of_execution_retries=20",
+                "--execution_retry_delay=2000"]
+
+    def rest(self, path: str, method: str = "GET"):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.rest_port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as r:
             return json.load(r)
+
+    def jobs(self, *states: str) -> list[dict]:
+        """The cluster's jobs (``/jobs/overview``), newest first, those in
+        ``states`` if given."""
+        jobs = sorted(self.rest("/jobs/overview")["jobs"],
+                      key=lambda j: -j["start-time"])
+        return [j for j in jobs if not states or j["state"] in states]
+
+    def cancel_unfinished_jobs(self) -> None:
+        for job in self.jobs("RUNNING", "RESTARTING", "CREATED",
+                             "INITIALIZING"):
+            self.rest(f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
+
+    def kill_taskmanager(self) -> str:
+        """SIGKILL the TaskManager(s) (``flink.sh kill-taskmanager``);
+        returns their pids."""
+        return self.sh("kill-taskmanager").strip()
+
+    def start_taskmanager(self) -> str:
+        """Start a TaskManager and wait until it registers; returns its
+        REST id."""
+        return self.sh("start-taskmanager", "--timeout", "90").strip()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 
 import oracle
-from topk.core import counting, schema, sharding
+from topk.core import counting, ranking, schema, sharding
 from topk.streaming import dedup as stream_dedup
 from topk.streaming import panes as stream_panes
 from topk.core.windows import WindowSpec
@@ -48,12 +48,19 @@ def simulate(batches, specs, k, lateness_ms, skew_ms, shards=3):
     emission order; refused partials are what item shards set aside as late
     (``ShardFiring.late``: events a dedup shard admitted by an older
     watermark than the item shard's by then).
+
+    As the stages do: partials carry their batch's minutes to every item
+    shard (``TOUCHED``); item shards fire coarsely (``coarse_close``) and
+    report the watermark they closed through with their on-time panes; a
+    merge closes a window once every shard reported past its end.
     """
     seen = [stream_dedup.SeenIds() for _ in range(shards)]
     item = [stream_panes.ShardPanes(specs, k, lateness_ms)
             for _ in range(shards)]
-    merges = {s: stream_panes.PaneMerge(s, k, lateness_ms) for s in specs}
+    merges = {s: stream_panes.PaneMerge(s, k, lateness_ms, shards)
+              for s in specs}
     pending = [[] for _ in range(shards)]
+    read = [stream_dedup.NO_WATERMARK] * shards  # newest read time per shard
     panes, late, admitted, refused = [], [], [], []
     watermark = stream_dedup.NO_WATERMARK
     now = [0]
@@ -64,54 +71,72 @@ def simulate(batches, specs, k, lateness_ms, skew_ms, shards=3):
     def emit(shard, firing):
         if firing.late.num_rows:
             refused.append(firing.late)
+        closed = firing.closed_through_ms
+        reported = set()
         for spec, timing, top in firing.windows:
-            inflight.append((spec, shard, timing, top, firing.emitted_at_ms))
+            report = ((firing.closed_from_ms, closed)
+                      if timing == stream_panes.ON_TIME else None)
+            if report is not None:
+                reported.add(spec.key)
+            inflight.append((spec, shard, timing, top, firing.emitted_at_ms,
+                             report))
+        if closed is not None:
+            empty = ranking.WindowTopK(
+                ranking.CANDIDATES_SCHEMA.empty_table(),
+                ranking.TOTALS_SCHEMA.empty_table())
+            for spec in specs:
+                if spec.key not in reported:
+                    inflight.append((spec, shard, stream_panes.ON_TIME, empty,
+                                     firing.emitted_at_ms,
+                                     (firing.closed_from_ms, closed)))
 
     def deliver(everything):
-        # Runners do not keep order between elements: early panes may
-        # arrive late, even after a newer pane of the same shard. On-time
-        # panes are held back by the watermark, so they arrive before the
-        # merge's tick.
+        # Runners do not keep order between elements: any pane may arrive
+        # late, even after a newer pane of the same shard; a report
+        # arrives with the on-time panes it vouches for.
         rnd.shuffle(inflight)
         for pane in list(inflight):
-            if everything or pane[2] != "early" or rnd.random() < 0.7:
+            if everything or rnd.random() < 0.7:
                 inflight.remove(pane)
-                spec, shard, timing, top, version = pane
-                for name, merged, index in merges[spec].update(
-                        shard, timing, top, version):
+                spec, shard, timing, top, version, report = pane
+                merge = merges[spec]
+                if report is not None:
+                    merge.report(shard, *report)
+                wm = merge.shards_watermark()
+                for name, merged, index in merge.advance(
+                        [(shard, version, timing, top)],
+                        wm if wm > stream_dedup.NO_WATERMARK else None):
                     panes.append((spec, name, merged, index))
 
     def close_due(s):
         # As the stage sets its timer: the next window end of what it
-        # counted and of what waits in its pending bag.
-        due = [item[s].next_close()]
-        if pending[s]:
-            due.append(stream_panes.next_window_end(specs, np.unique(
-                np.concatenate([p["slice_start"].to_numpy()
-                                for p in pending[s]])), item[s].watermark_ms))
+        # counted or was told of, and of what waits in its pending bag,
+        # coarsely.
+        due = [item[s].next_close(), stream_panes.next_window_end(
+            specs, stream_panes.touched_minutes(pending[s]),
+            item[s].watermark_ms)]
         due = [d for d in due if d is not None]
-        return min(due) if due else None
-
-    def tick_merges(watermark):  # the merges' event-time timers
-        deliver(everything=False)
-        for spec, m in merges.items():
-            due = m.next_tick()
-            while due is not None and (watermark is None or due <= watermark):
-                for name, merged, index in m.tick(due):
-                    panes.append((spec, name, merged, index))
-                due = m.next_tick()
+        return stream_panes.coarse_close(min(due) if due else None, read[s],
+                                         skew_ms)
 
     for batch in batches:
         horizon = stream_dedup.late_horizon(watermark, lateness_ms)
+        # As the source stamps a batch: its oldest time, never behind the
+        # watermark.
+        read_at = max(min(e.ts for e in batch), watermark)
         for d, part in _split(_table(batch), "event_id", shards):
             fresh, gone, _ = seen[d].admit(part, horizon)
             late.extend(gone.to_pylist())
             admitted.extend(fresh.to_pylist())
-            # Stamped with the batch's time, as the Dedup stage does.
-            read_at = {stream_dedup.READ_AT: str(max(e.ts for e in batch))}
-            for s, partial in _split(counting.count_slices(fresh), "item_id",
-                                     shards):
-                pending[s].append(partial.replace_schema_metadata(read_at))
+            if not fresh.num_rows:
+                continue
+            partials = counting.count_slices(fresh)
+            minutes = np.unique(partials["slice_start"].to_numpy())
+            parts = dict(_split(partials, "item_id", shards))
+            for s in range(shards):  # every shard hears of the minutes
+                pending[s].append(stream_panes.with_touched(
+                    parts.get(s, partials.slice(0, 0)), minutes, read_at))
+                read[s] = max(read[s], read_at)
         now[0] += 1000
         for s in range(shards):  # early (processing-time) firing, or not
             if rnd.random() < 0.6:  # yet: then an event-time one takes it
@@ -127,7 +152,7 @@ def simulate(batches, specs, k, lateness_ms, skew_ms, shards=3):
                 due = close_due(s)
         for d in range(shards):
             seen[d].expire(stream_dedup.late_horizon(watermark, lateness_ms))
-        tick_merges(watermark)
+        deliver(everything=False)
     # End of input: the watermark passes everything.
     for s in range(shards):
         if pending[s]:
@@ -136,8 +161,6 @@ def simulate(batches, specs, k, lateness_ms, skew_ms, shards=3):
         while due is not None:
             emit(s, item[s].fire([], now[0], watermark_ms=due))
             due = item[s].next_close()
-    deliver(everything=True)
-    tick_merges(None)
     deliver(everything=True)
     return panes, late, admitted, refused
 
@@ -400,3 +423,33 @@ def test_a_window_closed_in_the_round_of_its_early_update_gets_one_pane():
     # The first minute closes (on time only); the second is still open.
     assert windows == {(T0, "on_time"): 1, (T0 + MIN, "early"): 1}
     assert merge.emission_time(5) < merge.emission_time(5)
+
+
+def test_a_merge_closes_only_what_every_shard_reported_in_a_chain():
+    spec = WindowSpec.parse("1m")
+    merge = stream_panes.PaneMerge(spec, 3, 5 * MIN, shards=2)
+    no = stream_dedup.NO_WATERMARK
+    assert merge.shards_watermark() == no  # shard 1 has not reported
+    merge.report(0, no, T0 + MIN)
+    assert merge.shards_watermark() == no
+    # Shard 1's second report arrives before its first: it vouches for
+    # nothing until the first (and the panes that came with it) is here.
+    merge.report(1, T0 + MIN, T0 + 3 * MIN)
+    assert merge.shards_watermark() == no
+    merge.report(1, no, T0 + MIN)
+    assert merge.shards_watermark() == T0 + MIN + 1
+    merge.report(0, T0 + MIN, T0 + 2 * MIN)
+    assert merge.shards_watermark() == T0 + 2 * MIN + 1
+    assert merge.closed == {0: T0 + 2 * MIN, 1: T0 + 3 * MIN}
+
+
+def test_coarse_close_steps_ahead_only_when_the_input_is():
+    due = T0 + MIN
+    assert stream_panes.coarse_close(None, T0, 10_000) is None
+    # Live: the input is within the skew of the watermark.
+    assert stream_panes.coarse_close(due, due + 5_000, 10_000) == due
+    # Catch-up: up to the last minute the input passed, at most an hour on.
+    assert stream_panes.coarse_close(due, T0 + 30 * MIN, 10_000) == \
+        T0 + 29 * MIN
+    assert stream_panes.coarse_close(due, T0 + 9 * 60 * MIN, 10_000) == \
+        due + stream_panes.MAX_CLOSE_STEP_MS

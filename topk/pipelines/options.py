@@ -142,6 +142,33 @@ def check_required(options: PipelineOptions, names: list[str]) -> None:
         raise ValueError(f"missing required option(s): {', '.join(missing)}")
 
 
+class FlinkCheckpointOptions(PipelineOptions):
+    """Flink's checkpoint and restart options, which Beam's Python SDK does
+    not declare: the Flink job server reads them from the pipeline options.
+    Declared so that ``reject_unknown`` takes them (underscores, as Beam
+    spells its options)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--checkpointing_interval", type=int, default=None,
+            help="Flink: milliseconds between checkpoints of an unbounded "
+            "stream (state, timers and Kafka offsets); default: none.")
+        parser.add_argument(
+            "--number_of_execution_retries", type=int, default=None,
+            help="Flink: how often a failed job restarts from its last "
+            "checkpoint before it fails.")
+        parser.add_argument(
+            "--execution_retry_delay", type=int, default=None,
+            help="Flink: milliseconds between a failure and the restart.")
+        parser.add_argument(
+            "--finish_bundle_before_checkpointing", default=None,
+            type=lambda text: text.lower() == "true",
+            help="Flink: true (the default of topk stream on Flink) finishes "
+            "the open bundle before a checkpoint; without it the Kafka "
+            "source's partition plan never leaves its first bundle.")
+
+
 def reject_unknown(options: PipelineOptions) -> None:
     """``ValueError`` naming the first option that neither this project nor
     Beam defines (with the closest known spelling). Beam itself only logs

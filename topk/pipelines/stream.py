@@ -41,12 +41,14 @@ from apache_beam.options.pipeline_options import (DebugOptions,
                                                   PrismRunnerOptions,
                                                   StandardOptions)
 
-from topk.connectors.kafka import BROKER_CHECK_TIMEOUT_S, check_broker
+from topk.connectors.kafka import (BROKER_CHECK_TIMEOUT_S,
+                                  DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS,
+                                  check_broker)
 from topk.storage import layout as output_layout
 from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
 from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     check_required, reject_renamed,
-                                    reject_unknown)
+                                    FlinkCheckpointOptions, reject_unknown)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.bundle_files import WriteArchiveFiles, WriteTablesBuffered
@@ -160,6 +162,12 @@ class StreamOptions(PipelineOptions):
             "tests): the batch steps, every window final. Default: run "
             "until stopped, with early, on-time and late panes.")
         parser.add_argument(
+            "--kafka-client", "--kafka_client", dest="kafka_client",
+            choices=KAFKA_CLIENTS, default=DEFAULT_KAFKA_CLIENT,
+            help="Kafka client that reads the partitions: confluent "
+            "(confluent-kafka, librdkafka; default, 3-4x faster per core) or "
+            "kafka-python.")
+        parser.add_argument(
             "--group", default=None,
             help="Consumer group, for --read-from committed and for "
             "--commit-offsets.")
@@ -225,7 +233,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions):
         | "ReadKafka" >> ReadFromKafkaBatches(
             kafka.bootstrap, kafka.topic, start=kafka.read_from,
             bounded=kafka.bounded, group_id=kafka.group,
-            commit_offsets=kafka.commit_offsets, **read_args)
+            commit_offsets=kafka.commit_offsets,
+            kafka_client=kafka.kafka_client, **read_args)
         | "ParseEvents" >> ParseEvents())
     if kafka.bounded:
         return add_top_k_tables(parsed, options, SOURCE,
@@ -338,6 +347,10 @@ def _choose_runner(options: PipelineOptions) -> str:
             for name in ("item_shards", "dedup_shards"):
                 if name not in given:
                     setattr(opts, name, LOCAL_STREAM_SHARDS)
+    if runner.endswith("FlinkRunner") and not bounded:
+        flink = options.view_as(FlinkCheckpointOptions)
+        if flink.finish_bundle_before_checkpointing is None:
+            flink.finish_bundle_before_checkpointing = True
     portable = options.view_as(PortableOptions)
     if not bounded and portable.job_server_timeout == _BEAM_JOB_SERVER_TIMEOUT:
         # Beam's default (300 s) is also how long the driver waits on the

@@ -113,6 +113,11 @@ class _CommitBufferFn(beam.DoFn):
             for table, parts in sorted(by_table.items())], "stream")
 
 
+#: (the one key, (table name, rows)): typed, so that the key is encoded
+#: deterministically and the rows with the Arrow coder.
+_KEYED = typing.Tuple[str, typing.Tuple[str, pa.Table]]
+
+
 class WriteTablesBuffered(beam.PTransform):
     """Append a dict ``{table name: PCollection of pa.Table}`` to the output
     tables, all tables in one commit at most every ``commit_interval_s``
@@ -134,11 +139,11 @@ class WriteTablesBuffered(beam.PTransform):
     def expand(self, tables):
         key = self.KEY  # not self in the lambda: it is pickled
         keyed = [pcoll | f"Key_{name}" >> beam.Map(
-                     lambda rows, name: (key, (name, rows)), name)
+                     lambda rows, name: (key, (name, rows)), name
+                 ).with_output_types(_KEYED)
                  for name, pcoll in sorted(tables.items())]
-        return (keyed | "Gather" >> beam.Flatten()
-                | "Commit" >> beam.ParDo(self._fn).with_input_types(
-                    typing.Tuple[str, typing.Tuple[str, pa.Table]]))
+        return (keyed | "Gather" >> beam.Flatten().with_output_types(_KEYED)
+                | "Commit" >> beam.ParDo(self._fn))
 
 
 class _ArchiveFilesFn(_BufferFn):

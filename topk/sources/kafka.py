@@ -21,15 +21,19 @@ empty records, so the parser dead-letters them.
 
 Timestamps and watermarks:
 
-- An element's timestamp is the largest Kafka record timestamp in its batch:
-  the newest event time known without parsing (a producer stamps a message
-  when it sends it, after its events happened; ``topk produce`` stamps it
-  with its newest event's time). Records without timestamps get the wall
-  clock.
+- An element's timestamp is the smallest Kafka record timestamp in its
+  batch (a producer stamps a message when it sends it, after its events
+  happened; ``topk produce`` stamps it with its newest event's time), but
+  never behind the partition's own watermark, which is at or ahead of
+  anything any partition reported: a runner drops elements behind the
+  watermark. The timestamp holds the stages downstream, so no window the
+  batch's events belong to closes before they are counted, however much
+  event time one batch spans: a catch-up reads batches of up to
+  ``max_batch_records`` whatever their span, and its watermark moves by
+  that much at once. Records without timestamps get the wall clock.
 - A partition's watermark is the largest record timestamp read from it so
   far minus ``allowed_skew_ms`` (messages may arrive up to that much out of
-  order), so a batch within the skew is never behind the watermark when it
-  is emitted.
+  order).
 - A partition with no new message for ``idle_timeout_ms`` whose reader is at
   its end (asked of the broker, so an outage is not taken for idleness)
   moves its watermark to ``now - allowed_skew_ms``: one quiet partition does
@@ -201,7 +205,8 @@ class _OffsetRangeProvider(RestrictionProvider):
 
 class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     """``PartitionPlan`` -> ``(source, payload)`` batches of its partition,
-    timestamped with the batch's largest Kafka record timestamp.
+    timestamped with the batch's smallest Kafka record timestamp (not behind
+    the partition's watermark; see the module docstring).
 
     It is its own restriction provider (delegating to
     ``_OffsetRangeProvider``), because ``RestrictionParam`` takes a provider
@@ -255,13 +260,14 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             reader.close()
         self._readers = {}
 
-    def _reader(self, plan) -> ko.PartitionReader:
+    def _reader(self, plan) -> ko.CarryingReader:
         key = (plan.topic, plan.partition)
         reader = self._readers.get(key)
         if reader is None:
-            reader = ko.PartitionReader(
-                self._s["bootstrap_servers"], plan.topic, plan.partition,
-                self._s["group_id"], self._s["consumer_config"])
+            reader = ko.open_reader(
+                self._s["kafka_client"], self._s["bootstrap_servers"],
+                plan.topic, plan.partition, self._s["group_id"],
+                self._s["consumer_config"])
             self._readers[key] = reader
         return reader
 
@@ -304,8 +310,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             try:
                 batch = reader.read_batch(s["max_batch_records"],
                                           s["max_batch_bytes"],
-                                          s["poll_timeout_ms"],
-                                          s["allowed_skew_ms"])
+                                          s["poll_timeout_ms"])
             except (KafkaError, OSError) as e:
                 # kafka-python reconnects by itself: keep the consumer for
                 # transient errors, replace it when they persist.
@@ -346,8 +351,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 reader.forget_position()  # the tail is someone else's
             if len(mine):
                 max_ts = mine.max_timestamp()
-                ts = (beam_timestamp(max_ts) if max_ts is not None
-                      else Timestamp.now())
+                first_ts = mine.min_timestamp()
+                # The oldest event's time (see the module docstring), never
+                # behind what this partition or any other may have reported.
+                ts = (beam_timestamp(ko.later(first_ts, own_wm))
+                      if first_ts is not None else Timestamp.now())
                 self.messages.inc(len(mine))
                 self.batches.inc()
                 self.value_bytes.inc(mine.nbytes)
@@ -438,7 +446,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                                  self._s["allowed_skew_ms"], caught_up)
 
     def _note_end(self, reader, next_offset: int) -> None:
-        end = reader.consumer.highwater(reader.tp)
+        end = reader.highwater()
         if end is not None:
             _KNOWN_ENDS[(reader.topic, reader.partition)] = end
             self._note_lag(reader.partition, end, next_offset)
@@ -514,8 +522,9 @@ class ReadFromKafkaBatches(beam.PTransform):
     Yields ``(source, payload)`` tuples, one per poll batch (up to about
     ``max_batch_records`` messages or ``max_batch_bytes`` of values):
     ``source = "topic/partition@first-last"``, ``payload`` = the message
-    values joined by newlines (bytes), timestamped with the batch's largest
-    Kafka record timestamp. Feed it to ``ParseEvents``.
+    values joined by newlines (bytes), timestamped with the batch's smallest
+    Kafka record timestamp (see the module docstring). Feed it to
+    ``ParseEvents``.
 
     Args:
       bootstrap_servers: ``"host:port[,host:port]"`` or a list.
@@ -535,10 +544,16 @@ class ReadFromKafkaBatches(beam.PTransform):
       max_batch_records, max_batch_bytes, poll_timeout_ms: batch limits and
         how long one poll waits for the first message.
       consumer_config: extra kafka-python ``KafkaConsumer`` settings
-        (security, fetch sizes, ...). ``enable_auto_commit`` stays off.
+        (security, fetch sizes, ...; the confluent client translates them,
+        or takes librdkafka's dotted properties). ``enable_auto_commit``
+        stays off.
+      kafka_client: the client that reads the partitions:
+        ``"confluent"`` (confluent-kafka, librdkafka; the default, 3-4x
+        faster) or ``"kafka-python"`` (``None``: the default;
+        ``topk.connectors.kafka.open_reader``). Planning and the broker
+        checks use kafka-python either way.
       allowed_skew_ms: how far behind the newest record timestamp a message
-        may arrive and still be on time: the watermark lags that much. A
-        batch also never spans more than this of record time.
+        may arrive and still be on time: the watermark lags that much.
       idle_timeout_ms: after this long without new messages at its end, a
         partition's watermark moves to now - skew (``None``: never; use it
         for replays of old data that must not be closed by the wall clock).
@@ -569,7 +584,8 @@ class ReadFromKafkaBatches(beam.PTransform):
                  split_size: int = 0, max_read_s: float = 1.0,
                  resume_delay_s: float = 0.5,
                  commit_interval_s: float = 1.0,
-                 plan_timeout_s: float = 60.0):
+                 plan_timeout_s: float = 60.0,
+                 kafka_client: str | None = None):
         super().__init__()
         kind, _ = ko.parse_start(start)  # fail at construction, not at run
         if kind == "committed" and not group_id:
@@ -578,6 +594,9 @@ class ReadFromKafkaBatches(beam.PTransform):
             raise ValueError("commit_offsets=True needs a group_id")
         if max_batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch limits must be positive")
+        if kafka_client is not None and kafka_client not in ko.KAFKA_CLIENTS:
+            raise ValueError(f"unknown Kafka client {kafka_client!r}: use "
+                             f"one of {', '.join(ko.KAFKA_CLIENTS)}")
         self._topic = topic
         self._start = start
         self._bounded = bounded
@@ -592,7 +611,7 @@ class ReadFromKafkaBatches(beam.PTransform):
             allowed_skew_ms=allowed_skew_ms, idle_timeout_ms=idle_timeout_ms,
             split_size=split_size, max_read_s=max_read_s,
             resume_delay_s=resume_delay_s,
-            commit_interval_s=commit_interval_s,
+            commit_interval_s=commit_interval_s, kafka_client=kafka_client,
             # One id per read: aligned watermarks of two reads of the same
             # topic in one process must not mix.
             read_id=uuid.uuid4().hex)

@@ -51,6 +51,12 @@ EXPIRE_BATCH_MS = 10 * schema.MINUTE_MS
 #: of the batch its events were read in.
 READ_AT = b"topk.read_at_ms"
 
+#: Schema metadata key of a partial-count table: the distinct event minutes
+#: (int64 epoch ms, raw bytes) of all the partials cut from one batch, sent
+#: to every item shard, also those with no rows of it (see
+#: ``topk.streaming.panes.ShardPanes.touched``).
+TOUCHED = b"topk.touched_minutes"
+
 
 def reading_watermark(known_ms: int, read_at_ms: int | None) -> int:
     """The watermark an element is judged by: what the stage knows from its

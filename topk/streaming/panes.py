@@ -20,6 +20,21 @@ sums 30 day rows, not 43,200 minute rows), the watermark of its last
 event-time firing and the time of its last emission. ``PaneMerge`` is one
 window spec's merge stage: the latest candidates of every shard for every
 open window, and which panes were emitted.
+
+Catch-up. A firing per window end costs a runner round per minute of event
+time and stage, whatever the events in it: replaying a day of a backlog was
+1,440 rounds per stage. So the stages fire coarsely when their input is far
+ahead of the watermark (``coarse_close``): one event-time firing closes up to
+``MAX_CLOSE_STEP_MS`` of windows. A shard's on-time panes then leave at its
+own firing time, not at each window's end, so the merge cannot take the
+watermark's arrival at a window end as "every shard's on-time pane is here".
+Instead every item shard reports, at each event-time firing, the watermark
+it closed through (``ShardFiring.closed_through_ms``), and the merge closes
+a window once every shard has closed through its end
+(``PaneMerge.report``). Every shard must therefore fire for every window
+that holds data in any shard: each batch's distinct minutes travel to every
+shard (``dedup.TOUCHED``), also to shards with no rows of it
+(``ShardPanes.touched``).
 """
 import dataclasses
 
@@ -29,11 +44,47 @@ import pyarrow.compute as pc
 
 from topk.core import counting, ranking, schema
 from topk.streaming.dedup import (NO_WATERMARK, READ_AT, RETENTION_MARGIN_MS,
-                                late_horizon, reading_watermark)
+                                TOUCHED, late_horizon, reading_watermark)
 from topk.core.windows import WindowSpec, floor_to
 
 EARLY, ON_TIME, LATE = "early", "on_time", "late"
 SOURCE = "stream"
+
+#: How much event time one catch-up firing may close at most: on-time
+#: panes wait at most this long behind the watermark.
+MAX_CLOSE_STEP_MS = schema.HOUR_MS
+
+
+def coarse_close(due: int | None, seen_ms: int, skew_ms: int) -> int | None:
+    """When to fire next: at ``due`` (the next window or slice end), or,
+    when the input is well ahead of it (a catch-up), at the last minute the
+    newest element read (``seen_ms``, its timestamp, less the source's
+    allowed skew ``skew_ms``: the watermark gets there) has passed, up to
+    ``MAX_CLOSE_STEP_MS`` later: one firing then closes every window ending
+    by then, instead of one firing per minute of event time. Live, the
+    input is never more than the skew ahead, and this is ``due``."""
+    if due is None:
+        return None
+    ahead = int(floor_to(seen_ms - skew_ms, schema.MINUTE_MS))
+    return max(due, min(ahead, due + MAX_CLOSE_STEP_MS))
+
+
+def touched_minutes(tables) -> np.ndarray:
+    """The distinct minutes the ``TOUCHED`` metadata of partial-count
+    tables names (empty when none does)."""
+    parts = [np.frombuffer(meta[TOUCHED], np.int64)
+             for meta in ((t.schema.metadata or {}) for t in tables)
+             if TOUCHED in meta]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(
+        0, np.int64)
+
+
+def with_touched(table: pa.Table, minutes: np.ndarray, read_at_ms: int
+                 ) -> pa.Table:
+    """``table`` stamped with ``READ_AT`` and the ``TOUCHED`` minutes."""
+    return table.replace_schema_metadata({
+        READ_AT: str(int(read_at_ms)).encode(),
+        TOUCHED: np.asarray(minutes, np.int64).tobytes()})
 
 #: (slice length in ms, its name) of the levels a shard keeps.
 LEVELS = ((schema.MINUTE_MS, "1m"), (schema.HOUR_MS, "1h"),
@@ -76,6 +127,12 @@ class ShardFiring:
     #: The partials this firing counted (SLICE_COUNTS_SCHEMA, 1m): the
     #: ``("delta", absorbed)`` chunk to persist.
     absorbed: pa.Table
+    #: An event-time firing's watermark: every window ending by then has
+    #: had its on-time pane from this shard (``None`` for early firings).
+    closed_through_ms: int | None = None
+    #: The watermark of the shard's previous event-time firing: a merge
+    #: chains a shard's reports (``PaneMerge.report``).
+    closed_from_ms: int = NO_WATERMARK
 
 
 class ShardPanes:
@@ -92,6 +149,9 @@ class ShardPanes:
                        for size, _ in LEVELS}
         self.watermark_ms = NO_WATERMARK
         self.last_emit_ms = 0
+        #: Minutes with data in any shard (``dedup.TOUCHED``) whose windows
+        #: are not all closed: this shard fires for them, data or not.
+        self.touched = np.empty(0, np.int64)
         #: spec key -> starts of open windows that changed at an event-time
         #: firing: their early pane waits for the next processing-time one.
         self.deferred: dict[str, np.ndarray] = {}
@@ -108,7 +168,8 @@ class ShardPanes:
 
     def meta(self) -> dict:
         return {"watermark_ms": self.watermark_ms,
-                "last_emit_ms": self.last_emit_ms, "deferred": self.deferred}
+                "last_emit_ms": self.last_emit_ms, "deferred": self.deferred,
+                "touched": self.touched.tolist()}
 
     def level_chunks(self) -> list[tuple]:
         """The counts as chunks that replace every chunk so far."""
@@ -123,6 +184,7 @@ class ShardPanes:
             panes.watermark_ms = meta["watermark_ms"]
             panes.last_emit_ms = meta["last_emit_ms"]
             panes.deferred = meta["deferred"]
+            panes.touched = np.array(meta.get("touched", []), np.int64)
         levels = {size: [panes.counts[size]] for size, _ in LEVELS}
         deltas = []
         for chunk in chunks:
@@ -139,9 +201,11 @@ class ShardPanes:
 
     def next_close(self) -> int | None:
         """When the next on-time pane is due: the earliest end, after the
-        watermark, of a window holding counted data."""
+        watermark, of a window holding counted data here or data of any
+        shard (``touched``)."""
         held = np.unique(np.concatenate([
-            self.counts[size]["slice_start"].to_numpy() for size, _ in LEVELS]))
+            self.counts[size]["slice_start"].to_numpy() for size, _ in LEVELS]
+            + [self.touched]))
         return next_window_end(self.specs, held, self.watermark_ms)
 
     def fire(self, pending: list[pa.Table], now_ms: int,
@@ -166,7 +230,9 @@ class ShardPanes:
         before they get here; this catches what a dedup shard that had not
         yet seen the watermark let through (right after a start).
         """
-        pending, late = split_late(list(pending), self.watermark_ms,
+        pending = list(pending)
+        self.touched = np.union1d(self.touched, touched_minutes(pending))
+        pending, late = split_late(pending, self.watermark_ms,
                                     self.allowed_lateness_ms)
         absorbed = counting.merge_counts(pending)
         dirty = self._absorb(absorbed)
@@ -181,7 +247,9 @@ class ShardPanes:
                                             defer_early=watermark_ms
                                             is not None))
         firing = ShardFiring(self._slice_rows(dirty, emitted_at), windows,
-                             emitted_at, late, absorbed)
+                             emitted_at, late, absorbed,
+                             None if watermark_ms is None else watermark,
+                             previous)
         self.watermark_ms = watermark
         self._expire()
         return firing
@@ -233,6 +301,9 @@ class ShardPanes:
     def _expire(self) -> None:
         if self.watermark_ms <= NO_WATERMARK:
             return
+        # A touched minute is done once every window holding it has ended.
+        longest = max(s.length_ms for s in self.specs)
+        self.touched = self.touched[self.touched + longest > self.watermark_ms]
         for size, _ in LEVELS:
             keep_after = (self.watermark_ms - self._retention[size]
                           - self.allowed_lateness_ms - RETENTION_MARGIN_MS)
@@ -333,11 +404,12 @@ class PaneMerge:
     update older than the one held is ignored (a runner may deliver a
     shard's early pane after its on-time pane). Early updates are merged
     and emitted at once. Updates from shards that closed a window (on-time,
-    late) are only stored until the merge's own event-time firing just
-    after the window's end (``tick``): a shard's on-time pane comes from its
-    event-time timer at the window end, which holds the watermark, so by
-    then every shard's on-time pane has arrived and the one on-time pane
-    counts everything on time. After that, every update is a late pane.
+    late) are only stored until the merge's watermark passes the window's
+    end (``tick``): by then every shard's on-time pane has arrived and the
+    one on-time pane counts everything on time. After that, every update
+    is a late pane. The merge's watermark is what every one of the
+    ``shards`` reported closing through (``report``,
+    ``shards_watermark``; see the module docstring, "Catch-up").
 
     The held candidates and totals of all windows and shards are two
     tables with a ``shard`` column, not one small table per window and
@@ -346,10 +418,17 @@ class PaneMerge:
     ones cost a Python round per table.
     """
 
-    def __init__(self, spec: WindowSpec, k: int, allowed_lateness_ms: int):
+    def __init__(self, spec: WindowSpec, k: int, allowed_lateness_ms: int,
+                 shards: int = 1):
         self.spec = spec
         self.k = k
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.shards = shards
+        #: shard -> the watermark its chained reports closed through.
+        self.closed: dict[int, int] = {}
+        #: shard -> {from: through} of reports that arrived ahead of the
+        #: chain.
+        self.reports: dict[int, dict[int, int]] = {}
         self.candidates = _with_shard(ranking.CANDIDATES_SCHEMA.empty_table(),
                                       0)
         self.totals = _with_shard(ranking.TOTALS_SCHEMA.empty_table(), 0)
@@ -359,26 +438,48 @@ class PaneMerge:
         self.refused = 0  # shard panes of windows already expired here
         self.last_emit_ms = 0
 
+    def report(self, shard: int, closed_from_ms: int,
+               closed_through_ms: int) -> None:
+        """Shard ``shard`` had an event-time firing that moved its
+        watermark from ``closed_from_ms`` to ``closed_through_ms``: its
+        on-time panes of the windows ending in between came with it.
+
+        Reports may arrive out of order, and a later one does not vouch
+        for the panes of an earlier one still on its way: a shard counts
+        as closed through a point only once its reports chain up to it
+        from the start."""
+        self.reports.setdefault(shard, {})[closed_from_ms] = max(
+            closed_through_ms,
+            self.reports.get(shard, {}).get(closed_from_ms, NO_WATERMARK))
+        chain = self.reports[shard]
+        at = self.closed.get(shard, NO_WATERMARK)
+        while at in chain:
+            at = max(at, chain.pop(at))
+        self.closed[shard] = at
+
+    def shards_watermark(self) -> int:
+        """The merge's watermark: just after the point every shard closed
+        through (a shard firing at a window's end emits its on-time pane;
+        ``tick`` closes windows ending before its watermark), or
+        ``NO_WATERMARK`` until each of the ``shards`` reported."""
+        low = shards_watermark(self.closed, self.shards)
+        return low if low == NO_WATERMARK else low + 1
+
     def update(self, shard: int, timing: str, top: ranking.WindowTopK,
                version: int = 0
                ) -> list[tuple[str, pa.Table, dict[int, int]]]:
-        """``update_all`` of one shard pane."""
-        return self.update_all([(shard, version, timing, top)])
-
-    def update_all(self, updates
-                   ) -> list[tuple[str, pa.Table, dict[int, int]]]:
-        """Take shard panes ``(shard, version, timing, top)`` (``version``:
-        the shard firing's emitted_at); returns ``(timing, merged,
-        pane_index by window_start)`` per timing to emit, ``merged`` as
-        ``ranking.merge_window_top_k`` yields it: one pane per changed
-        window, early while the window is open, late after its on-time
-        pane."""
-        return self.advance(updates)
+        """``advance`` with one shard pane and no new watermark."""
+        return self.advance([(shard, version, timing, top)])
 
     def advance(self, updates, watermark_ms: int | None = None
                 ) -> list[tuple[str, pa.Table, dict[int, int]]]:
-        """``update_all``, then (with ``watermark_ms``) ``tick``, as one
-        round: a window that the tick closes gets its on-time pane only,
+        """Take shard panes ``(shard, version, timing, top)`` (``version``:
+        the shard firing's emitted_at), then (with ``watermark_ms``)
+        ``tick``; returns ``(timing, merged, pane_index by window_start)``
+        per timing to emit, ``merged`` as ``ranking.merge_window_top_k``
+        yields it: one pane per changed window, early while the window is
+        open, late after its on-time pane. One round: a window that the
+        tick closes gets its on-time pane only,
         not also an early pane of the updates it already counts (two panes
         of one window emitted together would share an ``emitted_at``, and
         a reader could not tell which is the latest)."""
@@ -493,16 +594,6 @@ class PaneMerge:
         return [s for s, p in self.windows.items() if not p.on_time_done
                 and s + self.spec.length_ms < watermark_ms]
 
-    def next_tick(self) -> int | None:
-        """When ``tick`` next has something to do: just after the end of
-        the first window without its on-time pane, else the next expiry."""
-        due = [s + self.spec.length_ms + 1 for s, p in self.windows.items()
-               if not p.on_time_done]
-        if self.windows:
-            due.append(min(self.windows) + self.spec.length_ms
-                       + self.allowed_lateness_ms + RETENTION_MARGIN_MS + 1)
-        return min(due) if due else None
-
     def _pane(self, timing: str, window_starts: list[int]):
         keys = pa.array(window_starts, pa.int64())
         held = ranking.WindowTopK(
@@ -522,6 +613,14 @@ class PaneMerge:
             return NO_WATERMARK
         return (self.watermark_ms - self.allowed_lateness_ms
                 - RETENTION_MARGIN_MS - self.spec.length_ms)
+
+
+def shards_watermark(closed: dict[int, int], shards: int) -> int:
+    """The minimum of the watermarks ``closed`` (shard -> ms) over shards
+    ``0 .. shards - 1``; ``NO_WATERMARK`` if one has not reported yet."""
+    if any(shard not in closed for shard in range(shards)):
+        return NO_WATERMARK
+    return min(closed[shard] for shard in range(shards))
 
 
 def ranked_pane_rows(spec: WindowSpec, timing: str, merged: pa.Table,

@@ -31,9 +31,10 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from topk.core import counting, schema
 from topk.connectors.kafka.watermarks import ALLOWED_SKEW_MS
-from topk.core.windows import WindowSpec, floor_to, now_ms
+from topk.core.windows import WindowSpec, now_ms
 from topk.storage.layout import LATE_COUNTS, RANKED_WINDOWS, SKETCHES
 from topk.streaming import dedup as stream_dedup
+from topk.streaming import panes as stream_panes
 from topk.streaming.sketch_panes import SketchPanes
 from topk.transforms import coders
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
@@ -41,9 +42,6 @@ from topk.transforms.beam_time import beam_timestamp, epoch_ms
 #: The one key of the sketch stage.
 _KEY = "sketches"
 
-#: How much event time one catch-up firing may close at most: on-time
-#: panes wait at most this long behind the watermark.
-MAX_CLOSE_STEP_MS = schema.HOUR_MS
 
 
 def _count_minutes(events: pa.Table, timestamp=beam.DoFn.TimestampParam):
@@ -166,25 +164,12 @@ class _SketchPanesFn(beam.DoFn):
         panes = yield from self._fire(pending, meta, chunks, timers,
                                       watermark_ms=epoch_ms(fired))
         armed = timers.read()
-        due = coarse_close(panes.next_close(), armed["seen"])
+        due = stream_panes.coarse_close(panes.next_close(), armed["seen"],
+                                        ALLOWED_SKEW_MS)
         if due is not None:
             close.set(beam_timestamp(due))
         armed["close"] = due
         timers.write(armed)
-
-
-def coarse_close(due: int | None, seen_ms: int) -> int | None:
-    """When to fire next: at ``due`` (the next window or slice end), or,
-    when the input is well ahead of it (a catch-up), at the last minute the
-    newest element read (``seen_ms``, its Kafka timestamp, less the
-    source's allowed skew) has passed, up to ``MAX_CLOSE_STEP_MS`` later:
-    one firing then closes every window ending by then, instead of one
-    firing (and one commit) per minute of event time. Live, the input is
-    never more than the skew ahead, and this is ``due``."""
-    if due is None:
-        return None
-    ahead = floor_to(seen_ms - ALLOWED_SKEW_MS, schema.MINUTE_MS)
-    return max(due, min(ahead, due + MAX_CLOSE_STEP_MS))
 
 
 class StreamSketchTopK(beam.PTransform):

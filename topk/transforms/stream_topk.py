@@ -11,14 +11,17 @@ Beam-free logic (``topk.streaming.dedup``, ``topk.streaming.panes``):
       | ShardPanes      exact 1m/1h/1d counts of the open windows; early panes
       |                 on a processing-time timer, on-time panes on an
       |                 event-time timer at each window end, late panes
-      | KeyBySpec       each shard's top-K of the windows that fired
+      | KeyBySpec       each shard's top-K of the windows that fired, and
+      |                 the watermark it closed through
       | MergePanes      per window spec: the shards' latest candidates ->
-                        exact merged panes (one on-time pane per window)
+                        exact merged panes (one on-time pane per window,
+                        once every shard closed through its end)
 
 Stages learn the watermark from their event-time timers (a Python DoFn
 cannot read it): the watermark a stage acts on is the timestamp of its last
 event-time firing, never later than the true one, so an on-time event is
-never classified late.
+never classified late. During a catch-up they fire coarsely, up to an hour
+of event time per firing (``topk.streaming.panes``, "Catch-up").
 
 State is Beam state (bags of Arrow tables appended per element; counts as
 a log of the partials each firing absorbed, compacted every 64 firings), so
@@ -42,6 +45,7 @@ from apache_beam.transforms.userstate import (BagStateSpec,
                                               TimerSpec, on_timer)
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from topk.connectors.kafka.watermarks import ALLOWED_SKEW_MS
 from topk.core import counting, ranking, schema
 from topk.core.windows import WindowSpec, floor_to, now_ms
 # The outputs are named after the tables they are written to.
@@ -54,18 +58,30 @@ from topk.transforms.beam_time import beam_timestamp, epoch_ms
 from topk.transforms.exact import ShardTable, key_by_shard
 
 #: (spec key, (shard, firing's emitted_at, pane timing, candidates,
-#: totals)) between the stages.
+#: totals, the shard's report: the watermarks it closed from and through,
+#: or NO_WATERMARK twice)) between the stages.
 ShardPane = typing.Tuple[str, typing.Tuple[int, int, str, pa.Table,
-                                           pa.Table]]
+                                           pa.Table, int, int]]
 
 
 def _armed(timers) -> dict:
     return timers.read() or {"early": False, "close": None,
-                             "watermark": stream_dedup.NO_WATERMARK}
+                             "watermark": stream_dedup.NO_WATERMARK,
+                             "seen": stream_dedup.NO_WATERMARK}
 
 
-def _merge_armed(timers) -> dict:
-    return timers.read() or {"emit": False, "tick": None}
+#: Candidates and totals of a shard pane that only reports a watermark.
+_NO_PANES = (ranking.CANDIDATES_SCHEMA.empty_table(),
+             ranking.TOTALS_SCHEMA.empty_table())
+
+
+#: The report of a shard pane without one.
+_NO_REPORT = (stream_dedup.NO_WATERMARK, stream_dedup.NO_WATERMARK)
+
+
+def _read_at(table: pa.Table) -> int:
+    value = (table.schema.metadata or {}).get(stream_dedup.READ_AT)
+    return int(value) if value else stream_dedup.NO_WATERMARK
 
 
 class _DedupFn(beam.DoFn):
@@ -76,9 +92,11 @@ class _DedupFn(beam.DoFn):
     WATERMARK = ReadModifyWriteStateSpec("watermark", PickleCoder())
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
 
-    def __init__(self, item_shards: int, allowed_lateness_ms: int):
+    def __init__(self, item_shards: int, allowed_lateness_ms: int,
+                 skew_ms: int):
         self._item_shards = item_shards
         self._lateness = allowed_lateness_ms
+        self._skew = skew_ms
         self._unique = Metrics.counter("topk", "events_unique")
         self._late = Metrics.counter("topk", "events_late")
         self._cache = {}
@@ -106,6 +124,8 @@ class _DedupFn(beam.DoFn):
             # First element: tick from the start of its minute on.
             known = {"ms": stream_dedup.NO_WATERMARK, "armed": False,
                      "generation": None}
+        known["seen"] = max(known.get("seen", stream_dedup.NO_WATERMARK),
+                            epoch_ms(timestamp))
         if not known["armed"]:
             # (Or the first since the shard went idle: from the next
             # minute after the watermark it knows.)
@@ -128,9 +148,16 @@ class _DedupFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(LATE_EVENTS, late)
         if fresh.num_rows:
             self._unique.inc(fresh.num_rows)
-            partials = counting.count_slices(fresh).replace_schema_metadata(
-                {stream_dedup.READ_AT: str(epoch_ms(timestamp)).encode()})
-            yield from key_by_shard(partials, "item_id", self._item_shards)
+            partials = counting.count_slices(fresh)
+            minutes = np.unique(partials["slice_start"].to_numpy())
+            parts = dict(key_by_shard(partials, "item_id",
+                                      self._item_shards))
+            # Every item shard hears of the batch's minutes, rows or not,
+            # so that each closes (and reports) every window with data.
+            for shard in range(self._item_shards):
+                part = parts.get(shard, partials.slice(0, 0))
+                yield shard, stream_panes.with_touched(
+                    part, minutes, epoch_ms(timestamp))
 
     @on_timer(TICK)
     def on_tick(self, shard=beam.DoFn.KeyParam,
@@ -149,7 +176,9 @@ class _DedupFn(beam.DoFn):
         self._cache[shard] = (known["generation"], ids)
         known["armed"] = len(ids) > 0  # idle shards stop ticking
         if known["armed"]:
-            tick.set(beam_timestamp(now + schema.MINUTE_MS))
+            tick.set(beam_timestamp(stream_panes.coarse_close(
+                now + schema.MINUTE_MS,
+                known.get("seen", stream_dedup.NO_WATERMARK), self._skew)))
         known["ms"] = now
         watermark.write(known)
 
@@ -171,11 +200,13 @@ class _ShardPanesFn(beam.DoFn):
     COMPACT_AFTER = 64
 
     def __init__(self, specs: list[WindowSpec], k: int,
-                 allowed_lateness_ms: int, early_firing_s: float):
+                 allowed_lateness_ms: int, early_firing_s: float,
+                 skew_ms: int):
         self._specs = specs
         self._k = k
         self._lateness = allowed_lateness_ms
         self._early_s = early_firing_s
+        self._skew = skew_ms
         # Weights of partials refused as late (not events: partials are
         # sums), apart from the dedup stage's events_late.
         self._late = Metrics.counter("topk", "late_counts_refused")
@@ -197,12 +228,14 @@ class _ShardPanesFn(beam.DoFn):
         _, partials = element
         pending.add(partials)
         armed = _armed(timers)
-        if not armed["early"]:
+        armed["seen"] = max(armed.get("seen", stream_dedup.NO_WATERMARK),
+                            _read_at(partials))
+        if not armed["early"] and partials.num_rows:
             early.set(Timestamp.now() + Duration(seconds=self._early_s))
             armed["early"] = True
-        due = stream_panes.next_window_end(
-            self._specs, np.unique(partials["slice_start"].to_numpy()),
-            armed["watermark"])
+        due = stream_panes.coarse_close(stream_panes.next_window_end(
+            self._specs, stream_panes.touched_minutes([partials]),
+            armed["watermark"]), armed["seen"], self._skew)
         if due is not None and (armed["close"] is None
                                 or due < armed["close"]):
             close.set(beam_timestamp(due))
@@ -243,9 +276,25 @@ class _ShardPanesFn(beam.DoFn):
         if firing.late.num_rows:
             self._late.inc(pa.compute.sum(firing.late["count"]).as_py())
             yield beam.pvalue.TaggedOutput(LATE_COUNTS, firing.late)
+        report = _NO_REPORT
+        if firing.closed_through_ms is not None:
+            report = (firing.closed_from_ms, firing.closed_through_ms)
+        reported = set()
         for spec, timing, top in firing.windows:
+            # The on-time panes carry the report, in the same element: the
+            # merge never holds a report without the panes it vouches for.
+            on_time = timing == stream_panes.ON_TIME
+            if on_time:
+                reported.add(spec.key)
             yield spec.key, (shard, firing.emitted_at_ms, timing,
-                             top.candidates, top.totals)
+                             top.candidates, top.totals,
+                             *(report if on_time else _NO_REPORT))
+        if report != _NO_REPORT:
+            for spec in self._specs:
+                if spec.key not in reported:
+                    yield spec.key, (shard, firing.emitted_at_ms,
+                                     stream_panes.ON_TIME, *_NO_PANES,
+                                     *report)
         return panes
 
     @on_timer(EARLY)
@@ -269,7 +318,8 @@ class _ShardPanesFn(beam.DoFn):
                  close=beam.DoFn.TimerParam(CLOSE)):
         panes = yield from self._fire(shard, pending, counts, meta, timers,
                                       watermark_ms=epoch_ms(fired))
-        due = panes.next_close()
+        due = stream_panes.coarse_close(panes.next_close(),
+                                        _armed(timers)["seen"], self._skew)
         if due is not None:
             close.set(beam_timestamp(due))
         armed = _armed(timers)
@@ -280,95 +330,77 @@ class _ShardPanesFn(beam.DoFn):
 class _MergePanesFn(beam.DoFn):
     """(spec key, shard pane) -> ``ranked_windows`` rows of merged panes.
 
-    ``process`` appends the shard pane to a log (BagState); timers fold
-    the log into the snapshot (``PaneMerge``) and emit: a processing-time
-    timer soon after early or late panes arrive, and the event-time tick
-    at window ends for on-time panes. Elements thus write one small append
-    instead of rewriting the snapshot.
+    ``process`` appends the shard pane to a log (BagState). A pane that
+    carries a shard's report (its event-time firing's watermark) is merged
+    at once: the windows every shard has closed through get their on-time
+    pane. Early and late panes wait for a processing-time timer soon after
+    they arrive, so that the panes of several shards from one firing round
+    become one pane, and elements write one small append instead of
+    rewriting the snapshot.
     """
 
     LOG = BagStateSpec("log", PickleCoder())
     MERGE = ReadModifyWriteStateSpec("merge", PickleCoder())
     TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
     EMIT = TimerSpec("emit", TimeDomain.REAL_TIME)
-    TICK = TimerSpec("tick", TimeDomain.WATERMARK)
 
     #: Seconds between an early/late shard pane's arrival and its merge:
     #: panes of several shards from one firing round become one pane.
     EMIT_DELAY_S = 0.2
 
     def __init__(self, specs: list[WindowSpec], k: int,
-                 allowed_lateness_ms: int):
+                 allowed_lateness_ms: int, item_shards: int):
         self._specs = {s.key: s for s in specs}
         self._k = k
         self._lateness = allowed_lateness_ms
+        self._shards = item_shards
         self._refused = Metrics.counter("topk", "panes_refused_expired")
 
     def process(self, element, log=beam.DoFn.StateParam(LOG),
+                merge_state=beam.DoFn.StateParam(MERGE),
                 timers=beam.DoFn.StateParam(TIMERS),
-                emit=beam.DoFn.TimerParam(EMIT),
-                tick=beam.DoFn.TimerParam(TICK)):
-        key, (shard, version, timing, candidates, totals) = element
-        log.add((shard, version, timing, candidates, totals))
-        armed = _merge_armed(timers)
-        if timing != stream_panes.ON_TIME and not armed["emit"]:
-            # On-time panes wait for the tick, which the watermark holds
-            # until they are all here.
+                emit=beam.DoFn.TimerParam(EMIT)):
+        key, pane = element
+        log.add(pane)
+        if pane[6] > stream_dedup.NO_WATERMARK:
+            yield from self._merge(key, log, merge_state)
+            return
+        armed = timers.read() or {"emit": False}
+        if not armed["emit"]:
             emit.set(Timestamp.now() + Duration(seconds=self.EMIT_DELAY_S))
             armed["emit"] = True
-        if armed["tick"] is None:
-            # Until the first merge knows the windows: tick at the end of
-            # the earliest window of this pane.
-            starts = totals["window_start"].to_numpy()
-            if starts.size:
-                due = int(starts.min()) + self._specs[key].length_ms + 1
-                tick.set(beam_timestamp(due))
-                armed["tick"] = due
-        timers.write(armed)
+            timers.write(armed)
 
-    def _merge(self, key, log, merge_state, timers, tick, watermark_ms=None):
+    def _merge(self, key, log, merge_state):
         merge = merge_state.read() or stream_panes.PaneMerge(
-            self._specs[key], self._k, self._lateness)
+            self._specs[key], self._k, self._lateness, self._shards)
         refused = merge.refused
-        updates = [(shard, version, timing,
-                    ranking.WindowTopK(candidates, totals))
-                   for shard, version, timing, candidates, totals
-                   in log.read()]
+        updates = []
+        for (shard, version, timing, candidates, totals, closed_from,
+             closed_through) in log.read():
+            updates.append((shard, version, timing,
+                            ranking.WindowTopK(candidates, totals)))
+            if closed_through > stream_dedup.NO_WATERMARK:
+                merge.report(shard, closed_from, closed_through)
         log.clear()
-        panes = merge.advance(updates, watermark_ms)
+        watermark = merge.shards_watermark()
+        panes = merge.advance(updates, watermark
+                              if watermark > stream_dedup.NO_WATERMARK
+                              else None)
         self._refused.inc(merge.refused - refused)
         emitted_at = merge.emission_time(now_ms()) if panes else None
         for name, merged, index in panes:
             yield stream_panes.ranked_pane_rows(merge.spec, name, merged,
                                                 index, emitted_at)
-        armed = _merge_armed(timers)
-        due = merge.next_tick()
-        if due is not None and due != armed["tick"]:
-            tick.set(beam_timestamp(due))
-        armed["tick"] = due
-        timers.write(armed)
         merge_state.write(merge)  # kept when empty: it knows the watermark
 
     @on_timer(EMIT)
     def on_emit(self, key=beam.DoFn.KeyParam,
                 log=beam.DoFn.StateParam(LOG),
                 merge_state=beam.DoFn.StateParam(MERGE),
-                timers=beam.DoFn.StateParam(TIMERS),
-                tick=beam.DoFn.TimerParam(TICK)):
-        armed = _merge_armed(timers)
-        armed["emit"] = False
-        timers.write(armed)
-        yield from self._merge(key, log, merge_state, timers, tick)
-
-    @on_timer(TICK)
-    def on_tick(self, key=beam.DoFn.KeyParam,
-                fired=beam.DoFn.TimestampParam,
-                log=beam.DoFn.StateParam(LOG),
-                merge_state=beam.DoFn.StateParam(MERGE),
-                timers=beam.DoFn.StateParam(TIMERS),
-                tick=beam.DoFn.TimerParam(TICK)):
-        yield from self._merge(key, log, merge_state, timers, tick,
-                               watermark_ms=epoch_ms(fired))
+                timers=beam.DoFn.StateParam(TIMERS)):
+        timers.write({"emit": False})
+        yield from self._merge(key, log, merge_state)
 
 
 class StreamTopK(beam.PTransform):
@@ -388,7 +420,8 @@ class StreamTopK(beam.PTransform):
     def __init__(self, specs: list[WindowSpec], k: int, *,
                  item_shards: int = 8, dedup_shards: int = 8,
                  allowed_lateness_ms: int = 10 * schema.MINUTE_MS,
-                 early_firing_s: float = 5.0):
+                 early_firing_s: float = 5.0,
+                 skew_ms: int = ALLOWED_SKEW_MS):
         super().__init__()
         if allowed_lateness_ms < 0:
             raise ValueError("allowed lateness must not be negative")
@@ -400,6 +433,7 @@ class StreamTopK(beam.PTransform):
         self._dedup_shards = dedup_shards
         self._lateness = allowed_lateness_ms
         self._early_s = early_firing_s
+        self._skew = skew_ms
 
     def expand(self, events):
         deduped = (
@@ -408,21 +442,22 @@ class StreamTopK(beam.PTransform):
                 key_by_shard, "event_id", self._dedup_shards
             ).with_output_types(ShardTable)
             | "Dedup" >> beam.ParDo(_DedupFn(
-                self._item_shards, self._lateness)).with_outputs(
+                self._item_shards, self._lateness, self._skew)).with_outputs(
                     LATE_EVENTS, main="partials"))
         shard_panes = (
             deduped.partials
             | "TypePartials" >> beam.Map(lambda kv: kv).with_output_types(
                 ShardTable)
             | "ShardPanes" >> beam.ParDo(_ShardPanesFn(
-                self._specs, self._k, self._lateness, self._early_s
-            )).with_outputs(SLICES, LATE_COUNTS, main="panes"))
+                self._specs, self._k, self._lateness, self._early_s,
+                self._skew)).with_outputs(SLICES, LATE_COUNTS, main="panes"))
         ranked = (
             shard_panes.panes
             | "TypePanes" >> beam.Map(lambda kv: kv).with_output_types(
                 ShardPane)
             | "MergePanes" >> beam.ParDo(_MergePanesFn(
-                self._specs, self._k, self._lateness)).with_output_types(
+                self._specs, self._k, self._lateness, self._item_shards
+            )).with_output_types(
                     pa.Table))
         return {
             RANKED_WINDOWS: ranked,
