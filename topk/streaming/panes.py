@@ -69,6 +69,19 @@ def coarse_close(due: int | None, seen_ms: int, skew_ms: int) -> int | None:
     return max(due, min(ahead, due + MAX_CLOSE_STEP_MS))
 
 
+def newest_seen(seen_ms: int, times: np.ndarray, now_ms: int) -> int:
+    """What ``coarse_close`` is told the input reached: the newest of
+    ``times`` (event times or minutes of an element), never beyond the
+    wall clock ``now_ms``: the watermark follows record times, and an
+    idle partition moves it to the wall clock, so it gets there; a
+    future-dated event must not hold back the on-time panes before it.
+    (The element timestamp is its batch's oldest record time: a catch-up
+    batch may span a day.)"""
+    if times.size == 0:
+        return seen_ms
+    return max(seen_ms, min(int(times.max()), int(now_ms)))
+
+
 def touched_minutes(tables) -> np.ndarray:
     """The distinct minutes the ``TOUCHED`` metadata of partial-count
     tables names (empty when none does)."""

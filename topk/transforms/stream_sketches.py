@@ -92,8 +92,7 @@ class _SketchPanesFn(beam.DoFn):
         return known, SketchPanes.from_chunks(*self._args, known["panes"],
                                               chunks.read())
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                pending=beam.DoFn.StateParam(PENDING),
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
                 timers=beam.DoFn.StateParam(TIMERS),
                 early=beam.DoFn.TimerParam(EARLY),
                 close=beam.DoFn.TimerParam(CLOSE)):
@@ -102,7 +101,8 @@ class _SketchPanesFn(beam.DoFn):
         armed = timers.read() or {"early": False, "close": None,
                                   "watermark": stream_dedup.NO_WATERMARK,
                                   "seen": stream_dedup.NO_WATERMARK}
-        armed["seen"] = max(armed["seen"], epoch_ms(timestamp))
+        armed["seen"] = stream_panes.newest_seen(
+            armed["seen"], partials["slice_start"].to_numpy(), now_ms())
         if not armed["early"]:
             early.set(Timestamp.now() + Duration(seconds=self._early_s))
             armed["early"] = True

@@ -79,11 +79,6 @@ _NO_PANES = (ranking.CANDIDATES_SCHEMA.empty_table(),
 _NO_REPORT = (stream_dedup.NO_WATERMARK, stream_dedup.NO_WATERMARK)
 
 
-def _read_at(table: pa.Table) -> int:
-    value = (table.schema.metadata or {}).get(stream_dedup.READ_AT)
-    return int(value) if value else stream_dedup.NO_WATERMARK
-
-
 class _DedupFn(beam.DoFn):
     """(dedup shard, events) -> (item shard, fresh minute partials); late
     events to the ``late_events`` output."""
@@ -124,8 +119,9 @@ class _DedupFn(beam.DoFn):
             # First element: tick from the start of its minute on.
             known = {"ms": stream_dedup.NO_WATERMARK, "armed": False,
                      "generation": None}
-        known["seen"] = max(known.get("seen", stream_dedup.NO_WATERMARK),
-                            epoch_ms(timestamp))
+        known["seen"] = stream_panes.newest_seen(
+            known.get("seen", stream_dedup.NO_WATERMARK),
+            events["ts"].to_numpy(), now_ms())
         if not known["armed"]:
             # (Or the first since the shard went idle: from the next
             # minute after the watermark it knows.)
@@ -228,14 +224,15 @@ class _ShardPanesFn(beam.DoFn):
         _, partials = element
         pending.add(partials)
         armed = _armed(timers)
-        armed["seen"] = max(armed.get("seen", stream_dedup.NO_WATERMARK),
-                            _read_at(partials))
+        touched = stream_panes.touched_minutes([partials])
+        armed["seen"] = stream_panes.newest_seen(
+            armed.get("seen", stream_dedup.NO_WATERMARK), touched, now_ms())
         if not armed["early"] and partials.num_rows:
             early.set(Timestamp.now() + Duration(seconds=self._early_s))
             armed["early"] = True
         due = stream_panes.coarse_close(stream_panes.next_window_end(
-            self._specs, stream_panes.touched_minutes([partials]),
-            armed["watermark"]), armed["seen"], self._skew)
+            self._specs, touched, armed["watermark"]), armed["seen"],
+            self._skew)
         if due is not None and (armed["close"] is None
                                 or due < armed["close"]):
             close.set(beam_timestamp(due))
