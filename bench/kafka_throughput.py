@@ -31,7 +31,8 @@ preload is reused. Then, each contender in its own process:
   partition reader (``open_reader``: ``PartitionReader``, kafka-python /
   ``ConfluentPartitionReader``, confluent-kafka, if installed) per
   partition, one after the other from its beginning to its end, with the
-  source's batch limits and span cut (``--reader-span-ms``); each batch's
+  source's batch limits and no span cut, as the source reads
+  (``--reader-span-ms`` cuts batches at a span of record time); each batch's
   ``payload()`` is what the source emits. Their ratio picks the source's
   default client.
 * ``floor``: the kafka-python reader, plus ``pyarrow.json`` parsing of
@@ -400,10 +401,9 @@ def _reader_batches(bootstrap: str, topic: str, client: str,
     of an ``open_reader(client, ...)`` per partition, one partition after
     the other (as one source worker would), from the beginning to the end
     offsets present at start, with the source's default batch limits and
-    a ``span_ms`` span cut (``None``: the source's ``allowed_skew_ms``;
-    0: none)."""
+    a ``span_ms`` span cut (``None`` or 0: none, as the source reads)."""
     from topk.connectors import kafka as ko
-    span = ko.ALLOWED_SKEW_MS if span_ms is None else (span_ms or None)
+    span = span_ms or None
     for p, end in sorted(end_offsets(bootstrap, topic).items()):
         if end <= 0:
             continue
@@ -771,8 +771,9 @@ def main() -> None:
                         "floor (cheap, alternating within a round); "
                         "the median is reported (default 3).")
     parser.add_argument("--reader-span-ms", type=int, default=None,
-                        help="Span cut of raw_reader and raw_confluent "
-                        "(default: the source's allowed_skew_ms; 0: none).")
+                        help="Span cut of raw_reader and raw_confluent in ms "
+                        "of record time (default: none, as the source "
+                        "reads).")
     parser.add_argument("--repeat-pipelines", type=int, default=1,
                         help="Runs of bounded and naive (default 1).")
     parser.add_argument("--naive-events", type=int, default=10_000,
