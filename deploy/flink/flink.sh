@@ -55,6 +55,9 @@ Commands:
                         Print the Beam options that submit a pipeline to this cluster
                         (FlinkRunner, REST address, Flink version, job server jar, LOOPBACK,
                         parallelism 2): topk batch ... \$(deploy/flink/flink.sh options)
+  install-sql           Fetch the SQL client's jars (flink-sql-gateway 1.19.1, Kafka SQL
+                        connector) into \$CACHE_DIR/sql-jars with mvn and print their paths plus
+                        the flink-sql-client / flink-python jars of the distribution's opt/.
   crds                  Print the directory of the operator's CRD YAML files (extracts them first).
   env                   Print shell exports (FLINK_REST, FLINK_VERSION, FLINK_JOB_SERVER_JAR, ...):
                         eval "\$(deploy/flink/flink.sh env)"
@@ -502,6 +505,36 @@ cmd_logs() {
   done
 }
 
+# ---- SQL client jars ---------------------------------------------------------------------------
+# The PyPI distribution's bin/sql-client.sh needs the SQL gateway jar (1.19.1: newer 1.19.x do not
+# resolve from the Maven repository here) plus flink-sql-client / flink-python from its opt/; the
+# Kafka connector is passed to it with -j.
+SQL_GATEWAY_VERSION="${TOPK_FLINK_SQL_GATEWAY_VERSION:-1.19.1}"
+SQL_KAFKA_CONNECTOR="${TOPK_FLINK_SQL_KAFKA_CONNECTOR:-3.2.0-1.19}"
+SQL_JAR_DIR="$CACHE_DIR/sql-jars"
+
+cmd_install_sql() {
+  command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
+  local home a f
+  home="$(pyflink_home)" || die "Flink not installed in $VENV_DIR: run 'deploy/flink/flink.sh install'"
+  mkdir -p "$SQL_JAR_DIR"
+  for a in "org.apache.flink:flink-sql-gateway:$SQL_GATEWAY_VERSION" \
+           "org.apache.flink:flink-sql-connector-kafka:$SQL_KAFKA_CONNECTOR"; do
+    f="$SQL_JAR_DIR/$(cut -d: -f2 <<<"$a")-$(cut -d: -f3 <<<"$a").jar"
+    if [[ ! -s "$f" ]]; then
+      "${MVN[@]}" dependency:copy -Dartifact="$a" -DoutputDirectory="$SQL_JAR_DIR" >&2 \
+        || die "could not resolve $a with mvn"
+      [[ -s "$f" ]] || die "$a resolved but $f is missing"
+      log "fetched $a"
+    fi
+    echo "$f"
+  done
+  for a in flink-sql-client flink-python; do
+    f="$(compgen -G "$home/opt/$a-*.jar" | head -n 1)" || die "no $a jar in $home/opt"
+    echo "$f"
+  done
+}
+
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
@@ -517,6 +550,7 @@ main() {
     env) cmd_env "$@" ;;
     options) cmd_options "$@" ;;
     crds) cmd_crds "$@" ;;
+    install-sql) cmd_install_sql "$@" ;;
     logs) cmd_logs "$@" ;;
     -h|--help|help) usage ;;
     "") usage >&2; exit 2 ;;
