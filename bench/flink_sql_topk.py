@@ -131,11 +131,16 @@ SELECT '{spec}', CAST(window_start AS STRING), item_id, cnt, rn FROM (
     GROUP BY window_start, window_end, item_id))
 WHERE rn <= {args.k};""")
     inserts_sql = "\n".join(inserts)
+    # Checkpoints go to files: the JobManager's default checkpoint storage
+    # caps state at a few MB, and the de-duplication state of 2M ids
+    # exceeds it (the job then restarts forever).
     return f"""SET 'execution.runtime-mode' = 'streaming';
 SET 'table.dml-sync' = 'true';
 SET 'table.local-time-zone' = 'UTC';
 SET 'parallelism.default' = '{args.parallelism}';
 SET 'execution.checkpointing.interval' = '{args.checkpoint_s}s';
+SET 'state.checkpoint-storage' = 'filesystem';
+SET 'state.checkpoints.dir' = 'file://{os.path.dirname(os.path.abspath(sink))}/checkpoints';
 SET 'rest.address' = '127.0.0.1';
 SET 'rest.port' = '{args.rest_port}';
 SET 'execution.target' = 'remote';
