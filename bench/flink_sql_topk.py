@@ -217,18 +217,18 @@ def read_flink_rows(sink: str) -> dict:
 def read_topk_rows(directory: str, k: int) -> dict:
     from topk.storage import tables
     con = tables.connect(directory, ["ranked_windows"])
+    # The readers' rule (docs/querying.md): per window, the batch rows if
+    # a batch run wrote it, else the stream's latest pane by emitted_at.
     rows = con.execute(f"""
-        WITH latest AS (
-          SELECT window_spec, window_start, max(pane_index) AS p
-          FROM ranked_windows
-          WHERE method = 'exact' AND event_type = '*'
-          GROUP BY window_spec, window_start)
-        SELECT r.window_spec, strftime(r.window_start, '%Y-%m-%dT%H:%M:%S'),
-               r.item_id, r.count
-        FROM ranked_windows r JOIN latest l
-          ON r.window_spec = l.window_spec AND r.window_start = l.window_start
-         AND r.pane_index = l.p
-        WHERE r.method = 'exact' AND r.event_type = '*' AND r.rank <= {k}
+        SELECT window_spec, strftime(window_start, '%Y-%m-%dT%H:%M:%S'),
+               item_id, count
+        FROM ranked_windows
+        WHERE method = 'exact' AND event_type = '*'
+        QUALIFY emitted_at = max(emitted_at) OVER (
+                  PARTITION BY window_spec, window_start, source)
+            AND (source = 'batch' OR NOT bool_or(source = 'batch') OVER (
+                  PARTITION BY window_spec, window_start))
+            AND rank <= {k}
         """).fetchall()
     out = defaultdict(list)
     for spec, ws, item, cnt in rows:
