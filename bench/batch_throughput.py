@@ -22,6 +22,10 @@ own), repeated and the median reported:
 * ``floor_duckdb``: no Beam; DuckDB's ``read_json`` + the same group-by.
 * ``naive`` (with ``--naive-events N``): the textbook one-element-per-event
   Beam pipeline on the first N events of (a).
+* ``write_floor``: the seconds pyarrow alone takes to write the ranked rows
+  the pipeline wrote for the input, once: a sliding ``1h/1m`` window every
+  minute of a year is tens of rows per event, and no engine writes them
+  faster than this.
 
 The targets are printed beside the figures: >= 1M events/s on (a), >= 500k
 on (b), peak RSS <= 2 GB on (a) and (b), and peak RSS of (b) / (c) <= 1.2
@@ -32,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,13 +87,45 @@ def head(path: str, out: str, lines: int) -> None:
 
 # --- contenders, each run in a child process: `bench ... --run NAME PATH` ---
 
+def output_of(path: str, workdir: str) -> str:
+    """The pipeline's output directory for one input (one per input, so
+    runs on different inputs never share committed slices)."""
+    return os.path.join(workdir, "out-" + os.path.basename(path))
+
+
 def run_pipeline(path: str, workdir: str, method: str = "exact") -> int:
     from topk.pipelines import batch
-    result = batch.run([f"--input={path}", f"--output={workdir}/out",
+    out = output_of(path, workdir)
+    shutil.rmtree(out, ignore_errors=True)
+    result = batch.run([f"--input={path}", f"--output={out}",
                         "--windows=all", "--k=100", f"--method={method}"])
     counters = {r.key.metric.name: r.committed
                 for r in result.metrics().query()["counters"]}
     return counters["events_valid"]
+
+
+def run_write_floor(path: str, workdir: str) -> dict:
+    """The output's own floor: the seconds pyarrow alone takes to write the
+    ranked rows the pipeline wrote for this input (read back from its
+    output; only the writes are timed) once, as one zstd Parquet file.
+    Any engine that writes those rows pays at least this."""
+    import pyarrow.parquet as pq
+    from topk.storage import layout, tables
+    rows = tables.dataset(output_of(path, workdir), layout.RANKED_WINDOWS)
+    target = os.path.join(workdir, "write-floor.parquet")
+    written, seconds = 0, 0.0
+    with pq.ParquetWriter(target, rows.schema, compression="zstd") as out:
+        for batch in rows.to_batches(batch_size=1 << 16):
+            started = time.perf_counter()
+            out.write_batch(batch)
+            seconds += time.perf_counter() - started
+            written += batch.num_rows
+        started = time.perf_counter()
+    seconds += time.perf_counter() - started  # the footer, on close
+    os.remove(target)
+    with open(path, "rb") as f:
+        events = sum(1 for _ in f)
+    return {"events": events, "write_seconds": seconds, "rows": written}
 
 
 def run_floor(path: str, workdir: str) -> int:
@@ -156,7 +193,7 @@ def naive_top_k(lines, windows: str = "all", k: int = 100) -> None:
 
 CONTENDERS = {"pipeline": run_pipeline, "floor": run_floor,
               "floor_arrow": run_floor, "floor_duckdb": run_floor_duckdb,
-              "naive": run_naive}
+              "naive": run_naive, "write_floor": run_write_floor}
 
 
 def measure(name: str, path: str, workdir: str, script: str = __file__,
@@ -235,8 +272,11 @@ def main() -> None:
     parser.add_argument("--inputs", default="a,b,c",
                         help="Which inputs to run (default a,b,c).")
     parser.add_argument("--contenders",
-                        default="pipeline,floor_arrow,floor_duckdb",
-                        help="Which contenders to run on each input.")
+                        default="pipeline,floor_arrow,floor_duckdb,"
+                        "write_floor",
+                        help="Which contenders to run on each input "
+                        "(write_floor reads the output of pipeline, so it "
+                        "comes after it).")
     parser.add_argument("--naive-events", type=int, default=0,
                         help="Also run the naive pipeline on this many "
                         "events of (a) (default 0: skip; it is ~1000x "
@@ -292,6 +332,10 @@ def main() -> None:
     for key, rs in runs.items():
         if rs:
             results[key] = medians(rs)
+            if "write_seconds" in rs[0]:
+                results[key]["write_seconds"] = statistics.median(
+                    r["write_seconds"] for r in rs)
+                results[key]["rows"] = rs[0]["rows"]
 
     print()
     print(f"windows: all 7 specs, k=100; scale {args.scale}; median of "
@@ -299,6 +343,8 @@ def main() -> None:
     print(f"{'input':<6} {'contender':<13} {'events':>12} {'seconds':>9} "
           f"{'events/s':>12} {'peak MB':>9}  target")
     for (name, c), r in results.items():
+        if c == "write_floor":  # reported below, as seconds of writing
+            continue
         target = ""
         if c == "pipeline" and name in TARGET_RATE:
             target = (f">= {TARGET_RATE[name]:,}/s: "
@@ -308,6 +354,17 @@ def main() -> None:
         print(f"{name:<6} {c:<13} {r['events']:>12,} {r['seconds']:>9.1f} "
               f"{r['rate']:>12,.0f} {r['peak_mb']:>9,.0f}  {target}")
     pipe = {name: results.get((name, "pipeline")) for name in names}
+    for name in names:
+        floor = results.get((name, "write_floor"))
+        if floor:
+            # What the target would leave for writing the output once.
+            budget = floor["events"] / TARGET_RATE.get(name, float("inf"))
+            print(f"({name}) output: {floor['rows']:,} ranked rows "
+                  f"({floor['rows'] / floor['events']:,.1f} per event); "
+                  f"writing them once with pyarrow alone: "
+                  f"{floor['write_seconds']:.1f} s"
+                  + (f" (the events/s target leaves {budget:.1f} s for "
+                     "the whole run)" if name in TARGET_RATE else ""))
     for name in names:
         for floor in ("floor_arrow", "floor_duckdb"):
             if pipe[name] and results.get((name, floor)):

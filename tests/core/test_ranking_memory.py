@@ -64,13 +64,20 @@ def rows_of(merged: pa.Table):
              r["count"], r["window_total"]) for r in merged.to_pylist()]
 
 
-def ranked_by_chunks(counts, specs, k, shards):
+def ranked_by_chunks(counts, specs, k, shards, runs=False):
     """The pipeline's way: every shard's chunks, merged per (spec, chunk);
-    also checks that chunks hold their windows only and come in order."""
+    also checks that chunks hold their windows only and come in order.
+    With ``runs``, shards send runs of windows (``WindowTopKRuns``), which
+    must expand to what they stand for and never be more rows."""
     parts = {}
     for rows in shards_of(counts, shards):
         last = {}
-        for spec, chunk, top in ranking.iter_shard_top_k(rows, specs, k):
+        for spec, chunk, top in ranking.iter_shard_top_k(rows, specs, k,
+                                                         runs=runs):
+            if runs:
+                folded, top = top, top.expand()
+                assert folded.candidates.num_rows <= top.candidates.num_rows
+                assert folded.totals.num_rows <= top.totals.num_rows
             for table in (top.candidates, top.totals):
                 starts = table["window_start"].to_numpy()
                 assert (ranking.chunk_of(spec, starts) == chunk).all()
@@ -89,11 +96,11 @@ def oracle_rows(unique, spec, k):
     return sorted(oracle.ranked_windows(unique, length, slide, k))
 
 
-@pytest.mark.parametrize("per_chunk,per_step,k,prune", [
-    (2, 1, 3, 0), (7, 5, 1, 4), (40, 300, 50, 0), (1440, 2_000_000, 2, 0),
-    (1440, 2_000_000, 1, 4)])
+@pytest.mark.parametrize("per_chunk,per_step,k,prune,runs", [
+    (2, 1, 3, 0, False), (7, 5, 1, 4, True), (40, 300, 50, 0, True),
+    (1440, 2_000_000, 2, 0, False), (1440, 2_000_000, 1, 4, True)])
 def test_tiny_chunks_and_steps_match_the_oracle(monkeypatch, k, per_chunk,
-                                                per_step, prune):
+                                                per_step, prune, runs):
     """``prune``: 0 prunes the segments of every step (``_reachable``)."""
     monkeypatch.setattr(ranking, "WINDOWS_PER_CHUNK", per_chunk)
     monkeypatch.setattr(ranking, "PAIRS_PER_STEP", per_step)
@@ -109,7 +116,7 @@ def test_tiny_chunks_and_steps_match_the_oracle(monkeypatch, k, per_chunk,
                           ts=T30 + 5 * DAY + e.ts % (2 * oracle.HOUR_MS))
                for e in unique]
     counts = counting.count_slices(event_table(unique))
-    got = ranked_by_chunks(counts, SPECS, k, shards=3)
+    got = ranked_by_chunks(counts, SPECS, k, shards=3, runs=runs)
     for spec in SPECS:
         assert got[spec] == oracle_rows(unique, spec, k), spec.name
     assert pruned or prune, "pruning exercised"
@@ -151,7 +158,8 @@ CHILD = textwrap.dedent("""
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     parts = {}
     for rows in shards:
-        for spec, chunk, top in ranking.iter_shard_top_k(rows, specs, 5):
+        for spec, chunk, top in ranking.iter_shard_top_k(rows, specs, 5,
+                                                         runs=True):
             parts.setdefault((spec.name, chunk), []).append(top)
     with pq.ParquetWriter(sys.argv[2], pa.schema([
             ("spec", pa.string()), ("event_type", pa.string()),
@@ -159,7 +167,7 @@ CHILD = textwrap.dedent("""
             ("item_id", pa.string()), ("count", pa.int64()),
             ("window_total", pa.int64())])) as out:
         for (name, chunk), tops in parts.items():
-            merged = ranking.merge_window_top_k(tops, 5)
+            merged = ranking.merge_window_top_k([t.expand() for t in tops], 5)
             out.write_table(merged.add_column(0, "spec", pa.array(
                 [name] * merged.num_rows, pa.string())).cast(out.schema))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

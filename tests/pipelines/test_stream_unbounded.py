@@ -113,13 +113,16 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     # The precise path: reprocessing the day from the stream's archive
     # makes range queries exact whatever the stream's panes said; batch rows
     # supersede stream rows. Late events count too: batch has no lateness.
-    day_ms = floor_to(first, DAY)
-    day, next_day = format_time(day_ms)[:10], format_time(day_ms + DAY)[:10]
+    everything = oracle.dedup(valid + late_valid + oracle.parse_block(
+        "\n".join(beyond).encode())[0])
+    # Every day the events fall on: the late ones are four hours old, on
+    # the previous day when this runs before 04:00 UTC.
+    day_ms = floor_to(min(e.ts for e in everything), DAY)
+    end_ms = floor_to(max(e.ts for e in everything), DAY) + DAY
+    day, next_day = format_time(day_ms)[:10], format_time(end_ms)[:10]
     assert cli.main(["batch", "--from-archive", output, "--archive-start",
                      day, "--archive-end", next_day, "--output", output,
                      "--windows", "1m,1h/1m"]) == 0
-    everything = oracle.dedup(valid + late_valid + oracle.parse_block(
-        "\n".join(beyond).encode())[0])
     start = floor_to(min(e.ts for e in everything), MIN)
     for a, b in ((start, start + 60 * MIN), (first + 7 * MIN,
                                              first + 23 * MIN),

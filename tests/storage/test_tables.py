@@ -248,3 +248,33 @@ def test_an_old_output_is_refused_until_migrated(tmp_path):
     assert query.topk(out, 3, T0, T0 + D) == [
         query.RankedItem(*r) for r in oracle.topk(
             oracle.dedup(evs), 3, T0, T0 + D)]
+
+
+def test_a_staged_run_over_months_commits_a_month_at_a_time(tmp_path):
+    """A batch run's staged rows are grouped by month, and its commit
+    writes one Delta write per month (the writer holds a file per open
+    day): several table versions, one manifest row, the same rows as one
+    write, and a rerun over part of the span still replaces only its own."""
+    out = str(tmp_path)
+    evs = [e._replace(ts=e.ts + (i % 75) * D)
+           for i, e in enumerate(events(0, 900, 5))]
+    before = tables.snapshot(out).seq
+    rows = tables.prepare(layout.SLICES, slice_rows(evs))
+    paths = tables.stage(out, "run-1", layout.SLICES, rows)
+    months = {os.path.basename(os.path.dirname(p)) for p in paths}
+    assert months == {"2024-05", "2024-06", "2024-07"}
+    snap = tables.commit_staged(out, "run-1", ["exact"], "in-1")
+    assert snap.seq == before + 1
+    assert DeltaTable(tables.table_path(out, layout.SLICES)).version() >= 2
+    assert day_counts(out) == truth(evs)
+    assert not os.path.exists(tables.staging_dir(out, "run-1", layout.SLICES))
+    # A rerun over June only, with other events there: July and May stay.
+    june = [e._replace(ts=e.ts + 40 * D) for e in events(0, 300, 6)]
+    tables.stage(out, "run-2", layout.SLICES,
+                 tables.prepare(layout.SLICES, slice_rows(june)))
+    tables.commit_staged(out, "run-2", ["exact"], "in-2")
+    # The rerun owns the minutes from its first event's to its last's.
+    lo = min(e.ts for e in june) // M * M
+    hi = max(e.ts for e in june) // M * M + M
+    kept = [e for e in evs if not lo <= e.ts < hi]
+    assert day_counts(out) == truth(kept + june)

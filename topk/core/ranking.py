@@ -41,6 +41,57 @@ class WindowTopK:
         return cls(CANDIDATES_SCHEMA.empty_table(), TOTALS_SCHEMA.empty_table())
 
 
+#: Runs of windows: a row stands for ``windows`` consecutive windows of one
+#: spec from ``window_start`` on, each with the same item and count (or
+#: total). A sliding window's count of an item changes only where one of the
+#: item's panes enters or leaves it, so on sparse data the runs of a shard's
+#: top-K are about ``panes_per_window`` times fewer than its (window, item)
+#: pairs; this is what a shard sends to the merge (``RankWindows``).
+RUNS_FIELD = pa.field("windows", pa.int32(), nullable=False)
+CANDIDATE_RUNS_SCHEMA = CANDIDATES_SCHEMA.append(RUNS_FIELD)
+TOTAL_RUNS_SCHEMA = TOTALS_SCHEMA.append(RUNS_FIELD)
+
+
+@dataclasses.dataclass
+class WindowTopKRuns:
+    """``WindowTopK`` with runs of windows folded (``RUNS_FIELD``)."""
+    candidates: pa.Table  # CANDIDATE_RUNS_SCHEMA
+    totals: pa.Table  # TOTAL_RUNS_SCHEMA
+    step_ms: int
+
+    def expand(self) -> WindowTopK:
+        """One row per window again."""
+        return WindowTopK(_expand_runs(self.candidates, self.step_ms,
+                                       CANDIDATES_SCHEMA),
+                          _expand_runs(self.totals, self.step_ms,
+                                       TOTALS_SCHEMA))
+
+
+def _expand_runs(runs: pa.Table, step_ms: int, out_schema: pa.Schema):
+    length = runs["windows"].to_numpy().astype(np.int64)
+    if len(length) and length.max() == 1:
+        return runs.select(out_schema.names)
+    row = np.repeat(np.arange(len(length)), length)
+    offset = np.arange(len(row)) - np.repeat(np.cumsum(length) - length,
+                                             length)
+    out = runs.select(out_schema.names).take(pa.array(row))
+    start = out["window_start"].to_numpy() + offset * step_ms
+    return out.set_column(out_schema.get_field_index("window_start"),
+                          out_schema.field("window_start"), pa.array(start))
+
+
+def _runs(window, key, value):
+    """Fold consecutive windows with the same ``key`` and ``value``:
+    ``(first window, run length, key, value)``, sorted by key then window."""
+    order = np.lexsort((window, key))
+    w, k, v = window[order], key[order], value[order]
+    new = np.r_[True, (k[1:] != k[:-1]) | (w[1:] != w[:-1] + 1)
+                | (v[1:] != v[:-1])] if len(w) else np.zeros(0, bool)
+    first = np.flatnonzero(new)
+    return (w[first], np.diff(np.r_[first, len(w)]).astype(np.int32),
+            k[first], v[first])
+
+
 def with_all_types(counts: pa.Table) -> pa.Table:
     """Append ``ALL_TYPES`` rows: the counts summed over event types."""
     if counts.num_rows == 0:
@@ -109,10 +160,12 @@ def chunk_of(spec: WindowSpec, window_start_ms):
 
 def iter_shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
                      all_types: bool = True,
-                     window_starts: np.ndarray | None = None):
+                     window_starts: np.ndarray | None = None,
+                     runs: bool = False):
     """``shard_top_k`` a piece at a time: yields ``(spec, chunk,
     WindowTopK)`` for every spec, event type (then ``ALL_TYPES``) and
     output chunk (``chunk_of``) holding a window, chunks in time order.
+    With ``runs``, ``WindowTopKRuns`` instead (``RUNS_FIELD``).
 
     Memory beyond the encoded counts is bounded by one chunk, never by the
     span of the data: tumbling windows are runs of the rows sorted by pane;
@@ -127,7 +180,7 @@ def iter_shard_top_k(counts: pa.Table, specs: list[WindowSpec], k: int,
         return
     panes = _PaneLevels(counts)
     for spec in specs:
-        yield from panes.iter_top_k(spec, k, all_types, window_starts)
+        yield from panes.iter_top_k(spec, k, all_types, window_starts, runs)
 
 
 class _PaneLevels:
@@ -167,8 +220,10 @@ class _PaneLevels:
         return rows
 
     def iter_top_k(self, spec: WindowSpec, k: int, all_types: bool,
-                   window_starts: np.ndarray | None = None):
-        """Yields ``(spec, chunk, WindowTopK)`` per event type and chunk."""
+                   window_starts: np.ndarray | None = None,
+                   runs: bool = False):
+        """Yields ``(spec, chunk, WindowTopK)`` per event type and chunk
+        (``WindowTopKRuns`` with ``runs``)."""
         t, pane, item, count = self.at(spec.step_ms)
         n = spec.panes_per_window
         only = None
@@ -185,14 +240,16 @@ class _PaneLevels:
         for code in range(len(self.types)):
             mask = t == code
             yield from self._rank(spec, k, self.types[code].as_py(),
-                                  pane[mask], item[mask], count[mask], only)
+                                  pane[mask], item[mask], count[mask], only,
+                                  runs)
         if all_types:
             _, all_pane, all_item, all_count = _sum_rows(
                 (np.zeros_like(t), pane, item), count, len(self.items))
             yield from self._rank(spec, k, schema.ALL_TYPES, all_pane,
-                                  all_item, all_count, only)
+                                  all_item, all_count, only, runs)
 
-    def _rank(self, spec, k, event_type, pane, item, count, only=None):
+    def _rank(self, spec, k, event_type, pane, item, count, only=None,
+              runs=False):
         # Rows are unique per (pane, item) and sorted by (pane, item).
         if spec.panes_per_window == 1:
             pieces = _tumbling_chunks(pane, item, count, k, only)
@@ -200,18 +257,27 @@ class _PaneLevels:
             pieces = _sliding_chunks(pane, item, count,
                                      spec.panes_per_window, k, only)
         for chunk, (start, code, value, win, total) in pieces:
+            cand_cols, total_cols = {}, {}
+            if runs:
+                start, length, code, value = _runs(start, code, value)
+                cand_cols["windows"] = pa.array(length)
+                win, length, _, total = _runs(
+                    win, np.zeros(len(win), np.int8), total)
+                total_cols["windows"] = pa.array(length)
             cands = pa.table({
                 "event_type": _repeat(event_type, len(code)),
                 "window_start": pa.array(start * spec.step_ms),
                 "item_id": self.items.take(pa.array(code)),
-                "count": pa.array(value),
-            }, schema=CANDIDATES_SCHEMA)
+                "count": pa.array(value), **cand_cols,
+            }, schema=CANDIDATE_RUNS_SCHEMA if runs else CANDIDATES_SCHEMA)
             totals = pa.table({
                 "event_type": _repeat(event_type, len(win)),
                 "window_start": pa.array(win * spec.step_ms),
-                "total": pa.array(total),
-            }, schema=TOTALS_SCHEMA)
-            yield spec, int(chunk), WindowTopK(cands, totals)
+                "total": pa.array(total), **total_cols,
+            }, schema=TOTAL_RUNS_SCHEMA if runs else TOTALS_SCHEMA)
+            yield spec, int(chunk), (
+                WindowTopKRuns(cands, totals, spec.step_ms) if runs
+                else WindowTopK(cands, totals))
 
 
 def _repeat(value: str | None, n: int) -> pa.Array:

@@ -24,7 +24,6 @@ staging bundle only adds files the commit replaces by predicate anyway.
 ``write_parquet_atomically`` stays for the stream's raw event archive,
 which is plain Parquet (``topk.storage.tables`` says why).
 """
-import os
 import uuid
 
 import apache_beam as beam
@@ -92,15 +91,10 @@ class _StageFn(beam.DoFn):
             return
         rows = pa.concat_tables(self._buffer)
         self._buffer, self._buffered_bytes = [], 0
-        directory = output_tables.staging_dir(self._output, self._run_id,
-                                              self._table)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"{uuid.uuid4().hex}.parquet")
-        # Staged files are read by the commit step only after every bundle
-        # finished, so a plain write is enough here.
-        pq.write_table(rows, path, compression="zstd")
-        yield WindowedValue(path, GlobalWindow().max_timestamp(),
-                            [GlobalWindow()])
+        for path in output_tables.stage(self._output, self._run_id,
+                                        self._table, rows):
+            yield WindowedValue(path, GlobalWindow().max_timestamp(),
+                                [GlobalWindow()])
 
 
 class WriteOutputTables(beam.PTransform):

@@ -46,11 +46,12 @@ import shutil
 import time
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, WriterProperties, write_deltalake
 
 from topk.core import schema
 from topk.core.schema import DAY_MS, HOUR_MS, MINUTE_MS
@@ -87,6 +88,17 @@ _DATE_OF = {layout.RANKED_WINDOWS: "window_start",
 #: A stream commits every bundle: checkpoint the logs often, so that
 #: opening a table replays a few JSON commits, not thousands.
 TABLE_CONFIG = {"delta.checkpointInterval": "20"}
+
+#: Rows per Parquet row group the Delta writer buffers before encoding
+#: them. The writer keeps one file open per partition (UTC day) until the
+#: write ends, each holding its current row group as Arrow arrays; with its
+#: default (about a million rows) a year of ranked windows sat in memory
+#: uncompressed, several GB, until the commit. This many rows keeps it to
+#: tens of MB per hundred open days, and row groups still large enough
+#: for readers' statistics to skip whole groups.
+ROW_GROUP_ROWS = 1 << 13
+WRITER_PROPERTIES = WriterProperties(max_row_group_size=ROW_GROUP_ROWS,
+                                     compression="ZSTD")
 
 _MANIFEST_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),
@@ -148,9 +160,13 @@ def _days(column: pa.ChunkedArray) -> pa.Array:
     if pa.types.is_timestamp(column.type):
         column = pc.cast(pc.cast(column, pa.timestamp("ms", tz="UTC")),
                          pa.int64())
-    ms = column.to_numpy()
-    # YYYY-MM-DD of each row's UTC day, via NumPy's day resolution.
-    return pa.array((ms // DAY_MS).astype("datetime64[D]").astype(str))
+    day = column.to_numpy() // DAY_MS
+    # YYYY-MM-DD of each row's UTC day. Formatted once per distinct day:
+    # NumPy's datetime-to-str runs in Python per element, and a long-span
+    # output has millions of rows over a few hundred days.
+    distinct, which = np.unique(day, return_inverse=True)
+    names = pa.array(distinct.astype("datetime64[D]").astype(str))
+    return names.take(pa.array(which.reshape(-1)))
 
 
 def _partitioned(table: str, rows: pa.Table, input_id: str | None = None
@@ -293,8 +309,9 @@ def _locked(output: str):
 
 @dataclasses.dataclass
 class Change:
-    """One table's part of a commit: ``data`` (a ``pa.Table``, or a
-    ``pa.RecordBatchReader`` of rows already ``prepare``d) appended, or,
+    """One table's part of a commit: ``data`` (a ``pa.Table``, a
+    ``pa.RecordBatchReader`` of rows already ``prepare``d, or a list of
+    readers written one Delta write each: ``staged_groups``) appended, or,
     with ``predicate`` (Delta SQL), replacing the rows it matches (every
     new row must match it)."""
     table: str
@@ -348,9 +365,15 @@ def _apply(output: str, change: Change) -> int | None:
         mode, predicate = "append", None
     else:
         mode, predicate = "overwrite", change.predicate
-    write_deltalake(path, change.data, mode=mode, predicate=predicate,
-                    partition_by=partitions or None,
-                    configuration=None if exists else TABLE_CONFIG)
+    pieces = change.data if isinstance(change.data, list) else [change.data]
+    for piece in pieces:
+        # Later pieces append to what the first replaced: readers see the
+        # manifest's version, the last one, never one in between.
+        write_deltalake(path, piece, mode=mode, predicate=predicate,
+                        partition_by=partitions or None,
+                        writer_properties=WRITER_PROPERTIES,
+                        configuration=None if exists else TABLE_CONFIG)
+        mode, predicate, exists = "append", None, True
     return DeltaTable(path).version()
 
 
@@ -600,6 +623,47 @@ def staged(output: str, run_id: str, table: str) -> pads.Dataset | None:
     return pads.dataset(path, format="parquet")
 
 
+#: Staged rows are grouped by the UTC month of their ``date`` in the
+#: staging directory, and a commit writes a month at a time. The Delta
+#: writer keeps a file open per partition (day) until its write ends, a few
+#: MB each: a year of days in one write held about 1 GB.
+NO_GROUP = "all"
+
+
+def staging_groups(rows: pa.Table) -> list[tuple[str, pa.Table]]:
+    """``(group, rows)`` of prepared rows: by month when the table is
+    partitioned by date, else one group."""
+    if rows.num_rows == 0 or "date" not in rows.column_names:
+        return [(NO_GROUP, rows)]
+    month = pc.utf8_slice_codeunits(rows["date"], 0, 7)
+    return [(m, rows.filter(pc.equal(month, m)))
+            for m in sorted(pc.unique(month).to_pylist())]
+
+
+def stage(output: str, run_id: str, table: str, rows: pa.Table) -> list:
+    """Write ``prepare``d rows of ``table`` as staging files of run
+    ``run_id`` (one per ``staging_groups`` group); returns their paths.
+    The commit reads them only after every writer finished, so a plain
+    write is enough."""
+    paths = []
+    for group, part in staging_groups(rows):
+        directory = os.path.join(staging_dir(output, run_id, table), group)
+        os.makedirs(directory, exist_ok=True)
+        paths.append(os.path.join(directory, f"{uuid.uuid4().hex}.parquet"))
+        pq.write_table(part, paths[-1], compression="zstd")
+    return paths
+
+
+def _groups_of(ds: pads.Dataset) -> list[pads.Dataset]:
+    """The staged dataset ``ds`` split by its groups' directories, in
+    order."""
+    by_dir = {}
+    for path in ds.files:
+        by_dir.setdefault(os.path.dirname(path), []).append(path)
+    return [pads.dataset(files, schema=ds.schema, format="parquet")
+            for _, files in sorted(by_dir.items())]
+
+
 def commit_staged(output: str, run_id: str, methods, input_id_: str,
                   span: tuple[int, int] | None = None,
                   whole_windows_only: bool = False, specs=None,
@@ -683,25 +747,30 @@ def commit_staged_appends(output: str, run_id: str, source: str,
 
 def _staged_rows(table: str, ds, rows: pa.Table | None = None,
                  replaces=None):
-    """The staged rows of ``table`` (``ds``, or none) as stored. With
-    ``rows`` (recomputed rows of the table's schema), those first, and the
-    staged rows matching ``replaces`` (a dataset filter) left out."""
+    """The staged rows of ``table`` (``ds``, or none) as stored: a reader
+    per staging group (``staging_groups``). With ``rows`` (recomputed rows
+    of the table's schema), those first, and the staged rows matching
+    ``replaces`` (a dataset filter) left out."""
     target = stored_schema(table)
     if ds is None and rows is None:
         return target.empty_table()
+    keep = None if replaces is None else ~replaces
 
-    def batches():
-        if rows is not None:
+    def batches(group, first):
+        if first and rows is not None:
             for batch in prepare(table, rows).to_batches():
                 yield batch.cast(target)
-        if ds is not None:
-            keep = None if replaces is None else ~replaces
-            # Streamed batch by batch into the Delta writer: memory stays
-            # flat.
-            for batch in ds.to_batches(filter=keep):
+        if group is not None:
+            # Streamed batch by batch into the Delta writer, with little
+            # read-ahead: memory stays flat.
+            for batch in group.to_batches(filter=keep, batch_size=1 << 16,
+                                          batch_readahead=1,
+                                          fragment_readahead=1):
                 yield batch.cast(target)
 
-    return pa.RecordBatchReader.from_batches(target, batches())
+    groups = _groups_of(ds) if ds is not None else [None]
+    return [pa.RecordBatchReader.from_batches(target, batches(g, i == 0))
+            for i, g in enumerate(groups)]
 
 
 def _commit_and_clean(output, run_id, changes, source, span, then=None

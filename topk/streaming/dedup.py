@@ -7,9 +7,9 @@ plus the allowed lateness. An event older than that horizon is *late*: it is
 not counted (its windows are final) and goes to the late-events output
 instead, so it is never dropped silently.
 
-Ids are kept as 64-bit hashes (``sharding.stable_hash``) in one sorted
-NumPy array per minute: membership is a vectorised ``searchsorted`` per
-retained minute, and expiring a minute drops its array. Two distinct ids
+Ids are kept as 64-bit hashes (``sharding.stable_hash``) with their minute,
+in a few sorted runs (``SeenIds``): membership is a vectorised
+``searchsorted`` per run, and expiry filters the runs by minute. Two distinct ids
 collide with probability ~n²/2⁶⁵ (n ids retained at once: 1e8 ids give
 ~3e-4 over the whole retention); a collision would drop one event.
 
@@ -77,34 +77,68 @@ def late_horizon(watermark_ms: int, allowed_lateness_ms: int) -> int:
     return int(floor_to(watermark_ms - allowed_lateness_ms, schema.MINUTE_MS))
 
 
+def rewrite_due(stored_rows: int | None, live_rows: int) -> bool:
+    """Whether a stage should rewrite its persisted ids (``stored_rows``,
+    ``None`` when unknown) to the ``live_rows`` an expiry left: once at
+    least half of them are expired. Rewriting at every expiry cost the
+    whole state each time; this way each rewrite costs at most twice what
+    it drops."""
+    return stored_rows is None or stored_rows >= 2 * live_rows
+
+
 class SeenIds:
-    """The ids a dedup shard admitted, by minute (see the module docstring).
+    """The ids a dedup shard admitted, with their minutes (see the module
+    docstring).
+
+    Kept as a few runs, each sorted by hash with its minutes alongside,
+    merged when a run is no bigger than the one after it (a binary
+    counter): membership is one ``searchsorted`` per run (O(log n) runs),
+    admitting costs O(log n) amortised per id, and expiry filters each run
+    in one vectorised pass. One array per minute cost a Python loop over
+    every held minute per batch, and a year-long backlog holds hundreds of
+    thousands of minutes.
 
     ``tables`` are ``SEEN_SCHEMA`` chunks as persisted in runner state (any
     order, any chunking); ``admit`` returns the new chunk to persist.
     """
 
     def __init__(self, tables: list[pa.Table] = ()):
-        self._by_minute: dict[int, np.ndarray] = {}
-        for t in tables:
-            self._add(t["minute"].to_numpy(), t["id_hash"].to_numpy())
+        #: (hashes sorted, their minutes), biggest run first.
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        tables = [t for t in tables if t.num_rows]
+        if tables:
+            self._add(np.concatenate([t["minute"].to_numpy() for t in tables]),
+                      np.concatenate([t["id_hash"].to_numpy()
+                                      for t in tables]))
 
     def _add(self, minutes: np.ndarray, hashes: np.ndarray) -> None:
-        for minute in np.unique(minutes):
-            new = hashes[minutes == minute]
-            old = self._by_minute.get(int(minute))
-            merged = new if old is None else np.concatenate([old, new])
-            self._by_minute[int(minute)] = np.sort(merged)
+        if hashes.size == 0:
+            return
+        order = np.argsort(hashes, kind="stable")
+        run = (hashes[order], np.asarray(minutes, np.int64)[order])
+        while self._runs and self._runs[-1][0].size <= run[0].size:
+            last = self._runs.pop()
+            merged = np.concatenate([last[0], run[0]])
+            order = np.argsort(merged, kind="stable")
+            run = (merged[order], np.concatenate([last[1], run[1]])[order])
+        self._runs.append(run)
 
     def __len__(self) -> int:
-        return sum(a.size for a in self._by_minute.values())
+        return sum(h.size for h, _ in self._runs)
+
+    def minute_rows(self) -> np.ndarray:
+        """The minute of every held id (any order)."""
+        return np.concatenate([np.empty(0, np.int64)]
+                              + [m for _, m in self._runs])
 
     def minutes(self) -> list[int]:
-        return sorted(self._by_minute)
+        if not self._runs:
+            return []
+        return np.unique(np.concatenate([m for _, m in self._runs])).tolist()
 
     def _seen(self, hashes: np.ndarray) -> np.ndarray:
         seen = np.zeros(hashes.size, bool)
-        for ids in self._by_minute.values():
+        for ids, _ in self._runs:
             pos = np.searchsorted(ids, hashes)
             pos[pos == ids.size] = 0
             seen |= ids[pos] == hashes
@@ -138,22 +172,29 @@ class SeenIds:
         """Forget the minutes that ended ``RETENTION_MARGIN_MS`` before
         ``horizon_ms`` (the late horizon of the watermark), but only once
         the oldest of them ended ``batch_ms`` before that: a runner stage
-        rewrites its whole id state after a drop, so it drops in batches.
+        rewrites its id state after a drop, so it drops in batches.
         Returns whether anything was dropped."""
         horizon_ms -= RETENTION_MARGIN_MS
-        old = [m for m in self._by_minute if m + schema.MINUTE_MS <= horizon_ms]
-        if not old or min(old) + schema.MINUTE_MS > horizon_ms - batch_ms:
+        if not self._runs:
             return False
-        for m in old:
-            del self._by_minute[m]
-        return bool(old)
+        oldest = min(int(m.min()) for _, m in self._runs)
+        if oldest + schema.MINUTE_MS > horizon_ms - batch_ms:
+            return False
+        kept = []
+        for ids, minutes in self._runs:
+            keep = minutes + schema.MINUTE_MS > horizon_ms
+            if keep.any():
+                kept.append((ids[keep], minutes[keep]))
+        # Still sorted; re-establish the size order of the counter.
+        kept.sort(key=lambda run: -run[0].size)
+        self._runs = kept
+        return True
 
     def to_table(self) -> pa.Table:
         """The whole set as one ``SEEN_SCHEMA`` table (for compacted state)."""
-        if not self._by_minute:
+        if not self._runs:
             return SEEN_SCHEMA.empty_table()
-        minutes = np.concatenate([np.full(a.size, m, np.int64)
-                                  for m, a in self._by_minute.items()])
-        hashes = np.concatenate(list(self._by_minute.values()))
-        return pa.table({"minute": minutes, "id_hash": hashes},
-                        schema=SEEN_SCHEMA)
+        return pa.table({
+            "minute": np.concatenate([m for _, m in self._runs]),
+            "id_hash": np.concatenate([h for h, _ in self._runs])},
+            schema=SEEN_SCHEMA)

@@ -50,23 +50,43 @@ from topk.core.windows import WindowSpec, floor_to
 EARLY, ON_TIME, LATE = "early", "on_time", "late"
 SOURCE = "stream"
 
-#: How much event time one catch-up firing may close at most: on-time
-#: panes wait at most this long behind the watermark.
+#: How much event time one catch-up firing closes at least, when its
+#: input is that far ahead: on dense data, on-time panes wait about this
+#: long behind the watermark.
 MAX_CLOSE_STEP_MS = schema.HOUR_MS
 
+#: Rows of held data (ids, minute counts) one catch-up firing may close
+#: beyond its first ``MAX_CLOSE_STEP_MS``: sparse data (a year-long backlog
+#: of a few events a minute) closes days per firing instead of an hour, so
+#: the number of firings follows the data, not its span.
+MAX_CLOSE_ROWS = 50_000
 
-def coarse_close(due: int | None, seen_ms: int, skew_ms: int) -> int | None:
+
+def coarse_close(due: int | None, seen_ms: int, skew_ms: int,
+                 held: np.ndarray | None = None,
+                 max_rows: int | None = None) -> int | None:
     """When to fire next: at ``due`` (the next window or slice end), or,
     when the input is well ahead of it (a catch-up), at the last minute the
     newest element read (``seen_ms``, its timestamp, less the source's
-    allowed skew ``skew_ms``: the watermark gets there) has passed, up to
-    ``MAX_CLOSE_STEP_MS`` later: one firing then closes every window ending
-    by then, instead of one firing per minute of event time. Live, the
-    input is never more than the skew ahead, and this is ``due``."""
+    allowed skew ``skew_ms``: the watermark gets there) has passed, but no
+    further than ``MAX_CLOSE_STEP_MS`` after ``due`` plus the event time
+    of ``max_rows`` (default ``MAX_CLOSE_ROWS``) more rows of ``held``
+    data (the minute of each row the stage holds, any order): one firing
+    then closes every window
+    ending by then, instead of one firing per minute of event time. Live,
+    the input is never more than the skew ahead, and this is ``due``."""
     if due is None:
         return None
     ahead = int(floor_to(seen_ms - skew_ms, schema.MINUTE_MS))
-    return max(due, min(ahead, due + MAX_CLOSE_STEP_MS))
+    limit = due + MAX_CLOSE_STEP_MS
+    if held is not None:
+        rows = MAX_CLOSE_ROWS if max_rows is None else max_rows
+        later = held[held >= limit]
+        if later.size > rows:
+            limit = int(np.partition(later, rows)[rows])
+        else:
+            limit = ahead
+    return max(due, min(ahead, limit))
 
 
 def newest_seen(seen_ms: int, times: np.ndarray, now_ms: int) -> int:
@@ -109,23 +129,26 @@ def level_of(spec: WindowSpec) -> int:
     return max(size for size, _ in LEVELS if spec.step_ms % size == 0)
 
 
-def window_ends_after(spec: WindowSpec, minutes: np.ndarray,
-                      watermark_ms: int) -> np.ndarray:
-    """Ends, after ``watermark_ms``, of the spec's windows that contain any
-    of ``minutes``."""
-    if minutes.size == 0:
-        return np.empty(0, np.int64)
-    ends = spec.window_starts_for(minutes) + spec.length_ms
-    return ends[ends > watermark_ms]
-
-
 def next_window_end(specs: list[WindowSpec], minutes: np.ndarray,
                     watermark_ms: int) -> int | None:
     """The earliest end after ``watermark_ms`` of the windows of ``specs``
-    that contain any of ``minutes``, or ``None``."""
-    ends = [window_ends_after(s, minutes, watermark_ms) for s in specs]
-    ends = [e.min() for e in ends if e.size]
-    return int(min(ends)) if ends else None
+    that contain any of ``minutes``, or ``None``.
+
+    One pass over ``minutes``, whatever their span: a minute ``m`` is in
+    the windows ending at the step boundaries from ``floor(m) + step`` to
+    ``floor(m) + length``, so the earliest of them after the watermark is
+    the later of ``floor(m) + step`` and the first boundary after the
+    watermark, for the earliest minute with a window still open."""
+    minutes = np.asarray(minutes, np.int64)
+    ends = []
+    for spec in specs:
+        step = spec.step_ms
+        pane = floor_to(minutes, step)
+        open_ = pane[pane + spec.length_ms > watermark_ms]
+        if open_.size:
+            ends.append(max(int(open_.min()) + step,
+                            int(floor_to(watermark_ms, step)) + step))
+    return min(ends) if ends else None
 
 
 @dataclasses.dataclass
@@ -182,7 +205,7 @@ class ShardPanes:
     def meta(self) -> dict:
         return {"watermark_ms": self.watermark_ms,
                 "last_emit_ms": self.last_emit_ms, "deferred": self.deferred,
-                "touched": self.touched.tolist()}
+                "touched": self.touched}
 
     def level_chunks(self) -> list[tuple]:
         """The counts as chunks that replace every chunk so far."""
@@ -216,10 +239,15 @@ class ShardPanes:
         """When the next on-time pane is due: the earliest end, after the
         watermark, of a window holding counted data here or data of any
         shard (``touched``)."""
-        held = np.unique(np.concatenate([
-            self.counts[size]["slice_start"].to_numpy() for size, _ in LEVELS]
-            + [self.touched]))
-        return next_window_end(self.specs, held, self.watermark_ms)
+        return next_window_end(self.specs, self.held_minutes(),
+                               self.watermark_ms)
+
+    def held_minutes(self) -> np.ndarray:
+        """The minute of every held one-minute row, and the touched
+        minutes (for ``coarse_close``); hour and day rows roll those up."""
+        return np.concatenate([
+            self.counts[schema.MINUTE_MS]["slice_start"].to_numpy(),
+            self.touched])
 
     def fire(self, pending: list[pa.Table], now_ms: int,
              watermark_ms: int | None = None) -> ShardFiring:
@@ -340,6 +368,11 @@ def windows_due(spec: WindowSpec, dirty: np.ndarray, held: np.ndarray,
         0, np.int64)
     waiting = deferred.pop(spec.key, np.empty(0, np.int64))
     if watermark > previous and held.size:
+        # Only slices in a window ending in (previous, watermark]: a firing
+        # costs what it closes, not all that is held.
+        pane = floor_to(held, spec.step_ms)
+        held = held[(pane + length > previous)
+                    & (pane + spec.step_ms <= watermark)]
         starts = spec.window_starts_for(np.unique(held))
         ends = starts + length
         wanted = np.union1d(wanted, starts[(ends > previous)

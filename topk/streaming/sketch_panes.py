@@ -30,6 +30,7 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from topk.approx import sketch_windows, sketches
 from topk.core import counting, schema
@@ -47,6 +48,23 @@ class SketchFiring:
     sketches: pa.Table  # SKETCHES_SCHEMA rows
     late: pa.Table  # refused partials (SLICE_COUNTS_SCHEMA)
     emitted_at_ms: int
+    #: Accepted partials of minutes beyond ``ABSORB_AHEAD_MS`` after the
+    #: watermark (SLICE_COUNTS_SCHEMA), not sketched yet: the caller keeps
+    #: them and hands them back as ``fire(..., ahead=)``.
+    ahead: pa.Table = dataclasses.field(
+        default_factory=schema.SLICE_COUNTS_SCHEMA.empty_table)
+
+
+#: How far after the watermark a firing sketches the minutes it got; later
+#: minutes wait as counts (``SketchFiring.ahead``). A sketch per minute
+#: takes the budget (tens of KB) whatever it holds, so a year-long backlog
+#: sketched as it arrives took tens of GB; live, every minute read is
+#: within seconds of the watermark and sketched at once.
+ABSORB_AHEAD_MS = schema.HOUR_MS
+
+#: Minutes one catch-up firing of the sketch stage may close beyond its
+#: first hour (``coarse_close``): each is a sketch per method and type.
+MAX_CLOSE_MINUTES = 1000
 
 
 class SketchPanes:
@@ -140,31 +158,50 @@ class SketchPanes:
         """When the next event-time firing is due: the next on-time pane
         (as ``ShardPanes``) or the end of a held slice, whose sketch is
         written then."""
-        due = [next_window_end(self.specs, np.fromiter(by_start, np.int64),
-                               self.watermark_ms)
-               for (_, size, _), by_start in self.slices.items()
-               if by_start and size == schema.MINUTE_MS]
+        due = []
         for (_, size, _), by_start in self.slices.items():
-            ends = [s + size for s in by_start if s + size > self.watermark_ms]
-            due.append(min(ends) if ends else None)
+            if not by_start:
+                continue
+            starts = np.fromiter(by_start, np.int64, len(by_start))
+            if size == schema.MINUTE_MS:
+                due.append(next_window_end(self.specs, starts,
+                                           self.watermark_ms))
+            ends = starts[starts + size > self.watermark_ms] + size
+            if ends.size:
+                due.append(int(ends.min()))
         due = [d for d in due if d is not None]
         return min(due) if due else None
+
+    def held_minutes(self) -> np.ndarray:
+        """The start of every held one-minute sketch (``coarse_close``)."""
+        return np.concatenate([np.empty(0, np.int64)] + [
+            np.fromiter(by_start, np.int64, len(by_start))
+            for (_, size, _), by_start in self.slices.items()
+            if size == schema.MINUTE_MS])
 
     # -- firing ------------------------------------------------------------------
 
     def fire(self, pending: list[pa.Table], now_ms: int,
-             watermark_ms: int | None = None) -> SketchFiring:
+             watermark_ms: int | None = None, ahead=()) -> SketchFiring:
         """Absorb the minute partials that arrived since the last firing
         and emit the panes due, as ``ShardPanes.fire`` does for exact
         counts: ``watermark_ms`` (an event-time firing) closes windows
         ending by then (on-time panes) and defers the early panes of open
-        windows to the next processing-time firing (``None``)."""
+        windows to the next processing-time firing (``None``). ``ahead``:
+        the ``SketchFiring.ahead`` of earlier firings (accepted already,
+        so never refused as late)."""
         pending, late = split_late(list(pending), self.watermark_ms,
                                    self.allowed_lateness_ms)
-        dirty = self._absorb(counting.merge_counts(pending))
         previous = self.watermark_ms
         watermark = previous if watermark_ms is None else max(previous,
                                                               watermark_ms)
+        rows = counting.merge_counts(pending + list(ahead))
+        # Before the first event-time firing, from the oldest minute read.
+        base = watermark if watermark > NO_WATERMARK or not rows.num_rows \
+            else pc.min(rows["slice_start"]).as_py()
+        later = pc.greater_equal(rows["slice_start"], base + ABSORB_AHEAD_MS)
+        held_back = rows.filter(later)
+        dirty = self._absorb(rows.filter(pc.invert(later)))
         emitted_at = max(int(now_ms), self.last_emit_ms + 1)
         self.last_emit_ms = emitted_at
         ranked = [self._spec_rows(spec, dirty, previous, watermark,
@@ -176,7 +213,7 @@ class SketchPanes:
         return SketchFiring(
             pa.concat_tables([schema.RANKED_WINDOWS_SCHEMA.empty_table()]
                              + ranked),
-            written, late, emitted_at)
+            written, late, emitted_at, held_back)
 
     def _absorb(self, partials: pa.Table) -> np.ndarray:
         """Add minute partials to every level's slice sketches; returns the

@@ -44,14 +44,17 @@ class RankWindows(WindowRanking):
             # A generator: a shard's windows leave a chunk at a time
             # (ranking.WINDOWS_PER_CHUNK windows), and every merge below
             # holds one chunk of one spec, whatever the span of the data.
+            # Runs of windows, not one row per (window, item): the shuffle
+            # below holds every shard's candidates of the whole input.
             for spec, chunk, top in ranking.iter_shard_top_k(
-                    shard_and_counts[1], specs, k):
+                    shard_and_counts[1], specs, k, runs=True):
                 yield (spec.key, chunk), top
 
         def merge(key, parts):
             spec_key, _ = key
             return ranking.to_ranked_windows(
-                ranking.merge_window_top_k(list(parts), k), by_key[spec_key],
+                ranking.merge_window_top_k([p.expand() for p in parts], k),
+                by_key[spec_key],
                 source=source, pane_timing=timing, emitted_at_ms=now_ms())
 
         return (

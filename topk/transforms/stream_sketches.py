@@ -19,6 +19,7 @@ import typing
 import uuid
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 from apache_beam.coders import PickleCoder
@@ -35,7 +36,7 @@ from topk.core.windows import WindowSpec, now_ms
 from topk.storage.layout import LATE_COUNTS, RANKED_WINDOWS, SKETCHES
 from topk.streaming import dedup as stream_dedup
 from topk.streaming import panes as stream_panes
-from topk.streaming.sketch_panes import SketchPanes
+from topk.streaming.sketch_panes import (MAX_CLOSE_MINUTES, SketchPanes)
 from topk.transforms import coders
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
 
@@ -57,6 +58,9 @@ class _SketchPanesFn(beam.DoFn):
     ``late_counts``."""
 
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
+    #: Accepted partials of minutes far after the watermark, not sketched
+    #: yet (``SketchFiring.ahead``).
+    AHEAD = BagStateSpec("ahead", coders.ArrowTableCoder())
     #: ``SketchPanes.meta()`` with a generation token and the log length;
     #: the slices as a chunk log (``SketchPanes.from_chunks``).
     META = ReadModifyWriteStateSpec("meta", PickleCoder())
@@ -115,10 +119,14 @@ class _SketchPanesFn(beam.DoFn):
             armed["close"] = due
         timers.write(armed)
 
-    def _fire(self, pending, meta, chunks, timers, watermark_ms=None):
+    def _fire(self, pending, ahead, meta, chunks, timers, watermark_ms=None):
         known, panes = self._panes(meta, chunks)
-        firing = panes.fire(list(pending.read()), now_ms(), watermark_ms)
+        firing = panes.fire(list(pending.read()), now_ms(), watermark_ms,
+                            ahead=list(ahead.read()))
         pending.clear()
+        ahead.clear()
+        if firing.ahead.num_rows:
+            ahead.add(firing.ahead)
         if known["chunks"] >= self.COMPACT_AFTER:
             chunks.clear()
             chunks.add(panes.all_slices())
@@ -142,14 +150,15 @@ class _SketchPanesFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(LATE_COUNTS, firing.late)
         if firing.ranked.num_rows:
             yield firing.ranked
-        return panes
+        return panes, firing.ahead
 
     @on_timer(EARLY)
     def on_early(self, pending=beam.DoFn.StateParam(PENDING),
                  meta=beam.DoFn.StateParam(META),
                  chunks=beam.DoFn.StateParam(CHUNKS),
+                 ahead=beam.DoFn.StateParam(AHEAD),
                  timers=beam.DoFn.StateParam(TIMERS)):
-        yield from self._fire(pending, meta, chunks, timers)
+        yield from self._fire(pending, ahead, meta, chunks, timers)
         armed = timers.read()
         armed["early"] = False
         timers.write(armed)
@@ -159,13 +168,22 @@ class _SketchPanesFn(beam.DoFn):
                  pending=beam.DoFn.StateParam(PENDING),
                  meta=beam.DoFn.StateParam(META),
                  chunks=beam.DoFn.StateParam(CHUNKS),
+                 ahead=beam.DoFn.StateParam(AHEAD),
                  timers=beam.DoFn.StateParam(TIMERS),
                  close=beam.DoFn.TimerParam(CLOSE)):
-        panes = yield from self._fire(pending, meta, chunks, timers,
-                                      watermark_ms=epoch_ms(fired))
+        panes, held_back = yield from self._fire(
+            pending, ahead, meta, chunks, timers,
+            watermark_ms=epoch_ms(fired))
         armed = timers.read()
-        due = stream_panes.coarse_close(panes.next_close(), armed["seen"],
-                                        ALLOWED_SKEW_MS)
+        later = np.unique(held_back["slice_start"].to_numpy())
+        due = [d for d in (panes.next_close(), stream_panes.next_window_end(
+            panes.specs, later, panes.watermark_ms)) if d is not None]
+        # Steps count minutes, not rows: each is a sketch per method and
+        # type once absorbed.
+        due = stream_panes.coarse_close(
+            min(due) if due else None, armed["seen"], ALLOWED_SKEW_MS,
+            np.union1d(panes.held_minutes(), later),
+            max_rows=MAX_CLOSE_MINUTES)
         if due is not None:
             close.set(beam_timestamp(due))
         armed["close"] = due

@@ -137,6 +137,7 @@ class _DedupFn(beam.DoFn):
         if chunk.num_rows:
             seen.add(chunk)
             known["generation"] = uuid.uuid4().hex
+            known["bag_rows"] = known.get("bag_rows", 0) + chunk.num_rows
         self._cache[shard] = (known["generation"], ids)
         watermark.write(known)
         if late.num_rows:
@@ -165,16 +166,22 @@ class _DedupFn(beam.DoFn):
         known = watermark.read()
         ids = self._ids(shard, known["generation"], seen)
         if ids.expire(stream_dedup.late_horizon(now, self._lateness),
-                      stream_dedup.EXPIRE_BATCH_MS):
+                      stream_dedup.EXPIRE_BATCH_MS) and (
+                stream_dedup.rewrite_due(known.get("bag_rows"), len(ids))):
+            # Expired ids left in the bag are harmless (a copy that old is
+            # late anyway), so the bag is rewritten only once it is mostly
+            # expired: each rewrite then pays for the ids it drops.
             seen.clear()
             seen.add(ids.to_table())
+            known["bag_rows"] = len(ids)
             known["generation"] = uuid.uuid4().hex
         self._cache[shard] = (known["generation"], ids)
         known["armed"] = len(ids) > 0  # idle shards stop ticking
         if known["armed"]:
             tick.set(beam_timestamp(stream_panes.coarse_close(
                 now + schema.MINUTE_MS,
-                known.get("seen", stream_dedup.NO_WATERMARK), self._skew)))
+                known.get("seen", stream_dedup.NO_WATERMARK), self._skew,
+                ids.minute_rows())))
         known["ms"] = now
         watermark.write(known)
 
@@ -316,7 +323,8 @@ class _ShardPanesFn(beam.DoFn):
         panes = yield from self._fire(shard, pending, counts, meta, timers,
                                       watermark_ms=epoch_ms(fired))
         due = stream_panes.coarse_close(panes.next_close(),
-                                        _armed(timers)["seen"], self._skew)
+                                        _armed(timers)["seen"], self._skew,
+                                        panes.held_minutes())
         if due is not None:
             close.set(beam_timestamp(due))
         armed = _armed(timers)
