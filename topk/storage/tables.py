@@ -623,21 +623,24 @@ def staged(output: str, run_id: str, table: str) -> pads.Dataset | None:
     return pads.dataset(path, format="parquet")
 
 
-#: Staged rows are grouped by the UTC month of their ``date`` in the
-#: staging directory, and a commit writes a month at a time. The Delta
-#: writer keeps a file open per partition (day) until its write ends, a few
-#: MB each: a year of days in one write held about 1 GB.
+#: Staged rows are grouped by the UTC month of their ``date`` (and by
+#: window spec, for ranked windows) in the staging directory, and a commit
+#: writes a group at a time. The Delta writer keeps a file open per
+#: partition until its write ends, a few MB each: a year of days of seven
+#: window specs in one write held over 1 GB.
 NO_GROUP = "all"
 
 
 def staging_groups(rows: pa.Table) -> list[tuple[str, pa.Table]]:
-    """``(group, rows)`` of prepared rows: by month when the table is
-    partitioned by date, else one group."""
+    """``(group, rows)`` of prepared rows: by month (and window spec) when
+    the table is partitioned by date, else one group."""
     if rows.num_rows == 0 or "date" not in rows.column_names:
         return [(NO_GROUP, rows)]
-    month = pc.utf8_slice_codeunits(rows["date"], 0, 7)
-    return [(m, rows.filter(pc.equal(month, m)))
-            for m in sorted(pc.unique(month).to_pylist())]
+    key = pc.utf8_slice_codeunits(rows["date"], 0, 7)
+    if "window_spec" in rows.column_names:
+        key = pc.binary_join_element_wise(key, rows["window_spec"], "_")
+    return [(g, rows.filter(pc.equal(key, g)))
+            for g in sorted(pc.unique(key).to_pylist())]
 
 
 def stage(output: str, run_id: str, table: str, rows: pa.Table) -> list:
