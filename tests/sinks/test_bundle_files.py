@@ -26,7 +26,8 @@ def _stream(batches):
     return stream.advance_watermark_to_infinity()
 
 
-def _write(output, slice_batches, dead_batches, interval_s):
+def _write(output, slice_batches, dead_batches, interval_s,
+           maintain_every=0):
     """An unbounded pipeline on Prism (its processing-time timers fire at
     the end of a TestStream: the tail commit)."""
     options = use_prism_safely(PipelineOptions(
@@ -41,7 +42,8 @@ def _write(output, slice_batches, dead_batches, interval_s):
              layout.DEAD_LETTERS: both | "Dead" >> beam.Filter(
                 lambda t: "raw" in t.column_names)}
             | WriteTablesBuffered(output, input_ids={
-                layout.DEAD_LETTERS: "input-1"}, commit_interval_s=interval_s))
+                layout.DEAD_LETTERS: "input-1"}, commit_interval_s=interval_s,
+                maintain_every=maintain_every))
 
 
 def test_every_row_of_every_table_is_committed_in_few_commits(tmp_path):
@@ -76,3 +78,25 @@ def test_a_zero_interval_commits_whenever_rows_arrive(tmp_path):
 def test_a_negative_interval_is_refused(tmp_path):
     with pytest.raises(ValueError, match="commit interval"):
         WriteTablesBuffered(str(tmp_path / "out"), commit_interval_s=-1)
+
+
+def test_the_sink_compacts_the_tables_every_few_commits(tmp_path):
+    """A commit per element, compaction every 4: the slices end up in a
+    few files instead of one per commit, every row still there once, and
+    the manifest shows the maintenance commits."""
+    output = str(tmp_path / "out")
+    batches = [slices([(m, f"item{m % 3}", m + 1)], emitted_at=T0 + m)
+               for m in range(12)]
+    _write(output, batches, [pa.table({"raw": [], "reason": [], "source": []},
+                                      schema=dead([]).schema)], 0.0,
+           maintain_every=4)
+    got = tables.dataset(output, layout.SLICES)
+    assert sorted(got.to_table()["count"].to_pylist()) == list(range(1, 13))
+    sources = tables.history(output)["source"].to_pylist()
+    assert sources.count("maintenance") == 3, sources
+    assert len(got.files) < 12 / 2, got.files
+
+
+def test_a_negative_maintenance_period_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="maintain_every"):
+        WriteTablesBuffered(str(tmp_path / "out"), maintain_every=-1)
