@@ -72,12 +72,18 @@ def _expand_runs(runs: pa.Table, step_ms: int, out_schema: pa.Schema):
     if len(length) and length.max() == 1:
         return runs.select(out_schema.names)
     row = np.repeat(np.arange(len(length)), length)
-    offset = np.arange(len(row)) - np.repeat(np.cumsum(length) - length,
-                                             length)
+    offset = _offsets(length)
     out = runs.select(out_schema.names).take(pa.array(row))
     start = out["window_start"].to_numpy() + offset * step_ms
     return out.set_column(out_schema.get_field_index("window_start"),
                           out_schema.field("window_start"), pa.array(start))
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """``0..n-1`` for each run of ``n`` in ``lengths``, concatenated: the
+    position of every expanded element within its run."""
+    return np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
+                                                lengths)
 
 
 def _runs(window, key, value):
@@ -406,7 +412,7 @@ def _sliding_chunks(pane, item, count, n, k, only=None):
         hi = panes // WINDOWS_PER_CHUNK
         span = hi - lo + 1
         chunks = np.unique(np.repeat(hi, span) - (
-            np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)))
+            _offsets(span)))
         windows_of = (lambda c: np.arange(c * WINDOWS_PER_CHUNK,
                                           (c + 1) * WINDOWS_PER_CHUNK))
     else:
@@ -462,7 +468,7 @@ def _sliding_step(ws, seg_start, seg_end, seg_item, seg_value, n, k):
             has, size, s_lo = has[keep], size[keep], s_lo[keep]
         rep = np.repeat(has, size)
         where = np.repeat(s_lo - w0, size) + (
-            np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size))
+            _offsets(size))
         it, val = seg_item[a:b][rep], seg_value[a:b][rep]
         keep = _top_k_mask(where, it, val, k, w1 - w0)
         yield ws[w0:w1][where[keep]], it[keep], val[keep], windows
@@ -491,7 +497,7 @@ def _reachable(first, size, item, value, n_windows, k):
     grid = np.zeros((n_windows, len(subset)), np.int64)
     sz = size[mine]
     rows = np.repeat(first[mine], sz) + (
-        np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz))
+        _offsets(sz))
     grid[rows, np.repeat(column[item[mine]], sz)] = np.repeat(value[mine], sz)
     if len(subset) < k:
         return np.ones(len(first), bool)
