@@ -16,6 +16,8 @@ import threading
 import time
 import uuid
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -36,7 +38,7 @@ STEADY = ("steady-a", "steady-b", "steady-a", "steady-c", "steady-a",
           "steady-b")
 RULES = """\
 cooldown: 1h
-min_total: 100
+min_total: {min_total}
 rules:
   - {{name: hot, when: count_over, window: 1h/1m, threshold: 800}}
   - {{name: dominant, when: share_over, window: 1h/1m, percent: 60}}
@@ -47,6 +49,7 @@ deliver:
   kafka: {{bootstrap: "{bootstrap}", topic: {alert_topic}}}
   webhook: {{url: "{url}", attempts: 5, backoff_s: 0.2, timeout_s: 5}}
 """
+MIN_TOTAL = 100
 MAX_DELAY_S = 15.0  # from a pane's emitted_at to the webhook
 
 
@@ -112,6 +115,17 @@ def max_total(output) -> int:
     return max(totals.to_pylist(), default=0)
 
 
+def total_ending(output, end_ms: int) -> int:
+    """The largest ``window_total`` of the window ending at ``end_ms``."""
+    ds = output_tables.dataset(output, "ranked_windows")
+    if ds is None:
+        return 0
+    end = pa.scalar(end_ms * 1000, pa.timestamp("us", tz="UTC"))
+    totals = ds.to_table(columns=["window_total"],
+                         filter=pc.field("window_end") == end)
+    return max(totals["window_total"].to_pylist(), default=0)
+
+
 def state_through(path) -> int:
     try:
         with open(path) as f:
@@ -144,7 +158,8 @@ def test_a_burst_alerts_once_per_rule_and_a_restart_resends_nothing(
     receiver = Receiver()
     rules_path = tmp_path / "rules.yaml"
     rules_path.write_text(RULES.format(bootstrap=bootstrap, url=receiver.url,
-                                       alert_topic=alert_topic))
+                                       alert_topic=alert_topic,
+                                       min_total=MIN_TOTAL))
     alert_argv = ["alert", "--rules", str(rules_path), "--output", output,
                   "--state", state, "--poll-s", "0.5"]
     steady = Steady(bootstrap, topic)
@@ -159,6 +174,14 @@ def test_a_burst_alerts_once_per_rule_and_a_restart_resends_nothing(
         # The stream is up and counting the steady traffic.
         wait_for("the stream's first panes", lambda: max_total(output) >= 150,
                  100, stream, alert)
+        # The comparing rules judge the burst's window against the window
+        # one step before it, and only when that one holds MIN_TOTAL: wait
+        # until the window ending at the current minute does, so the burst
+        # (produced after this minute began) always has such a baseline,
+        # whenever in the minute the test started.
+        wait_for("a baseline window of the steady traffic",
+                 lambda: total_ending(output, now_ms() // 60_000 * 60_000)
+                 >= MIN_TOTAL, 100, stream, alert)
         steady.more(50)  # steady traffic goes on during the burst
 
         start = format_time(now_ms())
