@@ -46,7 +46,11 @@ preload is reused. Then, each contender in its own process:
   topic while ``topk produce --send-rate`` sends ``--latency-rate``
   events/s with event times = now; every second a marker event (a unique item id of
   event type ``marker``) is sent and ``topk.query.topk`` polled until it
-  shows it: p50/p99 of send -> visible.
+  shows it (``topk.query.topk`` for ``exact``, ``topk_approx`` for an
+  approximate method): p50/p99 of send -> visible, once per
+  ``--latency-methods``, with the resident memory of the stream's process
+  group (``topk stream`` and Prism) sampled every ``--rss-interval`` s: its
+  value after the warm-up, at the end and at its peak.
 * ``profile`` (not in the default parts): where the unbounded pipeline's
   time goes: the same Kafka read (bounded) on Prism, cut after parsing,
   after de-duplication and after the full ``StreamTopK``, on a
@@ -81,7 +85,10 @@ from topk.storage import tables  # noqa: E402
 
 TARGET_CATCHUP = 500_000       # events/s from Kafka to written results
 TARGET_VS_FLOOR = 0.5          # of the read+parse+count floor
-TARGET_P99_S = 5.0             # produce -> early pane visible to topk query
+#: produce -> early pane visible to topk query, p99 (issue #13)
+TARGET_P99_S = {"exact": 10.0, "cms": 5.0, "frequent_items": 5.0}
+#: RSS at the end over RSS after the warm-up: "flat" (issue #13)
+TARGET_RSS_GROWTH = 1.2
 
 ALL_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_reader",
              "raw_confluent", "floor", "naive", "latency", "profile")
@@ -527,25 +534,93 @@ def _percentile(values: list, q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory (MB) of every process in process group ``pgid``."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # The command name may hold spaces: fields follow its ')'.
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return total / 1e6
+
+
+class RssSampler(threading.Thread):
+    """Samples ``group_rss_mb(pgid)`` every ``interval_s`` until stopped:
+    ``samples`` is ``[(seconds since start, MB)]``."""
+
+    def __init__(self, pgid: int, interval_s: float):
+        super().__init__(daemon=True)
+        self.pgid, self.interval_s = pgid, interval_s
+        self.samples, self.done = [], threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self):
+        while not self.done.is_set():
+            self.samples.append((time.monotonic() - self.t0,
+                                 group_rss_mb(self.pgid)))
+            self.done.wait(self.interval_s)
+
+    def summary(self, from_s: float) -> dict:
+        """RSS at the first sample from ``from_s`` on, the last and the
+        peak among those, and up to 40 samples of the whole run."""
+        after = [mb for t, mb in self.samples if t >= from_s] or [
+            mb for _, mb in self.samples]
+        return {"rss_after_warmup_mb": after[0] if after else None,
+                "rss_end_mb": after[-1] if after else None,
+                "rss_peak_mb": max(after, default=None),
+                "rss_samples": [(round(t), round(mb)) for t, mb in
+                                _spread(self.samples, 40)]}
+
+
+#: How long the latency part waits for the stream's first panes.
+STARTUP_TIMEOUT_S = 300
+
+
+def _committed_panes(output: str) -> bool:
+    try:
+        return "ranked_windows" in tables.snapshot(output).versions
+    except (tables.StorageError, OSError):
+        return False
+
+
 def run_latency(spec: str, workdir: str) -> dict:
     from kafka import KafkaProducer
 
     from topk.loadgen import producer
     from topk import query
     from topk.core.windows import floor_to
+    from topk.query.latest import latest as latest_pane
     s = json.loads(spec)
+    if "1m" not in s["windows"].split(","):
+        raise ValueError("the latency part polls the 1m panes: add 1m to "
+                         "--windows")
     topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
     s["topic"] = topic
     producer.ensure_topic(s["bootstrap"], topic, s["partitions"],
                           topic_config={"retention.ms": 3_600_000})
-    out = os.path.join(workdir, "out-latency")
+    method = s["method"]
+    out = os.path.join(workdir, f"out-latency-{method}")
     shutil.rmtree(out, ignore_errors=True)
-    stream = StreamProcess(_stream_command(s, out, "--early-firing-s", "1"),
-                           os.path.join(workdir, "latency-stream.log"))
+    stream = StreamProcess(
+        _stream_command(s, out, "--early-firing-s", "1", "--method", method),
+        os.path.join(workdir, f"latency-{method}-stream.log"))
+    rss = RssSampler(stream.proc.pid, s["rss_interval_s"])
+    rss.start()
     rate, warmup, n = s["rate"], s["warmup_s"], s["markers"]
     interval, drain = s["interval_s"], s["drain_s"]
-    produce_s = warmup + n * interval + drain + 10
-    produce_log = open(os.path.join(workdir, "latency-produce.log"), "wb")
+    # Enough load for the longest run; stopped when the markers are done.
+    produce_s = STARTUP_TIMEOUT_S + warmup + n * interval + drain + 10
+    produce_log = open(os.path.join(workdir, f"latency-{method}-produce.log"),
+                       "wb")
     load = subprocess.Popen(
         [sys.executable, "-m", "topk.cli", "produce", "--bootstrap",
          s["bootstrap"], "--topic", topic, "--events",
@@ -558,6 +633,15 @@ def run_latency(spec: str, workdir: str) -> dict:
     marker_producer = KafkaProducer(bootstrap_servers=s["bootstrap"],
                                     acks=1, linger_ms=0)
     run_id = uuid.uuid4().hex[:6]
+
+    def visible(minute: int) -> list:
+        """Item ids of the latest ``1m`` pane of the window at ``minute``
+        (what ``/v1/windows/latest`` and ``topk.query.latest`` answer)."""
+        try:
+            return [r.item_id for r in latest_pane(
+                out, "1m", 10_000, "marker", method, minute).rows]
+        except query.QueryError:  # not committed yet
+            return []
 
     def send_markers():
         time.sleep(warmup)
@@ -573,35 +657,44 @@ def run_latency(spec: str, workdir: str) -> dict:
             sent[item] = (now, ms)
             time.sleep(max(0.0, now + interval - time.time()))
 
-    sender = threading.Thread(target=send_markers, daemon=True)
-    sender.start()
-    deadline = time.time() + warmup + n * interval + drain
     try:
+        # Prism's start under full load can take a minute: the warm-up
+        # begins once the stream has committed its first panes.
+        started = time.time()
+        while not _committed_panes(out):
+            if not stream.alive():
+                raise RuntimeError(f"topk stream exited; see "
+                                   f"latency-{method}-stream.log")
+            if time.time() - started > STARTUP_TIMEOUT_S:
+                raise RuntimeError(f"no panes within {STARTUP_TIMEOUT_S} s")
+            time.sleep(0.5)
+        startup_s = time.time() - started
+        warm_from = time.monotonic() - rss.t0 + warmup
+        sender = threading.Thread(target=send_markers, daemon=True)
+        sender.start()
+        deadline = time.time() + warmup + n * interval + drain
         while time.time() < deadline:
             if not stream.alive():
-                raise RuntimeError("topk stream exited; see "
-                                   "latency-stream.log")
+                raise RuntimeError(f"topk stream exited; see "
+                                   f"latency-{method}-stream.log")
             pending = {i: v for i, v in list(sent.items()) if i not in seen}
             if not pending:
                 if not sender.is_alive() and len(seen) == n:
                     break
                 time.sleep(0.05)
                 continue
-            lo = floor_to(min(ms for _, ms in pending.values()), 60_000)
-            hi = floor_to(max(ms for _, ms in pending.values()),
-                          60_000) + 60_000
             t0 = time.time()
-            try:
-                items = query.topk(out, 10_000, lo, hi, event_type="marker")
-            except query.QueryError:
-                items = []
+            items = set()
+            for minute in {floor_to(ms, 60_000) for _, ms in
+                           pending.values()}:
+                items.update(visible(minute))
             t1 = time.time()
             polls.append(t1 - t0)
-            for r in items:
-                if r.item_id in pending and r.item_id not in seen:
-                    seen[r.item_id] = t1 - pending[r.item_id][0]
+            for item in items & pending.keys():
+                seen[item] = t1 - pending[item][0]
             time.sleep(0.05)
     finally:
+        rss.done.set()
         stream.stop()
         try:
             os.killpg(load.pid, signal.SIGTERM)
@@ -610,14 +703,16 @@ def run_latency(spec: str, workdir: str) -> dict:
         load.wait(30)
         produce_log.close()
         marker_producer.close()
-    with open(os.path.join(workdir, "latency-produce.log")) as f:
+    with open(os.path.join(workdir, f"latency-{method}-produce.log")) as f:
         produce_lines = [ln.strip() for ln in f if "events/s" in ln]
     latencies = list(seen.values())
     missing = n - len(latencies)
     # A marker never seen counts as at least as late as the run allowed.
     worst = [drain + (n - 1 - i) * interval for i in range(missing)]
     all_lat = latencies + worst
-    return {"events": 0, "markers": n, "seen": len(latencies),
+    return {"events": 0, "method": method, "markers": n,
+            "seen": len(latencies), "startup_s": startup_s,
+            **rss.summary(warm_from),
             "missing": missing,
             "p50_s": _percentile(all_lat, 50) if all_lat else None,
             "p99_s": _percentile(all_lat, 99) if all_lat else None,
@@ -792,13 +887,20 @@ def main() -> None:
                         help="Events per second of event time of the "
                         "preloaded topics (default: --events over one day, "
                         "as in batch_throughput.py).")
-    parser.add_argument("--latency-rate", type=float, default=100_000,
+    parser.add_argument("--latency-rate", type=float, default=50_000,
                         help="Events/s produced during the latency part "
-                        "(default 100k).")
+                        "(default 50k).")
     parser.add_argument("--latency-markers", type=int, default=40,
                         help="Markers, one per --latency-interval seconds "
                         "(default 40, at least 30 for a p99).")
-    parser.add_argument("--latency-interval", type=float, default=1.0)
+    parser.add_argument("--latency-interval", type=float, default=1.0,
+                        help="Seconds between markers (default 1).")
+    parser.add_argument("--latency-methods", default="exact,cms",
+                        help="Methods of the latency part's stream, one "
+                        "run each (default exact,cms).")
+    parser.add_argument("--rss-interval", type=float, default=5.0,
+                        help="Seconds between RSS samples of the latency "
+                        "part's stream (default 5).")
     parser.add_argument("--latency-warmup", type=float, default=30.0,
                         help="Seconds of load before the first marker.")
     parser.add_argument("--latency-drain", type=float, default=30.0,
@@ -923,18 +1025,23 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
                      "timeout)") + f" = {stream['rate']:,.0f} events/s",
                   flush=True)
 
-    latency = None
-    if "latency" in parts:
+    latency = []
+    for method in (args.latency_methods.split(",") if "latency" in parts
+                   else []):
         spec = {**base, "partitions": nparts, "per_message": epm,
                 "rate": args.latency_rate, "markers": args.latency_markers,
                 "interval_s": args.latency_interval,
                 "warmup_s": args.latency_warmup,
-                "drain_s": args.latency_drain}
-        latency = measure("latency", spec, workdir)
-        if latency is not None:
-            print(f"  latency: {latency['seen']} of {latency['markers']} "
-                  f"markers seen; p50 {latency['p50_s']:.2f} s, p99 "
-                  f"{latency['p99_s']:.2f} s", flush=True)
+                "drain_s": args.latency_drain, "method": method,
+                "rss_interval_s": args.rss_interval}
+        r = measure("latency", spec, workdir)
+        if r is not None:
+            latency.append(r)
+            print(f"  latency {method}: {r['seen']} of {r['markers']} "
+                  f"markers seen; p50 {r['p50_s']:.2f} s, p99 "
+                  f"{r['p99_s']:.2f} s; RSS {r['rss_after_warmup_mb']:,.0f} "
+                  f"-> {r['rss_end_mb']:,.0f} MB (peak "
+                  f"{r['rss_peak_mb']:,.0f})", flush=True)
 
     profile = []
     if "profile" in parts:
@@ -1025,22 +1132,33 @@ def print_report(args, command, topic, results, latency, profile,
     if raw and conf:
         verdicts.append(f"- confluent-kafka reader / kafka-python raw poll "
                         f"loop: {conf / raw:.2f}x")
-    if latency:
-        ok = latency["missing"] == 0 and latency["p99_s"] <= TARGET_P99_S
+    for lat in latency:
+        target = TARGET_P99_S[lat["method"]]
+        ok = lat["missing"] == 0 and lat["p99_s"] <= target
+        growth = lat["rss_end_mb"] / lat["rss_after_warmup_mb"]
         verdicts.append(
-            f"- latency at {args.latency_rate:,.0f} events/s ("
-            f"`topk stream --early-firing-s 1`, {latency['markers']} "
-            f"markers, {latency['seen']} seen): p50 {latency['p50_s']:.2f} s, "
-            f"p99 {latency['p99_s']:.2f} s (min "
-            + (f"{latency['min_s']:.2f}" if latency["min_s"] is not None
-               else "-")
-            + f", max {latency['max_s']:.2f}) vs target p99 <= {TARGET_P99_S:.0f}"
-            f" s: {'MET' if ok else 'MISSED'}"
-            + (f" ({latency['missing']} markers never became visible within "
+            f"- latency of `--method {lat['method']}` at "
+            f"{args.latency_rate:,.0f} events/s (`topk stream "
+            f"--early-firing-s 1`, {lat['markers']} markers, {lat['seen']} "
+            f"seen): p50 {lat['p50_s']:.2f} s, p99 {lat['p99_s']:.2f} s (min "
+            + (f"{lat['min_s']:.2f}" if lat["min_s"] is not None else "-")
+            + f", max {lat['max_s']:.2f}) vs target p99 <= {target:.0f} s: "
+            f"{'MET' if ok else 'MISSED'}"
+            + (f" ({lat['missing']} markers never became visible within "
                f"{args.latency_drain:.0f} s of the last one; counted as "
-               "that late)" if latency["missing"] else "")
-            + f"; median `topk.query.topk` poll {latency['query_s_median']:.2f}"
-            f" s; load: {latency['producer']}")
+               "that late)" if lat["missing"] else "")
+            + f"; median query poll {lat['query_s_median']:.2f} s; RSS "
+            f"{lat['rss_after_warmup_mb']:,.0f} MB after the warm-up, "
+            f"{lat['rss_end_mb']:,.0f} MB at the end (x{growth:.2f}, target "
+            f"<= x{TARGET_RSS_GROWTH}: "
+            f"{'MET' if growth <= TARGET_RSS_GROWTH else 'MISSED'}), peak "
+            f"{lat['rss_peak_mb']:,.0f} MB; load: {lat['producer']}")
+    if latency:
+        out("RSS of the stream over time (seconds, MB): " + "; ".join(
+            f"{lat['method']}: " + ", ".join(f"{t}:{mb}" for t, mb in
+                                            lat["rss_samples"])
+            for lat in latency))
+        out()
     if verdicts:
         out("Targets (issue #3):")
         out()

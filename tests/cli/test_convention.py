@@ -35,7 +35,7 @@ SHARED_FLAGS = {
     "--bq-location": "bq_location",
     # Kafka.
     "--bootstrap": "bootstrap", "--topic": "topic",
-    "--broker-timeout-s": "broker_timeout_s",
+    "--broker-timeout-s": "broker_timeout_s", "--kafka-client": "kafka_client",
     # Progress lines and the metrics endpoint.
     "--progress-every": "progress_every",
     "--metrics-port": "metrics_port",

@@ -132,7 +132,9 @@ def read_topic(bootstrap, topic):
 
 
 @pytest.mark.integration
-def test_produce_sends_every_record_with_event_timestamps(kafka_broker):
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_produce_sends_every_record_with_event_timestamps(kafka_broker,
+                                                          client):
     topic = f"prod-{uuid.uuid4().hex[:12]}"
     config = generator.GeneratorConfig(events=5000, duplicate_share=0.02,
                                        malformed_share=0.02, seed=11)
@@ -141,7 +143,7 @@ def test_produce_sends_every_record_with_event_timestamps(kafka_broker):
     summary = producer.produce(kafka_broker.bootstrap, topic, config,
                                events_per_message=7, partitions=3,
                                batch_size=16 << 10, progress=progress.append,
-                               progress_every_s=0.0)
+                               progress_every_s=0.0, client=client)
     for chunk in generator.generate_records(config):
         lines += chunk.to_pylist()
     assert summary.created_topic and summary.partitions == 3

@@ -6,6 +6,7 @@ import collections
 import multiprocessing
 import os
 import random
+import shutil
 
 import duckdb
 import pyarrow as pa
@@ -208,6 +209,28 @@ def test_maintain_compacts_and_vacuums_without_changing_rows(tmp_path):
                if f.endswith(".parquet") and "_delta_log" not in d}
     assert on_disk == {u.removeprefix("file://")
                        for u in DeltaTable(path).file_uris()}
+    assert DeltaTable(path).metadata().configuration == tables.TABLE_CONFIG
+
+
+def test_maintain_gives_tables_of_earlier_versions_the_retention_config(
+        tmp_path):
+    """Tables created with Delta's week of tombstones and 30 days of logs
+    get the stream-sized horizons at their next maintenance."""
+    out = str(tmp_path)
+    tables.append(out, layout.SLICES, slice_rows(events(0, 30, 7),
+                                                 source="stream"))
+    path = tables.table_path(out, layout.SLICES)
+    dt = DeltaTable(path)
+    # An earlier version configured the checkpoint interval only; delta-rs
+    # cannot unset properties, so rebuild the table with that config.
+    rows = dt.to_pyarrow_table()
+    shutil.rmtree(path)
+    write_deltalake(path, rows, partition_by=dt.metadata().partition_columns,
+                    configuration={"delta.checkpointInterval": "20"})
+    tables.maintain(out)
+    assert DeltaTable(path).metadata().configuration == tables.TABLE_CONFIG
+    assert sorted(map(repr, tables.dataset(out, layout.SLICES).to_table(
+    ).to_pylist())) == sorted(map(repr, rows.to_pylist()))
 
 
 def test_retention_deletes_by_predicate(tmp_path):

@@ -110,7 +110,8 @@ def add_produce(sub) -> None:
     p = sub.add_parser(
         "produce", help="Send synthetic events to a Kafka topic.",
         description="Generate seedable synthetic events (as `topk generate` "
-        "does) and send them to a Kafka topic with kafka-python, at "
+        "does) and send them to a Kafka topic with confluent-kafka (or "
+        "kafka-python, --kafka-client), at "
         "--send-rate or as fast as possible, printing progress. Creates the "
         "topic if it does not exist. Each message carries "
         "--events-per-message newline-delimited events and, by default, its "
@@ -141,6 +142,11 @@ def add_produce(sub) -> None:
                    help="Producer linger.ms (default tuned: 20).")
     p.add_argument("--batch-size", type=int, default=None,
                    help="Producer batch.size in bytes (default tuned: 1 MB).")
+    p.add_argument("--kafka-client", choices=("confluent", "kafka-python"),
+                   default=None,
+                   help="Kafka client that sends: confluent (confluent-kafka, "
+                   "librdkafka; default when installed, ~6x the messages/s "
+                   "of kafka-python at a tenth of the CPU) or kafka-python.")
     p.add_argument("--timestamps", choices=("event", "now"), default="event",
                    help="Kafka timestamp of a message: its newest event time "
                    "(default) or the producer's clock.")
@@ -194,7 +200,8 @@ def cmd_produce(args) -> int:
             timestamps=args.timestamps, retention_ms=args.retention_ms,
             progress=lambda line: print(line, flush=True),
             progress_every_s=args.progress_every,
-            broker_timeout_s=args.broker_timeout_s, **tuned)
+            broker_timeout_s=args.broker_timeout_s,
+            client=args.kafka_client, **tuned)
     except ValueError as e:
         raise CliError(str(e)) from None
     return 1 if summary.failed_messages else 0

@@ -4,7 +4,8 @@ Takes the generator's JSON-lines records in emission order
 (``topk.loadgen.generator.generate_records``: duplicates and malformed records
 included), packs ``events_per_message`` of them into each Kafka message
 (newline-delimited, as an API gateway that batches would), and sends them
-with kafka-python's ``KafkaProducer`` at a target rate (a token bucket over
+with confluent-kafka (or kafka-python, ``client``; see
+``topk.connectors.kafka.sender``) at a target rate (a token bucket over
 groups of messages) or as fast as it can, printing progress every few
 seconds.
 
@@ -27,7 +28,6 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -226,18 +226,6 @@ def ensure_topic(bootstrap_servers, topic: str, partitions: int,
         admin.close()
 
 
-def _partitions(producer: KafkaProducer, topic: str,
-                timeout_s: float) -> list:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        parts = producer.partitions_for(topic)
-        if parts:
-            return sorted(parts)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no partitions for topic {topic!r}")
-        time.sleep(0.1)
-
-
 def produce(bootstrap_servers, topic: str,
             config: generator.GeneratorConfig,
             events_per_message: int = 1, send_rate: float | None = None,
@@ -247,7 +235,8 @@ def produce(bootstrap_servers, topic: str,
             progress: Callable[[str], None] | None = print,
             progress_every_s: float = 5.0,
             producer_config: dict | None = None,
-            broker_timeout_s: float | None = None) -> ProduceSummary:
+            broker_timeout_s: float | None = None,
+            client: str | None = None) -> ProduceSummary:
     """Send the events of ``config`` to ``topic``; returns a summary.
 
     ``send_rate``: target events per second sent (``None``: as fast as
@@ -264,6 +253,9 @@ def produce(bootstrap_servers, topic: str,
     answer within ``broker_timeout_s`` (default
     ``BROKER_CHECK_TIMEOUT_S``; 0 skips the check), else
     ``BrokerUnavailable``, a ``ValueError`` naming the address.
+    ``client``: ``"confluent"`` (default, if installed) or
+    ``"kafka-python"``; ``producer_config`` overrides that client's
+    settings in its own spelling.
     """
     if events_per_message < 1:
         raise ValueError("events_per_message must be >= 1")
@@ -283,22 +275,11 @@ def produce(bootstrap_servers, topic: str,
     created = ensure_topic(
         bootstrap_servers, topic, partitions, topic_config=(
             None if retention_ms is None else {"retention.ms": retention_ms}))
-    settings = dict(
-        bootstrap_servers=bootstrap_servers, client_id="topk-produce",
-        acks=acks, linger_ms=linger_ms, batch_size=batch_size,
-        max_request_size=max(1 << 20, batch_size),
-        # Idempotence needs acks=all; with acks 0/1 say so explicitly
-        # rather than let kafka-python warn and switch it off.
-        enable_idempotence=(acks == -1))
-    settings.update(producer_config or {})
-    producer = KafkaProducer(**settings)
-    failed = [0]
-
-    def on_error(_exc):
-        failed[0] += 1
-
+    from topk.connectors.kafka.sender import open_sender
+    producer = open_sender(client, bootstrap_servers, "topk-produce", acks,
+                           linger_ms, batch_size, producer_config)
     try:
-        parts = _partitions(producer, topic, 30.0)
+        parts = producer.partitions(topic, 30.0)
         # Rate-limited: groups of ~50 ms of events, so the pace is smooth
         # and the first burst small.
         group_events = (max(1, min(SEND_GROUP_EVENTS, int(send_rate / 20)))
@@ -336,9 +317,7 @@ def produce(bootstrap_servers, topic: str,
                 if bucket is not None:
                     bucket.take(n_events)
                 for value, ts in zip(chunk, msg_ts[g:g + group]):
-                    producer.send(topic, value=value,
-                                  partition=parts[part_index],
-                                  timestamp_ms=ts).add_errback(on_error)
+                    producer.send(topic, value, parts[part_index], ts)
                     part_bytes += len(value)
                     if part_bytes >= batch_size:
                         part_index = (part_index + 1) % len(parts)
@@ -360,7 +339,8 @@ def produce(bootstrap_servers, topic: str,
     finally:
         producer.close()
     summary = ProduceSummary(topic, len(parts), created, sent_events,
-                             sent_messages, sent_bytes, seconds, failed[0])
+                             sent_messages, sent_bytes, seconds,
+                             producer.failed)
     if progress:
         progress(summary.describe())
     return summary

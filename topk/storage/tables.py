@@ -85,9 +85,16 @@ _DATE_OF = {layout.RANKED_WINDOWS: "window_start",
             layout.SLICES: "slice_start", layout.SKETCHES: "slice_start",
             layout.LATE_EVENTS: "ts", layout.LATE_COUNTS: "slice_start"}
 
-#: A stream commits every bundle: checkpoint the logs often, so that
-#: opening a table replays a few JSON commits, not thousands.
-TABLE_CONFIG = {"delta.checkpointInterval": "20"}
+#: A stream commits every second or so (86,400 commits a day):
+#: checkpoint the logs often, so that opening a table replays a few JSON
+#: commits, not thousands; keep the tombstones of removed files (carried in
+#: every checkpoint) only as long as ``maintain`` 's default vacuum horizon,
+#: not Delta's week; and keep the commit files two days, not Delta's 30
+#: (2.6M files a table). Readers open the version the newest manifest row
+#: names, so older versions serve nobody once vacuumed.
+TABLE_CONFIG = {"delta.checkpointInterval": "20",
+                "delta.deletedFileRetentionDuration": "interval 1 days",
+                "delta.logRetentionDuration": "interval 2 days"}
 
 #: Rows per Parquet row group the Delta writer buffers before encoding
 #: them. The writer keeps one file open per partition (UTC day) until the
@@ -571,6 +578,12 @@ def maintain(output: str, vacuum_hours: float = 24.0) -> dict[str, dict]:
             if not _exists(path):
                 continue
             dt_ = DeltaTable(path)
+            configured = dt_.metadata().configuration
+            missing = {k: v for k, v in TABLE_CONFIG.items()
+                       if k not in configured}
+            if missing:  # a table written by an earlier version
+                dt_.alter.set_table_properties(missing)
+                dt_ = DeltaTable(path)
             before = dt_.version()
             compacted = dt_.optimize.compact()
             dt_ = DeltaTable(path)
