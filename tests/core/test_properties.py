@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -511,6 +512,19 @@ def test_dedup_and_slices_match_oracle(records, batches, data):
                                        "ts", "weight"))
                   for r in got.to_pylist()) == sorted(
         (e.event_id, e.item_id, e.event_type, e.ts, e.weight) for e in unique)
+
+    # The stream's path: the same rows, knowing the ids' hashes; a weak
+    # hash makes distinct ids share one, which must not merge them.
+    table = event_table(arrival)
+    for hashes in (sharding.stable_hash(table["event_id"]), np.array(
+            [len(i) % 3 for i in table["event_id"].to_pylist()],
+            dtype=np.uint64)):
+        hashed, kept = counting.dedup_hashed(table, hashes)
+        assert sorted(map(repr, hashed.to_pylist())) == sorted(
+            map(repr, got.to_pylist()))
+        by_id = dict(zip(table["event_id"].to_pylist(), hashes.tolist()))
+        assert kept.tolist() == [by_id[i] for i in
+                                 hashed["event_id"].to_pylist()]
 
     minute = counting.count_slices(got)
     assert minute.schema == schema.SLICE_COUNTS_SCHEMA

@@ -83,28 +83,21 @@ def cmd_query(args) -> int:
         # The query itself first (k up to contract.MAX_K, the range, the
         # method): its errors need no connection to BigQuery.
         if args.method == "exact":
-            contract.exact_query(args.k, args.start, args.end,
-                                 args.event_type)
+            q = contract.exact_query(args.k, args.start, args.end,
+                                     args.event_type)
         else:
-            contract.approx_query(args.k, args.start, args.end, args.method,
-                                  args.event_type)
-        backend, where = query, (args.output,)
-        if args.backend == "bigquery":
-            from topk.query import bigquery as backend
-            where = bigquery_client.connect(
-                args.bq_project, args.bq_dataset, args.bq_table_prefix,
-                args.bq_endpoint, args.bq_location)
-        if args.method == "exact":
-            rows = backend.topk(*where, args.k, args.start, args.end,
-                                args.event_type)
+            q = contract.approx_query(args.k, args.start, args.end,
+                                      args.method, args.event_type)
+        if args.freshness and args.backend == "duckdb":
+            rows, freshness = _answer_with_freshness(args.output, q)
         else:
-            rows = backend.topk_approx(*where, args.k, args.start, args.end,
-                                       args.method, args.event_type)
+            rows, freshness = _answer(args), (
+                "freshness: not available with --backend bigquery")
     except (query.QueryError, bigquery_client.BigQueryError) as e:
         raise CliError(str(e)) from None
     approximate = args.method != "exact"
     if args.freshness:
-        print(_freshness(args), file=sys.stderr)
+        print(freshness, file=sys.stderr)
     if args.format == "json":
         print(json.dumps([_json_row(r, approximate) for r in rows]))
     else:
@@ -112,14 +105,35 @@ def cmd_query(args) -> int:
     return 0
 
 
-def _freshness(args) -> str:
-    """One line: the snapshot an answer read and how fresh its data is."""
-    if args.backend != "duckdb":
-        return "freshness: not available with --backend bigquery"
+def _answer(args) -> list:
+    from topk import query
+    from topk.connectors.bigquery import client as bigquery_client
+    backend, where = query, (args.output,)
+    if args.backend == "bigquery":
+        from topk.query import bigquery as backend
+        where = bigquery_client.connect(
+            args.bq_project, args.bq_dataset, args.bq_table_prefix,
+            args.bq_endpoint, args.bq_location)
+    if args.method == "exact":
+        return backend.topk(*where, args.k, args.start, args.end,
+                            args.event_type)
+    return backend.topk_approx(*where, args.k, args.start, args.end,
+                               args.method, args.event_type)
+
+
+def _answer_with_freshness(output: str, q) -> tuple[list, str]:
+    """The answer and one line on how fresh it is, both read from one
+    committed snapshot (a stream committing meanwhile changes neither)."""
     from topk.core.windows import format_time, now_ms
     from topk.query import coverage
-    head = coverage.manifest_head(args.output)
-    held = coverage.coverage(args.output)
+    from topk.query.duckdb import Committed
+    head = coverage.manifest_head(output)
+    snap = Committed(output, head.snap)
+    try:
+        rows = snap.topk(q) if q.method is None else snap.topk_approx(q)
+        held = coverage.coverage(snap)
+    finally:
+        snap.release()
     parts = [f"snapshot {head.seq}" + (
         f" committed {format_time(head.committed_at)}"
         if head.committed_at else "")]
@@ -130,7 +144,7 @@ def _freshness(args) -> str:
         lag = (now_ms() - held.newest_stream_at) / 1000
         parts.append(f"newest stream pane {format_time(held.newest_stream_at)}"
                      f" ({lag:,.0f} s ago)")
-    return "freshness: " + "; ".join(parts)
+    return rows, "freshness: " + "; ".join(parts)
 
 
 def _json_row(r, approximate: bool) -> dict:

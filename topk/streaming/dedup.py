@@ -157,8 +157,8 @@ class SeenIds:
         on_time = events.filter(pc.invert(is_late))
         if on_time.num_rows == 0:
             return on_time, late, SEEN_SCHEMA.empty_table()
-        unique = counting.dedup_events(on_time)
-        hashes = sharding.stable_hash(unique["event_id"])
+        unique, hashes = counting.dedup_hashed(
+            on_time, sharding.stable_hash(on_time["event_id"]))
         fresh_mask = ~self._seen(hashes)
         fresh = unique.filter(pa.array(fresh_mask))
         minutes = counting.floor_ms(fresh["ts"], schema.MINUTE_MS)

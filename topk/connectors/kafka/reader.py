@@ -491,9 +491,8 @@ def _default_client() -> str:
     try:
         import confluent_kafka  # noqa: F401
     except ImportError:
-        _LOG.warning("confluent-kafka is not installed: reading Kafka with "
-                     "kafka-python, 3-4x slower (pip install "
-                     "confluent-kafka)")
+        _LOG.warning("confluent-kafka is not installed: using kafka-python, "
+                     "3-6x slower (pip install confluent-kafka)")
         return "kafka-python"
     return DEFAULT_KAFKA_CLIENT
 

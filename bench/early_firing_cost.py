@@ -1,0 +1,133 @@
+"""What one early firing of the stream's window stages costs, against how
+much of its windows they hold (issue #13, latency).
+
+An unbounded ``topk stream`` fires every ``--early-firing-s``: each exact
+item shard absorbs the batch that arrived since the last firing and emits
+the panes of every open window it changed
+(``topk.streaming.panes.ShardPanes``); the approximate stage does the same
+with one sketch per minute (``topk.streaming.sketch_panes.SketchPanes``,
+``--method cms``).
+This times that step alone, Beam-free, for a one-second batch arriving after
+``minutes`` of one-minute counts of ``items`` distinct items each are held
+(Zipf-drawn ids), for windows ``--windows``; the median of ``--repeat``
+firings. A live stream reaches every held size up to its longest window, so
+the firing time at the longest window's length is what each second must
+pay once the stream has run that long.
+
+    .venv/bin/python bench/early_firing_cost.py
+    .venv/bin/python bench/early_firing_cost.py --items 5000,20000 --minutes 1,15,45
+"""
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from topk.approx import sketches
+from topk.core import schema
+from topk.core.windows import parse_windows
+from topk.streaming.panes import ShardPanes
+from topk.streaming.sketch_panes import SketchPanes
+
+T0 = 1_796_432_400_000  # an hour boundary, 2026-12-04T09:00Z
+
+
+def minute_counts(rng, minute: int, items: int) -> pa.Table:
+    """Counts of ``items`` distinct items in minute ``minute`` after T0."""
+    ids = np.unique(rng.zipf(1.1, items * 4) % 1_000_000)[:items]
+    return pa.table({
+        "event_type": ["play"] * len(ids),
+        "slice_start": pa.array(np.full(len(ids), T0 + minute * 60_000),
+                                pa.int64()),
+        "item_id": [f"item-{i}" for i in ids],
+        "count": pa.array(rng.integers(1, 50, len(ids)), pa.int64())},
+        schema=schema.SLICE_COUNTS_SCHEMA)
+
+
+def held_panes(method: str, windows: str, k: int, rng, minutes: int,
+               items: int):
+    specs, lateness = parse_windows(windows), 5 * 60_000
+    panes = (ShardPanes(specs, k, lateness) if method == "exact" else
+             SketchPanes(specs, k, [method], sketches.DEFAULT_BUDGET_BYTES,
+                         lateness))
+    panes.fire([minute_counts(rng, m, items) for m in range(minutes)],
+               T0 + minutes * 60_000, T0 - 1)
+    return panes
+
+
+def time_firings(panes, batch: pa.Table, minutes: int,
+                 repeat: int) -> list[float]:
+    seconds = []
+    for r in range(repeat):
+        t = time.perf_counter()
+        panes.fire([batch], T0 + minutes * 60_000 + 1000 * (r + 1))
+        seconds.append(time.perf_counter() - t)
+    return seconds
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--windows", default="1m,1h,1h/1m",
+                        help="Window specs (default 1m,1h,1h/1m).")
+    parser.add_argument("--k", type=int, default=100, help="K (default 100).")
+    parser.add_argument("--methods", default="exact,cms",
+                        help="Stages to time: exact (ShardPanes) and/or an "
+                        "approximate method (SketchPanes); default exact,cms.")
+    parser.add_argument("--items", default="5000,20000",
+                        help="Distinct items per held minute, comma-separated "
+                        "(default 5000,20000).")
+    parser.add_argument("--minutes", default="1,15,45",
+                        help="Minutes held before the timed firings, "
+                        "comma-separated (default 1,15,45).")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="Timed firings per shape; the median is shown "
+                        "(default 5).")
+    parser.add_argument("--profile", action="store_true",
+                        help="Also print where the largest shape's firings "
+                        "spend their time (cProfile, cumulative).")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    items_list = [int(x) for x in args.items.split(",")]
+    minutes_list = [int(x) for x in args.minutes.split(",")]
+    print(f"windows {args.windows}, k={args.k}; one early firing after a "
+          "one-second batch (1/30 of a minute's items), median of "
+          f"{args.repeat}")
+    print("| method | items per minute | minutes held | firing ms | "
+          "vs 1 minute held |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for method in args.methods.split(","):
+        for items in items_list:
+            base = None
+            for minutes in minutes_list:
+                panes = held_panes(method, args.windows, args.k, rng,
+                                   minutes, items)
+                batch = minute_counts(rng, minutes - 1, max(1, items // 30))
+                ms = 1000 * statistics.median(
+                    time_firings(panes, batch, minutes, args.repeat))
+                base = base or ms
+                print(f"| {method} | {items:,} | {minutes} | {ms:,.1f} | "
+                      f"{ms / base:.1f}x |", flush=True)
+    if args.profile:
+        items, minutes = max(items_list), max(minutes_list)
+        panes = held_panes(args.methods.split(",")[0], args.windows, args.k,
+                           rng, minutes, items)
+        batch = minute_counts(rng, minutes - 1, max(1, items // 30))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        time_firings(panes, batch, minutes, args.repeat)
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(
+            "cumulative").print_stats(15)
+        print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
