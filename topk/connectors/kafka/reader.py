@@ -487,7 +487,10 @@ KAFKA_CLIENTS = ("kafka-python", "confluent")
 DEFAULT_KAFKA_CLIENT = "confluent"
 
 
-def _default_client() -> str:
+def default_client() -> str:
+    """``DEFAULT_KAFKA_CLIENT`` if confluent-kafka is installed, else
+    kafka-python (with a warning): the client readers and senders use
+    unless told."""
     try:
         import confluent_kafka  # noqa: F401
     except ImportError:
@@ -508,7 +511,7 @@ def open_reader(client: str | None, bootstrap_servers, topic: str,
     ``consumer_overrides`` are kafka-python ``KafkaConsumer`` settings,
     which the confluent reader translates (or librdkafka properties,
     dotted, for it alone)."""
-    client = _default_client() if client is None else client
+    client = default_client() if client is None else client
     if client == "kafka-python":
         cls = PartitionReader
     elif client == "confluent":

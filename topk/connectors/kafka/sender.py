@@ -11,11 +11,24 @@ generator at 50k events/s leaves the cores to the pipeline it feeds.
 """
 import time
 
-from topk.connectors.kafka.reader import KAFKA_CLIENTS, _default_client
+from topk.connectors.kafka.reader import KAFKA_CLIENTS, default_client
 
 #: How long ``flush`` waits for messages in flight before counting them
 #: as failed.
 FLUSH_TIMEOUT_S = 120.0
+
+
+def _wait_for_partitions(lookup, topic: str, timeout_s: float) -> list:
+    """The sorted partition numbers ``lookup()`` returns, asked until it
+    returns some (a topic just created may not be in the metadata yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = lookup()
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no partitions for topic {topic!r}")
+        time.sleep(0.1)
 
 
 class KafkaPythonSender:
@@ -38,14 +51,8 @@ class KafkaPythonSender:
         self.failed = 0
 
     def partitions(self, topic: str, timeout_s: float) -> list:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            parts = self.producer.partitions_for(topic)
-            if parts:
-                return sorted(parts)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no partitions for topic {topic!r}")
-            time.sleep(0.1)
+        return _wait_for_partitions(
+            lambda: self.producer.partitions_for(topic), topic, timeout_s)
 
     def send(self, topic: str, value: bytes, partition: int,
              timestamp_ms: int | None) -> None:
@@ -87,15 +94,12 @@ class ConfluentSender:
         self.failed = self._unpolled = 0
 
     def partitions(self, topic: str, timeout_s: float) -> list:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            meta = self.producer.list_topics(topic, timeout=timeout_s)
-            found = meta.topics.get(topic)
-            if found is not None and found.error is None and found.partitions:
-                return sorted(found.partitions)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no partitions for topic {topic!r}")
-            time.sleep(0.1)
+        def lookup():
+            found = self.producer.list_topics(topic, timeout=timeout_s
+                                              ).topics.get(topic)
+            return (found.partitions if found is not None
+                    and found.error is None else None)
+        return _wait_for_partitions(lookup, topic, timeout_s)
 
     def send(self, topic: str, value: bytes, partition: int,
              timestamp_ms: int | None) -> None:
@@ -129,7 +133,7 @@ def open_sender(client: str | None, bootstrap_servers, client_id: str,
                 overrides: dict | None = None):
     """A sender of ``client`` (one of ``KAFKA_CLIENTS``; ``None`` for the
     default: confluent-kafka if installed). ``acks``: 0, 1 or -1 (all)."""
-    client = _default_client() if client is None else client
+    client = default_client() if client is None else client
     if client == "kafka-python":
         cls = KafkaPythonSender
     elif client == "confluent":
