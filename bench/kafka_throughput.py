@@ -49,8 +49,9 @@ preload is reused. Then, each contender in its own process:
   shows it (``topk.query.topk`` for ``exact``, ``topk_approx`` for an
   approximate method): p50/p99 of send -> visible, once per
   ``--latency-methods``, with the resident memory of the stream's process
-  group (``topk stream`` and Prism) sampled every ``--rss-interval`` s: its
-  value after the warm-up, at the end and at its peak.
+  group (``topk stream`` and Prism) sampled every ``--rss-interval`` s: the
+  medians of the first and of the last minute after the warm-up, and the
+  peak.
 * ``profile`` (not in the default parts): where the unbounded pipeline's
   time goes: the same Kafka read (bounded) on Prism, cut after parsing,
   after de-duplication and after the full ``StreamTopK``, on a
@@ -569,14 +570,22 @@ class RssSampler(threading.Thread):
                                  group_rss_mb(self.pgid)))
             self.done.wait(self.interval_s)
 
-    def summary(self, from_s: float) -> dict:
-        """RSS at the first sample from ``from_s`` on, the last and the
-        peak among those, and up to 40 samples of the whole run."""
-        after = [mb for t, mb in self.samples if t >= from_s] or [
-            mb for _, mb in self.samples]
-        return {"rss_after_warmup_mb": after[0] if after else None,
-                "rss_end_mb": after[-1] if after else None,
-                "rss_peak_mb": max(after, default=None),
+    def summary(self, from_s: float, span_s: float = 60.0) -> dict:
+        """RSS from ``from_s`` on: the median of its first and of its last
+        ``span_s`` seconds of samples (single samples swing by hundreds of
+        MB as Prism and Arrow free memory), the peak, and up to 40 samples
+        of the whole run."""
+        after = [(t, mb) for t, mb in self.samples if t >= from_s] or list(
+            self.samples)
+        if not after:
+            return {"rss_after_warmup_mb": None, "rss_end_mb": None,
+                    "rss_peak_mb": None, "rss_samples": []}
+        first, last = after[0][0], after[-1][0]
+        return {"rss_after_warmup_mb": statistics.median(
+                    mb for t, mb in after if t <= first + span_s),
+                "rss_end_mb": statistics.median(
+                    mb for t, mb in after if t >= last - span_s),
+                "rss_peak_mb": max(mb for _, mb in after),
                 "rss_samples": [(round(t), round(mb)) for t, mb in
                                 _spread(self.samples, 40)]}
 
@@ -1154,8 +1163,9 @@ def print_report(args, command, topic, results, latency, profile,
                f"{args.latency_drain:.0f} s of the last one; counted as "
                "that late)" if lat["missing"] else "")
             + f"; median query poll {lat['query_s_median']:.2f} s; RSS "
-            f"{lat['rss_after_warmup_mb']:,.0f} MB after the warm-up, "
-            f"{lat['rss_end_mb']:,.0f} MB at the end (x{growth:.2f}, target "
+            f"{lat['rss_after_warmup_mb']:,.0f} MB in the first minute after "
+            f"the warm-up, {lat['rss_end_mb']:,.0f} MB in the last (medians; "
+            f"x{growth:.2f}, target "
             f"<= x{TARGET_RSS_GROWTH}: "
             f"{'MET' if growth <= TARGET_RSS_GROWTH else 'MISSED'}), peak "
             f"{lat['rss_peak_mb']:,.0f} MB; load: {lat['producer']}")
