@@ -59,12 +59,37 @@ class WindowTopKRuns:
     totals: pa.Table  # TOTAL_RUNS_SCHEMA
     step_ms: int
 
+    def __reduce__(self):
+        # Runs cross a shuffle, which a local runner holds whole and copies
+        # while handing it to the worker: a year of sparse runs pickled to
+        # ~540 MB there, most of a batch run's peak. LZ4-compressed Arrow
+        # IPC instead of pickled buffers: that run's peak went from 2.26 GB
+        # to 1.66 GB.
+        return (_runs_from_ipc, (_to_ipc(self.candidates),
+                                 _to_ipc(self.totals), self.step_ms))
+
     def expand(self) -> WindowTopK:
         """One row per window again."""
         return WindowTopK(_expand_runs(self.candidates, self.step_ms,
                                        CANDIDATES_SCHEMA),
                           _expand_runs(self.totals, self.step_ms,
                                        TOTALS_SCHEMA))
+
+
+_LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_LZ4) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _runs_from_ipc(candidates: bytes, totals: bytes, step_ms: int
+                   ) -> "WindowTopKRuns":
+    return WindowTopKRuns(pa.ipc.open_stream(candidates).read_all(),
+                          pa.ipc.open_stream(totals).read_all(), step_ms)
 
 
 def _expand_runs(runs: pa.Table, step_ms: int, out_schema: pa.Schema):
