@@ -7,6 +7,7 @@ import pty
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -167,3 +168,26 @@ def test_the_counter_is_safe_across_threads():
         t.join()
     snap = counter.snapshot()
     assert (snap.bytes, snap.records) == (120_000, 40_000) and snap.active
+
+
+def test_the_summary_counts_every_delta_version_of_a_commit(tmp_path):
+    """A batch commit over several months writes several Delta versions
+    of a table under one manifest row: the summary adds them all, and
+    leaves out what earlier runs wrote."""
+    from storage.test_tables import D, events, slice_rows
+    from topk.storage import layout, tables
+    out = str(tmp_path)
+    tables.stage(out, "run-0", layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(events(0, 50, 4))))
+    tables.commit_staged(out, "run-0", ["exact"], "in-0")
+    first = tables.dataset(out, layout.SLICES).count_rows()
+    time.sleep(1.1)  # the summary counts commits from a whole second on
+    since = time.time()
+    evs = [e._replace(ts=e.ts + 100 * D + (i % 75) * D)
+           for i, e in enumerate(events(0, 900, 5))]
+    tables.stage(out, "run-1", layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(evs)))
+    tables.commit_staged(out, "run-1", ["exact"], "in-1")
+    added = tables.dataset(out, layout.SLICES).count_rows() - first
+    assert progress.committed(out, since) == (
+        f"1 commit: slices {added:,} rows")

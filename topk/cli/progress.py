@@ -165,15 +165,20 @@ def committed(output: str, since: float) -> str | None:
     since_us = math.floor(since) * 1_000_000
     rows, commits = {}, 0
     versions_seen = {}
-    for row in history.to_pylist():
+    before = {}  # table -> its version in the previous manifest row
+    for row in sorted(history.to_pylist(), key=lambda r: r["seq"]):
         at = row["committed_at"]
         at_us = (at.timestamp() * 1e6 if hasattr(at, "timestamp") else at)
-        if at_us < since_us:
-            continue
-        commits += 1
         versions = json.loads(row["versions"])
-        for table in json.loads(row["wrote"]):
-            versions_seen.setdefault(table, set()).add(versions[table])
+        if at_us >= since_us:
+            commits += 1
+            for table in json.loads(row["wrote"]):
+                # A commit may write several Delta versions of a table (a
+                # batch run writes a month at a time): all since the
+                # previous manifest row's.
+                versions_seen.setdefault(table, set()).update(range(
+                    before.get(table, -1) + 1, versions[table] + 1))
+        before.update(versions)
     for table, versions in versions_seen.items():
         delta = DeltaTable(tables.table_path(output, table))
         # Only the commits back to the run's first (a long stream has many).
