@@ -732,6 +732,7 @@ def run_latency(spec: str, workdir: str) -> dict:
             "max_s": max(all_lat) if all_lat else None,
             "min_s": min(latencies) if latencies else None,
             "query_s_median": statistics.median(polls) if polls else None,
+            "marker_s": [seen.get(item) for item in sent],  # send order
             "producer": produce_lines[-1] if produce_lines else ""}
 
 
@@ -1177,6 +1178,12 @@ def print_report(args, command, topic, results, latency, profile,
             f"{lat['method']}: " + ", ".join(f"{t}:{mb}" for t, mb in
                                             lat["rss_samples"])
             for lat in latency))
+        out()
+        out("Marker latency over the run (marker: seconds; - never seen): "
+            + "; ".join(f"{lat['method']}: " + ", ".join(
+                f"{i}:{'-' if v is None else f'{v:.1f}'}"
+                for i, v in enumerate(lat["marker_s"]))
+                for lat in latency))
         out()
     if verdicts:
         out("Targets (issue #3):")

@@ -61,11 +61,12 @@ def dedup_hashed(events: pa.Table, hashes: np.ndarray
     if repeated.size == 0:
         return t, hashes
     shared = np.isin(hashes, repeated)
-    order = pc.sort_indices(t.filter(pa.array(shared)), sort_keys=[
+    copies = t.filter(pa.array(shared))
+    order = pc.sort_indices(copies, sort_keys=[
         ("event_id", "ascending"), ("ts", "ascending"),
         ("event_type", "ascending"), ("item_id", "ascending"),
         ("weight", "ascending")]).to_numpy()
-    copies = t.filter(pa.array(shared)).take(pa.array(order))
+    copies = copies.take(pa.array(order))
     ids = copies["event_id"]
     first = np.ones(copies.num_rows, dtype=bool)
     first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)

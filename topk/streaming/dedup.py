@@ -137,11 +137,16 @@ class SeenIds:
         return np.unique(np.concatenate([m for _, m in self._runs])).tolist()
 
     def _seen(self, hashes: np.ndarray) -> np.ndarray:
+        # Sorted keys: NumPy's binary search starts each key where the
+        # previous one ended, about twice as fast into tens of millions of
+        # held ids as random keys (one random probe per level each).
+        order = np.argsort(hashes)
+        keys = hashes[order]
         seen = np.zeros(hashes.size, bool)
         for ids, _ in self._runs:
-            pos = np.searchsorted(ids, hashes)
+            pos = np.searchsorted(ids, keys)
             pos[pos == ids.size] = 0
-            seen |= ids[pos] == hashes
+            seen[order] |= ids[pos] == keys
         return seen
 
     def admit(self, events: pa.Table, horizon_ms: int

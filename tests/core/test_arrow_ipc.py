@@ -1,0 +1,21 @@
+"""Tables as IPC bytes, plain and LZ4 (``topk.core.arrow_ipc``)."""
+import numpy as np
+import pyarrow as pa
+
+from topk.core import arrow_ipc
+
+
+def test_a_table_round_trips_plain_and_compressed():
+    table = pa.table({"item_id": [f"item-{i % 50}" for i in range(20_000)],
+                      "count": pa.array(np.arange(20_000) % 7)})
+    plain = arrow_ipc.to_bytes(table)
+    packed = arrow_ipc.to_bytes(table, arrow_ipc.LZ4)
+    assert arrow_ipc.from_bytes(plain).equals(table)
+    assert arrow_ipc.from_bytes(packed).equals(table)
+    assert len(packed) < len(plain) / 3
+
+
+def test_an_empty_table_keeps_its_schema():
+    schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
+    back = arrow_ipc.from_bytes(arrow_ipc.to_bytes(schema.empty_table()))
+    assert back.schema == schema and back.num_rows == 0
