@@ -16,6 +16,10 @@ pay once the stream has run that long.
 
     .venv/bin/python bench/early_firing_cost.py
     .venv/bin/python bench/early_firing_cost.py --items 5000,20000 --minutes 1,15,45
+
+``--dedup-held`` also times the exact stream's de-duplication of one batch
+(``SeenIds.admit``, 50k events, 1% copies) against the ids it already holds
+(a live stream holds its lateness worth: 10 minutes at 50k events/s is 30M).
 """
 import argparse
 import cProfile
@@ -30,6 +34,7 @@ import pyarrow as pa
 from topk.approx import sketches
 from topk.core import schema
 from topk.core.windows import parse_windows
+from topk.streaming.dedup import SEEN_SCHEMA, SeenIds
 from topk.streaming.panes import ShardPanes
 from topk.streaming.sketch_panes import SketchPanes
 
@@ -69,6 +74,29 @@ def time_firings(panes, batch: pa.Table, minutes: int,
     return seconds
 
 
+def time_dedup(rng, held: int, repeat: int, batch: int = 50_000
+               ) -> list[float]:
+    """Seconds of ``SeenIds.admit`` for batches of ``batch`` new events (1%
+    copies within each) after ``held`` ids are held."""
+    seen = SeenIds([pa.table({
+        "minute": pa.array(np.full(held, T0), pa.int64()),
+        "id_hash": pa.array(rng.integers(0, 2**63, held, dtype=np.uint64))})
+        .cast(SEEN_SCHEMA)])
+    seconds = []
+    for r in range(repeat):
+        ids = [f"e{r}-{i}" for i in range(batch)]
+        ids[: batch // 100] = ids[batch // 100: batch // 50]
+        events = pa.table({
+            "event_id": ids, "item_id": ["a"] * batch,
+            "event_type": ["play"] * batch,
+            "ts": pa.array(np.full(batch, T0 + 60_000), pa.int64()),
+            "weight": pa.array(np.ones(batch, np.int64))})
+        t = time.perf_counter()
+        seen.admit(events, T0)
+        seconds.append(time.perf_counter() - t)
+    return seconds
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -89,6 +117,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=5,
                         help="Timed firings per shape; the median is shown "
                         "(default 5).")
+    parser.add_argument("--dedup-held", default="",
+                        help="Also time de-duplicating a 50k-event batch "
+                        "against these many held ids, comma-separated "
+                        "(e.g. 1000000,30000000; default: not timed).")
     parser.add_argument("--profile", action="store_true",
                         help="Also print where the largest shape's firings "
                         "spend their time (cProfile, cumulative).")
@@ -114,6 +146,12 @@ def main(argv=None) -> None:
                 base = base or ms
                 print(f"| {method} | {items:,} | {minutes} | {ms:,.1f} | "
                       f"{ms / base:.1f}x |", flush=True)
+    if args.dedup_held:
+        print("\n| held ids | de-duplication of 50k events, ms |")
+        print("| ---: | ---: |")
+        for held in (int(x) for x in args.dedup_held.split(",")):
+            ms = 1000 * statistics.median(time_dedup(rng, held, args.repeat))
+            print(f"| {held:,} | {ms:,.1f} |", flush=True)
     if args.profile:
         items, minutes = max(items_list), max(minutes_list)
         panes = held_panes(args.methods.split(",")[0], args.windows, args.k,
