@@ -9,10 +9,13 @@ with one sketch per minute (``topk.streaming.sketch_panes.SketchPanes``,
 ``--method cms``).
 This times that step alone, Beam-free, for a one-second batch arriving after
 ``minutes`` of one-minute counts of ``items`` distinct items each are held
-(Zipf-drawn ids), for windows ``--windows``; the median of ``--repeat``
-firings. A live stream reaches every held size up to its longest window, so
-the firing time at the longest window's length is what each second must
-pay once the stream has run that long.
+(Zipf-drawn ids), every minute but the newest closed by the watermark as
+live, for windows ``--windows``; the median of ``--repeat`` firings. A live
+stream reaches every held size up to its longest window, so the firing time
+at the longest window's length is what each second must pay once the stream
+has run that long. (Sliding windows keep their closed minutes' part between
+firings, ``topk.streaming.closed_parts``: the first firing after a minute
+closes makes it, the median is the firings after.)
 
     .venv/bin/python bench/early_firing_cost.py
     .venv/bin/python bench/early_firing_cost.py --items 5000,20000 --minutes 1,15,45
@@ -59,8 +62,9 @@ def held_panes(method: str, windows: str, k: int, rng, minutes: int,
     panes = (ShardPanes(specs, k, lateness) if method == "exact" else
              SketchPanes(specs, k, [method], sketches.DEFAULT_BUDGET_BYTES,
                          lateness))
+    # Live, every minute but the newest has had its on-time firing.
     panes.fire([minute_counts(rng, m, items) for m in range(minutes)],
-               T0 + minutes * 60_000, T0 - 1)
+               T0 + minutes * 60_000, T0 + (minutes - 1) * 60_000)
     return panes
 
 

@@ -19,3 +19,17 @@ def test_an_empty_table_keeps_its_schema():
     schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
     back = arrow_ipc.from_bytes(arrow_ipc.to_bytes(schema.empty_table()))
     assert back.schema == schema and back.num_rows == 0
+
+
+def test_state_pickles_a_slice_by_its_rows_not_its_parent():
+    parent = pa.table({"item_id": [f"item-{i}" for i in range(200_000)],
+                       "count": pa.array(np.arange(200_000))})
+    part = parent.slice(1_000, 10).replace_schema_metadata({"k": "v"})
+    value = {"chunks": [("level", 60_000, part)], "n": np.arange(3)}
+    data = arrow_ipc.dumps(value)
+    back = arrow_ipc.loads(data)
+    assert back["chunks"][0][2].equals(part)
+    assert back["chunks"][0][2].schema.metadata == {b"k": b"v"}
+    assert back["n"].tolist() == [0, 1, 2]
+    # The parent's buffers are megabytes; ten rows are well under 10 kB.
+    assert len(data) < 10_000 < parent.nbytes

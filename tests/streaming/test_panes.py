@@ -367,7 +367,7 @@ def test_state_expires_after_the_longest_window_and_lateness():
     assert panes.counts[MIN].num_rows == 1
     panes.fire([], 3, watermark_ms=keep_until + MIN)
     assert panes.counts[MIN].num_rows == 0
-    assert np.all(panes.counts[schema.DAY_MS]["count"].to_numpy() == 1)
+    assert np.all(panes.level_counts(schema.DAY_MS)["count"].to_numpy() == 1)
 
 
 def _sorted_rows(table):
@@ -378,6 +378,7 @@ def plain_meta(panes) -> dict:
     """``meta()`` with its arrays as lists, to compare with ``==``."""
     meta = panes.meta()
     return {**meta, "touched": meta["touched"].tolist(),
+            "unwritten": meta["unwritten"].tolist(),
             "deferred": {k: v.tolist() for k, v in meta["deferred"].items()}}
 
 
@@ -403,8 +404,8 @@ def test_a_shard_rebuilt_from_its_chunk_log_equals_the_live_one():
     rebuilt = stream_panes.ShardPanes.from_chunks(specs, 3, 5 * MIN,
                                                   live.meta(), log)
     for size, _ in stream_panes.LEVELS:
-        assert _sorted_rows(rebuilt.counts[size]) == _sorted_rows(
-            live.counts[size])
+        assert _sorted_rows(rebuilt.level_counts(size)) == _sorted_rows(
+            live.level_counts(size))
     assert plain_meta(rebuilt) == plain_meta(live)
     assert sum(live.counts[MIN]["count"].to_numpy()) > 0
 
@@ -532,3 +533,42 @@ def test_seen_ids_equal_a_set_through_admits_expiry_and_restore(seed):
         assert len(seen) == len(model)
     again = stream_dedup.SeenIds([seen.to_table()])
     assert again.minutes() == seen.minutes() and len(again) == len(seen)
+
+
+def test_early_firings_write_minutes_and_event_time_firings_their_hours():
+    # An hour's or a day's full counts at every early firing would write
+    # more rows than events arrive; they wait for the next event-time
+    # firing, which writes every hour and day changed since the last one.
+    panes = stream_panes.ShardPanes([WindowSpec.parse("1m")], 3, 5 * MIN)
+
+    def fire(ts_list, watermark_ms=None):
+        events = [oracle.Event(f"e{ts}", "a", "click", ts, None, 1)
+                  for ts in ts_list]
+        pending = [counting.count_slices(_table(events))] if events else []
+        firing = panes.fire(pending, ts_list[-1] if ts_list else T0,
+                            watermark_ms)
+        return sorted((r["slice_length"], r["count"])
+                      for r in firing.slices.to_pylist())
+
+    assert fire([T0 + 1]) == [("1m", 1)]
+    assert fire([T0 + 2, T0 + MIN + 1]) == [("1m", 1), ("1m", 2)]
+    assert fire([], watermark_ms=T0 + MIN) == [
+        ("1d", 3), ("1h", 3), ("1m", 1), ("1m", 2)]
+    assert fire([T0 + MIN + 2]) == [("1m", 2)]
+    assert fire([], watermark_ms=T0 + 2 * MIN) == [
+        ("1d", 4), ("1h", 4), ("1m", 2)]
+
+
+def test_early_firings_space_out_while_catching_up_or_when_dear():
+    now = 1_700_000_000_000
+    live = now - 5_000
+    assert stream_panes.early_delay_s(2.0, live, now, 0.1) == 2.0
+    # A backlog's event times are far behind: one early pane per 30 s.
+    behind = now - stream_panes.CATCH_UP_LAG_MS - 1
+    assert stream_panes.early_delay_s(2.0, behind, now, 0.1) == \
+        stream_panes.CATCH_UP_EARLY_FIRING_S
+    assert stream_panes.early_delay_s(2.0, stream_dedup.NO_WATERMARK, now, 0.0) == \
+        stream_panes.CATCH_UP_EARLY_FIRING_S
+    # A firing that took 1.5 s waits 6 s: early panes stay a fifth.
+    assert stream_panes.early_delay_s(2.0, live, now, 1.5) == \
+        stream_panes.FIRING_COST_SHARE * 1.5

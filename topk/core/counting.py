@@ -98,6 +98,50 @@ def merge_counts(tables: list[pa.Table]) -> pa.Table:
     return _sum_by_key(pa.concat_tables(tables))
 
 
+def sort_by_slice(counts: pa.Table) -> pa.Table:
+    """``counts`` ordered by ``slice_start`` (stable)."""
+    return counts.take(pc.sort_indices(counts["slice_start"]))
+
+
+def slices_in(counts: pa.Table, starts) -> pa.Table:
+    """The rows of ``counts`` (sorted by ``slice_start``) whose slice
+    starts at one of ``starts``: zero-copy slices, not a scan."""
+    held = counts["slice_start"].to_numpy()
+    keys = np.unique(np.asarray(starts, np.int64))
+    lo, hi = np.searchsorted(held, keys), np.searchsorted(held, keys, "right")
+    parts = [counts.slice(int(a), int(b - a)) for a, b in zip(lo, hi) if b > a]
+    return pa.concat_tables(parts) if parts else counts.schema.empty_table()
+
+
+def slices_between(counts: pa.Table, start_ms: int, end_ms: int) -> pa.Table:
+    """The rows of ``counts`` (sorted by ``slice_start``) of slices starting
+    in ``[start_ms, end_ms)``, zero-copy."""
+    held = counts["slice_start"].to_numpy()
+    lo, hi = np.searchsorted(held, [start_ms, end_ms])
+    return counts.slice(int(lo), int(hi - lo))
+
+
+#: Chunks a table grown by ``add_counts`` may have before it is made one.
+MAX_CHUNKS = 64
+
+
+def add_counts(held: pa.Table, part: pa.Table) -> pa.Table:
+    """``merge_counts([held, part])`` where ``held`` and ``part`` are
+    unique per key and ``held`` is sorted by ``slice_start``; so is the
+    result. Only ``held``'s rows from ``part``'s first slice on are grouped
+    again: a stream adds a second of counts to an hour of them every
+    second, and a group-by of everything held took 0.46 s a firing at 900k
+    rows, where the slice this needs instead is free."""
+    if part.num_rows == 0:
+        return held
+    starts = held["slice_start"].to_numpy()
+    cut = int(np.searchsorted(starts, pc.min(part["slice_start"]).as_py()))
+    tail = sort_by_slice(merge_counts([held.slice(cut), part]))
+    out = pa.concat_tables([held.slice(0, cut), tail])
+    return (out.combine_chunks() if out["slice_start"].num_chunks
+            > MAX_CHUNKS else out)
+
+
 def rollup(counts: pa.Table, slice_ms: int) -> pa.Table:
     """Re-slice partial counts to a coarser aligned ``slice_ms``."""
     floored = counts.set_column(

@@ -326,7 +326,7 @@ def _sum_rows(keys: tuple, count: np.ndarray, n_items: int):
     return (rest // n_panes).astype(t.dtype), rest % n_panes + lo, item_out, sums
 
 
-def _top_k_mask(group, item, value, k, n_groups):
+def top_k_mask(group, item, value, k, n_groups):
     """Mask of the rows in the top ``k`` of their group (``group`` in
     ``0..n_groups-1``) by value desc, then item asc. Only groups with more
     than ``k`` rows are sorted; the rows of the others are all kept."""
@@ -370,7 +370,7 @@ def _tumbling_chunks(pane, item, count, k, only=None):
         starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
         group = np.repeat(np.arange(len(starts)),
                           np.diff(np.r_[starts, len(p)]))
-        keep = _top_k_mask(group, i, c, k, len(starts))
+        keep = top_k_mask(group, i, c, k, len(starts))
         yield chunk, (p[keep], i[keep], c[keep], p[starts],
                       np.add.reduceat(c, starts))
 
@@ -486,7 +486,7 @@ def _sliding_step(ws, seg_start, seg_end, seg_item, seg_value, n, k):
         where = np.repeat(s_lo - w0, size) + (
             _offsets(size))
         it, val = seg_item[a:b][rep], seg_value[a:b][rep]
-        keep = _top_k_mask(where, it, val, k, w1 - w0)
+        keep = top_k_mask(where, it, val, k, w1 - w0)
         yield ws[w0:w1][where[keep]], it[keep], val[keep], windows
 
 

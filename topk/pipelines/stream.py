@@ -59,6 +59,7 @@ from topk.transforms.stream_sketches import StreamSketchTopK
 from topk.transforms.stream_topk import StreamTopK
 from topk.approx import sketch_windows
 from topk.core.windows import duration_ms, parse_windows
+from topk.streaming.panes import DEFAULT_EARLY_FIRING_S
 
 _LOG = logging.getLogger(__name__)
 
@@ -187,9 +188,9 @@ class StreamOptions(PipelineOptions):
         parser.add_argument(
             "--early-firing-s", "--early_firing_s", dest="early_firing_s",
             type=_seconds,
-            default=5.0,
+            default=DEFAULT_EARLY_FIRING_S,
             help="Seconds of processing time between early panes of an open "
-            "window (default 5).")
+            f"window (default {DEFAULT_EARLY_FIRING_S:g}).")
         parser.add_argument(
             "--commit-interval-s", "--commit_interval_s",
             dest="commit_interval_s", type=_non_negative_seconds,

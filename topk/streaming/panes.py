@@ -43,11 +43,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from topk.core import counting, ranking, schema
+from topk.streaming import closed_parts
 from topk.streaming.dedup import (NO_WATERMARK, READ_AT, RETENTION_MARGIN_MS,
                                 TOUCHED, late_horizon, reading_watermark)
 from topk.core.windows import WindowSpec, floor_to
 
 EARLY, ON_TIME, LATE = "early", "on_time", "late"
+
+#: Seconds of processing time between early panes of an open window.
+DEFAULT_EARLY_FIRING_S = 2.0
+
+#: Input whose newest event time is this far behind the wall clock is
+#: catching up: the watermark closes its windows within seconds, so an
+#: early pane every ``DEFAULT_EARLY_FIRING_S`` would only slow the catch-up.
+CATCH_UP_LAG_MS = schema.MINUTE_MS
+
+#: Seconds between early panes while catching up: progress stays visible.
+CATCH_UP_EARLY_FIRING_S = 30.0
+
+#: An early firing waits at least this many times the last firing's cost,
+#: so early panes take at most about a fifth of a stage's time.
+FIRING_COST_SHARE = 4
 SOURCE = "stream"
 
 #: How much event time one catch-up firing closes at least, when its
@@ -102,6 +118,18 @@ def newest_seen(seen_ms: int, times: np.ndarray, now_ms: int) -> int:
     return max(seen_ms, min(int(times.max()), int(now_ms)))
 
 
+def early_delay_s(early_firing_s: float, seen_ms: int, now_ms: int,
+                  last_firing_s: float) -> float:
+    """Seconds until the next early firing of a stage that fired last
+    in ``last_firing_s`` and whose input reached event time ``seen_ms``
+    (``newest_seen``): ``early_firing_s`` when live, longer while catching
+    up (``CATCH_UP_LAG_MS``) or when firings are dear."""
+    delay = early_firing_s
+    if now_ms - seen_ms > CATCH_UP_LAG_MS:
+        delay = max(delay, CATCH_UP_EARLY_FIRING_S)
+    return max(delay, FIRING_COST_SHARE * last_firing_s)
+
+
 def touched_minutes(tables) -> np.ndarray:
     """The distinct minutes the ``TOUCHED`` metadata of partial-count
     tables names (empty when none does)."""
@@ -154,7 +182,9 @@ def next_window_end(specs: list[WindowSpec], minutes: np.ndarray,
 @dataclasses.dataclass
 class ShardFiring:
     """What one firing of a shard emits."""
-    slices: pa.Table  # SLICES_SCHEMA rows of the changed slices, full counts
+    #: SLICES_SCHEMA rows, full counts: the changed minutes, and at an
+    #: event-time firing the hours and days changed since the last one.
+    slices: pa.Table
     #: (spec, pane timing, the shard's top-K of those windows)
     windows: list[tuple[WindowSpec, str, ranking.WindowTopK]]
     emitted_at_ms: int
@@ -188,6 +218,19 @@ class ShardPanes:
         #: Minutes with data in any shard (``dedup.TOUCHED``) whose windows
         #: are not all closed: this shard fires for them, data or not.
         self.touched = np.empty(0, np.int64)
+        #: spec key -> ``closed_parts.ClosedCounts`` of its open windows;
+        #: made again when needed, so never runner state.
+        self._closed: dict[str, closed_parts.ClosedCounts] = {}
+        #: Levels no spec ranks (only the slices output reads them): their
+        #: partials wait here until an event-time firing (``_settle``),
+        #: since adding a second of counts to a day of them every second
+        #: costs the day's rows.
+        self._ranked = {level_of(s) for s in self.specs}
+        self._unsettled: dict[int, list[pa.Table]] = {
+            size: [] for size, _ in LEVELS if size not in self._ranked}
+        #: Minutes changed since the last event-time firing: their hours
+        #: and days are written to the slices output then (``fire``).
+        self.unwritten = np.empty(0, np.int64)
         #: spec key -> starts of open windows that changed at an event-time
         #: firing: their early pane waits for the next processing-time one.
         self.deferred: dict[str, np.ndarray] = {}
@@ -205,10 +248,18 @@ class ShardPanes:
     def meta(self) -> dict:
         return {"watermark_ms": self.watermark_ms,
                 "last_emit_ms": self.last_emit_ms, "deferred": self.deferred,
-                "touched": self.touched}
+                "touched": self.touched, "unwritten": self.unwritten}
+
+    def level_counts(self, size: int) -> pa.Table:
+        """The held counts of slice length ``size`` (``LEVELS``), waiting
+        partials added."""
+        self._settle()
+        self._expire()
+        return self.counts[size]
 
     def level_chunks(self) -> list[tuple]:
         """The counts as chunks that replace every chunk so far."""
+        self._settle()
         return [("level", size, self.counts[size]) for size, _ in LEVELS]
 
     @classmethod
@@ -221,6 +272,7 @@ class ShardPanes:
             panes.last_emit_ms = meta["last_emit_ms"]
             panes.deferred = meta["deferred"]
             panes.touched = np.array(meta.get("touched", []), np.int64)
+            panes.unwritten = np.array(meta.get("unwritten", []), np.int64)
         levels = {size: [panes.counts[size]] for size, _ in LEVELS}
         deltas = []
         for chunk in chunks:
@@ -228,8 +280,8 @@ class ShardPanes:
                 levels[chunk[1]].append(chunk[2])
             else:
                 deltas.append(chunk[1])
-        panes.counts = {size: counting.merge_counts(tables)
-                        for size, tables in levels.items()}
+        panes.counts = {size: counting.sort_by_slice(
+            counting.merge_counts(tables)) for size, tables in levels.items()}
         if deltas:
             panes._absorb(counting.merge_counts(deltas))
         panes._expire()
@@ -287,7 +339,14 @@ class ShardPanes:
             windows.extend(self._spec_panes(spec, dirty, previous, watermark,
                                             defer_early=watermark_ms
                                             is not None))
-        firing = ShardFiring(self._slice_rows(dirty, emitted_at), windows,
+        self.unwritten = np.union1d(self.unwritten, dirty)
+        if watermark_ms is None:
+            written = self._slice_rows(dirty, emitted_at, LEVELS[:1])
+        else:
+            self._settle()
+            written = self._slice_rows(self.unwritten, emitted_at, LEVELS)
+            self.unwritten = np.empty(0, np.int64)
+        firing = ShardFiring(written, windows,
                              emitted_at, late, absorbed,
                              None if watermark_ms is None else watermark,
                              previous)
@@ -299,10 +358,28 @@ class ShardPanes:
         if partials.num_rows == 0:
             return np.empty(0, np.int64)
         for size, _ in LEVELS:
-            part = partials if size == schema.MINUTE_MS else counting.rollup(
-                partials, size)
-            self.counts[size] = counting.merge_counts([self.counts[size], part])
-        return np.unique(partials["slice_start"].to_numpy())
+            if size in self._unsettled:
+                self._unsettled[size].append(partials)
+            else:
+                self._add(size, partials)
+        dirty = np.unique(partials["slice_start"].to_numpy())
+        for spec in self.specs:
+            closed = self._closed.get(spec.key)
+            if closed and (dirty // spec.step_ms < closed.cut).any():
+                del self._closed[spec.key]
+        return dirty
+
+    def _add(self, size: int, partials: pa.Table) -> None:
+        part = partials if size == schema.MINUTE_MS else counting.rollup(
+            partials, size)
+        self.counts[size] = counting.add_counts(self.counts[size], part)
+
+    def _settle(self) -> None:
+        """Add the partials waiting for the levels no spec ranks."""
+        for size, waiting in self._unsettled.items():
+            if waiting:
+                self._add(size, counting.merge_counts(waiting))
+                waiting.clear()
 
     def _spec_panes(self, spec, dirty, previous, watermark, defer_early):
         table = self.counts[level_of(spec)]
@@ -311,29 +388,75 @@ class ShardPanes:
                              previous, watermark, self.deferred, defer_early)
         if wanted.size == 0:
             return []
-        starts = table["slice_start"]
-        rows = table.filter(pc.and_(
-            pc.greater_equal(starts, int(wanted.min())),
-            pc.less(starts, int(wanted.max()) + length)))
-        top = ranking.shard_top_k(rows, [spec], self.k,
-                                  window_starts=wanted)[spec]
         timing = pane_timings(spec, wanted, previous, watermark)
+        early = self._early_top(spec, table, wanted[timing == EARLY])
+        rest = wanted if early is None else wanted[timing != EARLY]
+        top = ranking.WindowTopK.empty()
+        if rest.size:
+            rows = counting.slices_between(table, int(rest.min()),
+                                           int(rest.max()) + length)
+            top = ranking.shard_top_k(rows, [spec], self.k,
+                                      window_starts=rest)[spec]
         out = []
         for name in (EARLY, ON_TIME, LATE):
             picked = wanted[timing == name]
             if picked.size:
-                out.append((spec, name, _windows_of(top, picked)))
+                out.append((spec, name, early if name == EARLY and early
+                            is not None else _windows_of(top, picked)))
         return out
 
-    def _slice_rows(self, dirty: np.ndarray, emitted_at: int) -> pa.Table:
+    def _early_top(self, spec, table, starts) -> ranking.WindowTopK | None:
+        """The early panes of open sliding windows ``starts`` from their
+        cached closed parts (``closed_parts.ClosedCounts``), or ``None``
+        where that does not apply: the windows then go the long way."""
+        step, n = spec.step_ms, spec.panes_per_window
+        if starts.size == 0 or not closed_parts.cacheable(
+                spec, level_of(spec)) or table.num_rows == 0:
+            return None
+        held = table["slice_start"].to_numpy()
+        newest = int(held[-1]) // step
+        closed = self._closed.get(spec.key)
+        if closed is None or closed_parts.stale(closed.cut, newest):
+            cut = closed_parts.cut_at(newest, self.watermark_ms, step,
+                                      self.last_emit_ms)
+            if cut is None:
+                return None
+            closed = self._closed[spec.key] = closed_parts.ClosedCounts.build(
+                table, spec, self.k, cut)
+        windows = starts // step
+        if windows.min() <= closed.cut - n:
+            return None
         parts = []
-        for size, name in LEVELS:
+        after = windows[windows > closed.cut]
+        if after.size:
+            # Windows starting after the cut hold tail panes only.
+            parts.append(ranking.shard_top_k(
+                counting.slices_between(table, int(after.min()) * step,
+                                        int(held[-1]) + 1),
+                [spec], self.k, window_starts=after * step)[spec])
+        within = windows[windows <= closed.cut]
+        # A window that ends inside the tail holds only part of it: one
+        # group per tail end.
+        ends = np.minimum(within + n, newest + 1)
+        for end in np.unique(ends):
+            parts.append(closed.top_k(counting.slices_between(
+                table, closed.cut * step, int(end) * step),
+                within[ends == end]))
+        return ranking.WindowTopK(
+            pa.concat_tables([p.candidates for p in parts]),
+            pa.concat_tables([p.totals for p in parts]))
+
+    def _slice_rows(self, dirty: np.ndarray, emitted_at: int, levels
+                    ) -> pa.Table:
+        """The full counts of the slices of ``levels`` holding a minute of
+        ``dirty``. (An early firing writes minutes only: an hour's or a
+        day's full counts every second would write far more rows than
+        events arrive, and an open hour or day is read rarely.)"""
+        parts = []
+        for size, name in levels:
             if dirty.size == 0:
                 break
-            keys = np.unique(floor_to(dirty, size))
-            table = self.counts[size]
-            rows = table.filter(pc.is_in(table["slice_start"],
-                                         pa.array(keys)))
+            rows = counting.slices_in(self.counts[size], floor_to(dirty, size))
             parts.append(counting.to_slices_table(rows, name, SOURCE,
                                                   emitted_at))
         return (pa.concat_tables(parts) if parts
@@ -350,8 +473,10 @@ class ShardPanes:
                           - self.allowed_lateness_ms - RETENTION_MARGIN_MS)
             table = self.counts[size]
             if table.num_rows:
-                self.counts[size] = table.filter(
-                    pc.greater(table["slice_start"], keep_after - size))
+                # Sorted by slice: the expired rows are a prefix.
+                self.counts[size] = table.slice(int(np.searchsorted(
+                    table["slice_start"].to_numpy(), keep_after - size,
+                    side="right")))
 
 
 def windows_due(spec: WindowSpec, dirty: np.ndarray, held: np.ndarray,

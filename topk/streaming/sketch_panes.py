@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from topk.approx import sketch_windows, sketches
 from topk.core import counting, schema
 from topk.core.windows import WindowSpec
+from topk.streaming import closed_parts
 from topk.streaming.dedup import NO_WATERMARK, RETENTION_MARGIN_MS
 from topk.streaming.panes import (EARLY, LATE, LEVELS, ON_TIME, SOURCE,
                                   level_of, next_window_end, pane_timings,
@@ -66,7 +67,6 @@ ABSORB_AHEAD_MS = schema.HOUR_MS
 #: first hour (``coarse_close``): each is a sketch per method and type.
 MAX_CLOSE_MINUTES = 1000
 
-
 class SketchPanes:
     """Slice sketches of the open windows of ``specs`` for ``methods``, and
     the pane bookkeeping (module docstring). Pickles as its sketches'
@@ -93,6 +93,10 @@ class SketchPanes:
         #: (method, slice ms, event type, start) changed since
         #: ``take_changes``
         self._changed: set[tuple[str, int, str, int]] = set()
+        #: (method, slice ms, event type, spec key) ->
+        #: ``closed_parts.ClosedMerges``; made again when needed, so never
+        #: runner state.
+        self._closed: dict[tuple, closed_parts.ClosedMerges] = {}
         self._retention = {size: max([size] + [
             s.length_ms for s in self.specs if level_of(s) == size])
             for size, _ in LEVELS}
@@ -234,9 +238,18 @@ class SketchPanes:
                             method, self.budget_bytes)
                     sketch.update(part["item_id"], part["count"])
                     self._changed.add((method, size, event_type, start))
+                    self._drop_closed(method, size, event_type, start)
                 if start + size <= self.watermark_ms:
                     self._unwritten.add((size, start))  # changed once closed
         return np.unique(partials["slice_start"].to_numpy())
+
+    def _drop_closed(self, method, size, event_type, start) -> None:
+        """Forget the cached closed merges a change to slice ``start``
+        makes stale."""
+        for key in [key for key, closed in self._closed.items()
+                    if key[:3] == (method, size, event_type)
+                    and start // size < closed.cut]:
+            del self._closed[key]
 
     def _spec_rows(self, spec, dirty, previous, watermark, defer_early,
                    emitted_at) -> pa.Table:
@@ -263,21 +276,59 @@ class SketchPanes:
                 picked = wanted[timing == name]
                 if picked.size:
                     parts.extend(self._windows(
-                        spec, event_type, by_start, picked, name, index,
-                        emitted_at))
+                        spec, method, event_type, by_start, picked, name,
+                        index, emitted_at))
         return (pa.concat_tables(parts) if parts
                 else schema.RANKED_WINDOWS_SCHEMA.empty_table())
 
-    def _windows(self, spec, event_type, by_start, starts, timing, index,
-                 emitted_at) -> list[pa.Table]:
+    def _windows(self, spec, method, event_type, by_start, starts, timing,
+                 index, emitted_at) -> list[pa.Table]:
         """Ranked rows of the windows ``starts`` of one method and type:
-        blocks of panes merged as the batch path does
-        (``sketch_windows.window_sketches``)."""
+        early panes of open sliding windows from their cached closed part
+        (``_early_windows``), the others' blocks of panes merged as the
+        batch path does (``sketch_windows.window_sketches``)."""
         pane_ms = level_of(spec)
         _, n, step = sketch_windows.pane_plan(spec)
-        size = sketch_windows.block_panes(n)
-        wanted = set((starts // pane_ms).tolist())
         held = sorted((s // pane_ms, sketch) for s, sketch in by_start.items())
+        wanted = starts // pane_ms
+        windows = None
+        if timing == EARLY and n > 1 and held and (
+                wanted + n > held[-1][0]).all():
+            windows = self._early_windows(spec, method, event_type, held,
+                                          wanted.tolist(), n, step)
+        if windows is None:
+            windows = self._merged_windows(held, set(wanted.tolist()), n,
+                                           step)
+        if not windows:
+            return []
+        rows = sketch_windows.ranked_windows(
+            windows, spec, pane_ms, self.k, event_type,
+            emitted_at_ms=emitted_at, source=SOURCE, pane_timing=timing)
+        return [with_pane_index(rows, index)]
+
+    def _early_windows(self, spec, method, event_type, held, wanted, n,
+                       step) -> list[tuple[int, object]] | None:
+        """``(first pane, sketch)`` of open windows that all hold the
+        newest pane, from their cached closed parts
+        (``closed_parts.ClosedMerges``); ``None`` when there is no cut
+        (``closed_parts.cut_at``)."""
+        key = (method, level_of(spec), event_type, spec.key)
+        newest = held[-1][0]
+        closed = self._closed.get(key)
+        if closed is None or closed_parts.stale(closed.cut, newest):
+            cut = closed_parts.cut_at(newest, self.watermark_ms,
+                                      level_of(spec), self.last_emit_ms)
+            if cut is None:
+                return None
+            closed = self._closed[key] = (
+                closed_parts.ClosedMerges.build(held, cut, n, step)
+                if closed is None or cut < closed.cut
+                else closed.advance(held, cut, n, step))
+        return closed.windows(held, wanted, n)
+
+    def _merged_windows(self, held, wanted: set, n, step
+                        ) -> list[tuple[int, object]]:
+        size = sketch_windows.block_panes(n)
 
         def block(b):
             return [p for p in held if b * size <= p[0] < (b + 1) * size]
@@ -288,12 +339,7 @@ class SketchPanes:
                         in sketch_windows.window_sketches(
                             b, n, step, block(b), block(b + 1) if n > 1
                             else []) if first in wanted]
-        if not windows:
-            return []
-        rows = sketch_windows.ranked_windows(
-            windows, spec, pane_ms, self.k, event_type,
-            emitted_at_ms=emitted_at, source=SOURCE, pane_timing=timing)
-        return [with_pane_index(rows, index)]
+        return windows
 
     def _sketch_rows(self, previous, watermark, emitted_at) -> pa.Table:
         """The slices to write: those the watermark just closed, and closed

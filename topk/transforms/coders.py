@@ -50,6 +50,21 @@ class ArrowTableListCoder(beam.coders.Coder):
         return False
 
 
+class StateCoder(beam.coders.Coder):
+    """Runner state (dicts, tuples, objects holding tables) pickled with its
+    tables as Arrow IPC (``arrow_ipc.dumps``): Beam's ``PickleCoder`` would
+    write a sliced table's whole parent."""
+
+    def encode(self, value) -> bytes:
+        return arrow_ipc.dumps(value)
+
+    def decode(self, encoded: bytes):
+        return arrow_ipc.loads(encoded)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+
 def register() -> None:
     """Make Beam use ``ArrowTableCoder`` wherever a step declares tables."""
     beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)

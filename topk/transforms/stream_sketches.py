@@ -15,6 +15,7 @@ sketch per (method, event type, slice) of the open windows, whatever the
 number of items, under one key: a sketch update is vectorised over a whole
 batch, so one key keeps up with what one worker reads.
 """
+import time
 import typing
 import uuid
 
@@ -22,7 +23,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
@@ -63,9 +63,9 @@ class _SketchPanesFn(beam.DoFn):
     AHEAD = BagStateSpec("ahead", coders.ArrowTableCoder())
     #: ``SketchPanes.meta()`` with a generation token and the log length;
     #: the slices as a chunk log (``SketchPanes.from_chunks``).
-    META = ReadModifyWriteStateSpec("meta", PickleCoder())
-    CHUNKS = BagStateSpec("chunks", PickleCoder())
-    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+    META = ReadModifyWriteStateSpec("meta", coders.StateCoder())
+    CHUNKS = BagStateSpec("chunks", coders.StateCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", coders.StateCoder())
 
     #: Chunks the log may grow to before all slices replace it.
     COMPACT_AFTER = 64
@@ -108,7 +108,10 @@ class _SketchPanesFn(beam.DoFn):
         armed["seen"] = stream_panes.newest_seen(
             armed["seen"], partials["slice_start"].to_numpy(), now_ms())
         if not armed["early"]:
-            early.set(Timestamp.now() + Duration(seconds=self._early_s))
+            early.set(Timestamp.now() + Duration(
+                seconds=stream_panes.early_delay_s(
+                    self._early_s, armed["seen"], now_ms(),
+                    armed.get("cost_s", 0.0))))
             armed["early"] = True
         # Until a firing knows the windows: close at the end of the first
         # minute of this batch (``SketchPanes.next_close`` takes over).
@@ -120,6 +123,7 @@ class _SketchPanesFn(beam.DoFn):
         timers.write(armed)
 
     def _fire(self, pending, ahead, meta, chunks, timers, watermark_ms=None):
+        started = time.perf_counter()
         known, panes = self._panes(meta, chunks)
         firing = panes.fire(list(pending.read()), now_ms(), watermark_ms,
                             ahead=list(ahead.read()))
@@ -142,6 +146,7 @@ class _SketchPanesFn(beam.DoFn):
         self._cache = (generation, panes)
         armed = timers.read()
         armed["watermark"] = panes.watermark_ms
+        armed["cost_s"] = time.perf_counter() - started
         timers.write(armed)
         if firing.sketches.num_rows:
             yield beam.pvalue.TaggedOutput(SKETCHES, firing.sketches)
@@ -206,7 +211,7 @@ class StreamSketchTopK(beam.PTransform):
     def __init__(self, specs: list[WindowSpec], k: int, methods: list[str],
                  *, budget_bytes: int,
                  allowed_lateness_ms: int = 10 * schema.MINUTE_MS,
-                 early_firing_s: float = 5.0):
+                 early_firing_s: float = stream_panes.DEFAULT_EARLY_FIRING_S):
         super().__init__()
         if allowed_lateness_ms < 0:
             raise ValueError("allowed lateness must not be negative")

@@ -30,6 +30,7 @@ Prism keeps state in its process only; after a restart the stream rebuilds
 it by re-reading the topic from ``--start`` (panes are accumulating and
 readers take the latest, so a replay never double counts).
 """
+import time
 import typing
 import uuid
 
@@ -37,7 +38,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
@@ -84,7 +84,7 @@ class _DedupFn(beam.DoFn):
     events to the ``late_events`` output."""
 
     SEEN = BagStateSpec("seen", coders.ArrowTableCoder())
-    WATERMARK = ReadModifyWriteStateSpec("watermark", PickleCoder())
+    WATERMARK = ReadModifyWriteStateSpec("watermark", coders.StateCoder())
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
 
     def __init__(self, item_shards: int, allowed_lateness_ms: int,
@@ -193,9 +193,9 @@ class _ShardPanesFn(beam.DoFn):
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
     #: The counts as a chunk log (``ShardPanes.from_chunks``) and the small
     #: rest, with a generation token that changes at every firing.
-    COUNTS = BagStateSpec("counts", PickleCoder())
-    META = ReadModifyWriteStateSpec("meta", PickleCoder())
-    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+    COUNTS = BagStateSpec("counts", coders.StateCoder())
+    META = ReadModifyWriteStateSpec("meta", coders.StateCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", coders.StateCoder())
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
@@ -235,7 +235,10 @@ class _ShardPanesFn(beam.DoFn):
         armed["seen"] = stream_panes.newest_seen(
             armed.get("seen", stream_dedup.NO_WATERMARK), touched, now_ms())
         if not armed["early"] and partials.num_rows:
-            early.set(Timestamp.now() + Duration(seconds=self._early_s))
+            early.set(Timestamp.now() + Duration(
+                seconds=stream_panes.early_delay_s(
+                    self._early_s, armed["seen"], now_ms(),
+                    armed.get("cost_s", 0.0))))
             armed["early"] = True
         due = stream_panes.coarse_close(stream_panes.next_window_end(
             self._specs, touched, armed["watermark"]), armed["seen"],
@@ -247,6 +250,7 @@ class _ShardPanesFn(beam.DoFn):
         timers.write(armed)
 
     def _fire(self, shard, pending, counts, meta, timers, watermark_ms=None):
+        started = time.perf_counter()
         known = meta.read() or {"generation": None, "chunks": 0}
         cached = self._cache.get(shard)
         if cached is not None and cached[0] == known["generation"]:
@@ -274,6 +278,7 @@ class _ShardPanesFn(beam.DoFn):
         self._cache[shard] = (generation, panes)
         armed = _armed(timers)
         armed["watermark"] = panes.watermark_ms
+        armed["cost_s"] = time.perf_counter() - started
         timers.write(armed)
         if firing.slices.num_rows:
             yield beam.pvalue.TaggedOutput(SLICES, firing.slices)
@@ -344,9 +349,9 @@ class _MergePanesFn(beam.DoFn):
     rewriting the snapshot.
     """
 
-    LOG = BagStateSpec("log", PickleCoder())
-    MERGE = ReadModifyWriteStateSpec("merge", PickleCoder())
-    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
+    LOG = BagStateSpec("log", coders.StateCoder())
+    MERGE = ReadModifyWriteStateSpec("merge", coders.StateCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", coders.StateCoder())
     EMIT = TimerSpec("emit", TimeDomain.REAL_TIME)
 
     #: Seconds between an early/late shard pane's arrival and its merge:
@@ -425,7 +430,7 @@ class StreamTopK(beam.PTransform):
     def __init__(self, specs: list[WindowSpec], k: int, *,
                  item_shards: int = 8, dedup_shards: int = 8,
                  allowed_lateness_ms: int = 10 * schema.MINUTE_MS,
-                 early_firing_s: float = 5.0,
+                 early_firing_s: float = stream_panes.DEFAULT_EARLY_FIRING_S,
                  skew_ms: int = ALLOWED_SKEW_MS):
         super().__init__()
         if allowed_lateness_ms < 0:
