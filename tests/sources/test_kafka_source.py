@@ -177,15 +177,24 @@ def test_bounded_read_returns_exactly_the_produced_events(kafka_broker,
     # One element per poll batch, not per message.
     assert 6 <= len(got) <= len(lines) / 10
     by_record = dict(zip(lines, stamps))
+    batches = []
     for source, payload, ts in got:
         topic_part, offsets = source.split("@")
         assert topic_part.startswith(topic + "/")
         first, last = map(int, offsets.split("-"))
         records = events.split_lines(payload).to_pylist()
         assert last - first + 1 == len(records)
-        # The element's timestamp is the batch's oldest record timestamp
-        # (in order, never behind the partition's watermark).
-        assert ts == min(by_record[r] for r in records)
+        batches.append((topic_part, first,
+                        [by_record[r] for r in records], ts))
+    # The element's timestamp is its partition's watermark before the
+    # batch (the newest record read so far minus the allowed skew), the
+    # oldest record's before the first: never after any of its records.
+    newest = {}
+    for part, _, times, ts in sorted(batches):
+        expected = (min(times) if part not in newest
+                    else newest[part] - ko.ALLOWED_SKEW_MS)
+        assert ts == expected <= min(times)
+        newest[part] = max(newest.get(part, 0), *times)
     parsed = events.parse_json_lines(b"\n".join(p for _, p, _ in got))
     assert parsed.events.num_rows == 3000
 
@@ -470,4 +479,7 @@ def test_unbounded_read_on_prism_drops_nothing_as_late(kafka_broker,
     assert total == 30_000
     starts = [int(r[0]) for r in rows]
     assert len(starts) == len(set(starts))  # one (on-time) pane per window
-    assert min(starts) == parse_time(config.start)
+    # Batches are stamped with their partition's watermark: up to the
+    # allowed skew (5 s, one window here) before their records.
+    assert min(starts) in (parse_time(config.start) - 5000,
+                           parse_time(config.start))

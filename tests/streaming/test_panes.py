@@ -572,3 +572,31 @@ def test_early_firings_space_out_while_catching_up_or_when_dear():
     # A firing that took 1.5 s waits 6 s: early panes stay a fifth.
     assert stream_panes.early_delay_s(2.0, live, now, 1.5) == \
         stream_panes.FIRING_COST_SHARE * 1.5
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_an_event_time_firing_emits_the_early_panes_when_told(early):
+    panes = stream_panes.ShardPanes([WindowSpec.parse("1m")], 3, 5 * MIN)
+
+    def partials(item, ts):
+        return counting.count_slices(_table(
+            [oracle.Event(f"e{ts}", item, "click", ts, None, 1)]))
+
+    panes.fire([partials("a", T0 + 1)], 1)
+    firing = panes.fire([partials("b", T0 + MIN + 1)], 2,
+                        watermark_ms=T0 + MIN, early=early)
+    timings = {(timing, int(top.totals["window_start"][0].as_py()))
+               for _, timing, top in firing.windows if top.totals.num_rows}
+    assert (stream_panes.ON_TIME, T0) in timings
+    assert ((stream_panes.EARLY, T0 + MIN) in timings) == early
+    after = panes.fire([], 3)
+    assert any(timing == stream_panes.EARLY for _, timing, _ in
+               after.windows) == (not early)
+    now = T0 + 10 * MIN
+    assert stream_panes.emits_early(None, now, 2.0, now, now, 0.0)
+    assert stream_panes.emits_early(T0, now - 2_000, 2.0, now, now, 0.0)
+    assert not stream_panes.emits_early(T0, now - 1_999, 2.0, now, now, 0.0)
+    # Catching up, only the processing-time timer's firings emit them.
+    behind = now - stream_panes.CATCH_UP_LAG_MS - 1
+    assert not stream_panes.emits_early(T0, 0, 2.0, behind, now, 0.0)
+    assert stream_panes.emits_early(None, now, 2.0, behind, now, 0.0)

@@ -295,3 +295,26 @@ def test_a_backlog_in_one_batch_is_sketched_as_the_watermark_nears_it():
         assert latest[key][0]["window_total"] == sum(true.values())
         for r in latest[key]:
             assert r["lower_bound"] <= true[r["item_id"]] <= r["upper_bound"]
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_an_event_time_firing_emits_the_early_panes_when_told(early):
+    # Prism may run a key's event-time work ahead of its processing-time
+    # timer for seconds: the stage then lets an event-time firing emit
+    # the early panes that are due.
+    panes = SketchPanes([WindowSpec.parse("1m")], 3, ["frequent_items"],
+                        8192, 5 * MIN)
+    closed = [oracle.Event("a", "a", "click", T0 + 1, None, 1)]
+    open_ = [oracle.Event("b", "b", "click", T0 + MIN + 1, None, 2)]
+    panes.fire([_partials(closed, T0)], 1)
+    firing = panes.fire([_partials(open_, T0 + MIN)], 2,
+                        watermark_ms=T0 + MIN, early=early)
+    got = {(r["pane_timing"], r["item_id"]) for r in firing.ranked.to_pylist()
+           if r["event_type"] == "click"}
+    assert ("on_time", "a") in got
+    assert (("early", "b") in got) == early
+    # Deferred or not, the next processing-time firing leaves nothing out.
+    after = panes.fire([], 3)
+    assert (("early", "b") in {
+        (r["pane_timing"], r["item_id"]) for r in after.ranked.to_pylist()
+        if r["event_type"] == "click"}) == (not early)

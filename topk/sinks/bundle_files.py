@@ -32,6 +32,7 @@ import uuid
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.coders import PickleCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
                                               ReadModifyWriteStateSpec,
@@ -42,7 +43,6 @@ from topk.core.windows import now_ms
 from topk.sinks.parquet import write_parquet_atomically
 from topk.storage import layout as output_layout
 from topk.storage import tables as output_tables
-from topk.transforms import coders
 
 
 class _BufferFn(beam.DoFn):
@@ -75,8 +75,8 @@ class _CommitBufferFn(beam.DoFn):
     (checked per element, so a busy stream needs no timer), and on a
     processing-time timer for what arrives after the last element."""
 
-    ROWS = BagStateSpec("rows", coders.StateCoder())
-    META = ReadModifyWriteStateSpec("meta", coders.StateCoder())
+    ROWS = BagStateSpec("rows", PickleCoder())
+    META = ReadModifyWriteStateSpec("meta", PickleCoder())
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
 
     def __init__(self, output: str, input_ids: dict, interval_s: float,

@@ -21,16 +21,21 @@ empty records, so the parser dead-letters them.
 
 Timestamps and watermarks:
 
-- An element's timestamp is the smallest Kafka record timestamp in its
-  batch (a producer stamps a message when it sends it, after its events
-  happened; ``topk produce`` stamps it with its newest event's time), but
-  never behind the partition's own watermark, which is at or ahead of
-  anything any partition reported: a runner drops elements behind the
-  watermark. The timestamp holds the stages downstream, so no window the
-  batch's events belong to closes before they are counted, however much
-  event time one batch spans: a catch-up reads batches of up to
-  ``max_batch_records`` whatever their span, and its watermark moves by
-  that much at once. Records without timestamps get the wall clock.
+- An element's timestamp is the partition's own watermark before the
+  batch (at or ahead of anything any partition reported: a runner drops
+  elements behind the watermark), or the batch's smallest Kafka record
+  timestamp before the partition has one. That is at or before every
+  record of the batch that is not already behind the watermark. The
+  timestamp holds the stages downstream, so no window the batch's events
+  belong to closes before they are counted, however much event time one
+  batch spans: a catch-up reads batches of up to ``max_batch_records``
+  whatever their span, and its watermark moves by that much at once. Not
+  the batch's oldest record time: a stateful stage's event-time timer
+  blocks the key's elements stamped after it until the watermark reaches
+  it (Prism 2.77 orders a key's elements and timers by timestamp), so a
+  live batch stamped with its records' time (``allowed_skew_ms`` ahead of
+  the watermark) waited that long at every window end. Records without
+  timestamps get the wall clock.
 - A partition's watermark is the largest record timestamp read from it so
   far minus ``allowed_skew_ms`` (messages may arrive up to that much out of
   order).
@@ -205,8 +210,8 @@ class _OffsetRangeProvider(RestrictionProvider):
 
 class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     """``PartitionPlan`` -> ``(source, payload)`` batches of its partition,
-    timestamped with the batch's smallest Kafka record timestamp (not behind
-    the partition's watermark; see the module docstring).
+    timestamped with the partition's watermark before the batch (see the
+    module docstring).
 
     It is its own restriction provider (delegating to
     ``_OffsetRangeProvider``), because ``RestrictionParam`` takes a provider
@@ -352,10 +357,12 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             if len(mine):
                 max_ts = mine.max_timestamp()
                 first_ts = mine.min_timestamp()
-                # The oldest event's time (see the module docstring), never
-                # behind what this partition or any other may have reported.
-                ts = (beam_timestamp(ko.later(first_ts, own_wm))
-                      if first_ts is not None else Timestamp.now())
+                # The partition's watermark before this batch (see the
+                # module docstring), its oldest event's time before the
+                # first watermark.
+                ts = (beam_timestamp(own_wm) if own_wm is not None
+                      else beam_timestamp(first_ts) if first_ts is not None
+                      else Timestamp.now())
                 self.messages.inc(len(mine))
                 self.batches.inc()
                 self.value_bytes.inc(mine.nbytes)

@@ -186,12 +186,14 @@ class SketchPanes:
     # -- firing ------------------------------------------------------------------
 
     def fire(self, pending: list[pa.Table], now_ms: int,
-             watermark_ms: int | None = None, ahead=()) -> SketchFiring:
+             watermark_ms: int | None = None, ahead=(), early: bool = False
+             ) -> SketchFiring:
         """Absorb the minute partials that arrived since the last firing
         and emit the panes due, as ``ShardPanes.fire`` does for exact
         counts: ``watermark_ms`` (an event-time firing) closes windows
         ending by then (on-time panes) and defers the early panes of open
-        windows to the next processing-time firing (``None``). ``ahead``:
+        windows to the next processing-time firing (``None``), unless
+        ``early`` (``panes.emits_early``). ``ahead``:
         the ``SketchFiring.ahead`` of earlier firings (accepted already,
         so never refused as late)."""
         pending, late = split_late(list(pending), self.watermark_ms,
@@ -209,7 +211,8 @@ class SketchPanes:
         emitted_at = max(int(now_ms), self.last_emit_ms + 1)
         self.last_emit_ms = emitted_at
         ranked = [self._spec_rows(spec, dirty, previous, watermark,
-                                  watermark_ms is not None, emitted_at)
+                                  watermark_ms is not None and not early,
+                                  emitted_at)
                   for spec in self.specs]
         self.watermark_ms = watermark
         written = self._sketch_rows(previous, watermark, emitted_at)

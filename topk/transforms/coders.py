@@ -50,24 +50,25 @@ class ArrowTableListCoder(beam.coders.Coder):
         return False
 
 
-class StateCoder(beam.coders.Coder):
-    """Runner state (dicts, tuples, objects holding tables) pickled with its
-    tables as Arrow IPC (``arrow_ipc.dumps``): Beam's ``PickleCoder`` would
-    write a sliced table's whole parent."""
+class AsTables(beam.PTransform):
+    """Tables -> the same tables, declared ``pa.Table`` so that they cross
+    to the next stage with ``ArrowTableCoder``. A DoFn's tagged outputs
+    have no type; Beam would pickle their tables."""
 
-    def encode(self, value) -> bytes:
-        return arrow_ipc.dumps(value)
+    def expand(self, tables):
+        return tables | "Typed" >> beam.Map(_same).with_output_types(pa.Table)
 
-    def decode(self, encoded: bytes):
-        return arrow_ipc.loads(encoded)
 
-    def is_deterministic(self) -> bool:
-        return False
+def _same(table: pa.Table) -> pa.Table:
+    return table
 
 
 def register() -> None:
-    """Make Beam use ``ArrowTableCoder`` wherever a step declares tables."""
+    """Make Beam use ``ArrowTableCoder`` wherever a step declares tables,
+    and pickle tables as Arrow IPC where it pickles them
+    (``arrow_ipc.pickle_as_ipc``: runner state, untyped outputs)."""
     beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
+    arrow_ipc.pickle_as_ipc()
 
 
 register()

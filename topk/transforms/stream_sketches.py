@@ -23,6 +23,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
@@ -63,9 +64,9 @@ class _SketchPanesFn(beam.DoFn):
     AHEAD = BagStateSpec("ahead", coders.ArrowTableCoder())
     #: ``SketchPanes.meta()`` with a generation token and the log length;
     #: the slices as a chunk log (``SketchPanes.from_chunks``).
-    META = ReadModifyWriteStateSpec("meta", coders.StateCoder())
-    CHUNKS = BagStateSpec("chunks", coders.StateCoder())
-    TIMERS = ReadModifyWriteStateSpec("timers", coders.StateCoder())
+    META = ReadModifyWriteStateSpec("meta", PickleCoder())
+    CHUNKS = BagStateSpec("chunks", PickleCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
 
     #: Chunks the log may grow to before all slices replace it.
     COMPACT_AFTER = 64
@@ -125,8 +126,12 @@ class _SketchPanesFn(beam.DoFn):
     def _fire(self, pending, ahead, meta, chunks, timers, watermark_ms=None):
         started = time.perf_counter()
         known, panes = self._panes(meta, chunks)
-        firing = panes.fire(list(pending.read()), now_ms(), watermark_ms,
-                            ahead=list(ahead.read()))
+        now, armed = now_ms(), timers.read()
+        early = stream_panes.emits_early(
+            watermark_ms, armed.get("early_at", 0), self._early_s,
+            armed["seen"], now, armed.get("cost_s", 0.0))
+        firing = panes.fire(list(pending.read()), now, watermark_ms,
+                            ahead=list(ahead.read()), early=early)
         pending.clear()
         ahead.clear()
         if firing.ahead.num_rows:
@@ -146,7 +151,9 @@ class _SketchPanesFn(beam.DoFn):
         self._cache = (generation, panes)
         armed = timers.read()
         armed["watermark"] = panes.watermark_ms
-        armed["cost_s"] = time.perf_counter() - started
+        if early:
+            armed["early_at"] = now
+            armed["cost_s"] = time.perf_counter() - started
         timers.write(armed)
         if firing.sketches.num_rows:
             yield beam.pvalue.TaggedOutput(SKETCHES, firing.sketches)
@@ -228,5 +235,9 @@ class StreamSketchTopK(beam.PTransform):
                 typing.Tuple[str, pa.Table])
             | "SketchPanes" >> beam.ParDo(self._fn).with_outputs(
                 SKETCHES, LATE_COUNTS, main="ranked"))
-        return {RANKED_WINDOWS: fired.ranked, SKETCHES: fired[SKETCHES],
-                LATE_COUNTS: fired[LATE_COUNTS]}
+        return {RANKED_WINDOWS: fired.ranked | "TypeRanked" >> (
+                    coders.AsTables()),
+                SKETCHES: fired[SKETCHES] | "TypeSketches" >> (
+                    coders.AsTables()),
+                LATE_COUNTS: fired[LATE_COUNTS] | "TypeLateCounts" >> (
+                    coders.AsTables())}

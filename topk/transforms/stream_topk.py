@@ -38,6 +38,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
@@ -84,7 +85,7 @@ class _DedupFn(beam.DoFn):
     events to the ``late_events`` output."""
 
     SEEN = BagStateSpec("seen", coders.ArrowTableCoder())
-    WATERMARK = ReadModifyWriteStateSpec("watermark", coders.StateCoder())
+    WATERMARK = ReadModifyWriteStateSpec("watermark", PickleCoder())
     TICK = TimerSpec("tick", TimeDomain.WATERMARK)
 
     def __init__(self, item_shards: int, allowed_lateness_ms: int,
@@ -193,9 +194,9 @@ class _ShardPanesFn(beam.DoFn):
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
     #: The counts as a chunk log (``ShardPanes.from_chunks``) and the small
     #: rest, with a generation token that changes at every firing.
-    COUNTS = BagStateSpec("counts", coders.StateCoder())
-    META = ReadModifyWriteStateSpec("meta", coders.StateCoder())
-    TIMERS = ReadModifyWriteStateSpec("timers", coders.StateCoder())
+    COUNTS = BagStateSpec("counts", PickleCoder())
+    META = ReadModifyWriteStateSpec("meta", PickleCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
@@ -259,8 +260,12 @@ class _ShardPanesFn(beam.DoFn):
             panes = stream_panes.ShardPanes.from_chunks(
                 self._specs, self._k, self._lateness, known.get("panes"),
                 counts.read())
-        firing = panes.fire(list(pending.read()), now_ms(),
-                            watermark_ms)
+        now, armed = now_ms(), _armed(timers)
+        early = stream_panes.emits_early(
+            watermark_ms, armed.get("early_at", 0), self._early_s,
+            armed["seen"], now, armed.get("cost_s", 0.0))
+        firing = panes.fire(list(pending.read()), now, watermark_ms,
+                            early=early)
         pending.clear()
         if known["chunks"] >= self.COMPACT_AFTER:
             counts.clear()
@@ -278,7 +283,9 @@ class _ShardPanesFn(beam.DoFn):
         self._cache[shard] = (generation, panes)
         armed = _armed(timers)
         armed["watermark"] = panes.watermark_ms
-        armed["cost_s"] = time.perf_counter() - started
+        if early:
+            armed["early_at"] = now
+            armed["cost_s"] = time.perf_counter() - started
         timers.write(armed)
         if firing.slices.num_rows:
             yield beam.pvalue.TaggedOutput(SLICES, firing.slices)
@@ -349,9 +356,9 @@ class _MergePanesFn(beam.DoFn):
     rewriting the snapshot.
     """
 
-    LOG = BagStateSpec("log", coders.StateCoder())
-    MERGE = ReadModifyWriteStateSpec("merge", coders.StateCoder())
-    TIMERS = ReadModifyWriteStateSpec("timers", coders.StateCoder())
+    LOG = BagStateSpec("log", PickleCoder())
+    MERGE = ReadModifyWriteStateSpec("merge", PickleCoder())
+    TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
     EMIT = TimerSpec("emit", TimeDomain.REAL_TIME)
 
     #: Seconds between an early/late shard pane's arrival and its merge:
@@ -471,7 +478,9 @@ class StreamTopK(beam.PTransform):
                     pa.Table))
         return {
             RANKED_WINDOWS: ranked,
-            SLICES: shard_panes[SLICES],
-            LATE_EVENTS: deduped[LATE_EVENTS],
-            LATE_COUNTS: shard_panes[LATE_COUNTS],
+            SLICES: shard_panes[SLICES] | "TypeSlices" >> coders.AsTables(),
+            LATE_EVENTS: deduped[LATE_EVENTS] | "TypeLateEvents" >> (
+                coders.AsTables()),
+            LATE_COUNTS: shard_panes[LATE_COUNTS] | "TypeLateCounts" >> (
+                coders.AsTables()),
         }
