@@ -200,7 +200,7 @@ def test_pipeline_options_keep_the_worker_spelling():
                     name, action.option_strings)
     given = PipelineOptions([
         "--item-shards", "5", "--dedup-shards=3", "--sketch-budget-bytes",
-        "4096", "--read-from", "latest", "--early-firing-s", "2",
+        "4096", "--read-from", "latest", "--early-firing-s", "3",
         "--allowed-lateness", "1h", "--commit-offsets", "--bq-dataset", "d",
         "--bq-write-method", "STREAMING_INSERTS", "--from-archive", "a",
         "--archive-start", "2024-05-01", "--idle-timeout-ms", "0"])
@@ -209,7 +209,7 @@ def test_pipeline_options_keep_the_worker_spelling():
     got = worker.get_all_options(drop_default=True)
     expected = {"item_shards": 5, "dedup_shards": 3,
                 "sketch_budget_bytes": 4096, "read_from": "latest",
-                "early_firing_s": 2.0, "allowed_lateness": 3_600_000,
+                "early_firing_s": 3.0, "allowed_lateness": 3_600_000,
                 "commit_offsets": True, "bq_dataset": "d",
                 "bq_write_method": "STREAMING_INSERTS",
                 "from_archive": "a", "archive_start": "2024-05-01",
