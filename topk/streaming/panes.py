@@ -142,7 +142,8 @@ def emits_early(watermark_ms: int | None, last_early_ms: int,
     passed since the last firing that did (at ``last_early_ms``, taking
     ``last_early_s``). Never an event-time one while catching up: its
     open windows span the hours a catch-up batch reads ahead of the
-    watermark, and ranking them at every firing halved the catch-up."""
+    watermark, and the processing-time timer's early pane every
+    ``CATCH_UP_EARLY_FIRING_S`` shows the progress."""
     if watermark_ms is None:
         return True
     if now_ms - seen_ms > CATCH_UP_LAG_MS:
