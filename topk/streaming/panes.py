@@ -121,6 +121,12 @@ def newest_seen(seen_ms: int, times: np.ndarray, now_ms: int) -> int:
     return max(seen_ms, min(int(times.max()), int(now_ms)))
 
 
+def catching_up(seen_ms: int, now_ms: int) -> bool:
+    """Whether a stage whose input reached event time ``seen_ms``
+    (``newest_seen``) is catching up at wall time ``now_ms``."""
+    return now_ms - seen_ms > CATCH_UP_LAG_MS
+
+
 def early_delay_s(early_firing_s: float, seen_ms: int, now_ms: int,
                   last_firing_s: float) -> float:
     """Seconds between early panes of a stage whose last early firing took
@@ -128,7 +134,7 @@ def early_delay_s(early_firing_s: float, seen_ms: int, now_ms: int,
     (``newest_seen``): ``early_firing_s`` when live, longer while catching
     up (``CATCH_UP_LAG_MS``) or when firings are dear."""
     delay = early_firing_s
-    if now_ms - seen_ms > CATCH_UP_LAG_MS:
+    if catching_up(seen_ms, now_ms):
         delay = max(delay, CATCH_UP_EARLY_FIRING_S)
     return max(delay, FIRING_COST_SHARE * last_firing_s)
 
@@ -146,7 +152,7 @@ def emits_early(watermark_ms: int | None, last_early_ms: int,
     ``CATCH_UP_EARLY_FIRING_S`` shows the progress."""
     if watermark_ms is None:
         return True
-    if now_ms - seen_ms > CATCH_UP_LAG_MS:
+    if catching_up(seen_ms, now_ms):
         return False
     return now_ms - last_early_ms >= 1000 * early_delay_s(
         early_firing_s, seen_ms, now_ms, last_early_s)
