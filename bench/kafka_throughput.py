@@ -47,10 +47,12 @@ preload is reused. Then, each contender in its own process:
   --send-rate`` sends ``--latency-rate`` events/s with event times = now;
   ``--latency-warmup`` s after the stream's first commit, every second a marker event
   (a unique item id of event type ``marker``) is sent and the latest ``1m``
-  pane of its window polled (``topk.query.latest``, what
+  pane of its window polled at each new commit (``topk.query.latest``, what
   ``/v1/windows/latest`` serves; a range query over an approximate
   method's sketches sees closed minutes only) until it shows the marker:
-  p50/p99 of send -> visible. The resident memory of the stream's process
+  p50/p99 of send -> visible, split at the ``emitted_at`` of the pane
+  that showed the marker first (send -> firing: the source and the
+  stages; firing -> visible: the sink, its commit and the poll). The resident memory of the stream's process
   group (``topk stream`` and Prism) is sampled every ``--rss-interval`` s:
   the medians of the first and the last minute after the warm-up, and the
   peak.
@@ -610,6 +612,7 @@ def run_latency(spec: str, workdir: str) -> dict:
     from topk.loadgen import producer
     from topk import query
     from topk.core.windows import floor_to
+    from topk.query.duckdb import Committed
     from topk.query.latest import latest as latest_pane
     s = json.loads(spec)
     if "1m" not in s["windows"].split(","):
@@ -642,19 +645,23 @@ def run_latency(spec: str, workdir: str) -> dict:
          str(rate), "--event-start", "now", "--items", "100000", "--ts-format",
          "ms", "--duplicates", "0.01"], cwd=REPO, stdout=produce_log,
         stderr=subprocess.STDOUT, start_new_session=True)
-    sent, seen, polls = {}, {}, []
+    sent, seen, fired, polls = {}, {}, {}, []
+    polled_seq = None
     marker_producer = KafkaProducer(bootstrap_servers=s["bootstrap"],
                                     acks=1, linger_ms=0)
     run_id = uuid.uuid4().hex[:6]
 
-    def visible(minute: int) -> list:
-        """Item ids of the latest ``1m`` pane of the window at ``minute``
-        (what ``/v1/windows/latest`` and ``topk.query.latest`` answer)."""
+    def visible(snap, minute: int) -> dict:
+        """Item id -> its pane's ``emitted_at`` (epoch s), of the latest
+        ``1m`` pane of the window at ``minute`` in committed snapshot
+        ``snap`` (what ``/v1/windows/latest`` and ``topk.query.latest``
+        answer)."""
         try:
-            return [r.item_id for r in latest_pane(
-                out, "1m", 10_000, "marker", method, minute).rows]
+            pane = latest_pane(Committed(out, snap), "1m", 10_000, "marker",
+                               method, minute)
         except query.QueryError:  # not committed yet
-            return []
+            return {}
+        return {r.item_id: pane.emitted_at / 1000 for r in pane.rows}
 
     def send_markers():
         time.sleep(warmup)
@@ -697,14 +704,26 @@ def run_latency(spec: str, workdir: str) -> dict:
                 time.sleep(0.05)
                 continue
             t0 = time.time()
-            items = set()
+            # Only a new commit can show a marker: like a dashboard that
+            # asks on each new manifest row, not in a busy loop taking
+            # CPU from the stream it measures.
+            snap = tables.snapshot(out)
+            if snap.seq == polled_seq:
+                time.sleep(0.05)
+                continue
+            polled_seq = snap.seq
+            items = {}
             for minute in {floor_to(ms, 60_000) for _, ms in
                            pending.values()}:
-                items.update(visible(minute))
+                items.update(visible(snap, minute))
             t1 = time.time()
             polls.append(t1 - t0)
-            for item in items & pending.keys():
+            for item in items.keys() & pending.keys():
                 seen[item] = t1 - pending[item][0]
+                # The stage's firing splits the latency: before it, the
+                # source and the stages; after it, the sink, its commit
+                # and this poll.
+                fired[item] = items[item] - pending[item][0]
             time.sleep(0.05)
     finally:
         rss.done.set()
@@ -732,8 +751,24 @@ def run_latency(spec: str, workdir: str) -> dict:
             "max_s": max(all_lat) if all_lat else None,
             "min_s": min(latencies) if latencies else None,
             "query_s_median": statistics.median(polls) if polls else None,
+            # Of the markers seen: send -> the firing that emitted their
+            # first visible pane, and that firing -> visible.
+            **_split(fired, seen),
             "marker_s": [seen.get(item) for item in sent],  # send order
             "producer": produce_lines[-1] if produce_lines else ""}
+
+
+def _split(fired: dict, seen: dict) -> dict:
+    """p50/p99 of send -> firing and firing -> visible, over the markers
+    seen (``None`` when none was)."""
+    to_fire = list(fired.values())
+    to_see = [seen[item] - fired[item] for item in fired]
+    out = {}
+    for name, values in (("fire", to_fire), ("commit", to_see)):
+        for q in (50, 99):
+            out[f"{name}_p{q}_s"] = (_percentile(values, q) if values
+                                     else None)
+    return out
 
 
 # --- profile: where the unbounded pipeline's time goes ------------------------
@@ -1057,7 +1092,9 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
             latency.append(r)
             print(f"  latency {method}: {r['seen']} of {r['markers']} "
                   f"markers seen; p50 {r['p50_s']:.2f} s, p99 "
-                  f"{r['p99_s']:.2f} s; RSS {r['rss_after_warmup_mb']:,.0f} "
+                  f"{r['p99_s']:.2f} s (to firing p50 "
+                  f"{r['fire_p50_s'] or 0:.2f}, p99 {r['fire_p99_s'] or 0:.2f}"
+                  f" s); RSS {r['rss_after_warmup_mb']:,.0f} "
                   f"-> {r['rss_end_mb']:,.0f} MB (peak "
                   f"{r['rss_peak_mb']:,.0f})", flush=True)
 
@@ -1166,6 +1203,10 @@ def print_report(args, command, topic, results, latency, profile,
             + (f" ({lat['missing']} markers never became visible within "
                f"{args.latency_drain:.0f} s of the last one; counted as "
                "that late)" if lat["missing"] else "")
+            + (f"; send to firing p50 {lat['fire_p50_s']:.2f} / p99 "
+               f"{lat['fire_p99_s']:.2f} s, firing to visible p50 "
+               f"{lat['commit_p50_s']:.2f} / p99 {lat['commit_p99_s']:.2f} s"
+               if lat.get("fire_p50_s") is not None else "")
             + f"; median query poll {lat['query_s_median']:.2f} s; RSS "
             f"{lat['rss_after_warmup_mb']:,.0f} MB in the first minute after "
             f"the warm-up, {lat['rss_end_mb']:,.0f} MB in the last (medians; "

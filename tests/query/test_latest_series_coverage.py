@@ -168,6 +168,24 @@ def test_latest_late_pane_holds_the_true_counts(ranked_output):
         oracle.topk(RANKED["hour1"], K, L0 + H, L0 + 2 * H)
 
 
+def test_latest_finds_a_method_whose_newest_window_is_older(tmp_path):
+    """The log's statistics name the spec's newest window; a method (or
+    event type) without rows there is answered from its own newest
+    window, not refused."""
+    output = str(tmp_path / "out")
+    for source, rows in RANKED["writes"]:
+        tables.append(output, layout.RANKED_WINDOWS, _table(rows),
+                      source=source)
+    tables.append(output, layout.RANKED_WINDOWS, _table(ranked_rows(
+        RANKED["hour0"], L0, "on_time", 0, "stream", AT[5],
+        method="cms")), source="stream")
+    got = latest.latest(output, "1h", K, method="cms")
+    assert (got.window_start, got.emitted_at) == (L0, AT[5])
+    assert [(r.rank, r.item_id, r.count) for r in got.rows] == \
+        oracle.topk(RANKED["hour0"], K, L0, L0 + H)
+    assert latest.latest(output, "1h", K).window_start == L0 + 2 * H
+
+
 def test_latest_reuses_a_committed_snapshot(ranked_output):
     snap = Committed(ranked_output)
     first = latest.latest(snap, "1h", K)

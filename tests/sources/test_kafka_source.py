@@ -83,6 +83,8 @@ def test_read_transform_validates_its_arguments():
         ReadFromKafkaBatches("localhost:1", "t", commit_offsets=True)
     with pytest.raises(ValueError, match="start position"):
         ReadFromKafkaBatches("localhost:1", "t", start="tomorrow")
+    with pytest.raises(ValueError, match="live_read_s"):
+        ReadFromKafkaBatches("localhost:1", "t", live_read_s=0)
     assert kafka_source.runner_aligns(PipelineOptions(["--runner",
                                                        "PrismRunner"]))
     assert kafka_source.runner_aligns(PipelineOptions([]))

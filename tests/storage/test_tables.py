@@ -112,6 +112,35 @@ def test_reader_sees_the_manifest_versions_and_writers_undo_orphans(tmp_path):
         out, layout.SLICES).count_rows()
 
 
+def test_a_writer_keeping_its_tables_open_undoes_orphans_and_sees_new_tables(
+        tmp_path):
+    out = str(tmp_path / "out")
+    opened = tables.OpenTables()
+    day1 = events(0, 200, 1)
+    tables.commit(out, [tables.Change(layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(day1, "stream")))], "stream", opened=opened)
+    # An orphan of another writer, after this one opened the table:
+    write_deltalake(tables.table_path(out, layout.SLICES),
+                    tables.prepare(layout.SLICES,
+                                   slice_rows(events(0, 50, 9))),
+                    mode="append", partition_by=["slice_length", "date"])
+    day2 = events(1, 200, 2)
+    tables.commit(out, [tables.Change(layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(day2, "stream")))], "stream",
+        opened=opened)
+    assert day_counts(out) == truth(day1 + day2, "stream")
+    # The output removed and made again: the kept table is not trusted.
+    shutil.rmtree(out)
+    commit_batch(out, slice_rows(day1))
+    tables.commit(out, [tables.Change(layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(day2, "stream")))], "stream",
+        opened=opened)
+    want = truth(day1)
+    want.update(truth(day2, "stream"))
+    assert day_counts(out) == want
+    assert tables.history(out).num_rows == 2
+
+
 def test_a_retried_commit_is_applied_once(tmp_path):
     out = str(tmp_path)
     rows = slice_rows(events(0, 100, 3))
@@ -155,11 +184,16 @@ def test_dead_letters_are_keyed_by_the_files_not_their_spelling(
     assert tables.input_id(["in.jsonl"]) != key
 
 
-def _stream_writer(output, bundles, seed):
+def _stream_writer(output, bundles, seed, keep_open=False):
+    # keep_open: as the stream's sink does, between commits that others'
+    # commits interleave.
+    opened = tables.OpenTables() if keep_open else None
     for i in range(bundles):
-        tables.append(output, layout.SLICES, slice_rows(
-            events(2, 20, seed * 1000 + i), source="stream",
-            emitted_at=T0 + 9 * D + i))
+        rows = slice_rows(events(2, 20, seed * 1000 + i), source="stream",
+                          emitted_at=T0 + 9 * D + i)
+        tables.commit(output, [tables.Change(
+            layout.SLICES, tables.prepare(layout.SLICES, rows))], "stream",
+            opened=opened)
 
 
 def _batch_writer(output, runs):
@@ -175,7 +209,7 @@ def test_a_stream_and_a_batch_writing_at_once_keep_both(tmp_path):
     out = str(tmp_path)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_stream_writer, args=(out, 12, 1)),
-             ctx.Process(target=_stream_writer, args=(out, 12, 2)),
+             ctx.Process(target=_stream_writer, args=(out, 12, 2, True)),
              ctx.Process(target=_batch_writer, args=(out, 4))]
     for p in procs:
         p.start()

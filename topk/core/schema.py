@@ -14,6 +14,13 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
+#: Events whose time is within this much of the wall clock are live; an
+#: input further behind is catching up (a backlog or a replay). The source
+#: hands live batches on sooner, the stages space early panes out while
+#: catching up. (A live stage sees minutes up to one behind, and producers
+#: lag some more.)
+LIVE_LAG_MS = 5 * MINUTE_MS
+
 #: ``event_type`` value of rows that rank or count over all event types.
 ALL_TYPES = "*"
 

@@ -123,11 +123,15 @@ class Committed:
     def has(self, table: str) -> bool:
         return table in self.snap.versions
 
-    def dataset(self, table: str):
+    def dataset(self, table: str, files: list | None = None):
         """``table``'s Arrow dataset at this snapshot (``None``: never
-        committed)."""
+        committed); ``files``: of the files these filters may match
+        (``topk.storage.tables.dataset``; not kept)."""
         if table not in self.snap.versions:
             return None
+        if files is not None:
+            return output_tables.dataset(self.output, table, self.snap,
+                                         files)
         with self._lock:
             if table not in self._datasets:
                 self._datasets[table] = output_tables.dataset(

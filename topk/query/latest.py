@@ -20,6 +20,7 @@ travels as a query parameter or a pyarrow filter value; the spec is parsed
 then the pane is picked in DuckDB.
 """
 import dataclasses
+import datetime
 import uuid
 
 import pyarrow as pa
@@ -34,6 +35,7 @@ from topk.query import contract
 from topk.query.contract import ApproxRankedItem, QueryError
 from topk.query.duckdb import Committed, _committed, _ts
 from topk.storage import layout as output_layout
+from topk.storage import tables as output_tables
 
 #: Methods whose ranked windows a pipeline writes.
 METHODS = (output_layout.EXACT, "cms", "frequent_items")
@@ -120,22 +122,38 @@ def _candidates(snap: Committed, spec: WindowSpec, method: str,
                 event_type: str, start_ms: int | None):
     """The rows of the spec, method and event type in the newest ``date``
     partition holding any (or in the day of ``start_ms``): the latest
-    window lies in the newest day. Read with pyarrow, which skips files by
-    partition and by the file statistics the Delta log carries."""
-    ds = snap.dataset(output_layout.RANKED_WINDOWS)
-    if ds is None:
-        return None
+    window lies in the newest day. Only the spec's files are opened (and
+    of ``start_ms``, those whose statistics may hold it), then pyarrow
+    skips files by partition and statistics again."""
     where = ((pc.field("window_spec") == spec.key)
              & (pc.field("method") == method)
              & (pc.field("event_type") == event_type))
+    files = [("window_spec", "=", spec.key)]
     if start_ms is not None:
-        dates = [output_layout.day_name(start_ms // DAY_MS)]
+        day = output_layout.day_name(start_ms // DAY_MS)
+        start = datetime.datetime.fromtimestamp(start_ms / 1000,
+                                                datetime.timezone.utc)
+        files += [("date", "=", day), ("window_start", "=", start)]
+        dates = [day]
         where = where & (pc.field("window_start") == pa.scalar(
             start_ms * 1000, pa.timestamp("us", tz="UTC")))
-    else:
+    if start_ms is None:
+        # The spec's newest window by the log's statistics is the answer
+        # when it holds rows of this method and type (a stream writes
+        # them all); otherwise the newest day is read.
+        newest = output_tables.newest(
+            snap.output, output_layout.RANKED_WINDOWS, snap.snap,
+            "window_start", {"window_spec": spec.key})
+        if newest is not None:
+            rows = _candidates(snap, spec, method, event_type, newest)
+            if rows is not None:
+                return rows
+    ds = snap.dataset(output_layout.RANKED_WINDOWS, files)
+    if ds is None:
+        return None
+    if start_ms is None:
         dates = sorted({pads.get_partition_keys(f.partition_expression)
-                        .get("date") for f in ds.get_fragments(
-                            filter=pc.field("window_spec") == spec.key)}
+                        .get("date") for f in ds.get_fragments()}
                        - {None}, reverse=True)
     for date in dates:
         rows = ds.to_table(filter=where & (pc.field("date") == date))

@@ -37,7 +37,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
                                               ReadModifyWriteStateSpec,
                                               TimerSpec, on_timer)
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from topk.core.windows import now_ms
 from topk.sinks.parquet import write_parquet_atomically
@@ -85,6 +85,11 @@ class _CommitBufferFn(beam.DoFn):
         self._input_ids = dict(input_ids)
         self._interval_s = interval_s
         self._maintain_every = maintain_every
+        self._opened = None
+
+    def setup(self):
+        # Commits every second or so: the tables stay open between them.
+        self._opened = output_tables.OpenTables()
 
     def process(self, element, rows=beam.DoFn.StateParam(ROWS),
                 meta=beam.DoFn.StateParam(META),
@@ -99,7 +104,9 @@ class _CommitBufferFn(beam.DoFn):
             self._commit(rows, known)
             known["last"] = now
         elif not known["armed"]:
-            flush.set(Timestamp.now() + Duration(seconds=self._interval_s))
+            # Due one interval after the last commit, not after this
+            # element: a pane waits at most the interval for its commit.
+            flush.set(Timestamp(seconds=known["last"] + self._interval_s))
             known["armed"] = True
         meta.write(known)
 
@@ -123,7 +130,8 @@ class _CommitBufferFn(beam.DoFn):
             output_tables.Change(table, output_tables.prepare(
                 table, pa.concat_tables(parts),
                 self._input_ids.get(table)))
-            for table, parts in sorted(by_table.items())], "stream")
+            for table, parts in sorted(by_table.items())], "stream",
+            opened=self._opened)
         known["commits"] = known.get("commits", 0) + 1
         if self._maintain_every and known["commits"] >= self._maintain_every:
             output_tables.maintain(self._output)

@@ -56,8 +56,12 @@ Checkpoints: the offsets are the restriction, i.e. the runner's state. The
 DoFn claims each batch's last offset (``BatchOffsetTracker``), emits it, and
 after ``max_read_s`` or an empty poll hands the rest back with
 ``defer_remainder``, so the runner checkpoints and resumes it later (and
-downstream stages see the output of the bundle). Nothing is auto-committed;
-``commit_offsets=True`` commits offsets to ``group_id`` for monitoring
+downstream stages see the output of the bundle: Prism passes a bundle's
+output on when the bundle ends). A live partition (its newest record
+within ``topk.core.schema.LIVE_LAG_MS`` of the clock) hands back after
+``live_read_s`` instead (``topk.connectors.kafka.read_deadline``).
+
+Nothing is auto-committed; ``commit_offsets=True`` commits offsets to ``group_id`` for monitoring
 (consumer lag) and as the starting point of a *new* job
 (``start="committed"``): a partition's offset is committed when its next
 ``process`` call starts, i.e. once the runner has taken the output of the
@@ -303,7 +307,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             return
         key = (plan.topic, plan.partition)
         backoff = self._backoff.setdefault(key, ko.Backoff())
-        deadline = time.monotonic() + s["max_read_s"]
+        began = time.monotonic()
+        deadline = ko.read_deadline(began, None, 0, s["max_read_s"],
+                                    s["live_read_s"])
         try:
             reader = self._reader(plan)
             reader.seek(restriction.start)
@@ -372,6 +378,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 own_wm = ko.data_watermark(own_wm, max_ts,
                                            s["allowed_skew_ms"])
                 self._note_end(reader, next_offset)
+                deadline = ko.read_deadline(began, max_ts, now_ms(),
+                                            s["max_read_s"],
+                                            s["live_read_s"])
             if batch.last_offset >= stop - 1:
                 # The range is done: the last claim reached its end.
                 self._end_call(plan, watermark, own_wm, done=plan.bounded)
@@ -574,6 +583,8 @@ class ReadFromKafkaBatches(beam.PTransform):
         rest of its range back for a checkpoint. Output and watermark reach
         the runner when the call ends, so this adds to latency (see
         deploy/prism/README.md).
+      live_read_s: the same for a live partition (see the module
+        docstring).
       resume_delay_s: how long a partition with nothing new waits before
         polling again.
     """
@@ -589,6 +600,7 @@ class ReadFromKafkaBatches(beam.PTransform):
                  idle_timeout_ms: int | None = ko.IDLE_TIMEOUT_MS,
                  align_watermarks: bool | None = None,
                  split_size: int = 0, max_read_s: float = 1.0,
+                 live_read_s: float = ko.LIVE_READ_S,
                  resume_delay_s: float = 0.5,
                  commit_interval_s: float = 1.0,
                  plan_timeout_s: float = 60.0,
@@ -601,6 +613,8 @@ class ReadFromKafkaBatches(beam.PTransform):
             raise ValueError("commit_offsets=True needs a group_id")
         if max_batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch limits must be positive")
+        if not (max_read_s > 0 and live_read_s > 0):
+            raise ValueError("max_read_s and live_read_s must be positive")
         if kafka_client is not None and kafka_client not in ko.KAFKA_CLIENTS:
             raise ValueError(f"unknown Kafka client {kafka_client!r}: use "
                              f"one of {', '.join(ko.KAFKA_CLIENTS)}")
@@ -617,6 +631,7 @@ class ReadFromKafkaBatches(beam.PTransform):
             consumer_config=dict(consumer_config or {}),
             allowed_skew_ms=allowed_skew_ms, idle_timeout_ms=idle_timeout_ms,
             split_size=split_size, max_read_s=max_read_s,
+            live_read_s=live_read_s,
             resume_delay_s=resume_delay_s,
             commit_interval_s=commit_interval_s, kafka_client=kafka_client,
             # One id per read: aligned watermarks of two reads of the same

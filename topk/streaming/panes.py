@@ -55,9 +55,8 @@ DEFAULT_EARLY_FIRING_S = 2.0
 
 #: Input whose newest minute is this far behind the wall clock is catching
 #: up: the watermark closes its windows within seconds, so an early pane
-#: every ``DEFAULT_EARLY_FIRING_S`` would only slow the catch-up. (A live
-#: stage sees minutes, up to one behind, and producers lag some more.)
-CATCH_UP_LAG_MS = 5 * schema.MINUTE_MS
+#: every ``DEFAULT_EARLY_FIRING_S`` would only slow the catch-up.
+CATCH_UP_LAG_MS = schema.LIVE_LAG_MS
 
 #: Seconds between early panes while catching up: progress stays visible.
 CATCH_UP_EARLY_FIRING_S = 30.0

@@ -5,7 +5,7 @@ import pytest
 
 from topk.connectors import kafka as kafka_package
 from topk.connectors.kafka import reader
-from topk.core import events
+from topk.core import events, schema
 
 
 @pytest.mark.parametrize("values, records", [
@@ -62,6 +62,18 @@ def test_a_batch_spans_at_most_the_skew_of_record_time():
     assert reader.span_cut(records, 60_000) == 10
     assert reader.span_cut(records[:1], 0) == 1  # always at least one
     assert reader.span_cut([_Rec(0, b"x", -1), _Rec(1, b"x", 9e9)], 10) == 2
+
+
+def test_a_live_partition_hands_its_batches_on_sooner():
+    now = 1_796_432_400_000
+    live = now - 30_000  # a record half a minute old
+    old = now - schema.LIVE_LAG_MS - 1  # a backlog
+    assert reader.read_deadline(100.0, live, now, 1.0, 0.25) == 100.25
+    assert reader.read_deadline(100.0, old, now, 1.0, 0.25) == 101.0
+    # No record time yet: the long call, as for a backlog.
+    assert reader.read_deadline(100.0, None, now, 1.0, 0.25) == 101.0
+    # A live call never lasts longer than max_read_s.
+    assert reader.read_deadline(100.0, live, now, 0.1, 0.25) == 100.1
 
 
 def test_the_package_exports_what_it_lists():

@@ -24,12 +24,14 @@ from topk.connectors.kafka.plans import (UNBOUNDED_STOP, PartitionPlan,
                                          plan_topic, resolve_start_offset,
                                          split_offsets)
 from topk.connectors.kafka.reader import (DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS,
-                                          MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
+                                          LIVE_READ_S, MAX_BATCH_BYTES,
+                                          MAX_BATCH_RECORDS,
                                           POLL_TIMEOUT_MS, Batch,
                                           CarryingReader, ColumnRecords,
                                           PartitionReader, Record,
                                           batch_source, join_values,
-                                          open_reader, span_cut)
+                                          open_reader, read_deadline,
+                                          span_cut)
 from topk.connectors.kafka.watermarks import (ALLOWED_SKEW_MS, DONE,
                                               IDLE_TIMEOUT_MS,
                                               AlignedWatermarks,
@@ -45,7 +47,8 @@ __all__ = [
     "UNBOUNDED_STOP", "PartitionPlan", "parse_start", "plan_partitions",
     "plan_topic", "resolve_start_offset", "split_offsets",
     # reader
-    "MAX_BATCH_BYTES", "MAX_BATCH_RECORDS", "POLL_TIMEOUT_MS", "Batch",
+    "LIVE_READ_S", "MAX_BATCH_BYTES", "MAX_BATCH_RECORDS",
+    "POLL_TIMEOUT_MS", "Batch", "read_deadline",
     "PartitionReader", "batch_source", "join_values", "span_cut",
     "CarryingReader", "ColumnRecords", "Record", "KAFKA_CLIENTS",
     "DEFAULT_KAFKA_CLIENT", "open_reader", "ConfluentPartitionReader",

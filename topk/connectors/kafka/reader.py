@@ -27,6 +27,7 @@ from kafka.structs import OffsetAndMetadata
 
 from topk.connectors.kafka.client import (check_crc32c, consumer_config,
                                           new_consumer)
+from topk.core import schema
 from topk.core.windows import now_ms
 
 _LOG = logging.getLogger(__name__)
@@ -35,6 +36,24 @@ _LOG = logging.getLogger(__name__)
 MAX_BATCH_RECORDS = 200_000
 MAX_BATCH_BYTES = 16 << 20
 POLL_TIMEOUT_MS = 500
+
+#: Seconds one read call of a live partition lasts (``read_deadline``).
+#: Each call is a bundle of the runner's, with its overhead; live, a
+#: call's length adds about half of it to latency.
+LIVE_READ_S = 0.25
+
+
+def read_deadline(began_s: float, newest_ms: int | None, now: int,
+                  max_read_s: float, live_read_s: float) -> float:
+    """When a read call that began at ``began_s`` (monotonic seconds)
+    hands its batches on: ``max_read_s`` after it began, or ``live_read_s``
+    once the newest record it read (``newest_ms``; ``None``: none with a
+    timestamp) is within ``LIVE_LAG_MS`` of the wall clock ``now``. A
+    runner passes a bundle's output on when the bundle ends: live, what a
+    call holds is latency, while a catch-up gains from long calls (fewer
+    bundles)."""
+    live = newest_ms is not None and now - newest_ms <= schema.LIVE_LAG_MS
+    return began_s + (min(max_read_s, live_read_s) if live else max_read_s)
 
 
 def join_values(values: list) -> bytes:
