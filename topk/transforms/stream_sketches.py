@@ -114,11 +114,19 @@ class _SketchPanesFn(beam.DoFn):
                     self._early_s, armed["seen"], now_ms(),
                     armed.get("cost_s", 0.0))))
             armed["early"] = True
-        # Until a firing knows the windows: close at the end of the first
-        # minute of this batch (``SketchPanes.next_close`` takes over).
-        first = int(pa.compute.min(partials["slice_start"]).as_py())
-        due = max(first + schema.MINUTE_MS, armed["watermark"] + 1)
-        if armed["close"] is None or due < armed["close"]:
+        # Until a firing knows the windows: close at the next end of a
+        # window this batch changed (``SketchPanes.next_close`` takes
+        # over). A batch of closed minutes only (stragglers within the
+        # lateness) does not move the timer: their late panes come with
+        # the next early firing. (Moving it to the watermark fired the
+        # stage at every watermark step, about once a second live.)
+        due = stream_panes.next_window_end(
+            self._args[0], np.unique(partials["slice_start"].to_numpy()),
+            armed["watermark"])
+        if due is None and armed["close"] is None:
+            due = armed["watermark"] + 1
+        if due is not None and (armed["close"] is None
+                                or due < armed["close"]):
             close.set(beam_timestamp(due))
             armed["close"] = due
         timers.write(armed)
