@@ -574,6 +574,21 @@ def test_early_firings_space_out_while_catching_up_or_when_dear():
         stream_panes.FIRING_COST_SHARE * 1.5
 
 
+def test_the_next_early_firing_counts_from_the_last_one():
+    now = 1_700_000_000_000
+    live = now - 5_000
+    # Armed 0.7 s after a firing that began at now - 700 and took 0.2 s:
+    # due 1 s after that firing began, not 1 s after the arming element.
+    assert stream_panes.next_early_ms(1.0, live, now, now - 700, 0.2) == \
+        now + 300
+    # Never in the past, however long ago the last one was.
+    assert stream_panes.next_early_ms(1.0, live, now, now - 5_000, 0.2) == \
+        now
+    # The spacing rules still hold: a dear firing waits four times its cost.
+    assert stream_panes.next_early_ms(1.0, live, now, now - 700, 1.0) == \
+        now - 700 + int(1000 * stream_panes.FIRING_COST_SHARE)
+
+
 @pytest.mark.parametrize("early", [False, True])
 def test_an_event_time_firing_emits_the_early_panes_when_told(early):
     panes = stream_panes.ShardPanes([WindowSpec.parse("1m")], 3, 5 * MIN)

@@ -29,7 +29,6 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec,
                                               ReadModifyWriteStateSpec,
                                               TimerSpec, on_timer)
-from apache_beam.utils.timestamp import Duration, Timestamp
 
 from topk.core import counting, schema
 from topk.connectors.kafka.watermarks import ALLOWED_SKEW_MS
@@ -109,10 +108,9 @@ class _SketchPanesFn(beam.DoFn):
         armed["seen"] = stream_panes.newest_seen(
             armed["seen"], partials["slice_start"].to_numpy(), now_ms())
         if not armed["early"]:
-            early.set(Timestamp.now() + Duration(
-                seconds=stream_panes.early_delay_s(
-                    self._early_s, armed["seen"], now_ms(),
-                    armed.get("cost_s", 0.0))))
+            early.set(beam_timestamp(stream_panes.next_early_ms(
+                self._early_s, armed["seen"], now_ms(),
+                armed.get("early_at", 0), armed.get("cost_s", 0.0))))
             armed["early"] = True
         # Until a firing knows the windows: close at the next end of a
         # window this batch changed (``SketchPanes.next_close`` takes

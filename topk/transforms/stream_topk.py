@@ -236,10 +236,9 @@ class _ShardPanesFn(beam.DoFn):
         armed["seen"] = stream_panes.newest_seen(
             armed.get("seen", stream_dedup.NO_WATERMARK), touched, now_ms())
         if not armed["early"] and partials.num_rows:
-            early.set(Timestamp.now() + Duration(
-                seconds=stream_panes.early_delay_s(
-                    self._early_s, armed["seen"], now_ms(),
-                    armed.get("cost_s", 0.0))))
+            early.set(beam_timestamp(stream_panes.next_early_ms(
+                self._early_s, armed["seen"], now_ms(),
+                armed.get("early_at", 0), armed.get("cost_s", 0.0))))
             armed["early"] = True
         due = stream_panes.coarse_close(stream_panes.next_window_end(
             self._specs, touched, armed["watermark"]), armed["seen"],
