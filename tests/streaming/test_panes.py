@@ -574,6 +574,14 @@ def test_early_firings_space_out_while_catching_up_or_when_dear():
         stream_panes.FIRING_COST_SHARE * 1.5
 
 
+def test_one_dear_firing_does_not_space_out_the_next_early_panes():
+    assert stream_panes.spacing_cost_s(None, 0.3) == 0.3
+    # The once-a-minute rebuild of closed parts: a spike, not a trend.
+    assert stream_panes.spacing_cost_s(0.3, 1.2) == 0.3
+    # Dear again: the stage is slower now, and waits longer.
+    assert stream_panes.spacing_cost_s(1.2, 1.1) == 1.1
+
+
 def test_the_next_early_firing_counts_from_the_last_one():
     now = 1_700_000_000_000
     live = now - 5_000

@@ -159,7 +159,10 @@ class _SketchPanesFn(beam.DoFn):
         armed["watermark"] = panes.watermark_ms
         if early:
             armed["early_at"] = now
-            armed["cost_s"] = time.perf_counter() - started
+            took = time.perf_counter() - started
+            armed["cost_s"] = stream_panes.spacing_cost_s(
+                armed.get("took_s"), took)
+            armed["took_s"] = took
         timers.write(armed)
         if firing.sketches.num_rows:
             yield beam.pvalue.TaggedOutput(SKETCHES, firing.sketches)
