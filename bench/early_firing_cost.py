@@ -44,11 +44,14 @@ from topk.streaming.sketch_panes import SketchPanes
 T0 = 1_796_432_400_000  # an hour boundary, 2026-12-04T09:00Z
 
 
-def minute_counts(rng, minute: int, items: int) -> pa.Table:
-    """Counts of ``items`` distinct items in minute ``minute`` after T0."""
+def minute_counts(rng, minute: int, items: int, types=("play",)
+                  ) -> pa.Table:
+    """Counts of ``items`` distinct items in minute ``minute`` after T0,
+    each of one of ``types`` (drawn uniformly)."""
     ids = np.unique(rng.zipf(1.1, items * 4) % 1_000_000)[:items]
     return pa.table({
-        "event_type": ["play"] * len(ids),
+        "event_type": pa.array(np.asarray(types)[
+            rng.integers(0, len(types), len(ids))]),
         "slice_start": pa.array(np.full(len(ids), T0 + minute * 60_000),
                                 pa.int64()),
         "item_id": [f"item-{i}" for i in ids],
@@ -57,13 +60,14 @@ def minute_counts(rng, minute: int, items: int) -> pa.Table:
 
 
 def held_panes(method: str, windows: str, k: int, rng, minutes: int,
-               items: int):
+               items: int, types=("play",)):
     specs, lateness = parse_windows(windows), 5 * 60_000
     panes = (ShardPanes(specs, k, lateness) if method == "exact" else
              SketchPanes(specs, k, [method], sketches.DEFAULT_BUDGET_BYTES,
                          lateness))
     # Live, every minute but the newest has had its on-time firing.
-    panes.fire([minute_counts(rng, m, items) for m in range(minutes)],
+    panes.fire([minute_counts(rng, m, items, types)
+                for m in range(minutes)],
                T0 + minutes * 60_000, T0 + (minutes - 1) * 60_000)
     return panes
 
@@ -118,6 +122,12 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", default="1,15,45",
                         help="Minutes held before the timed firings, "
                         "comma-separated (default 1,15,45).")
+    parser.add_argument("--event-types", default="play",
+                        help="Event types the items are spread over, "
+                        "comma-separated (default play). Each type is a "
+                        "ranked window and, for a sketch method, a sketch "
+                        "per slice: a live stream has several (the latency "
+                        "bench: play, click and its markers).")
     parser.add_argument("--repeat", type=int, default=5,
                         help="Timed firings per shape; the median is shown "
                         "(default 5).")
@@ -132,7 +142,9 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     items_list = [int(x) for x in args.items.split(",")]
     minutes_list = [int(x) for x in args.minutes.split(",")]
-    print(f"windows {args.windows}, k={args.k}; one early firing after a "
+    types = tuple(args.event_types.split(","))
+    print(f"windows {args.windows}, k={args.k}, event types "
+          f"{args.event_types}; one early firing after a "
           "one-second batch (1/30 of a minute's items), median of "
           f"{args.repeat}")
     print("| method | items per minute | minutes held | firing ms | "
@@ -143,8 +155,9 @@ def main(argv=None) -> None:
             base = None
             for minutes in minutes_list:
                 panes = held_panes(method, args.windows, args.k, rng,
-                                   minutes, items)
-                batch = minute_counts(rng, minutes - 1, max(1, items // 30))
+                                   minutes, items, types)
+                batch = minute_counts(rng, minutes - 1, max(1, items // 30),
+                                      types)
                 ms = 1000 * statistics.median(
                     time_firings(panes, batch, minutes, args.repeat))
                 base = base or ms
@@ -159,8 +172,8 @@ def main(argv=None) -> None:
     if args.profile:
         items, minutes = max(items_list), max(minutes_list)
         panes = held_panes(args.methods.split(",")[0], args.windows, args.k,
-                           rng, minutes, items)
-        batch = minute_counts(rng, minutes - 1, max(1, items // 30))
+                           rng, minutes, items, types)
+        batch = minute_counts(rng, minutes - 1, max(1, items // 30), types)
         profiler = cProfile.Profile()
         profiler.enable()
         time_firings(panes, batch, minutes, args.repeat)

@@ -61,11 +61,11 @@ output on when the bundle ends). A live partition (its newest record
 within ``topk.core.schema.LIVE_LAG_MS`` of the clock) hands back after
 ``live_read_s`` instead (``topk.connectors.kafka.read_deadline``).
 
-Nothing is auto-committed; ``commit_offsets=True`` commits offsets to ``group_id`` for monitoring
-(consumer lag) and as the starting point of a *new* job
-(``start="committed"``): a partition's offset is committed when its next
-``process`` call starts, i.e. once the runner has taken the output of the
-batches before it (a bounded read commits its end when done). That is output
+Nothing is auto-committed; ``commit_offsets=True`` commits offsets to
+``group_id`` for monitoring (consumer lag) and as the starting point of a
+*new* job (``start="committed"``): a partition's offset is committed when
+its next ``process`` call starts, i.e. once the runner has taken the output
+of the batches before it (a bounded read commits its end when done). That is output
 handed to the runner, not yet written by the sinks: a job restarted from
 committed offsets after a crash needs idempotent sinks and may have to start
 a little earlier.
@@ -308,8 +308,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         key = (plan.topic, plan.partition)
         backoff = self._backoff.setdefault(key, ko.Backoff())
         began = time.monotonic()
-        deadline = ko.read_deadline(began, None, 0, s["max_read_s"],
-                                    s["live_read_s"])
+        deadline = began + s["max_read_s"]  # until a batch shows it live
         try:
             reader = self._reader(plan)
             reader.seek(restriction.start)
