@@ -48,6 +48,15 @@ class Process:
         self.proc.wait(30)
         self.log.close()
 
+    def warnings(self, lines=15) -> str:
+        """The last warnings and errors of the log: what a failed wait
+        shows of why (a reconnect loop, a refused batch)."""
+        with open(self.log_path, "rb") as f:
+            text = f.read().decode(errors="replace")
+        picked = [line[:300] for line in text.splitlines()
+                  if " WARNING " in line or " ERROR " in line]
+        return "\n".join(picked[-lines:])
+
     def tail(self) -> str:
         with open(self.log_path, "rb") as f:
             return f.read()[-3000:].decode(errors="replace")
@@ -107,16 +116,27 @@ def oracle_mismatch(output, events, stream, timeout_s=100,
         if got == expected:
             return None
         time.sleep(2)
-    return "; ".join(
-        f"{spec}: missing {sorted(set(expected[spec]) - set(got[spec]))[:3]}"
-        f" extra {sorted(set(got[spec]) - set(expected[spec]))[:3]}"
-        f" repeated {len(got[spec]) - len(set(got[spec]))} rows"
-        for spec in expected)
+    return "; ".join(_difference(spec, expected[spec], got[spec])
+                     for spec in expected)
+
+
+def _difference(spec, expected, got) -> str:
+    """How the rows of a spec differ: a few of each side, and which event
+    types and windows the missing rows span (the first few alone sort
+    the '*' rows first and hide the rest)."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    windows = sorted({r[1] for r in missing})
+    span = (f" ({len(missing)} rows of types "
+            f"{sorted({r[0] for r in missing})}, {len(windows)} windows "
+            f"{windows[0]}..{windows[-1]})" if missing else "")
+    return (f"{spec}: missing {missing[:3]}{span} extra {extra[:3]} "
+            f"repeated {len(got) - len(set(got))} rows")
 
 
 def wait_for_oracle(output, events, stream, timeout_s=100, distinct=False):
     difference = oracle_mismatch(output, events, stream, timeout_s, distinct)
-    assert difference is None, difference
+    assert difference is None, f"{difference}\n{stream.warnings()}"
 
 
 def phase(minutes_ago=40, span_min=30, events=2400, seed=1):
