@@ -1,5 +1,6 @@
 """Exact counting and ranking units (no Beam); the oracle comparisons live in
 test_properties.py."""
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -39,6 +40,37 @@ def test_count_slices_sums_weights_per_minute_and_rolls_up():
     hourly = counting.rollup(c, schema.HOUR_MS).sort_by("event_type")
     assert hourly["count"].to_pylist() == [1, 4]
     assert sum(counting.merge_counts([c, c])["count"].to_pylist()) == 10
+
+
+def test_adding_a_few_counts_to_many_equals_summing_them_all():
+    # Small parts added to a large held table take the in-place path
+    # (``counting._upsert``): existing keys, new keys in the newest slice
+    # and in an older one, a new event type; always sorted by slice.
+    rng = np.random.default_rng(3)
+
+    def partials(n, minutes, types=("play", "click")):
+        return counting.rollup(pa.table({
+            "event_type": pa.array(rng.choice(types, n)),
+            "slice_start": pa.array(rng.choice(minutes, n) * 60_000,
+                                    pa.int64()),
+            "item_id": pa.array([f"i{i}" for i in rng.integers(0, 400, n)]),
+            "count": pa.array(rng.integers(1, 5, n), pa.int64())},
+            schema=schema.SLICE_COUNTS_SCHEMA), 60_000)  # unique per key
+
+    held = counting.sort_by_slice(partials(3000, np.arange(10)))
+    everything = [held]
+    for minutes, types in (([9], ("play",)), ([9], ("play", "skip")),
+                           ([4, 9], ("click",)), ([10], ("play",))):
+        part = partials(10, np.array(minutes), types)
+        held = counting.add_counts(held, part)
+        everything.append(part)
+        assert (np.diff(held["slice_start"].to_numpy()) >= 0).all()
+
+        def as_dict(t):
+            return {(r["event_type"], r["slice_start"], r["item_id"]):
+                    r["count"] for r in t.to_pylist()}
+        assert held.num_rows == len(as_dict(held))  # unique per key
+        assert as_dict(held) == as_dict(counting.merge_counts(everything))
 
 
 def test_rank_rows_orders_by_count_then_item():
@@ -82,7 +114,6 @@ def test_to_ranked_windows_fills_the_output_contract():
 
 @pytest.mark.parametrize("name", ["1m", "1h", "1h/1m"])
 def test_ranking_only_some_windows_equals_ranking_all_then_picking(name):
-    import numpy as np
     rng = np.random.default_rng(5)
     n = 3000
     t = events([(f"e{i}", rng.choice(["play", "click"]), f"i{rng.zipf(1.5)}",

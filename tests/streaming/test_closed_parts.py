@@ -1,7 +1,9 @@
-"""Early panes from cached closed parts (``topk.streaming.closed_parts``)
-against the long way: every early pane of a shard equals the top K ranked
-from all its counts, and every early sketch pane's bounds hold the true
-counts of the events absorbed so far."""
+"""Early panes from what the stages keep between firings against the long
+way: every exact early pane of a shard, ranked from its windows' kept top K
+(``topk.streaming.open_tops``), equals the top K ranked from all its counts,
+and every early sketch pane from cached closed parts
+(``topk.streaming.closed_parts``) has bounds that hold the true counts of
+the events absorbed so far."""
 import collections
 import random
 
@@ -14,7 +16,7 @@ from topk.approx.sketches import DEFAULT_BUDGET_BYTES
 from topk.core import counting, ranking, schema
 from topk.core.windows import WindowSpec
 from topk.streaming import closed_parts
-from topk.streaming.panes import EARLY, ShardPanes, level_of
+from topk.streaming.panes import EARLY, ON_TIME, ShardPanes, level_of
 from topk.streaming.sketch_panes import SketchPanes
 
 MIN = schema.MINUTE_MS
@@ -62,47 +64,32 @@ def _key(top: ranking.WindowTopK):
 @given(seed=st.integers(0, 10_000), k=st.sampled_from([1, 3, 10]),
        items=st.sampled_from([5, 60, 400]),
        late_share=st.sampled_from([0.0, 0.05]))
-def test_early_panes_equal_the_top_k_of_all_counts(seed, k, items,
+def test_early_and_on_time_panes_equal_the_top_k_of_all_counts(seed, k, items,
                                                    late_share):
     panes = ShardPanes(SPECS, k, 30 * MIN)
     cached = 0
     now = 0
+    timings = collections.Counter()
     for minute, rows in _stream(seed, 25, 90, items, late_share):
-        now += 1000
-        # On-time firing at the minute's start, as the watermark passes.
-        panes.fire([], now, T0 + minute * MIN)
-        now += 1000
-        firing = panes.fire([_partials(rows)], now)
-        cached += bool(panes._closed)
-        for spec, timing, top in firing.windows:
-            if timing != EARLY:
-                continue
-            starts = np.unique(np.concatenate([
-                top.totals["window_start"].to_numpy(),
-                top.candidates["window_start"].to_numpy()]))
-            expected = ranking.shard_top_k(
-                panes.level_counts(level_of(spec)), [spec], k,
-                window_starts=starts)[spec]
-            assert _key(top) == _key(expected), (spec.key, minute)
-    assert cached > 10  # the cached path ran, not only the long way
-
-
-def test_closed_counts_rank_the_closed_part_plus_any_tail():
-    # Direct: a tail with items the closed part never saw, and ties.
-    spec = WindowSpec.parse("4m/1m")
-    rows = [("play", m, f"i{j}", 1 + (j % 3)) for m in range(5)
-            for j in range(8)]
-    level = counting.sort_by_slice(_partials(rows))
-    cut = T0 // MIN + 5
-    closed = closed_parts.ClosedCounts.build(level, spec, 3, cut)
-    tail = _partials([("play", 5, "new", 9), ("play", 5, "i1", 2),
-                      ("click", 5, "i0", 1), ("play", 6, "i7", 4)])
-    windows = np.arange(cut - 2, cut + 1)  # each holds both tail panes
-    got = closed.top_k(tail, windows)
-    everything = counting.merge_counts([level, tail])
-    expected = ranking.shard_top_k(everything, [spec], 3,
-                                   window_starts=windows * MIN)[spec]
-    assert _key(got) == _key(expected)
+        # On-time firing at the minute's start, as the watermark passes,
+        # then an early one with the minute's batch.
+        for batch, watermark in (([], T0 + minute * MIN),
+                                 ([_partials(rows)], None)):
+            now += 1000
+            firing = panes.fire(batch, now, watermark)
+            cached += any(t.windows for t in panes._open.values())
+            for spec, timing, top in firing.windows:
+                timings[timing] += 1
+                starts = np.unique(np.concatenate([
+                    top.totals["window_start"].to_numpy(),
+                    top.candidates["window_start"].to_numpy()]))
+                expected = ranking.shard_top_k(
+                    panes.level_counts(level_of(spec)), [spec], k,
+                    window_starts=starts)[spec]
+                assert _key(top) == _key(expected), (spec.key, minute,
+                                                     timing)
+    assert cached > 10  # the kept path ran, not only the long way
+    assert timings[EARLY] and timings[ON_TIME]
 
 
 def test_a_cut_needs_the_watermark_near_the_newest_pane():

@@ -136,10 +136,45 @@ def add_counts(held: pa.Table, part: pa.Table) -> pa.Table:
         return held
     starts = held["slice_start"].to_numpy()
     cut = int(np.searchsorted(starts, pc.min(part["slice_start"]).as_py()))
-    tail = sort_by_slice(merge_counts([held.slice(cut), part]))
+    tail = held.slice(cut)
+    if tail.num_rows > UPSERT_RATIO * part.num_rows:
+        tail = _upsert(tail, part)
+    else:
+        tail = sort_by_slice(merge_counts([tail, part]))
     out = pa.concat_tables([held.slice(0, cut), tail])
     return (out.combine_chunks() if out["slice_start"].num_chunks
             > MAX_CHUNKS else out)
+
+
+#: ``add_counts`` updates the held rows in place (``_upsert``) when they
+#: outnumber the added ones this many times.
+UPSERT_RATIO = 8
+
+
+def _upsert(held: pa.Table, part: pa.Table) -> pa.Table:
+    """``add_counts`` of a few rows to many: the held rows of the added
+    items are summed with them and written back where they are, the new
+    keys appended. (An hour's level holds ~780k rows at 50k items a minute;
+    grouping them all again to add a second's 1.7k cost ~180 ms.)"""
+    mine = pc.is_in(held["item_id"], value_set=pc.unique(part["item_id"]))
+    at = np.flatnonzero(mine.to_numpy(zero_copy_only=False))
+    old = held.take(pa.array(at)).append_column("at", pa.array(at))
+    summed = _sum_by_key(pa.concat_tables([old.select(_KEY + ["count"]),
+                                           part]))
+    joined = summed.join(old.select(_KEY + ["at"]), _KEY)
+    found = joined.filter(pc.is_valid(joined["at"]))
+    count = held["count"].to_numpy().copy()
+    count[found["at"].to_numpy()] = found["count"].to_numpy()
+    out = held.set_column(held.schema.get_field_index("count"),
+                          schema.SLICE_COUNTS_SCHEMA.field("count"),
+                          pa.array(count))
+    new = joined.filter(pc.is_null(joined["at"])).select(
+        schema.SLICE_COUNTS_SCHEMA.names).cast(schema.SLICE_COUNTS_SCHEMA)
+    out = pa.concat_tables([out, new])
+    if new.num_rows and (pc.min(new["slice_start"]).as_py()
+                         < held["slice_start"][-1].as_py()):
+        out = sort_by_slice(out)  # a new key in an older slice
+    return out
 
 
 def rollup(counts: pa.Table, slice_ms: int) -> pa.Table:

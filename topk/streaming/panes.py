@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from topk.core import counting, ranking, schema
-from topk.streaming import closed_parts
+from topk.streaming import open_tops
 from topk.streaming.dedup import (NO_WATERMARK, READ_AT, RETENTION_MARGIN_MS,
                                 TOUCHED, late_horizon, reading_watermark)
 from topk.core.windows import WindowSpec, floor_to
@@ -142,11 +142,11 @@ def spacing_cost_s(previous_s: float | None, took_s: float) -> float:
     """The cost the next early delay is spaced by (``early_delay_s``'s
     ``last_firing_s``), after an early firing that took ``took_s`` and one
     before it that took ``previous_s`` (``None``: none yet): the lesser.
-    Once a minute, the first early firing after the minute closed also
-    rebuilds the closed parts of the sliding windows and costs several
-    times a plain one; spaced by that one firing, the next early panes
-    waited four times as long (4-5 s at 50,000 events/s, the p99). A
-    lasting rise still counts from the second firing on."""
+    Once a minute, the first early firing after the minute closed costs
+    several times a plain one (the sketch stage rebuilds the closed parts
+    of its sliding windows); spaced by that one firing, the next early
+    panes waited four times as long (4-5 s at 50,000 events/s, the p99).
+    A lasting rise still counts from the second firing on."""
     return took_s if previous_s is None else min(previous_s, took_s)
 
 
@@ -269,9 +269,9 @@ class ShardPanes:
         #: Minutes with data in any shard (``dedup.TOUCHED``) whose windows
         #: are not all closed: this shard fires for them, data or not.
         self.touched = np.empty(0, np.int64)
-        #: spec key -> ``closed_parts.ClosedCounts`` of its open windows;
-        #: made again when needed, so never runner state.
-        self._closed: dict[str, closed_parts.ClosedCounts] = {}
+        #: spec -> the kept top K of its live open windows; made again
+        #: when needed, so never runner state.
+        self._open: dict[WindowSpec, open_tops.OpenTops] = {}
         #: Levels no spec ranks (only the slices output reads them): their
         #: partials wait here until an event-time firing (``_settle``),
         #: since adding a second of counts to a day of them every second
@@ -417,10 +417,8 @@ class ShardPanes:
             else:
                 self._add(size, partials)
         dirty = np.unique(partials["slice_start"].to_numpy())
-        for spec in self.specs:
-            closed = self._closed.get(spec.key)
-            if closed and (dirty // spec.step_ms < closed.cut).any():
-                del self._closed[spec.key]
+        for tops in self._open.values():
+            tops.absorb(partials)
         return dirty
 
     def _add(self, size: int, partials: pa.Table) -> None:
@@ -437,68 +435,62 @@ class ShardPanes:
 
     def _spec_panes(self, spec, dirty, previous, watermark, defer_early):
         table = self.counts[level_of(spec)]
-        length = spec.length_ms
         wanted = windows_due(spec, dirty, table["slice_start"].to_numpy(),
                              previous, watermark, self.deferred, defer_early)
         if wanted.size == 0:
             return []
         timing = pane_timings(spec, wanted, previous, watermark)
-        early = self._early_top(spec, table, wanted[timing == EARLY])
-        rest = wanted if early is None else wanted[timing != EARLY]
-        top = ranking.WindowTopK.empty()
+        parts = self._kept_panes(spec, table, wanted, wanted[timing == EARLY])
+        covered = np.unique(np.concatenate(
+            [np.empty(0, np.int64)] + [p.totals["window_start"].to_numpy()
+                                       for p in parts]))
+        rest = wanted[~np.isin(wanted, covered)]
         if rest.size:
-            rows = counting.slices_between(table, int(rest.min()),
-                                           int(rest.max()) + length)
-            top = ranking.shard_top_k(rows, [spec], self.k,
-                                      window_starts=rest)[spec]
+            parts.append(ranking.shard_top_k(counting.slices_between(
+                table, int(rest.min()), int(rest.max()) + spec.length_ms),
+                [spec], self.k, window_starts=rest)[spec])
+        top = ranking.WindowTopK(
+            pa.concat_tables([ranking.CANDIDATES_SCHEMA.empty_table()]
+                             + [p.candidates for p in parts]),
+            pa.concat_tables([ranking.TOTALS_SCHEMA.empty_table()]
+                             + [p.totals for p in parts]))
         out = []
         for name in (EARLY, ON_TIME, LATE):
             picked = wanted[timing == name]
             if picked.size:
-                out.append((spec, name, early if name == EARLY and early
-                            is not None else _windows_of(top, picked)))
+                out.append((spec, name, _windows_of(top, picked)))
         return out
 
-    def _early_top(self, spec, table, starts) -> ranking.WindowTopK | None:
-        """The early panes of open sliding windows ``starts`` from their
-        cached closed parts (``closed_parts.ClosedCounts``), or ``None``
-        where that does not apply: the windows then go the long way."""
-        step, n = spec.step_ms, spec.panes_per_window
-        if starts.size == 0 or not closed_parts.cacheable(
-                spec, level_of(spec)) or table.num_rows == 0:
-            return None
-        held = table["slice_start"].to_numpy()
-        newest = int(held[-1]) // step
-        closed = self._closed.get(spec.key)
-        if closed is None or closed_parts.stale(closed.cut, newest):
-            cut = closed_parts.cut_at(newest, self.watermark_ms, step,
-                                      self.last_emit_ms)
-            if cut is None:
-                return None
-            closed = self._closed[spec.key] = closed_parts.ClosedCounts.build(
-                table, spec, self.k, cut)
-        windows = starts // step
-        if windows.min() <= closed.cut - n:
-            return None
+    def _kept_panes(self, spec, table, wanted, early
+                    ) -> list[ranking.WindowTopK]:
+        """The panes of the windows of ``wanted`` ranked from their kept top
+        K (``open_tops.OpenTops``); the others go the long way.
+
+        Windows are kept while live: a firing with at most ``2 *
+        panes_per_window`` ``early`` windows (a batch of the open minute
+        and its stragglers) ranks those not kept yet (born in this batch,
+        or after a restart) from all their rows once, and keeps them. A
+        catch-up's batches span many windows, each ranked once: one
+        ranking of them all costs less. A kept window's on-time pane comes
+        from what it kept too."""
+        tops = self._open.get(spec)
+        live = 0 < early.size <= 2 * spec.panes_per_window
+        if live and tops is None:
+            tops = self._open[spec] = open_tops.OpenTops(spec, self.k)
+        if tops is None:
+            return []
+        known = np.isin(wanted, np.fromiter(tops.windows, np.int64))
         parts = []
-        after = windows[windows > closed.cut]
-        if after.size:
-            # Windows starting after the cut hold tail panes only.
-            parts.append(ranking.shard_top_k(
-                counting.slices_between(table, int(after.min()) * step,
-                                        int(held[-1]) + 1),
-                [spec], self.k, window_starts=after * step)[spec])
-        within = windows[windows <= closed.cut]
-        # A window that ends inside the tail holds only part of it: one
-        # group per tail end.
-        ends = np.minimum(within + n, newest + 1)
-        for end in np.unique(ends):
-            parts.append(closed.top_k(counting.slices_between(
-                table, closed.cut * step, int(end) * step),
-                within[ends == end]))
-        return ranking.WindowTopK(
-            pa.concat_tables([p.candidates for p in parts]),
-            pa.concat_tables([p.totals for p in parts]))
+        fresh = early[~np.isin(early, wanted[known])] if live else early[:0]
+        if fresh.size:
+            top = ranking.shard_top_k(counting.slices_between(
+                table, int(fresh.min()), int(fresh.max()) + spec.length_ms),
+                [spec], self.k, window_starts=fresh)[spec]
+            tops.keep(top, fresh)
+            parts.append(top)
+        if known.any():
+            parts.append(tops.top_k(table, wanted[known]))
+        return parts
 
     def _slice_rows(self, dirty: np.ndarray, emitted_at: int, levels
                     ) -> pa.Table:
@@ -522,6 +514,8 @@ class ShardPanes:
         # A touched minute is done once every window holding it has ended.
         longest = max(s.length_ms for s in self.specs)
         self.touched = self.touched[self.touched + longest > self.watermark_ms]
+        for tops in self._open.values():
+            tops.expire(self.watermark_ms)
         for size, _ in LEVELS:
             keep_after = (self.watermark_ms - self._retention[size]
                           - self.allowed_lateness_ms - RETENTION_MARGIN_MS)
