@@ -559,6 +559,34 @@ def test_early_firings_write_minutes_and_event_time_firings_their_hours():
         ("1d", 4), ("1h", 4), ("1m", 2)]
 
 
+def test_an_early_firing_writes_the_rows_it_changed_with_full_counts():
+    # Readers take the latest row per slice and item, so an early firing
+    # writes only the items it absorbed; the latest rows still hold every
+    # count.
+    panes = stream_panes.ShardPanes([WindowSpec.parse("1m")], 3, 5 * MIN)
+    rnd = random.Random(7)
+    latest, events = {}, []
+    for i in range(30):
+        batch = [oracle.Event(f"e{i}-{j}", f"item-{rnd.randrange(12)}",
+                              rnd.choice(["click", "play"]),
+                              T0 + rnd.randrange(2 * MIN), None,
+                              rnd.randrange(1, 3)) for j in range(5)]
+        events.extend(batch)
+        firing = panes.fire([counting.count_slices(_table(batch))],
+                            T0 + 2 * MIN + i)
+        written = {(r["event_type"], r["item_id"])
+                   for r in firing.slices.to_pylist()}
+        assert {(e.event_type, e.item_id) for e in batch} <= written
+        assert {r[1] for r in written} == {e.item_id for e in batch}
+        for r in firing.slices.to_pylist():
+            minute = round(r["slice_start"].timestamp() * 1000)
+            latest[(minute, r["event_type"], r["item_id"])] = r["count"]
+    expected = collections.Counter()
+    for e in events:
+        expected[(e.ts - e.ts % MIN, e.event_type, e.item_id)] += e.weight
+    assert latest == dict(expected)
+
+
 def test_early_firings_space_out_while_catching_up_or_when_dear():
     now = 1_700_000_000_000
     live = now - 5_000
@@ -580,6 +608,20 @@ def test_one_dear_firing_does_not_space_out_the_next_early_panes():
     assert stream_panes.spacing_cost_s(0.3, 1.2) == 0.3
     # Dear again: the stage is slower now, and waits longer.
     assert stream_panes.spacing_cost_s(1.2, 1.1) == 1.1
+    # As a stage's timer state keeps it, firing after firing.
+    now = 1_700_000_000_000
+    timers = {"seen": now - 5_000}
+    for at, took in ((now, 0.2), (now + 1_000, 1.2)):
+        stream_panes.record_early(timers, at, took)
+    assert timers["cost_s"] == 0.2 and timers["took_s"] == 1.2
+    # The next is due one early delay (not four times the dear 1.2 s)
+    # after the last firing began, and an event-time firing before then
+    # emits no early panes.
+    assert stream_panes.early_timer_ms(timers, 1.0, now + 1_100) == \
+        now + 2_000
+    assert not stream_panes.fires_early(timers, now, 1.0, now + 1_900)
+    assert stream_panes.fires_early(timers, now, 1.0, now + 2_000)
+    assert stream_panes.fires_early(timers, None, 1.0, now + 1_100)
 
 
 def test_the_next_early_firing_counts_from_the_last_one():

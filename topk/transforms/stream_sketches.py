@@ -108,9 +108,8 @@ class _SketchPanesFn(beam.DoFn):
         armed["seen"] = stream_panes.newest_seen(
             armed["seen"], partials["slice_start"].to_numpy(), now_ms())
         if not armed["early"]:
-            early.set(beam_timestamp(stream_panes.next_early_ms(
-                self._early_s, armed["seen"], now_ms(),
-                armed.get("early_at", 0), armed.get("cost_s", 0.0))))
+            early.set(beam_timestamp(stream_panes.early_timer_ms(
+                armed, self._early_s, now_ms())))
             armed["early"] = True
         # Until a firing knows the windows: close at the next end of a
         # window this batch changed (``SketchPanes.next_close`` takes
@@ -133,9 +132,8 @@ class _SketchPanesFn(beam.DoFn):
         started = time.perf_counter()
         known, panes = self._panes(meta, chunks)
         now, armed = now_ms(), timers.read()
-        early = stream_panes.emits_early(
-            watermark_ms, armed.get("early_at", 0), self._early_s,
-            armed["seen"], now, armed.get("cost_s", 0.0))
+        early = stream_panes.fires_early(armed, watermark_ms, self._early_s,
+                                         now)
         firing = panes.fire(list(pending.read()), now, watermark_ms,
                             ahead=list(ahead.read()), early=early)
         pending.clear()
@@ -158,11 +156,8 @@ class _SketchPanesFn(beam.DoFn):
         armed = timers.read()
         armed["watermark"] = panes.watermark_ms
         if early:
-            armed["early_at"] = now
-            took = time.perf_counter() - started
-            armed["cost_s"] = stream_panes.spacing_cost_s(
-                armed.get("took_s"), took)
-            armed["took_s"] = took
+            stream_panes.record_early(armed, now,
+                                      time.perf_counter() - started)
         timers.write(armed)
         if firing.sketches.num_rows:
             yield beam.pvalue.TaggedOutput(SKETCHES, firing.sketches)

@@ -236,9 +236,8 @@ class _ShardPanesFn(beam.DoFn):
         armed["seen"] = stream_panes.newest_seen(
             armed.get("seen", stream_dedup.NO_WATERMARK), touched, now_ms())
         if not armed["early"] and partials.num_rows:
-            early.set(beam_timestamp(stream_panes.next_early_ms(
-                self._early_s, armed["seen"], now_ms(),
-                armed.get("early_at", 0), armed.get("cost_s", 0.0))))
+            early.set(beam_timestamp(stream_panes.early_timer_ms(
+                armed, self._early_s, now_ms())))
             armed["early"] = True
         due = stream_panes.coarse_close(stream_panes.next_window_end(
             self._specs, touched, armed["watermark"]), armed["seen"],
@@ -260,9 +259,8 @@ class _ShardPanesFn(beam.DoFn):
                 self._specs, self._k, self._lateness, known.get("panes"),
                 counts.read())
         now, armed = now_ms(), _armed(timers)
-        early = stream_panes.emits_early(
-            watermark_ms, armed.get("early_at", 0), self._early_s,
-            armed["seen"], now, armed.get("cost_s", 0.0))
+        early = stream_panes.fires_early(armed, watermark_ms, self._early_s,
+                                         now)
         firing = panes.fire(list(pending.read()), now, watermark_ms,
                             early=early)
         pending.clear()
@@ -283,11 +281,8 @@ class _ShardPanesFn(beam.DoFn):
         armed = _armed(timers)
         armed["watermark"] = panes.watermark_ms
         if early:
-            armed["early_at"] = now
-            took = time.perf_counter() - started
-            armed["cost_s"] = stream_panes.spacing_cost_s(
-                armed.get("took_s"), took)
-            armed["took_s"] = took
+            stream_panes.record_early(armed, now,
+                                      time.perf_counter() - started)
         timers.write(armed)
         if firing.slices.num_rows:
             yield beam.pvalue.TaggedOutput(SLICES, firing.slices)
