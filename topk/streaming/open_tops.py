@@ -33,7 +33,7 @@ class _Kept:
     #: ``item_id`` arrays: the window's last top K (every type), then of
     #: the partials absorbed since.
     items: list
-    #: event type -> the window's total (``ALL_TYPES`` included).
+    #: event type -> the window's total (``ALL_TYPES``'s is their sum).
     totals: dict
 
 
@@ -51,9 +51,10 @@ class OpenTops:
         for start, cands in _by_window(top.candidates, starts):
             self.windows[start] = _Kept(cands["item_id"].chunks, {})
         for start, totals in _by_window(top.totals, starts):
-            self.windows[start].totals = dict(zip(
-                totals["event_type"].to_pylist(),
-                totals["total"].to_pylist()))
+            self.windows[start].totals = {
+                t: n for t, n in zip(totals["event_type"].to_pylist(),
+                                     totals["total"].to_pylist())
+                if t != schema.ALL_TYPES}
 
     def absorb(self, partials: pa.Table) -> None:
         """Count ``partials`` (``SLICE_COUNTS_SCHEMA``) that the level's
@@ -64,6 +65,7 @@ class OpenTops:
         count = partials["count"].to_numpy()
         types = pc.unique(partials["event_type"])
         code = pc.index_in(partials["event_type"], value_set=types).to_numpy()
+        names = types.to_pylist()
         for start, kept in self.windows.items():
             inside = (slices >= start) & (slices < start + self.spec.length_ms)
             if not inside.any():
@@ -71,12 +73,10 @@ class OpenTops:
             part = partials if inside.all() else partials.filter(
                 pa.array(inside))
             kept.items.extend(part["item_id"].chunks)
-            for c, event_type in enumerate(types.to_pylist()):
+            for c, event_type in enumerate(names):
                 added = int(count[inside & (code == c)].sum())
                 kept.totals[event_type] = kept.totals.get(event_type,
                                                           0) + added
-            kept.totals[schema.ALL_TYPES] = kept.totals.get(
-                schema.ALL_TYPES, 0) + int(count[inside].sum())
 
     def top_k(self, level: pa.Table, starts: np.ndarray
               ) -> ranking.WindowTopK:
@@ -97,10 +97,11 @@ class OpenTops:
             self.windows[start].items = cands["item_id"].chunks
         event_type, window_start, total = [], [], []
         for start, w in zip(starts.tolist(), kept):
-            for name in sorted(w.totals):
+            totals = {**w.totals, schema.ALL_TYPES: sum(w.totals.values())}
+            for name in sorted(totals):
                 event_type.append(name)
                 window_start.append(start)
-                total.append(w.totals[name])
+                total.append(totals[name])
         return ranking.WindowTopK(top.candidates, pa.table({
             "event_type": pa.array(event_type, pa.string()),
             "window_start": pa.array(window_start, pa.int64()),
