@@ -415,6 +415,40 @@ def test_broker_restart_during_a_read(kafka_broker, tmp_path):
     assert sorted(records_of(got)) == sorted(m.decode() for m in messages)
 
 
+@integration
+def test_a_reader_that_stops_fetching_is_reopened(kafka_broker, tmp_path,
+                                                  monkeypatch):
+    # librdkafka's assigned consumers sometimes never fetch again after a
+    # broker restart; that cannot be caused at will, so the first reader
+    # opened here returns nothing, as such a consumer does, while the
+    # broker holds the messages.
+    bootstrap = kafka_broker.bootstrap
+    topic = new_topic(bootstrap)
+    messages = [b"msg-%03d" % i for i in range(300)]
+    send(bootstrap, topic, messages)
+    opened = []
+    open_reader = ko.open_reader
+    give_up = time.time() + 60
+
+    def nothing(*args, **kwargs):
+        # Fail the run rather than hang when the source never reopens.
+        assert time.time() < give_up, "the stuck reader was never replaced"
+
+    def first_one_stuck(*args, **kwargs):
+        reader = open_reader(*args, **kwargs)
+        if not opened:
+            reader.read_batch = nothing
+        opened.append(reader)
+        return reader
+
+    monkeypatch.setattr(ko, "open_reader", first_one_stuck)
+    monkeypatch.setattr(ko, "STALL_TIMEOUT_MS", 1_000)
+    got = read_bounded(tmp_path, bootstrap, topic, idle_timeout_ms=200,
+                       resume_delay_s=0.1, poll_timeout_ms=100)
+    assert len(opened) == 2  # the stuck one, then the one that read
+    assert records_of(got) == [m.decode() for m in messages]
+
+
 def _prism_binary():
     try:
         out = subprocess.run(["bash", os.path.join(REPO, "deploy", "prism",

@@ -70,10 +70,13 @@ handed to the runner, not yet written by the sinks: a job restarted from
 committed offsets after a crash needs idempotent sinks and may have to start
 a little earlier.
 
-Broker outages: kafka-python reconnects by itself; a poll that fails or
+Broker outages: both clients reconnect by themselves; a poll that fails or
 finds nothing is retried after a delay (exponential backoff for errors),
 so the pipeline neither crashes nor skips or repeats an offset. Consumers
-are cached per partition in the DoFn instance (creating one is slow).
+are cached per partition in the DoFn instance (creating one is slow). A
+consumer that returns nothing for ``STALL_TIMEOUT_MS`` while the broker
+reports messages past its position is closed and opened anew: librdkafka's
+assigned consumers sometimes never fetch again after a broker restart.
 """
 import logging
 import time
@@ -232,11 +235,13 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         self._readers = {}
         self._backoff = {}
         self._committed_at = {}
+        self._behind = {}  # key -> when the reader was first seen stuck
         self.messages = Metrics.counter("topk", "kafka_messages")
         self.batches = Metrics.counter("topk", "kafka_batches")
         self.value_bytes = Metrics.counter("topk", "kafka_bytes")
         self.retries = Metrics.counter("topk", "kafka_retries")
         self.lost = Metrics.counter("topk", "kafka_offsets_lost_to_retention")
+        self.reopened = Metrics.counter("topk", "kafka_readers_reopened")
         self.batch_sizes = Metrics.distribution("topk", "kafka_batch_messages")
         self._lag_gauges = {}
 
@@ -263,6 +268,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         self._readers = {}
         self._backoff = {}
         self._committed_at = {}
+        self._behind = {}
 
     def teardown(self):
         for reader in self._readers.values():
@@ -344,11 +350,16 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                         self._maybe_commit(reader, stop, force=True)
                         return
                 self._note_end(reader, next_offset)
-                own_wm = self._idle_watermark(reader, own_wm, next_offset)
+                end = self._probe_end(reader, next_offset)
+                own_wm = self._idle_watermark(reader, own_wm, end,
+                                              next_offset)
+                if self._stalled(plan, reader, end, next_offset):
+                    self._drop_reader(plan)  # the next call opens anew
                 self._end_call(plan, watermark, own_wm)
                 tracker.defer_remainder(Duration.of(s["resume_delay_s"]))
                 return
             backoff.reset()
+            self._behind.pop(key, None)
             if not tracker.try_claim(batch.last_offset):
                 # The runner split our range below this batch: the rest is
                 # the residual's.
@@ -442,23 +453,58 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
 
     # -- watermarks ----------------------------------------------------------
 
-    def _idle_watermark(self, reader, own_wm, next_offset) -> int | None:
+    def _probe_end(self, reader, next_offset) -> int | None:
+        """The partition's end offset, asked of the broker once the reader
+        has returned nothing for ``idle_timeout_ms`` (at most
+        ``IDLE_TIMEOUT_MS``); ``None`` before that, or when the broker does
+        not answer (an outage, a consumer closed at shutdown)."""
+        quiet_ms = min(self._s["idle_timeout_ms"] or ko.IDLE_TIMEOUT_MS,
+                       ko.IDLE_TIMEOUT_MS)
+        if now_ms() - reader.last_data_ms < quiet_ms:
+            return None
+        try:
+            end = reader.end_offset(timeout_ms=2_000)
+        except Exception:  # noqa: BLE001 (see the docstring)
+            return None
+        _KNOWN_ENDS[(reader.topic, reader.partition)] = end
+        self._note_lag(reader.partition, end, next_offset)
+        return end
+
+    def _idle_watermark(self, reader, own_wm, end, next_offset
+                        ) -> int | None:
         idle_ms = self._s["idle_timeout_ms"]
         if idle_ms is None:
             return own_wm
-        now = now_ms()
-        if now - reader.last_data_ms < idle_ms:
-            return own_wm
-        try:
-            end = reader.end_offset(timeout_ms=2_000)
-            _KNOWN_ENDS[(reader.topic, reader.partition)] = end
-            self._note_lag(reader.partition, end, next_offset)
-            caught_up = next_offset >= end
-        except Exception:  # noqa: BLE001 (an unreachable broker, a closed
-            # consumer at shutdown: either way this is not idleness)
-            caught_up = False
-        return ko.idle_watermark(own_wm, now, reader.last_data_ms, idle_ms,
-                                 self._s["allowed_skew_ms"], caught_up)
+        # Only a reader at the end the broker reports is idle: one cut
+        # off from a broker that is down is not.
+        caught_up = end is not None and next_offset >= end
+        return ko.idle_watermark(own_wm, now_ms(), reader.last_data_ms,
+                                 idle_ms, self._s["allowed_skew_ms"],
+                                 caught_up)
+
+    def _stalled(self, plan, reader, end, next_offset) -> bool:
+        """Whether the partition's reader has delivered nothing for
+        ``STALL_TIMEOUT_MS`` while the broker held messages past its
+        position (``ko.behind_since``): then it is to be reopened."""
+        if end is None:
+            self._behind.pop((plan.topic, plan.partition), None)
+            return False
+        key, now = (plan.topic, plan.partition), now_ms()
+        # The consumer's position passes offsets it never returns
+        # (transaction markers): a log ending in them is not a stall.
+        position = max(next_offset, reader.position())
+        since = ko.behind_since(self._behind.get(key), now, end, position)
+        if since is None or now - since < ko.STALL_TIMEOUT_MS:
+            self._behind[key] = since
+            return False
+        self._behind.pop(key, None)
+        self.reopened.inc()
+        _LOG.warning(
+            "kafka %s/%d: no message for %.0f s though the broker holds "
+            "offsets up to %d (reading from %d): reopening the consumer",
+            plan.topic, plan.partition, (now - since) / 1000, end,
+            position)
+        return True
 
     def _note_end(self, reader, next_offset: int) -> None:
         end = reader.highwater()

@@ -80,3 +80,15 @@ def test_the_package_exports_what_it_lists():
     for name in kafka_package.__all__:
         assert getattr(kafka_package, name) is not None, name
     assert kafka_package.PartitionReader is reader.PartitionReader
+
+
+def test_a_reader_is_behind_from_when_the_broker_first_shows_more():
+    # Not behind: nothing known (the broker is down), or at the end.
+    assert reader.behind_since(None, 1_000, None, 50) is None
+    assert reader.behind_since(None, 1_000, 50, 50) is None
+    # Behind: the clock starts at the first sight and is kept after.
+    assert reader.behind_since(None, 1_000, 60, 50) == 1_000
+    assert reader.behind_since(1_000, 9_000, 61, 50) == 1_000
+    # Caught up, or the broker gone again: the clock starts over.
+    assert reader.behind_since(1_000, 9_000, 61, 61) is None
+    assert reader.behind_since(1_000, 9_000, None, 50) is None

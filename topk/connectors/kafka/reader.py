@@ -56,6 +56,26 @@ def read_deadline(began_s: float, newest_ms: int | None, now: int,
     return began_s + (min(max_read_s, live_read_s) if live else max_read_s)
 
 
+#: Milliseconds a reader may deliver nothing while the broker holds
+#: messages past its position before the source reopens it. librdkafka's
+#: assigned consumers sometimes never fetch again after a broker restart
+#: (confluentinc/librdkafka#5153); a new consumer does.
+STALL_TIMEOUT_MS = 10_000
+
+
+def behind_since(since_ms: int | None, now: int, end: int | None,
+                 position: int) -> int | None:
+    """When a reader that returned nothing was first seen behind: the
+    broker's end offset ``end`` (``None``: not known, e.g. the broker is
+    down) past its ``position``. ``since_ms`` is the earlier answer, kept
+    while the reader stays behind; ``None`` when it is not behind (or
+    nothing is known). ``now - behind_since(...) >= STALL_TIMEOUT_MS``
+    means the reader is stuck: messages exist, none come."""
+    if end is None or end <= position:
+        return None
+    return now if since_ms is None else since_ms
+
+
 def join_values(values: list) -> bytes:
     """Message values -> one newline-delimited payload for ``ParseEvents``.
 
