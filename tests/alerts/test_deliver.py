@@ -137,7 +137,8 @@ def ranked_rows(panes):
                     "window_total": sum(counts.values()),
                     "pane_timing": timing, "pane_index": 0,
                     "source": "stream",
-                    "emitted_at": T0 + int(emitted_s * 1000)}.items():
+                    "emitted_at": T0 + int(emitted_s * 1000),
+                    "input_watermark": None}.items():
                 cols[name].append(value)
     return pa.table(cols, schema=schema.RANKED_WINDOWS_SCHEMA)
 

@@ -110,6 +110,13 @@ def test_to_ranked_windows_fills_the_output_contract():
             row["upper_bound"], row["pane_timing"], row["source"]) == (
         "1h", "1m", 4, 4, "batch", "batch")
     assert (row["window_end"] - row["window_start"]).total_seconds() == 3600
+    assert row["input_watermark"] is None  # a batch row is complete
+    stream = ranking.with_input_watermark(out, T0 - 5_000)
+    assert stream.schema == schema.RANKED_WINDOWS_SCHEMA
+    assert [r.timestamp() * 1000 for r in stream["input_watermark"]
+            .to_pylist()] == [T0 - 5_000]
+    assert ranking.with_input_watermark(out, None)[
+        "input_watermark"].null_count == 1
 
 
 @pytest.mark.parametrize("name", ["1m", "1h", "1h/1m"])

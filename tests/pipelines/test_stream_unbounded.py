@@ -36,6 +36,22 @@ def _prism():
         pytest.skip("Prism is not built (deploy/prism/prism.sh install)")
 
 
+def check_input_watermarks(con):
+    """Every stream pane row tells how far its input had got: an early
+    pane's window was still open then, an on-time or late pane's closed,
+    and the input cannot be ahead of the clock that wrote the row. Only
+    early panes from before the stream's first watermark lack one."""
+    [(rows, wrong, unknown)] = con.sql("""
+        SELECT count(*),
+               count(*) FILTER (
+                 (pane_timing = 'early') != (input_watermark < window_end)
+                 OR input_watermark > emitted_at),
+               count(*) FILTER (input_watermark IS NULL
+                                AND pane_timing <> 'early')
+        FROM ranked_windows WHERE source = 'stream'""").fetchall()
+    assert rows and (wrong, unknown) == (0, 0), (rows, wrong, unknown)
+
+
 def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
     bootstrap = kafka_broker.bootstrap
     topic, valid, dead, output, stream = stream_first_phase(bootstrap,
@@ -80,6 +96,7 @@ def test_panes_late_events_dead_letters_and_archive(kafka_broker, tmp_path):
         "'on_time' GROUP BY window_spec, window_start, event_type "
         "HAVING count(DISTINCT pane_index) > 1)").fetchall()
     assert dupes == 0
+    check_input_watermarks(con)
 
     # Dead letters: on the topic, with reasons, and in the table.
     consumer = KafkaConsumer(f"{topic}-dead-letters",

@@ -19,6 +19,7 @@ from topk.storage import tables as output_tables
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_stream_unbounded import (K, MIN, SPECS,  # noqa: E402
+                                   check_input_watermarks,
                                    stream_first_phase)
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
@@ -122,3 +123,4 @@ def test_approximate_panes_bound_every_window(
                     row.upper_bound, (method, row)
     finally:
         stream.kill(signal.SIGTERM)
+    check_input_watermarks(output_tables.connect(output, ["ranked_windows"]))

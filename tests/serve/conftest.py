@@ -169,7 +169,7 @@ class PageData:
                 "count": pa.array([c for _, c in top], pa.int64()),
                 "window_total": pa.array([total] * len(top), pa.int64())})
             exact = ranked_pane_rows(SPEC, "on_time", merged, {start: 0},
-                                     emitted_at)
+                                     emitted_at, end)
             tables.append(exact)
             rows[("exact", etype)] = exact.to_pylist()
             if etype == "*":

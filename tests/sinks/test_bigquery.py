@@ -20,6 +20,7 @@ import shutil
 
 import apache_beam as beam
 import pytest
+from google.cloud import bigquery
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from topk.connectors.bigquery import client as bigquery_client
@@ -401,3 +402,23 @@ def test_bad_configuration_fails_in_one_line(run, capsys, tmp_path,
     assert "bad --sink 'bq'" in error_of(capsys, [*batch_argv, "--sink=bq"])
     assert "FILE_LOADS needs --temp_location" in error_of(capsys, [
         a for a in batch_argv if not a.startswith("--temp_location")])
+
+
+@pytest.mark.integration
+def test_a_table_of_an_older_topk_gets_the_new_columns(bigquery_emulator):
+    spec = bigquery_tables.TABLES[RANKED_WINDOWS]
+    with bigquery_emulator.configured() as emulator:
+        client, target = create_dataset(emulator, "older")
+        resource = bigquery_tables.table_resource(spec, target)
+        fields = resource["schema"]["fields"]
+        assert fields[-1] == {"name": "input_watermark",
+                              "type": "TIMESTAMP", "mode": "NULLABLE"}
+        client.create_table(bigquery.Table.from_api_repr(
+            dict(resource, schema={"fields": fields[:-1]})))
+        lines = bigquery_tables.ensure_tables(client, target,
+                                              [RANKED_WINDOWS])
+        table_id = target.table_id(RANKED_WINDOWS)
+        assert lines == [f"added input_watermark to {table_id}",
+                         f"checked {table_id}"]
+        got = client.get_table(table_id)
+    assert [f.name for f in got.schema] == [f["name"] for f in fields]

@@ -335,3 +335,40 @@ def test_a_staged_run_over_months_commits_a_month_at_a_time(tmp_path):
     hi = max(e.ts for e in june) // M * M + M
     kept = [e for e in evs if not lo <= e.ts < hi]
     assert day_counts(out) == truth(kept + june)
+
+
+def ranked_rows(emitted_at_ms, watermark_ms):
+    merged = pa.table({
+        "event_type": ["*", "*"],
+        "window_start": pa.array([T0, T0], pa.int64()),
+        "rank": pa.array([1, 2], pa.int32()),
+        "item_id": ["a", "b"], "count": pa.array([5, 3], pa.int64()),
+        "window_total": pa.array([8, 8], pa.int64())})
+    from topk.core import ranking
+    from topk.core.windows import WindowSpec
+    rows = ranking.to_ranked_windows(merged, WindowSpec.parse("1m"),
+                                     pane_timing="early", source="stream",
+                                     emitted_at_ms=emitted_at_ms)
+    return ranking.with_input_watermark(rows, watermark_ms)
+
+
+def test_a_table_written_before_a_column_existed_reads_and_takes_it(
+        tmp_path):
+    out = str(tmp_path / "out")
+    # An older topk wrote ranked_windows without input_watermark.
+    old = tables.prepare(layout.RANKED_WINDOWS, ranked_rows(
+        T0 + 1_000, None)).drop_columns(["input_watermark"])
+    tables.commit(out, [tables.Change(layout.RANKED_WINDOWS, old)], "stream")
+    read = tables.dataset(out, layout.RANKED_WINDOWS).to_table()
+    assert read.column("input_watermark").null_count == 2
+    # The next commit adds the column; the old rows keep nulls.
+    tables.commit(out, [tables.Change(
+        layout.RANKED_WINDOWS, tables.prepare(
+            layout.RANKED_WINDOWS, ranked_rows(T0 + 2_000, T0 + 500)))],
+        "stream")
+    con = duckdb.connect()
+    tables.register_duckdb(con, out, [layout.RANKED_WINDOWS])
+    got = con.sql("""SELECT epoch_ms(emitted_at), epoch_ms(input_watermark),
+                     count(*) FROM ranked_windows GROUP BY ALL ORDER BY 1
+                  """).fetchall()
+    assert got == [(T0 + 1_000, None, 2), (T0 + 2_000, T0 + 500, 2)]

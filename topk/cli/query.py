@@ -67,9 +67,11 @@ def add_query(sub) -> None:
     p.add_argument("--freshness", action="store_true",
                    help="Also print, on stderr, how fresh the answer is: "
                    "the committed snapshot it read and when it was "
-                   "committed, the newest event time counted, and the "
-                   "newest stream pane with its lag behind the clock "
-                   "(--backend duckdb).")
+                   "committed, the newest event time counted, the "
+                   "newest stream pane with its lag behind the clock, and "
+                   "the stream's input watermark then (--backend "
+                   "duckdb). Each stream row of ranked_windows also "
+                   "carries its own input_watermark.")
     p.set_defaults(func=cmd_query)
 
 
@@ -144,6 +146,9 @@ def _answer_with_freshness(output: str, q) -> tuple[list, str]:
         lag = (now_ms() - held.newest_stream_at) / 1000
         parts.append(f"newest stream pane {format_time(held.newest_stream_at)}"
                      f" ({lag:,.0f} s ago)")
+    if held.stream_watermark is not None:
+        parts.append("stream input watermark "
+                     f"{format_time(held.stream_watermark)}")
     return rows, "freshness: " + "; ".join(parts)
 
 

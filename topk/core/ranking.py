@@ -623,7 +623,18 @@ def to_ranked_windows(merged: pa.Table, spec: WindowSpec, *,
         "source": _repeat(source, n),
         "emitted_at": pa.array(np.full(n, emitted_at_ms, np.int64)).cast(
             schema.TIMESTAMP),
+        "input_watermark": pa.nulls(n, schema.TIMESTAMP),
     }, schema=schema.RANKED_WINDOWS_SCHEMA)
+
+
+def with_input_watermark(rows: pa.Table, watermark_ms: int | None
+                         ) -> pa.Table:
+    """``ranked_windows`` rows of one stream firing with its
+    ``input_watermark`` (epoch ms; ``None``: no watermark yet, null)."""
+    column = rows.schema.get_field_index("input_watermark")
+    value = pa.scalar(watermark_ms, pa.int64()).cast(schema.TIMESTAMP)
+    return rows.set_column(column, rows.schema.field(column),
+                           pa.repeat(value, rows.num_rows))
 
 
 def _check_k(k: int) -> None:

@@ -83,6 +83,13 @@ RANKED_WINDOWS_SCHEMA = pa.schema([
     pa.field("pane_index", pa.int32(), nullable=False),
     pa.field("source", pa.string(), nullable=False),  # stream|batch
     pa.field("emitted_at", TIMESTAMP, nullable=False),
+    # A stream pane's freshness: the event time its input had reached (the
+    # stage's watermark) when it was emitted. Every event stamped before it
+    # is counted, except those that arrive later still (late panes), so
+    # ``emitted_at - input_watermark`` is how far the pane is behind its
+    # input. Null for batch rows (complete by construction) and for panes
+    # emitted before the stream's first watermark.
+    pa.field("input_watermark", TIMESTAMP),
 ])
 
 #: Output table ``slices`` (exact): 1m slices rolled up to 1h and 1d.

@@ -84,7 +84,9 @@ class Coverage:
     """Times are epoch ms. ``slices``: ``(first slice start, end of the
     last slice)`` or ``None``; ``newest_event_time``: the start of the
     newest minute slice (events are counted per minute); ``newest_stream_at``:
-    the newest ``emitted_at`` of a stream row in any table."""
+    the newest ``emitted_at`` of a stream row in any table;
+    ``stream_watermark``: the newest ``input_watermark`` of a stream pane
+    (``ranked_windows``; ``None`` where the backend does not read it)."""
     seq: int
     specs: list
     slices: tuple | None
@@ -92,6 +94,7 @@ class Coverage:
     event_types: list
     newest_event_time: int | None
     newest_stream_at: int | None
+    stream_watermark: int | None = None
 
 
 _LENGTH_SQL = ("CASE slice_length WHEN '1m' THEN INTERVAL 1 MINUTE "
@@ -108,20 +111,24 @@ def coverage(output) -> Coverage:
 
 def _coverage(snap: Committed) -> Coverage:
     specs, methods, types = [], set(), set()
-    stream_at = []
+    stream_at, watermarks = [], []
     if snap.has(output_layout.RANKED_WINDOWS):
         con, table = snap.table(output_layout.RANKED_WINDOWS, "")
-        for key, ms, ts, first, last, newest, stream in con.execute(f"""
+        for (key, ms, ts, first, last, newest, stream,
+             watermark) in con.execute(f"""
                 SELECT window_spec, list(DISTINCT method ORDER BY method),
                        list(DISTINCT event_type ORDER BY event_type),
                        epoch_ms(min(window_start)), epoch_ms(max(window_end)),
                        epoch_ms(max(emitted_at)),
-                       epoch_ms(max(emitted_at) FILTER (source = 'stream'))
+                       epoch_ms(max(emitted_at) FILTER (source = 'stream')),
+                       epoch_ms(max(input_watermark))
                 FROM {table} GROUP BY window_spec""").fetchall():
             specs.append(SpecCoverage(key.replace("_", "/"), list(ms),
                                       list(ts), int(first), int(last),
                                       int(newest)))
             stream_at.append(stream)
+            if watermark is not None:
+                watermarks.append(int(watermark))
         specs.sort(key=lambda s: (_spec_order(s.spec), s.spec))
     slices, newest_minute = None, None
     if snap.has(output_layout.SLICES):
@@ -149,7 +156,8 @@ def _coverage(snap: Committed) -> Coverage:
                 newest_minute = max(newest_minute or 0, int(minute))
     stream_at = [int(t) for t in stream_at if t is not None]
     return Coverage(snap.seq, specs, slices, sorted(methods), sorted(types),
-                    newest_minute, max(stream_at) if stream_at else None)
+                    newest_minute, max(stream_at) if stream_at else None,
+                    max(watermarks) if watermarks else None)
 
 
 _LENGTH_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}

@@ -48,7 +48,9 @@ class NotFound(QueryError):
 @dataclasses.dataclass(frozen=True)
 class LatestPane:
     """One pane of one window: its rows ranked (``rank``, then
-    ``item_id``). Times are epoch ms."""
+    ``item_id``). Times are epoch ms; ``input_watermark`` is a stream
+    pane's (``ranked_windows``), ``None`` for a batch pane or where the
+    backend does not read it (BigQuery)."""
     spec: str
     method: str
     event_type: str
@@ -60,6 +62,7 @@ class LatestPane:
     emitted_at: int
     window_total: int
     rows: list
+    input_watermark: int | None = None
 
 
 def check_spec(spec) -> WindowSpec:
@@ -191,12 +194,14 @@ def _pick(con, table: str, spec: WindowSpec, k: int, event_type: str,
     params = [_ts(start_ms)]
     panes = con.execute(f"""
         SELECT source = 'batch' AS batch, epoch_ms(emitted_at), pane_index,
-               pane_timing, window_total, epoch_ms(window_end), source
+               pane_timing, window_total, epoch_ms(window_end), source,
+               epoch_ms(max(input_watermark))
         FROM {table} WHERE {where}
         GROUP BY ALL
         ORDER BY 1 DESC, 2 DESC, 3 DESC, 4 DESC, 5 DESC, 6 DESC
         LIMIT 1""", params).fetchall()
-    _, emitted_at, pane_index, timing, total, end_ms, source = panes[0]
+    (_, emitted_at, pane_index, timing, total, end_ms, source,
+     watermark) = panes[0]
     rows = con.execute(f"""
         SELECT DISTINCT rank, item_id, count, lower_bound, upper_bound,
                guaranteed
@@ -210,4 +215,5 @@ def _pick(con, table: str, spec: WindowSpec, k: int, event_type: str,
         spec.name, method, event_type, int(start_ms), int(end_ms), timing,
         int(pane_index), source, int(emitted_at), int(total),
         [ApproxRankedItem(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]),
-                          bool(r[5])) for r in rows])
+                          bool(r[5])) for r in rows],
+        None if watermark is None else int(watermark))

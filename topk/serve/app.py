@@ -716,6 +716,8 @@ def _pane_answer(pane: latest_q.LatestPane) -> tuple[dict, int]:
         "pane_timing": pane.pane_timing,
         "pane_index": pane.pane_index, "source": pane.source,
         "emitted_at": format_time(pane.emitted_at),
+        "input_watermark": (None if pane.input_watermark is None
+                            else format_time(pane.input_watermark)),
         "window_total": pane.window_total,
         "rows": _item_rows(pane.rows, True),
         "_emitted_at": pane.emitted_at}, len(pane.rows))
@@ -748,6 +750,9 @@ def _coverage_answer(cov: coverage_q.Coverage) -> tuple[dict, int]:
         "newest_event_time": (
             None if cov.newest_event_time is None
             else format_time(cov.newest_event_time)),
+        "stream_watermark": (
+            None if cov.stream_watermark is None
+            else format_time(cov.stream_watermark)),
         "_newest_stream_at": cov.newest_stream_at,
     }, len(cov.specs))
 

@@ -314,9 +314,23 @@ def dataset(output: str, table: str, snap: Snapshot | None = None,
     snap = snapshot(output) if snap is None else snap
     if table not in snap.versions:
         return None
-    return DeltaTable(table_path(output, table),
+    data = DeltaTable(table_path(output, table),
                       version=snap.versions[table]).to_pyarrow_dataset(
                           file_pruning_predicate=files)
+    added = _added_columns(table, data.schema.names)
+    if added:
+        # Written before these columns existed: they read as nulls.
+        data = data.replace_schema(pa.schema([*data.schema, *added]))
+    return data
+
+
+def _added_columns(table: str, held: list[str]) -> list[pa.Field]:
+    """The columns of ``table``'s schema missing from a table whose
+    columns are ``held``: columns added (nullable) after an older topk
+    wrote it. Its next commit adds them (``_apply``)."""
+    wanted, _ = TABLES[table]
+    return [] if wanted is None else [f for f in wanted
+                                      if f.name not in held]
 
 
 def newest(output: str, table: str, snap: Snapshot, column: str,
@@ -439,6 +453,8 @@ def _apply(output: str, change: Change,
     else:
         mode, predicate = "overwrite", change.predicate
     pieces = change.data if isinstance(change.data, list) else [change.data]
+    evolve = table is not None and _added_columns(
+        change.table, [f.name for f in table.schema().fields])
     for piece in pieces:
         # Later pieces append to what the first replaced: readers see the
         # manifest's version, the last one, never one in between. A table
@@ -448,7 +464,8 @@ def _apply(output: str, change: Change,
                         partition_by=partitions or None,
                         writer_properties=WRITER_PROPERTIES,
                         configuration=(TABLE_CONFIG if table is None
-                                       else None))
+                                       else None),
+                        schema_mode="merge" if evolve else None)
         mode, predicate = "append", None
         if table is None:
             table = _open(path, opened)

@@ -878,12 +878,14 @@ def shards_watermark(closed: dict[int, int], shards: int) -> int:
 
 
 def ranked_pane_rows(spec: WindowSpec, timing: str, merged: pa.Table,
-                     pane_index: dict[int, int], emitted_at_ms: int
-                     ) -> pa.Table:
-    """A merged pane as ``ranked_windows`` rows (``source = stream``)."""
-    rows = ranking.to_ranked_windows(merged, spec, pane_timing=timing,
-                                     source=SOURCE,
-                                     emitted_at_ms=emitted_at_ms)
+                     pane_index: dict[int, int], emitted_at_ms: int,
+                     watermark_ms: int) -> pa.Table:
+    """A merged pane as ``ranked_windows`` rows (``source = stream``),
+    emitted when the merge's watermark was ``watermark_ms``."""
+    rows = ranking.with_input_watermark(
+        ranking.to_ranked_windows(merged, spec, pane_timing=timing,
+                                  source=SOURCE, emitted_at_ms=emitted_at_ms),
+        watermark_ms if watermark_ms > NO_WATERMARK else None)
     starts = merged["window_start"].to_numpy()
     index = np.array([pane_index[int(s)] for s in starts], np.int32)
     return rows.set_column(rows.schema.get_field_index("pane_index"),

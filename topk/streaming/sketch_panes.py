@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from topk.approx import sketch_windows, sketches
-from topk.core import counting, schema
+from topk.core import counting, ranking, schema
 from topk.core.windows import WindowSpec
 from topk.streaming import closed_parts
 from topk.streaming.dedup import NO_WATERMARK, RETENTION_MARGIN_MS
@@ -217,10 +217,11 @@ class SketchPanes:
         self.watermark_ms = watermark
         written = self._sketch_rows(previous, watermark, emitted_at)
         self._expire()
-        return SketchFiring(
+        ranked = ranking.with_input_watermark(
             pa.concat_tables([schema.RANKED_WINDOWS_SCHEMA.empty_table()]
                              + ranked),
-            written, late, emitted_at, held_back)
+            watermark if watermark > NO_WATERMARK else None)
+        return SketchFiring(ranked, written, late, emitted_at, held_back)
 
     def _absorb(self, partials: pa.Table) -> np.ndarray:
         """Add minute partials to every level's slice sketches; returns the

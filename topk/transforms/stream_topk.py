@@ -405,7 +405,8 @@ class _MergePanesFn(beam.DoFn):
         emitted_at = merge.emission_time(now_ms()) if panes else None
         for name, merged, index in panes:
             yield stream_panes.ranked_pane_rows(merge.spec, name, merged,
-                                                index, emitted_at)
+                                                index, emitted_at,
+                                                merge.watermark_ms)
         merge_state.write(merge)  # kept when empty: it knows the watermark
 
     @on_timer(EMIT)

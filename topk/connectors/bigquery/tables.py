@@ -114,7 +114,8 @@ def json_rows(table: pa.Table) -> list[dict]:
 def ensure_tables(client, target: Target, names, policy=None) -> list[str]:
     """Create the output tables ``names`` that do not exist yet, as
     specified; check the ones that do (same columns, partitioning and
-    clustering, else ``BigQueryError``). With a retention ``policy``
+    clustering, else ``BigQueryError``; nullable columns added to the
+    contract since an older topk created the table are added to it). With a retention ``policy``
     (``topk.storage.retention``; applied by ``topk retention``) the partition
     expiration is set to its longest tier, on existing tables too. Returns one line per table."""
     from google.cloud import bigquery
@@ -133,6 +134,14 @@ def ensure_tables(client, target: Target, names, policy=None) -> list[str]:
                                     exists_ok=True)
             lines.append(f"created {table_id}")
             continue
+        added = _added_columns(existing, wanted)
+        if added:
+            existing.schema = [*existing.schema, *(
+                bigquery.SchemaField.from_api_repr(f) for f in added)]
+            with errors(target):
+                existing = client.update_table(existing, ["schema"])
+            lines.append(f"added {', '.join(f['name'] for f in added)} "
+                         f"to {table_id}")
         _check_table(existing, wanted, table_id)
         if policy is not None and \
                 existing.time_partitioning.expiration_ms != expiration:
@@ -154,10 +163,26 @@ def _days(expiration_ms: int | None) -> str:
 _LEGACY_TYPES = {"INTEGER": "INT64", "BOOLEAN": "BOOL", "FLOAT": "FLOAT64"}
 
 
+def _fields(existing) -> list[dict]:
+    """An existing table's columns as ``bigquery_fields`` spells them."""
+    return [{"name": f.name,
+             "type": _LEGACY_TYPES.get(f.field_type, f.field_type),
+             "mode": f.mode or "NULLABLE"} for f in existing.schema]
+
+
+def _added_columns(existing, wanted: dict) -> list[dict]:
+    """The contract's columns after the existing table's own, when those
+    match the contract's first columns and the rest are nullable: what an
+    older topk's table lacks (BigQuery adds nullable columns in place)."""
+    got, want = _fields(existing), wanted["schema"]["fields"]
+    rest = want[len(got):]
+    if got != want[:len(got)] or any(f["mode"] != "NULLABLE" for f in rest):
+        return []
+    return rest
+
+
 def _check_table(existing, wanted: dict, table_id: str) -> None:
-    got = [{"name": f.name,
-            "type": _LEGACY_TYPES.get(f.field_type, f.field_type),
-            "mode": f.mode or "NULLABLE"} for f in existing.schema]
+    got = _fields(existing)
     partitioning = existing.time_partitioning
     problems = []
     if got != wanted["schema"]["fields"]:
