@@ -56,8 +56,17 @@ def ranked_rows(events, window_start, pane_timing, pane_index, source,
                 rank=rank, item_id=item, count=count, lower_bound=count,
                 upper_bound=count, guaranteed=True, window_total=total,
                 pane_timing=pane_timing, pane_index=pane_index,
-                source=source, emitted_at=emitted_at))
+                source=source, emitted_at=emitted_at,
+                input_watermark=input_watermark(w, pane_timing, source)))
     return rows
+
+
+def input_watermark(window_start, pane_timing, source):
+    """A stream pane's input watermark: inside its window while early, at
+    its end once closed; none for batch rows."""
+    if source == "batch":
+        return None
+    return window_start + (H // 2 if pane_timing == "early" else H)
 
 
 def _table(rows):
@@ -160,12 +169,14 @@ def test_latest_late_pane_holds_the_true_counts(ranked_output):
                         L0 + 3 * H)
     assert [(r.rank, r.item_id, r.count) for r in got.rows] == truth
     assert got.pane_timing == "late" and got.source == "stream"
+    assert got.input_watermark == L0 + 3 * H  # past the window's end
     assert got.window_total == sum(e.weight for e in RANKED["hour2"]
                                    + RANKED["late"])
     # The batch window of hour 1 ignores the stale stream's ghost.
     batch = latest.latest(ranked_output, "1h", K, window_start=L0 + H)
     assert [(r.rank, r.item_id, r.count) for r in batch.rows] == \
         oracle.topk(RANKED["hour1"], K, L0 + H, L0 + 2 * H)
+    assert batch.input_watermark is None
 
 
 def test_latest_finds_a_method_whose_newest_window_is_older(tmp_path):
@@ -303,6 +314,12 @@ def test_coverage_of_ranked_windows(ranked_output):
     assert cov.slices is None and cov.methods == []
     assert cov.newest_stream_at == AT[4]
     assert coverage.stream_lag_s(cov, AT[4] + 2500) == 2.5
+    # The newest input watermark of any stream pane: the late pane's, at
+    # the end of hour 2 (taken from the rows written).
+    assert cov.stream_watermark == max(
+        input_watermark(r["window_start"], r["pane_timing"], r["source"])
+        for _, written in RANKED["writes"] for r in written
+        if r["source"] == "stream")
 
 
 def test_missing_output(tmp_path):

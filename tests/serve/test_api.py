@@ -221,6 +221,9 @@ def test_latest_answers_as_the_library(ranked):
                 pane.spec, _t(pane.window_start), _t(pane.window_end),
                 pane.pane_timing, pane.pane_index, pane.source,
                 _t(pane.emitted_at), pane.window_total)
+            assert body["input_watermark"] == (
+                None if pane.input_watermark is None
+                else _t(pane.input_watermark))
             assert body["age_s"] > 0 and "freshness" in body
         # The latest 1h window: the late pane, the oracle's true top.
         body = c.get("/v1/windows/latest?spec=1h&k=4").json()
