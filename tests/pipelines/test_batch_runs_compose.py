@@ -28,14 +28,15 @@ K = 3
 WINDOWS = list(oracle.WINDOW_SPECS)
 
 
-def run_batch(lines, output, directory, name):
+def run_batch(lines, output, directory, name, windows="all"):
     """One ``topk batch`` run over ``lines`` (JSON records) into
     ``output``."""
     path = os.path.join(directory, f"{name}.jsonl")
     with open(path, "w") as f:
         f.writelines(line + "\n" for line in lines)
     batch.run([f"--input={path}", f"--output={output}", f"--k={K}",
-               "--windows=all", "--item_shards=2", "--dedup_shards=2"])
+               f"--windows={windows}", "--item_shards=2",
+               "--dedup_shards=2"])
 
 
 def exact_tables(output) -> dict:
@@ -114,6 +115,19 @@ def test_day_one_then_day_two_keeps_the_30_day_window_whole(tmp_path):
     assert total == 200 + 200
     unique = oracle.dedup(oracle.parse_block(
         "\n".join(day1 + day2) + "\n")[0])
+    check(exact_tables(out), oracle_tables(unique))
+
+
+def test_runs_with_other_windows_keep_each_others_windows(tmp_path):
+    """The defect: a run over the same span with other --windows deleted
+    the windows of the specs it did not compute."""
+    out = str(tmp_path / "out")
+    day1 = day_lines(0, 401)
+    specs = sorted(oracle.WINDOW_SPECS)
+    half = len(specs) // 2
+    run_batch(day1, out, tmp_path, "first", ",".join(specs[:half]))
+    run_batch(day1, out, tmp_path, "second", ",".join(specs[half:]))
+    unique = oracle.dedup(oracle.parse_block("\n".join(day1) + "\n")[0])
     check(exact_tables(out), oracle_tables(unique))
 
 

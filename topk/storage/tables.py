@@ -556,13 +556,15 @@ def _quoted(values) -> str:
 
 
 def batch_predicates(span: tuple[int, int] | None, methods, input_id: str,
-                     whole_windows_only: bool = False) -> dict[str, str]:
+                     whole_windows_only: bool = False,
+                     specs=None) -> dict[str, str]:
     """The rows a batch run over event times ``span = [start, end)`` (epoch
     ms) with ``methods`` owns, per table, as Delta predicates: its batch
     slices (exact) and sketches (per method) of every slice length that
-    overlap the span, its batch ranked windows of its methods that overlap
-    the span (``whole_windows_only``: that lie inside it, for reprocessing,
-    which writes only those), and the dead letters of its input."""
+    overlap the span, its batch ranked windows of its methods and window
+    ``specs`` (``WindowSpec`` s; ``None``: every spec) that overlap the span
+    (``whole_windows_only``: that lie inside it, for reprocessing, which
+    writes only those), and the dead letters of its input."""
     out = {layout.DEAD_LETTERS: f"input_id = '{input_id}'"}
     if span is None:
         return out
@@ -589,6 +591,10 @@ def batch_predicates(span: tuple[int, int] | None, methods, input_id: str,
     else:
         windows = (f"window_start < '{_iso(end)}' AND "
                    f"window_end > '{_iso(start)}'")
+    if specs is not None:
+        # A run with other --windows leaves the windows it did not compute.
+        windows += (f" AND window_spec IN "
+                    f"({_quoted([s.key for s in specs]) or 'NULL'})")
     # The longest window is 30 days: its start lies at most that far back.
     out[layout.RANKED_WINDOWS] = (
         f"source = 'batch' AND method IN ({_quoted(methods)}) AND date >= "
@@ -792,15 +798,16 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
     data = {t: staged(output, run_id, t) for t in TABLES}
     if span is None:
         span = minute_span([data[layout.SLICES], data[layout.SKETCHES]])
+    if specs is not None:
+        specs = [WindowSpec.parse(s) if isinstance(s, str) else s
+                 for s in specs]
     predicates = batch_predicates(span, methods, input_id_,
-                                  whole_windows_only)
+                                  whole_windows_only, specs)
     if (span is None or whole_windows_only or layout.EXACT not in methods
             or data[layout.SLICES] is None):
         changes = [Change(table, _staged_rows(table, data[table]), predicate)
                    for table, predicate in predicates.items()]
         return _commit_and_clean(output, run_id, changes, "batch", span)
-    specs = [WindowSpec.parse(s) if isinstance(s, str) else s
-             for s in specs or ()]
     return _commit_edges(output, run_id, data, predicates, span, specs, k)
 
 
