@@ -474,9 +474,7 @@ class ShardPanes:
                                        for p in parts]))
         rest = wanted[~np.isin(wanted, covered)]
         if rest.size:
-            parts.append(ranking.shard_top_k(counting.slices_between(
-                table, int(rest.min()), int(rest.max()) + spec.length_ms),
-                [spec], self.k, window_starts=rest)[spec])
+            parts.append(self._rank_windows(spec, table, rest))
         top = ranking.WindowTopK(
             pa.concat_tables([ranking.CANDIDATES_SCHEMA.empty_table()]
                              + [p.candidates for p in parts]),
@@ -511,14 +509,20 @@ class ShardPanes:
         parts = []
         fresh = early[~np.isin(early, wanted[known])] if live else early[:0]
         if fresh.size:
-            top = ranking.shard_top_k(counting.slices_between(
-                table, int(fresh.min()), int(fresh.max()) + spec.length_ms),
-                [spec], self.k, window_starts=fresh)[spec]
+            top = self._rank_windows(spec, table, fresh)
             tops.keep(top, fresh)
             parts.append(top)
         if known.any():
             parts.append(tops.top_k(table, wanted[known]))
         return parts
+
+    def _rank_windows(self, spec, table, starts) -> ranking.WindowTopK:
+        """The top K of the windows ``starts`` of ``spec`` from all their
+        rows of ``table``."""
+        rows = counting.slices_between(table, int(starts.min()),
+                                       int(starts.max()) + spec.length_ms)
+        return ranking.shard_top_k(rows, [spec], self.k,
+                                   window_starts=starts)[spec]
 
     def _slice_rows(self, dirty: np.ndarray, emitted_at: int, levels,
                     items=None) -> pa.Table:
