@@ -68,6 +68,8 @@ COUNTER_HELP = {
     "kafka_retries": "Kafka reads retried after an error.",
     "kafka_offsets_lost_to_retention":
         "Kafka offsets deleted by retention before they were read.",
+    "kafka_readers_reopened": "Kafka partition readers closed and opened "
+    "anew after delivering nothing while the broker held more messages.",
 }
 
 
