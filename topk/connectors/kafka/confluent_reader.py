@@ -17,6 +17,7 @@ which is what the source and the other reader raise and catch.
 """
 import logging
 import operator
+import time
 
 import confluent_kafka
 from confluent_kafka import KafkaError as CKError
@@ -230,6 +231,9 @@ class _Consumer(confluent_kafka.Consumer):
 
 _OUT_OF_RANGE = {CKError._AUTO_OFFSET_RESET, CKError.OFFSET_OUT_OF_RANGE}
 
+#: Seconds between the non-blocking consumes of a poll that waits.
+WAIT_STEP_S = 0.01
+
 
 class ConfluentPartitionReader(CarryingReader):
     """A confluent-kafka consumer assigned to one partition (``assign``,
@@ -298,11 +302,18 @@ class ConfluentPartitionReader(CarryingReader):
             self._seek_consumer(self._resume)
         consume = self.consumer.consume
         try:
-            # consume(n, timeout) waits until it has n messages, so: what
-            # is held, else wait for one message and add what came with it.
+            # What is held, else wait for the first message in Python:
+            # never consume(n, timeout). That call waits for all n messages,
+            # and in confluent-kafka 2.16 a timed consume sometimes never
+            # returned once the broker went down (about 1 run in 8 of
+            # test_broker_restart_during_a_run under load), which stalls
+            # the partition and, with aligned watermarks, the stream.
             msgs = consume(max_records, 0)
-            if not msgs and timeout_ms > 0:
-                msgs = consume(1, timeout_ms / 1000)
+            deadline = time.monotonic() + timeout_ms / 1000
+            while not msgs and time.monotonic() < deadline:
+                time.sleep(WAIT_STEP_S)
+                # One message (consume allocates room for n), then the rest.
+                msgs = consume(1, 0)
                 if msgs and max_records > 1:
                     msgs += consume(max_records - 1, 0)
         except KafkaException as e:
