@@ -115,9 +115,10 @@ def ensure_tables(client, target: Target, names, policy=None) -> list[str]:
     """Create the output tables ``names`` that do not exist yet, as
     specified; check the ones that do (same columns, partitioning and
     clustering, else ``BigQueryError``; nullable columns added to the
-    contract since an older topk created the table are added to it). With a retention ``policy``
-    (``topk.storage.retention``; applied by ``topk retention``) the partition
-    expiration is set to its longest tier, on existing tables too. Returns one line per table."""
+    contract since an older topk created the table are added to it). With
+    a retention ``policy`` (``topk.storage.retention``; applied by ``topk
+    retention``) the partition expiration is set to its longest tier, on
+    existing tables too. Returns one line per table."""
     from google.cloud import bigquery
     expiration = (retention.partition_expiration_ms(policy)
                   if policy is not None else None)
