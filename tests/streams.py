@@ -57,6 +57,22 @@ class Process:
                   if " WARNING " in line or " ERROR " in line]
         return "\n".join(picked[-lines:])
 
+    def stacks(self, wait_s=2.0) -> str:
+        """Every thread's stack, as the process prints it on SIGUSR1
+        (``topk.cli.main``), keeping the frames of this project and of
+        the Kafka clients: where a stream that stopped counting waits."""
+        if not self.alive():
+            return ""
+        with open(self.log_path, "rb") as f:
+            before = len(f.read())
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        time.sleep(wait_s)
+        with open(self.log_path, "rb") as f:
+            text = f.read()[before:].decode(errors="replace")
+        keep = ("Thread 0x", "Current thread", "topk/", "kafka")
+        return "\n".join(line for line in text.splitlines()
+                         if any(k in line for k in keep))
+
     def tail(self) -> str:
         with open(self.log_path, "rb") as f:
             return f.read()[-3000:].decode(errors="replace")
@@ -136,7 +152,8 @@ def _difference(spec, expected, got) -> str:
 
 def wait_for_oracle(output, events, stream, timeout_s=100, distinct=False):
     difference = oracle_mismatch(output, events, stream, timeout_s, distinct)
-    assert difference is None, f"{difference}\n{stream.warnings()}"
+    assert difference is None, (f"{difference}\n{stream.warnings()}\n"
+                                f"{stream.stacks()}")
 
 
 def phase(minutes_ago=40, span_min=30, events=2400, seed=1):

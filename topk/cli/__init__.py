@@ -20,7 +20,9 @@ Every flag is spelled with hyphens and means one thing across commands.
 Bad input exits with status 2 and a one-line reason on stderr.
 """
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 
 import topk
@@ -59,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` prints every thread's stack to the process's
+    stderr: what a run that seems stuck is doing, without stopping it."""
+    stderr = sys.__stderr__
+    if not hasattr(signal, "SIGUSR1") or stderr is None:
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=stderr, all_threads=True)
+    except (ValueError, OSError):  # a stderr without a file descriptor
+        pass
+
+
 def main(argv=None) -> int:
     """Run ``topk ARGV``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -71,6 +85,7 @@ def main(argv=None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _dump_stacks_on_sigusr1()
     try:
         if getattr(args, "takes_beam_args", False):
             return args.func(args, rest)
