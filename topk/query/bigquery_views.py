@@ -104,7 +104,8 @@ def latest_sql(table_id: str, spec, method: str, event_type: str,
                c.emitted_at AS emitted_at, c.window_total AS window_total,
                c.rank AS rank, c.item_id AS item_id, c.count AS count,
                c.lower_bound AS lower_bound, c.upper_bound AS upper_bound,
-               c.guaranteed AS guaranteed
+               c.guaranteed AS guaranteed,
+               c.input_watermark AS input_watermark
         FROM c JOIN pane
           ON c.window_start = pane.window_start
          AND c.source = pane.source AND c.emitted_at = pane.emitted_at
@@ -145,7 +146,8 @@ def latest(client, target: Target, spec: str, k: int = 10,
         int(first["window_total"]),
         [ApproxRankedItem(int(r["rank"]), r["item_id"], int(r["count"]),
                           int(r["lower_bound"]), int(r["upper_bound"]),
-                          bool(r["guaranteed"])) for r in rows])
+                          bool(r["guaranteed"])) for r in rows],
+        _ms(first["input_watermark"]))
 
 
 # --- series ------------------------------------------------------------------
@@ -217,12 +219,14 @@ def coverage(client, target: Target) -> Coverage:
     ``target`` (``seq`` ``None``). Raises ``BigQueryError`` on BigQuery
     problems; a table not created yet counts as empty."""
     specs, methods, types, stream_at = [], set(), set(), []
+    watermarks = []
 
     ranked_id = target.table_id(output_layout.RANKED_WINDOWS)
     rows = _query(client, target, f"""
         SELECT window_length, slide, method, event_type,
                MIN(window_start) AS first, MAX(window_end) AS last,
-               MAX(emitted_at) AS newest, {_STREAM_AT}
+               MAX(emitted_at) AS newest, {_STREAM_AT},
+               MAX(input_watermark) AS watermark
         FROM `{ranked_id}`
         GROUP BY window_length, slide, method, event_type""", [],
                   missing=f"no table {ranked_id}")
@@ -238,6 +242,7 @@ def coverage(client, target: Target) -> Coverage:
         spec["last"].append(_ms(r["last"]))
         spec["newest"].append(_ms(r["newest"]))
         stream_at.append(_ms(r["stream_at"]))
+        watermarks.append(_ms(r["watermark"]))
     for name, spec in by_spec.items():
         specs.append(SpecCoverage(
             name, sorted(spec["methods"]), sorted(spec["types"]),
@@ -277,5 +282,7 @@ def coverage(client, target: Target) -> Coverage:
             newest_minute = max(newest_minute or 0, _ms(r["minute"]))
     types.discard(schema.ALL_TYPES)
     stream_at = [t for t in stream_at if t is not None]
+    watermarks = [t for t in watermarks if t is not None]
     return Coverage(None, specs, slices, sorted(methods), sorted(types),
-                    newest_minute, max(stream_at) if stream_at else None)
+                    newest_minute, max(stream_at) if stream_at else None,
+                    max(watermarks) if watermarks else None)

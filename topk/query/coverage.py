@@ -86,7 +86,7 @@ class Coverage:
     newest minute slice (events are counted per minute); ``newest_stream_at``:
     the newest ``emitted_at`` of a stream row in any table;
     ``stream_watermark``: the newest ``input_watermark`` of a stream pane
-    (``ranked_windows``; ``None`` where the backend does not read it)."""
+    (``ranked_windows``)."""
     seq: int
     specs: list
     slices: tuple | None

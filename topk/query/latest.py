@@ -49,8 +49,7 @@ class NotFound(QueryError):
 class LatestPane:
     """One pane of one window: its rows ranked (``rank``, then
     ``item_id``). Times are epoch ms; ``input_watermark`` is a stream
-    pane's (``ranked_windows``), ``None`` for a batch pane or where the
-    backend does not read it (BigQuery)."""
+    pane's (``ranked_windows``), ``None`` for a batch pane."""
     spec: str
     method: str
     event_type: str
