@@ -16,8 +16,8 @@ from deltalake import DeltaTable, write_deltalake
 
 import oracle
 from topk import query
-from topk.core import counting, schema
-from topk.core.windows import parse_time
+from topk.core import counting, ranking, schema
+from topk.core.windows import WindowSpec, parse_time
 from topk.storage import layout, retention, tables
 
 T0 = parse_time("2024-05-01T00:00:00Z")
@@ -344,8 +344,6 @@ def ranked_rows(emitted_at_ms, watermark_ms):
         "rank": pa.array([1, 2], pa.int32()),
         "item_id": ["a", "b"], "count": pa.array([5, 3], pa.int64()),
         "window_total": pa.array([8, 8], pa.int64())})
-    from topk.core import ranking
-    from topk.core.windows import WindowSpec
     rows = ranking.to_ranked_windows(merged, WindowSpec.parse("1m"),
                                      pane_timing="early", source="stream",
                                      emitted_at_ms=emitted_at_ms)

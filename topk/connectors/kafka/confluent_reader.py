@@ -305,9 +305,9 @@ class ConfluentPartitionReader(CarryingReader):
             # What is held, else wait for the first message in Python:
             # never consume(n, timeout). That call waits for all n messages,
             # and in confluent-kafka 2.16 a timed consume sometimes never
-            # returned once the broker went down (about 1 run in 8 of
-            # test_broker_restart_during_a_run under load), which stalls
-            # the partition and, with aligned watermarks, the stream.
+            # returned once the broker went down (a thread dump of a failed
+            # test_broker_restart_during_a_run), which stalls the partition
+            # and, with aligned watermarks, the stream.
             msgs = consume(max_records, 0)
             deadline = time.monotonic() + timeout_ms / 1000
             while not msgs and time.monotonic() < deadline:
