@@ -1,11 +1,11 @@
 """Separate batch runs over parts of time compose into one output.
 
 A batch run owns the slices of its input's event-time span and recomputes
-every window that overlaps the span from all committed batch slices
-(``topk.storage.boundary_windows``), so runs per day or per file, in any
-order, with overlaps and reruns, write the same ``ranked_windows`` and
-``slices`` as one run over everything, which the brute-force oracle
-(``tests/oracle.py``) checks.
+every window that overlaps the span from all committed batch slices and
+sketches (``topk.storage.boundary_windows``), so runs per day or per file,
+in any order, with overlaps and reruns, write the same ``ranked_windows``,
+``slices`` and ``sketches`` as one run over everything, which the
+brute-force oracle (``tests/oracle.py``) checks.
 """
 import collections
 import datetime as dt
@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 
+import pyarrow.compute as pc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -28,15 +29,16 @@ K = 3
 WINDOWS = list(oracle.WINDOW_SPECS)
 
 
-def run_batch(lines, output, directory, name, windows="all"):
+def run_batch(lines, output, directory, name, windows="all",
+              methods="exact"):
     """One ``topk batch`` run over ``lines`` (JSON records) into
     ``output``."""
     path = os.path.join(directory, f"{name}.jsonl")
     with open(path, "w") as f:
         f.writelines(line + "\n" for line in lines)
     batch.run([f"--input={path}", f"--output={output}", f"--k={K}",
-               f"--windows={windows}", "--item_shards=2",
-               "--dedup_shards=2"])
+               f"--windows={windows}", f"--method={methods}",
+               "--item_shards=2", "--dedup_shards=2"])
 
 
 def exact_tables(output) -> dict:
@@ -49,8 +51,8 @@ def exact_tables(output) -> dict:
          r["event_type"], ms(r["window_start"]), r["rank"], r["item_id"],
          r["count"], r["window_total"], ms(r["window_end"]) - ms(
              r["window_start"]), r["method"], r["source"], r["guaranteed"])
-        for r in tables.dataset(output, "ranked_windows", snap
-                                ).to_table().to_pylist()]
+        for r in tables.dataset(output, "ranked_windows", snap).to_table(
+            filter=pc.field("method") == "exact").to_pylist()]
     slices = [(r["slice_length"], r["event_type"], ms(r["slice_start"]),
                r["item_id"], r["count"], r["source"])
               for r in tables.dataset(output, "slices", snap
@@ -71,6 +73,55 @@ def oracle_tables(unique) -> dict:
               for (et, start, item), count in oracle.slice_counts(
                   unique, size).items()]
     return {"ranked_windows": sorted(ranked), "slices": sorted(slices)}
+
+
+APPROXIMATE = ("cms", "frequent_items")
+
+
+def check_approximate(output, unique):
+    """Each approximate method's windows and sketch totals in ``output``
+    equal the oracle's. The tests' few items fit the default sketch
+    budget, so every estimate is exact: each window's counts are the
+    oracle's top K counts (ties may rank other items), its bounds equal
+    its count, and each sketch's total is its slice's event count."""
+    want = collections.defaultdict(lambda: [0, []])
+    for name, (length, slide) in oracle.WINDOW_SPECS.items():
+        for et, w, _, _, count, total in oracle.ranked_windows(
+                unique, length, slide, K):
+            want[(name, et, w)][0] = total
+            want[(name, et, w)][1].append(count)
+    totals = collections.Counter()
+    for name, size in oracle.SLICE_LENGTHS.items():
+        for (et, start, _), count in oracle.slice_counts(unique,
+                                                         size).items():
+            totals[(name, et, start)] += count
+            totals[(name, oracle.ALL_TYPES, start)] += count
+    snap = tables.snapshot(output)
+    ms = oracle._utc_ms
+    rows = tables.dataset(output, "ranked_windows", snap).to_table(
+        filter=pc.field("method") != "exact").to_pylist()
+    sketch_rows = tables.dataset(output, "sketches", snap).to_table(
+        columns=["method", "slice_length", "event_type", "slice_start",
+                 "total"]).to_pylist()
+    for method in APPROXIMATE:
+        got = collections.defaultdict(lambda: [0, []])
+        for r in rows:
+            if r["method"] != method:
+                continue
+            assert r["lower_bound"] == r["count"] == r["upper_bound"], r
+            key = (r["window_length"] + ("/" + r["slide"] if r["slide"]
+                                         else ""),
+                   r["event_type"], ms(r["window_start"]))
+            got[key][0] = r["window_total"]
+            got[key][1].append(r["count"])
+        assert {k: (t, sorted(c)) for k, (t, c) in got.items()} == {
+            k: (t, sorted(c)) for k, (t, c) in want.items()}, method
+        sketch_totals = collections.Counter()
+        for r in sketch_rows:
+            if r["method"] == method:
+                sketch_totals[(r["slice_length"], r["event_type"],
+                               ms(r["slice_start"]))] += r["total"]
+        assert sketch_totals == totals, method
 
 
 def check(got, want):
@@ -118,6 +169,19 @@ def test_day_one_then_day_two_keeps_the_30_day_window_whole(tmp_path):
     check(exact_tables(out), oracle_tables(unique))
 
 
+def test_approximate_windows_and_sketches_across_runs_hold_both_days(
+        tmp_path):
+    """The defect: the day-2 run's approximate windows crossing midnight
+    (and the 30-day window) and its straddling sketches held day 2 only."""
+    out = str(tmp_path / "out")
+    day1, day2 = day_lines(0, 401), day_lines(1, 400)
+    run_batch(day1, out, tmp_path, "day1", methods=",".join(APPROXIMATE))
+    run_batch(day2, out, tmp_path, "day2", methods=",".join(APPROXIMATE))
+    unique = oracle.dedup(oracle.parse_block(
+        "\n".join(day1 + day2) + "\n")[0])
+    check_approximate(out, unique)
+
+
 def test_runs_with_other_windows_keep_each_others_windows(tmp_path):
     """The defect: a run over the same span with other --windows deleted
     the windows of the specs it did not compute."""
@@ -159,7 +223,7 @@ def generated():
             run_batch(lines, os.path.join(d, "out"), d, "all")
             one_run = exact_tables(os.path.join(d, "out"))
         _CACHE.update(records=records, want=oracle_tables(unique),
-                      one_run=one_run)
+                      one_run=one_run, unique=unique)
     return _CACHE["records"], _CACHE["want"], _CACHE["one_run"]
 
 
@@ -192,8 +256,9 @@ def run_plans(draw):
 @given(plan=run_plans())
 def test_runs_over_parts_of_time_compose_like_one_run(plan):
     """Runs over minute-aligned event-time ranges (each holds every event
-    of its range), in any order, overlapping and rerun, leave the tables
-    one run over everything writes, which equal the oracle's."""
+    of its range), in any order, overlapping and rerun, leave the exact
+    tables one run over everything writes, which equal the oracle's, and
+    approximate windows and sketches that equal the oracle's too."""
     records, want, one_run = generated()
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "out")
@@ -204,8 +269,10 @@ def test_runs_over_parts_of_time_compose_like_one_run(plan):
             covered.update(mine)
             lines = [records[j][1] for j in mine]
             if lines:
-                run_batch(lines, out, d, f"run{i}")
+                run_batch(lines, out, d, f"run{i}",
+                          methods=",".join(("exact",) + APPROXIMATE))
         assert len(covered) == len(records)
         got = exact_tables(out)
+        check_approximate(out, _CACHE["unique"])
     check(one_run, want)
     check(got, one_run)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import oracle
+from topk.approx import sketch_windows, sketches
 from topk.core import counting, ranking, schema
 from topk.core.windows import SUPPORTED_WINDOWS, WindowSpec
 from topk.storage import boundary_windows as bw
@@ -155,12 +156,9 @@ def test_recomputed_rows_equal_ranking_of_merged_counts(seed, span):
     slices, replaces = bw.straddling_slices(reader, emitted_at_ms=5)
     assert slices.schema == schema.SLICES_SCHEMA
     want = collections.Counter()
-    for name, ms in bw.COARSE_SLICES:
-        cut = bw.straddling_slice_starts(span, ms)
-        for r in counting.rollup(merged, ms).to_pylist():
-            if r["slice_start"] in cut:
-                want[(name, r["slice_start"], r["event_type"],
-                      r["item_id"])] += r["count"]
+    for name, r in straddling_rollups(merged, span):
+        want[(name, r["slice_start"], r["event_type"],
+              r["item_id"])] += r["count"]
     # Likewise: the run's own straddling slices, minus those replaced,
     # plus the recomputed ones, are the rollups of all counts.
     cut = {(n, s_) for n, s_, _, _ in want}
@@ -177,6 +175,16 @@ def test_recomputed_rows_equal_ranking_of_merged_counts(seed, span):
     assert slice_keys(slices) + kept == want
     if span == (T30 - 2 * D, T30 + 2 * D):
         assert not cut and replaces is None  # whole days: none straddles
+
+
+def straddling_rollups(counts, span):
+    """``(slice length, row)`` of the 1h/1d rollups of ``counts`` that
+    straddle ``span``."""
+    for name, ms in bw.COARSE_SLICES:
+        cut = bw.straddling_slice_starts(span, ms)
+        for r in counting.rollup(counts, ms).to_pylist():
+            if r["slice_start"] in cut:
+                yield name, r
 
 
 def straddling_ranking(counts, specs, k, span):
@@ -217,6 +225,149 @@ def test_nothing_committed_beyond_the_edges_keeps_the_runs_rows():
         assert rows.num_rows == 0 and replaces is None
         rows, replaces = bw.straddling_slices(reader, 5)
         assert rows.num_rows == 0 and replaces is None
+
+
+# --- Approximate methods: sketches ------------------------------------------
+
+APPROXIMATE = ("cms", "frequent_items")
+
+
+def stored_sketches(counts, source="batch", emitted_at=T30,
+                    budget=sketches.DEFAULT_BUDGET_BYTES):
+    """Stored ``sketches`` rows (1m, 1h, 1d; per event type and all types)
+    of minute partials, for both approximate methods."""
+    parts = []
+    for name, ms in (("1m", M), ("1h", H), ("1d", D)):
+        groups = collections.defaultdict(collections.Counter)
+        for r in counting.rollup(counts, ms).to_pylist():
+            for et in (r["event_type"], schema.ALL_TYPES):
+                groups[(et, r["slice_start"])][r["item_id"]] += r["count"]
+        rows = []
+        for method in APPROXIMATE:
+            for (et, start), items in sorted(groups.items()):
+                sketch = sketches.new_sketch(method, budget)
+                sketch.update(pa.array(list(items), pa.string()),
+                              pa.array(list(items.values()), pa.int64()))
+                rows.append(sketch_windows.sketch_row(method, et, start,
+                                                      sketch))
+        parts.append(sketch_windows.sketches_table(rows, name, source,
+                                                   emitted_at))
+    return tables.prepare(layout.SKETCHES, pa.concat_tables(parts))
+
+
+def window_counts(ranked, method):
+    """``{(spec, slide, type, start): (total, sorted counts)}`` of one
+    method's ranked rows."""
+    out = collections.defaultdict(lambda: [0, []])
+    for r in ranked.to_pylist():
+        if r["method"] == method:
+            key = (r["window_length"], r["slide"] or "", r["event_type"],
+                   r["window_start"])
+            out[key][0] = r["window_total"]
+            out[key][1].append(r["count"])
+    return {k: (t, sorted(c)) for k, (t, c) in out.items()}
+
+
+@pytest.mark.parametrize("seed,span", [
+    (1, (T30 - 5 * H - 7 * M, T30 + 3 * H + 11 * M)),  # crosses midnight
+    (4, (T30 + 20 * M, T30 + 2 * D + 40 * M))])
+def test_recomputed_sketch_rows_equal_the_merged_counts(seed, span):
+    """The straddling windows and 1h/1d sketches of each approximate
+    method, merged from the run's sketches inside the span and the
+    committed batch ones outside (not a stream's, not an older write's),
+    hold what the merged exact counts hold. Five items fit the default
+    budget, so the sketches are exact and so must the rows be."""
+    rng = random.Random(seed)
+    s, e = span
+    lo, hi = T30 - 3 * D, T30 + 4 * D
+    before = minute_counts(rng, lo, hi, 400)
+    own = minute_counts(rng, s, e, 150)
+    doubled = before.set_column(3, "count", pc.multiply(before["count"], 2))
+    committed = pads.dataset(pa.concat_tables([
+        stored_sketches(before),
+        stored_sketches(minute_counts(rng, lo, hi, 200), "stream"),
+        stored_sketches(doubled, emitted_at=T30 - D)]))
+    reader = bw.SketchReader(pads.dataset(stored_sketches(own)), committed,
+                             span)
+    starts = before["slice_start"].to_numpy()
+    merged = counting.merge_counts(
+        [before.filter(pa.array((starts < s) | (starts >= e))), own])
+
+    got, replaces = bw.ranked_straddling_sketch_windows(
+        SPECS, 2, reader, APPROXIMATE, emitted_at_ms=5)
+    assert got.schema == schema.RANKED_WINDOWS_SCHEMA
+    assert pc.all(pc.equal(got["lower_bound"], got["upper_bound"])).as_py()
+    # The run's own straddling rows (its sketches are exact too), minus
+    # those the recomputed rows replace, plus those, are the straddling
+    # windows of all counts.
+    own_rows = pa.concat_tables(straddling_ranking(own, SPECS, 2, span))
+    staged = pads.dataset(tables.prepare(layout.RANKED_WINDOWS,
+                                         pa.concat_tables([
+        own_rows.set_column(own_rows.schema.get_field_index("method"),
+                            "method", pa.array([m] * own_rows.num_rows,
+                                               pa.string()))
+        for m in APPROXIMATE])))
+    assert replaces is not None
+    kept = staged.to_table(filter=~replaces)
+    want = window_counts(pa.concat_tables(
+        straddling_ranking(merged, SPECS, 2, span)), "exact")
+    for method in APPROXIMATE:
+        assert {**window_counts(kept, method),
+                **window_counts(got, method)} == want
+        assert not set(window_counts(kept, method)) & set(
+            window_counts(got, method))
+    assert got.num_rows > kept.num_rows
+
+    rows, replaces = bw.straddling_sketches(reader, APPROXIMATE, 5)
+    assert rows.schema == schema.SKETCHES_SCHEMA
+    want = collections.Counter()
+    for name, r in straddling_rollups(merged, span):
+        for et in (r["event_type"], schema.ALL_TYPES):
+            want[(name, r["slice_start"], et)] += r["count"]
+    own_sketches = pads.dataset(stored_sketches(own))
+    kept = own_sketches.to_table(filter=(
+        pc.field("slice_length") != "1m") if replaces is None else (
+        pc.field("slice_length") != "1m") & ~replaces)
+    for method in APPROXIMATE:
+        totals = {(r["slice_length"], oracle._utc_ms(r["slice_start"]),
+                   r["event_type"]): r["total"]
+                  for r in rows.to_pylist() if r["method"] == method}
+        for r in kept.to_pylist():
+            key = (r["slice_length"], oracle._utc_ms(r["slice_start"]),
+                   r["event_type"])
+            if r["method"] == method and key[:2] in {
+                    k[:2] for k in want}:
+                assert key not in totals
+                totals[key] = r["total"]
+        assert totals == want
+
+
+def test_sketches_of_other_methods_are_left_alone():
+    """A run with ``cms`` only recomputes ``cms``: the committed
+    ``frequent_items`` sketches are another run's, which it does not
+    own."""
+    span = (T30 - 5 * H, T30 + 3 * H)
+    rng = random.Random(9)
+    committed = pads.dataset(stored_sketches(
+        minute_counts(rng, T30 - D, T30 + D, 300)))
+    reader = bw.SketchReader(pads.dataset(stored_sketches(
+        minute_counts(rng, *span, 100))), committed, span)
+    rows, _ = bw.ranked_straddling_sketch_windows(SPECS, 2, reader, ["cms"],
+                                                  5)
+    assert set(rows["method"].to_pylist()) == {"cms"}
+    rows, _ = bw.straddling_sketches(reader, ["cms"], 5)
+    assert set(rows["method"].to_pylist()) == {"cms"}
+
+
+def test_sketches_of_another_budget_are_a_clear_error():
+    span = (T30 - 5 * H, T30 + 3 * H)
+    rng = random.Random(10)
+    committed = pads.dataset(stored_sketches(
+        minute_counts(rng, T30 - D, T30 + D, 300), budget=4096))
+    reader = bw.SketchReader(pads.dataset(stored_sketches(
+        minute_counts(rng, *span, 100))), committed, span)
+    with pytest.raises(ValueError, match="--sketch-budget-bytes"):
+        bw.ranked_straddling_sketch_windows(SPECS, 2, reader, ["cms"], 5)
 
 
 # --- Through the commit path (tables.commit_staged) --------------------------

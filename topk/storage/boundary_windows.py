@@ -32,14 +32,18 @@ Ranking is ``topk.core.ranking`` (the same code the pipelines rank with),
 restricted to the straddling windows (``window_starts``); the rows are the
 ``RANKED_WINDOWS_SCHEMA`` rows a run over everything would write.
 
-Approximate methods (sketches) are not recomputed here: their straddling
-windows and slices remain the run's own (see docs/output-tables.md).
+The approximate methods' straddling windows and 1h/1d sketches are
+recomputed the same way from the ``sketches`` table (``SketchReader``):
+a window is the merge of its panes' sketches, a pane the merge of the
+stored sketches that tile it (the run's inside the span, the committed
+batch ones outside), so a sketch is never asked for a part of its slice.
 """
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from topk.approx import sketch_windows, sketches
 from topk.core import ranking, schema
 from topk.core.schema import DAY_MS, HOUR_MS, MINUTE_MS
 from topk.core.windows import WindowSpec
@@ -109,48 +113,19 @@ def pane_slice_ms(spec: WindowSpec) -> int:
     return next(ms for _, ms in _LENGTHS if spec.step_ms % ms == 0)
 
 
-# --- Reading counts ----------------------------------------------------------
-
-class SliceReader:
-    """Exact counts of ``[start, end)`` from two stored ``slices`` datasets
-    (Arrow datasets of rows in their stored form, ``tables.prepare``):
-    ``own`` (the run's staged rows) inside ``span``, ``committed`` (the
-    snapshot committed before it; only ``source = 'batch'`` rows count)
-    outside. Either may be ``None`` (nothing there)."""
-
-    def __init__(self, own: pads.Dataset | None,
-                 committed: pads.Dataset | None, span: tuple[int, int]):
-        self.own, self.committed, self.span = own, committed, span
-
-    def counts(self, start: int, end: int, max_length_ms: int
-               ) -> tuple[pa.Table, pa.Table]:
-        """``(own, committed)`` ``SLICE_COUNTS_SCHEMA`` rows (``slice_start``
-        epoch ms) whose slices together tile ``[start, end)``: the run's
-        inside the span, the committed ones outside it; slices no longer
-        than ``max_length_ms``, never crossing an edge of the span."""
-        s, e = self.span
-        own = read_counts(self.own, aligned_runs(max(start, s), min(end, e),
-                                                 max_length_ms))
-        committed = [read_counts(self.committed,
-                                 aligned_runs(lo, hi, max_length_ms),
-                                 batch_only=True)
-                     for lo, hi in ((start, min(end, s)),
-                                    (max(start, e), end))]
-        return own, pa.concat_tables(committed)
-
+# --- Reading counts and sketches -------------------------------------------
 
 def _ts(ms: int) -> pa.Scalar:
     return pa.scalar(ms * 1000, _STORED_TS)
 
 
-def read_counts(ds: pads.Dataset | None, runs, batch_only: bool = False
-                ) -> pa.Table:
-    """The ``SLICE_COUNTS_SCHEMA`` rows of ``ds`` in ``runs`` (from
-    ``aligned_runs``). Where a slice has several rows for one item and type
+def _latest_rows(ds: pads.Dataset, runs, batch_only: bool, key: list,
+                 values: list) -> pa.Table | None:
+    """The ``key`` and ``values`` columns of ``ds``'s rows in ``runs``
+    (from ``aligned_runs``), one row per ``key``: where a slice has several
     (a retried write), the latest ``emitted_at`` counts, as in the query
-    layer (``topk.query.duckdb``)."""
-    if ds is None or not runs:
-        return schema.SLICE_COUNTS_SCHEMA.empty_table()
+    layer (``topk.query.duckdb``); ``slice_start`` as epoch ms. ``None``
+    when nothing matches."""
     wanted = None
     for name, first, stop in runs:
         # ``date`` is a partition column: it lets the reader skip files.
@@ -162,18 +137,94 @@ def read_counts(ds: pads.Dataset | None, runs, batch_only: bool = False
         wanted = one if wanted is None else wanted | one
     if batch_only:
         wanted = wanted & (pc.field("source") == "batch")
-    rows = ds.to_table(columns=[*_KEY, "count", "emitted_at"], filter=wanted)
+    rows = ds.to_table(columns=[*key, *values, "emitted_at"], filter=wanted)
     if rows.num_rows == 0:
-        return schema.SLICE_COUNTS_SCHEMA.empty_table()
+        return None
     rows = rows.sort_by([("emitted_at", "descending")])
-    rows = rows.group_by(_KEY, use_threads=False).aggregate(
-        [("count", "first")])
+    rows = rows.group_by(key, use_threads=False).aggregate(
+        [(v, "first") for v in values])
     start = pc.cast(pc.cast(rows["slice_start"],
                             pa.timestamp("ms", tz="UTC")), pa.int64())
-    return pa.table({"event_type": rows["event_type"], "slice_start": start,
+    return rows.set_column(rows.schema.get_field_index("slice_start"),
+                           "slice_start", start)
+
+
+def read_counts(ds: pads.Dataset | None, runs, batch_only: bool = False
+                ) -> pa.Table:
+    """The ``SLICE_COUNTS_SCHEMA`` rows of ``ds`` in ``runs`` (from
+    ``aligned_runs``), the latest where a slice was written twice."""
+    rows = (None if ds is None or not runs else
+            _latest_rows(ds, runs, batch_only, _KEY, ["count"]))
+    if rows is None:
+        return schema.SLICE_COUNTS_SCHEMA.empty_table()
+    return pa.table({"event_type": rows["event_type"],
+                     "slice_start": rows["slice_start"],
                      "item_id": rows["item_id"],
                      "count": rows["count_first"]},
                     schema=schema.SLICE_COUNTS_SCHEMA)
+
+
+#: What ``read_sketches`` returns.
+SKETCH_PIECES_SCHEMA = pa.schema([
+    ("method", pa.string()), ("event_type", pa.string()),
+    ("slice_start", pa.int64()), ("slice_length", pa.string()),
+    ("sketch", pa.binary())])
+
+
+def read_sketches(ds: pads.Dataset | None, runs, batch_only: bool = False
+                  ) -> pa.Table:
+    """The sketches of ``ds`` in ``runs`` (from ``aligned_runs``), one per
+    (slice, method, event type), the latest where one was written twice:
+    ``SKETCH_PIECES_SCHEMA`` rows."""
+    key = ["slice_length", "slice_start", "method", "event_type"]
+    rows = (None if ds is None or not runs else
+            _latest_rows(ds, runs, batch_only, key, ["sketch"]))
+    if rows is None:
+        return SKETCH_PIECES_SCHEMA.empty_table()
+    return pa.table({"method": rows["method"],
+                     "event_type": rows["event_type"],
+                     "slice_start": rows["slice_start"],
+                     "slice_length": rows["slice_length"],
+                     "sketch": rows["sketch_first"]},
+                    schema=SKETCH_PIECES_SCHEMA)
+
+
+class SliceReader:
+    """Exact counts of ``[start, end)`` from two stored ``slices`` datasets
+    (Arrow datasets of rows in their stored form, ``tables.prepare``):
+    ``own`` (the run's staged rows) inside ``span``, ``committed`` (the
+    snapshot committed before it; only ``source = 'batch'`` rows count)
+    outside. Either may be ``None`` (nothing there)."""
+
+    #: Reads one dataset's rows of some ``aligned_runs``.
+    read = staticmethod(read_counts)
+
+    def __init__(self, own: pads.Dataset | None,
+                 committed: pads.Dataset | None, span: tuple[int, int]):
+        self.own, self.committed, self.span = own, committed, span
+
+    def rows(self, start: int, end: int, max_length_ms: int
+             ) -> tuple[pa.Table, pa.Table]:
+        """``(own, committed)`` rows (``read``'s, ``slice_start`` epoch ms)
+        whose slices together tile ``[start, end)``: the run's inside the
+        span, the committed ones outside it; slices no longer than
+        ``max_length_ms``, never crossing an edge of the span."""
+        s, e = self.span
+        own = self.read(self.own, aligned_runs(max(start, s), min(end, e),
+                                               max_length_ms))
+        committed = [self.read(self.committed,
+                               aligned_runs(lo, hi, max_length_ms),
+                               batch_only=True)
+                     for lo, hi in ((start, min(end, s)),
+                                    (max(start, e), end))]
+        return own, pa.concat_tables(committed)
+
+
+class SketchReader(SliceReader):
+    """``SliceReader`` over two stored ``sketches`` datasets: rows of
+    ``read_sketches``."""
+
+    read = staticmethod(read_sketches)
 
 
 # --- Recomputing -------------------------------------------------------------
@@ -192,38 +243,46 @@ def ranked_straddling_windows(specs: list[WindowSpec], k: int,
     hold an event, ranked from ``reader``'s counts, per spec and edge."""
     out, replaces = [], []
     for spec in specs:
-        pane_ms = pane_slice_ms(spec)
         parts = []
-        for starts in straddling_window_starts(spec, reader.span):
-            if len(starts) == 0:
-                continue
-            first, last = int(starts[0]), int(starts[-1])
-            own, committed = reader.counts(first, last + spec.length_ms,
-                                           pane_ms)
+        for starts, own, committed in _edges(spec, reader):
             if committed.num_rows == 0:
                 continue
             counts = pa.concat_tables([own, committed])
             parts.extend(top for _, _, top in ranking.iter_shard_top_k(
                 counts, [spec], k, window_starts=starts))
-            replaces.append(_windows_of(spec, first, last))
+            replaces.append(_windows_of(spec, starts))
         if parts:
             out.append(ranking.to_ranked_windows(
                 ranking.merge_window_top_k(parts, k), spec,
                 emitted_at_ms=emitted_at_ms))
     rows = (pa.concat_tables(out) if out
             else schema.RANKED_WINDOWS_SCHEMA.empty_table())
-    return rows, _any(replaces)
+    return rows, any_of(replaces)
 
 
-def _windows_of(spec: WindowSpec, first: int, last: int) -> pc.Expression:
-    """Matches the exact rows of ``spec``'s windows starting in ``[first,
-    last]``."""
+def _edges(spec: WindowSpec, reader: SliceReader):
+    """``(starts, own, committed)`` per edge of ``reader.span`` that
+    ``spec``'s windows straddle: their starts and ``reader.rows`` of
+    ``[first start, last start + length)`` in slices no longer than a
+    pane."""
+    for starts in straddling_window_starts(spec, reader.span):
+        if len(starts):
+            yield (starts, *reader.rows(int(starts[0]),
+                                        int(starts[-1]) + spec.length_ms,
+                                        pane_slice_ms(spec)))
+
+
+def _windows_of(spec: WindowSpec, starts: np.ndarray,
+                methods=(layout.EXACT,)) -> pc.Expression:
+    """Matches the rows of ``methods`` of ``spec``'s windows starting
+    between ``starts[0]`` and ``starts[-1]``."""
+    first, last = int(starts[0]), int(starts[-1])
     # Null-safe: a null ``slide`` compared with a name gives null, which
     # the negated filter would drop as well.
     slide = (pc.field("slide").is_null() if spec.slide_ms is None
              else pc.field("slide").is_valid()
              & (pc.field("slide") == spec.slide_name))
-    return ((pc.field("method") == layout.EXACT)
+    return ((pc.field("method").isin(list(methods)))
             & (pc.field("window_length") == spec.length_name) & slide
             & (pc.field("window_start") >= _ts(first))
             & (pc.field("window_start") <= _ts(last)))
@@ -238,7 +297,7 @@ def straddling_slices(reader: SliceReader, emitted_at_ms: int
         for c in straddling_slice_starts(reader.span, ms):
             # No slice of length ``ms`` fits on one side of an edge, so
             # the finer ones of each side are read.
-            own, committed = reader.counts(c, c + ms, ms)
+            own, committed = reader.rows(c, c + ms, ms)
             if committed.num_rows == 0:
                 continue
             replaces.append((pc.field("slice_length") == name)
@@ -259,10 +318,99 @@ def straddling_slices(reader: SliceReader, emitted_at_ms: int
             }, schema=schema.SLICES_SCHEMA))
     rows = (pa.concat_tables(out) if out
             else schema.SLICES_SCHEMA.empty_table())
-    return rows, _any(replaces)
+    return rows, any_of(replaces)
 
 
-def _any(expressions) -> pc.Expression | None:
+def ranked_straddling_sketch_windows(
+        specs: list[WindowSpec], k: int, reader: SketchReader, methods,
+        emitted_at_ms: int) -> tuple[pa.Table, pc.Expression | None]:
+    """``RANKED_WINDOWS_SCHEMA`` rows (approximate ``methods``, source and
+    pane timing batch) of the straddling windows of ``specs``
+    (``reader.span``): each window the merge of its panes' sketches, the
+    run's inside the span and the committed ones outside, ranked as the
+    pipelines rank a window (``sketch_windows.ranked_windows``)."""
+    out, replaces = [], []
+    for spec in specs:
+        pane_ms = pane_slice_ms(spec)
+        n = spec.length_ms // pane_ms
+        for starts, own, committed in _edges(spec, reader):
+            committed = _of_methods(committed, methods)
+            if committed.num_rows == 0:
+                continue
+            for (_, event_type), panes in _merged(
+                    pa.concat_tables([_of_methods(own, methods), committed]),
+                    pane_ms):
+                windows = []
+                for start in starts.tolist():
+                    lo = start // pane_ms
+                    inside = [panes[p] for p in range(lo, lo + n)
+                              if p in panes]
+                    if inside:
+                        windows.append((lo, sketches.merge_many(inside)))
+                out.append(sketch_windows.ranked_windows(
+                    windows, spec, pane_ms, k, event_type,
+                    emitted_at_ms=emitted_at_ms))
+            replaces.append(_windows_of(spec, starts, methods))
+    rows = (pa.concat_tables(out) if out
+            else schema.RANKED_WINDOWS_SCHEMA.empty_table())
+    return rows, any_of(replaces)
+
+
+def straddling_sketches(reader: SketchReader, methods, emitted_at_ms: int
+                        ) -> tuple[pa.Table, pc.Expression | None]:
+    """``SKETCHES_SCHEMA`` rows (approximate ``methods``, source batch) of
+    the 1h and 1d sketches that straddle ``reader.span``: merges of
+    ``reader``'s finer sketches, per method and event type."""
+    out, replaces = [], []
+    for name, ms in COARSE_SLICES:
+        for c in straddling_slice_starts(reader.span, ms):
+            own, committed = reader.rows(c, c + ms, ms)
+            committed = _of_methods(committed, methods)
+            if committed.num_rows == 0:
+                continue
+            replaces.append((pc.field("slice_length") == name)
+                            & (pc.field("slice_start") == _ts(c)))
+            merged = _merged(pa.concat_tables(
+                [_of_methods(own, methods), committed]), ms)
+            out.append(sketch_windows.sketches_table(
+                [sketch_windows.sketch_row(method, event_type, c,
+                                           panes[c // ms])
+                 for (method, event_type), panes in merged],
+                name, "batch", emitted_at_ms))
+    rows = (pa.concat_tables(out) if out
+            else schema.SKETCHES_SCHEMA.empty_table())
+    return rows, any_of(replaces)
+
+
+def _of_methods(pieces: pa.Table, methods) -> pa.Table:
+    return pieces.filter(pc.is_in(pieces["method"],
+                                  pa.array(list(methods), pa.string())))
+
+
+def _merged(pieces: pa.Table, pane_ms: int) -> list:
+    """``SKETCH_PIECES_SCHEMA`` rows -> ``[((method, event_type), {pane:
+    sketch})]``: per method and event type, the merge of the pieces in
+    each pane of ``pane_ms`` (pane = ``slice_start // pane_ms``; no piece
+    is longer than a pane)."""
+    groups = {}
+    for method, event_type, start, blob in zip(
+            pieces["method"].to_pylist(), pieces["event_type"].to_pylist(),
+            pieces["slice_start"].to_pylist(), pieces["sketch"].to_pylist()):
+        groups.setdefault((method, event_type), {}).setdefault(
+            start // pane_ms, []).append(sketches.sketch_from_bytes(blob))
+    try:
+        return [(key, {pane: sketches.merge_many(parts)
+                       for pane, parts in panes.items()})
+                for key, panes in sorted(groups.items())]
+    except ValueError as e:
+        # Sketches of other sizes do not merge.
+        raise ValueError(
+            f"the run's sketches do not merge with those committed next to "
+            f"its span ({e}): run with the output's --sketch-budget-bytes "
+            f"(the budget_bytes column of its sketches table)") from None
+
+
+def any_of(expressions) -> pc.Expression | None:
     out = None
     for e in expressions:
         out = e if out is None else out | e

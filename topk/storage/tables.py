@@ -787,10 +787,10 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
     the run owns (``batch_predicates``; ``span`` defaults to the minutes of
     its staged slices and sketches), then remove the staging files.
 
-    With exact counts, the 1h/1d slices and (given the run's window
-    ``specs``, names or ``WindowSpec``s, and ``k``) the exact ranked
-    windows that straddle an edge of the span are recomputed from the
-    run's counts inside it plus the committed batch slices outside it
+    The 1h/1d slices and sketches and (given the run's window ``specs``,
+    names or ``WindowSpec``s, and ``k``) the ranked windows that straddle
+    an edge of the span are recomputed from the run's counts and sketches
+    inside it plus the committed batch ones outside it
     (``topk.storage.boundary_windows``), in the same commit and from the
     snapshot that commit lands on (``_commit_edges``). Reprocessing
     (``whole_windows_only``) replaces no straddling window, and its
@@ -803,38 +803,61 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
                  for s in specs]
     predicates = batch_predicates(span, methods, input_id_,
                                   whole_windows_only, specs)
-    if (span is None or whole_windows_only or layout.EXACT not in methods
-            or data[layout.SLICES] is None):
+    exact = layout.EXACT in methods and data[layout.SLICES] is not None
+    approximate = [m for m in methods if m != layout.EXACT]
+    if data[layout.SKETCHES] is None:
+        approximate = []
+    if span is None or whole_windows_only or not (exact or approximate):
         changes = [Change(table, _staged_rows(table, data[table]), predicate)
                    for table, predicate in predicates.items()]
         return _commit_and_clean(output, run_id, changes, "batch", span)
-    return _commit_edges(output, run_id, data, predicates, span, specs, k)
+    return _commit_edges(output, run_id, data, predicates, span, specs, k,
+                         exact, approximate)
 
 
-def _commit_edges(output, run_id, data, predicates, span, specs, k
-                  ) -> Snapshot:
+def _commit_edges(output, run_id, data, predicates, span, specs, k, exact,
+                  approximate) -> Snapshot:
     """``commit_staged`` with the straddling rows recomputed from the
-    snapshot the commit lands on: computed under the commit lock
-    (``commit``'s ``then``), so no other writer commits in between; they
-    wait for this computation, which reads about two window lengths of
-    slices per edge."""
-    edged = {layout.SLICES, layout.RANKED_WINDOWS} & set(predicates)
+    snapshot the commit lands on (``exact``: slices and exact windows;
+    ``approximate``: those methods' sketches and windows): computed under
+    the commit lock (``commit``'s ``then``), so no other writer commits in
+    between; they wait for this computation, which reads about two window
+    lengths of slices or sketches per edge."""
+    edged = ({layout.RANKED_WINDOWS}
+             | ({layout.SLICES} if exact else set())
+             | ({layout.SKETCHES} if approximate else set())
+             ) & set(predicates)
+    windows = specs and k
 
     def edge_changes(snap):
         # Materialised here: delta-rs cannot read a table from inside its
         # own write of another (``_staged_rows`` below reads staging files
         # only).
-        reader = boundary_windows.SliceReader(
-            data[layout.SLICES], dataset(output, layout.SLICES, snap), span)
         now = int(time.time() * 1000)
-        edges = {layout.SLICES: boundary_windows.straddling_slices(reader,
-                                                                   now)}
-        if specs and k:
-            edges[layout.RANKED_WINDOWS] = (
-                boundary_windows.ranked_straddling_windows(specs, k, reader,
-                                                           now))
+        edges = {table: [] for table in edged}
+        if exact:
+            reader = boundary_windows.SliceReader(
+                data[layout.SLICES], dataset(output, layout.SLICES, snap),
+                span)
+            edges[layout.SLICES].append(
+                boundary_windows.straddling_slices(reader, now))
+            if windows:
+                edges[layout.RANKED_WINDOWS].append(
+                    boundary_windows.ranked_straddling_windows(
+                        specs, k, reader, now))
+        if approximate:
+            reader = boundary_windows.SketchReader(
+                data[layout.SKETCHES],
+                dataset(output, layout.SKETCHES, snap), span)
+            edges[layout.SKETCHES].append(
+                boundary_windows.straddling_sketches(reader, approximate,
+                                                     now))
+            if windows:
+                edges[layout.RANKED_WINDOWS].append(
+                    boundary_windows.ranked_straddling_sketch_windows(
+                        specs, k, reader, approximate, now))
         return [Change(table, _staged_rows(table, data[table],
-                                           *edges.get(table, (None, None))),
+                                           *_joined(edges[table])),
                        predicates[table]) for table in sorted(edged)]
 
     changes = [Change(table, _staged_rows(table, data[table]), predicate)
@@ -842,6 +865,14 @@ def _commit_edges(output, run_id, data, predicates, span, specs, k
                if table not in edged]
     return _commit_and_clean(output, run_id, changes, "batch", span,
                              then=edge_changes)
+
+
+def _joined(edges) -> tuple:
+    """``(rows, replaces)`` pairs of one table -> one pair (``(None,
+    None)`` for none)."""
+    rows = [r for r, _ in edges]
+    replaces = boundary_windows.any_of([f for _, f in edges])
+    return (pa.concat_tables(rows) if rows else None), replaces
 
 
 def commit_staged_appends(output: str, run_id: str, source: str,
