@@ -3,6 +3,7 @@ confluent-kafka (``ConfluentPartitionReader``), behind ``open_reader``:
 the same batches, offsets, end offsets, commits and gap handling on a real
 broker (``kafka_broker`` in tests/conftest.py), plus the confluent
 configuration and the factory without one."""
+import threading
 import time
 import uuid
 
@@ -193,6 +194,39 @@ def test_both_clients_cut_the_same_batches(kafka_broker):
                  for line in events.split_lines(b.payload()).to_pylist()]
         assert len(lines) == n + 1 and lines[8:10] == ["a", "b"]
     assert shapes["confluent"] == shapes["kafka-python"]
+
+
+@integration
+def test_a_waiting_poll_takes_what_arrives_within_its_timeout(kafka_broker):
+    """consume(n, timeout)'s contract, which the confluent reader keeps
+    without a timed consume: a poll that has to wait returns once it holds
+    its record limit (or at its timeout), not at the first message. At the
+    first message, a live partition's reads came in batches of a few
+    milliseconds, many times the elements downstream."""
+    bootstrap = kafka_broker.bootstrap
+    topic = _topic(bootstrap)
+    reader = ko.open_reader("confluent", bootstrap, topic, 0)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def trickle():
+        for i in range(10):
+            producer.send(topic, b"m%d" % i, partition=0)
+            producer.flush()
+            time.sleep(0.05)
+
+    try:
+        reader.seek(0)
+        assert reader.read_batch(timeout_ms=300) is None  # fetching now
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        batch = reader.read_batch(max_records=10, timeout_ms=10_000)
+        sender.join()
+    finally:
+        producer.close()
+        reader.close()
+    assert batch is not None
+    assert [r.value for r in batch.records] == [b"m%d" % i
+                                                for i in range(10)]
 
 
 @integration

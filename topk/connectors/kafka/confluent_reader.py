@@ -231,8 +231,10 @@ class _Consumer(confluent_kafka.Consumer):
 
 _OUT_OF_RANGE = {CKError._AUTO_OFFSET_RESET, CKError.OFFSET_OUT_OF_RANGE}
 
-#: Seconds between the non-blocking consumes of a poll that waits.
+#: Seconds between the non-blocking consumes of a poll that waits: while
+#: nothing comes, and while messages come in.
 WAIT_STEP_S = 0.01
+FLOW_STEP_S = 0.001
 
 
 class ConfluentPartitionReader(CarryingReader):
@@ -302,27 +304,36 @@ class ConfluentPartitionReader(CarryingReader):
             self._seek_consumer(self._resume)
         consume = self.consumer.consume
         try:
-            # What is held, else wait for the first message in Python:
-            # never consume(n, timeout). That call waits for all n messages,
-            # and in confluent-kafka 2.16 a timed consume sometimes never
-            # returned once the broker went down (a thread dump of a failed
+            # consume(n, timeout)'s contract, waited for in Python: up to
+            # n messages, or what came within the timeout. Never a timed
+            # consume: in confluent-kafka 2.16 one sometimes never returned
+            # once the broker went down (a thread dump of a failed
             # test_broker_restart_during_a_run), which stalls the partition
-            # and, with aligned watermarks, the stream.
+            # and, with aligned watermarks, the stream. Returning at the
+            # first message instead cut a live partition's reads into
+            # batches of a few ms each, many times the elements.
             msgs = consume(max_records, 0)
+            failed = any(map(_ERROR, msgs))  # an error ends the wait
             deadline = time.monotonic() + timeout_ms / 1000
-            while not msgs and time.monotonic() < deadline:
-                time.sleep(WAIT_STEP_S)
-                # One message (consume allocates room for n), then the rest.
-                msgs = consume(1, 0)
-                if msgs and max_records > 1:
-                    msgs += consume(max_records - 1, 0)
+            more = msgs
+            while (not failed and len(msgs) < max_records
+                   and time.monotonic() < deadline):
+                # Messages flowing in are taken soon; an idle wait looks
+                # less often, and asks for one message (consume allocates
+                # room for n), then the rest.
+                time.sleep(FLOW_STEP_S if more else WAIT_STEP_S)
+                more = consume(max_records - len(msgs) if msgs else 1, 0)
+                if more and not msgs and max_records > 1:
+                    more += consume(max_records - 1, 0)
+                failed = any(map(_ERROR, more))
+                msgs += more
         except KafkaException as e:
             raise ConfluentKafkaError(e.args[0], str(self.tp)) from e
         except RuntimeError as e:  # a closed consumer
             raise ConfluentKafkaError(e, str(self.tp)) from e
         if not msgs:
             return None
-        if any(map(_ERROR, msgs)):
+        if failed:
             msgs = self._until_error(msgs)
             if not msgs:
                 return self._poll(max_records, 0)  # raises the error
