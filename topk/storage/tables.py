@@ -804,9 +804,8 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
     predicates = batch_predicates(span, methods, input_id_,
                                   whole_windows_only, specs)
     exact = layout.EXACT in methods and data[layout.SLICES] is not None
-    approximate = [m for m in methods if m != layout.EXACT]
-    if data[layout.SKETCHES] is None:
-        approximate = []
+    approximate = [m for m in methods if m != layout.EXACT
+                   and data[layout.SKETCHES] is not None]
     if span is None or whole_windows_only or not (exact or approximate):
         changes = [Change(table, _staged_rows(table, data[table]), predicate)
                    for table, predicate in predicates.items()]
