@@ -28,6 +28,15 @@ Each shape also times the minute's end, ``--repeat`` minutes in a row: the
 on-time firing as the watermark passes the newest minute, and the first
 early firing of the next minute, which changes every sliding window at once
 (the median of each).
+
+``--catch-up-hours`` also times a catch-up's firing: a stream reading a
+backlog gets hours of minute counts before its first watermark, then one
+event-time firing closes them all and emits every window they hold once
+(the on-time panes). Its time per window ranked is what a catch-up pays
+per window of its backlog, whatever the events per message.
+
+    .venv/bin/python bench/early_firing_cost.py --methods exact,cms \
+        --items 1400 --minutes 1 --catch-up-hours 1,12
 """
 import argparse
 import cProfile
@@ -107,6 +116,32 @@ def time_minute_ends(panes, rng, minutes: int, items: int, types,
     return on_time, first
 
 
+def time_catch_up(method: str, windows: str, k: int, rng, hours: int,
+                  items: int, types=("play",)) -> tuple[float, int]:
+    """Seconds of one event-time firing that closes ``hours`` of minute
+    counts at once, and how many windows it ranks (event types
+    included)."""
+    specs = parse_windows(windows)
+    panes = (ShardPanes(specs, k, 5 * 60_000) if method == "exact" else
+             SketchPanes(specs, k, [method], sketches.DEFAULT_BUDGET_BYTES,
+                         5 * 60_000))
+    counts = [minute_counts(rng, m, items, types) for m in range(hours * 60)]
+    end = T0 + hours * 3_600_000
+    t = time.perf_counter()
+    firing = panes.fire(counts, end + 1000, end)
+    seconds = time.perf_counter() - t
+    if method == "exact":
+        windows_ranked = sum(top.totals.num_rows
+                             for _, _, top in firing.windows)
+    else:
+        windows_ranked = len(set(zip(
+            firing.ranked["window_length"].to_pylist(),
+            firing.ranked["slide"].to_pylist(),
+            firing.ranked["event_type"].to_pylist(),
+            firing.ranked["window_start"].to_pylist())))
+    return seconds, windows_ranked
+
+
 def time_dedup(rng, held: int, repeat: int, batch: int = 50_000
                ) -> list[float]:
     """Seconds of ``SeenIds.admit`` for batches of ``batch`` new events (1%
@@ -160,6 +195,10 @@ def main(argv=None) -> None:
                         help="Also time de-duplicating a 50k-event batch "
                         "against these many held ids, comma-separated "
                         "(e.g. 1000000,30000000; default: not timed).")
+    parser.add_argument("--catch-up-hours", default="",
+                        help="Also time a catch-up's firing that closes "
+                        "these many hours at once, comma-separated (e.g. "
+                        "1,12; default: not timed).")
     parser.add_argument("--profile", action="store_true",
                         help="Also print where the largest shape's firings "
                         "spend their time (cProfile, cumulative).")
@@ -200,6 +239,18 @@ def main(argv=None) -> None:
         for held in (int(x) for x in args.dedup_held.split(",")):
             ms = 1000 * statistics.median(time_dedup(rng, held, args.repeat))
             print(f"| {held:,} | {ms:,.1f} |", flush=True)
+    if args.catch_up_hours:
+        print("\n| method | items per minute | hours closed at once | "
+              "firing s | windows ranked | ms per window |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for method in args.methods.split(","):
+            for items in items_list:
+                for hours in (int(x) for x in args.catch_up_hours.split(",")):
+                    seconds, n = time_catch_up(method, args.windows, args.k,
+                                               rng, hours, items, types)
+                    print(f"| {method} | {items:,} | {hours} | "
+                          f"{seconds:,.2f} | {n:,} | "
+                          f"{1000 * seconds / max(n, 1):,.2f} |", flush=True)
     if args.profile:
         items, minutes = max(items_list), max(minutes_list)
         panes = held_panes(args.methods.split(",")[0], args.windows, args.k,
