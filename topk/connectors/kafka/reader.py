@@ -298,8 +298,11 @@ class CarryingReader:
     # -- what a client implements ---------------------------------------------
 
     def _poll(self, max_records: int, timeout_ms: int):
-        """At most ``max_records`` next messages (a chunk), waiting up to
-        ``timeout_ms`` for the first; ``None`` or empty when none came."""
+        """At most ``max_records`` next messages (a chunk); ``None`` or
+        empty when none came within ``timeout_ms``. kafka-python's returns
+        at the first messages; the confluent reader waits up to the timeout
+        for the whole chunk, as ``consume(n, timeout)`` does, so a live
+        partition comes in fewer, larger batches."""
         raise NotImplementedError
 
     def _seek_consumer(self, offset: int) -> None:
