@@ -96,6 +96,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from kafka.errors import KafkaError
 
 from topk.connectors import kafka as ko
+from topk.connectors.kafka.call_watch import CallWatch
 from topk.core.windows import now_ms
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
 
@@ -107,6 +108,10 @@ _KNOWN_ENDS: dict = {}
 
 #: Process-wide partition watermarks of aligned reads.
 _ALIGNED = ko.AlignedWatermarks()
+
+#: Read calls in progress in this process: one stuck far past its deadline
+#: is logged with its stack (``call_watch``).
+_CALLS = CallWatch()
 
 #: Runners that get aligned watermarks by default (single process, and
 #: Prism's SDF watermark is the last bundle's, see the module docstring).
@@ -301,10 +306,17 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         return self._read(plan, tracker, watermark)
 
     def _read(self, plan, tracker, watermark):
-        """Read batches of ``plan`` 's partition within the restriction.
+        """Read batches of ``plan`` 's partition within the restriction
+        (``_read_batches``), watched by ``_CALLS``."""
+        _CALLS.begin(f"kafka {plan.topic}/{plan.partition}")
+        try:
+            yield from self._read_batches(plan, tracker, watermark)
+        finally:
+            _CALLS.end()
 
-        Every exit goes through ``_end_call``, which reports the watermark.
-        """
+    def _read_batches(self, plan, tracker, watermark):
+        """Every exit goes through ``_end_call``, which reports the
+        watermark."""
         s = self._s
         restriction = tracker.current_restriction()
         own_wm = self._begin_call(plan, watermark, restriction)

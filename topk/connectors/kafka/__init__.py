@@ -7,7 +7,9 @@
 - ``reader``: ``PartitionReader`` and the ``Batch`` es it returns, the
   batch cutting it shares with ``confluent_reader``'s
   ``ConfluentPartitionReader`` (confluent-kafka), and ``open_reader``,
-  which opens either by client name.
+  which opens either by client name;
+- ``call_watch``: read calls stuck far past their deadline, logged with
+  where they wait.
 
 ``topk.sources.kafka.ReadFromKafkaBatches`` is thin Beam wiring around it;
 this package re-exports what the source, the load generator and the
