@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import oracle  # tests/ is on sys.path (conftest.py)
 from topk.core import ranking, schema
 from topk.approx import sketch_windows, sketches
-from topk.core.windows import SUPPORTED_WINDOWS, WindowSpec
+from topk.core.windows import SUPPORTED_WINDOWS, WindowSpec, duration_ms
 
 
 def test_parse_methods():
@@ -121,6 +121,54 @@ def test_window_sketches_match_brute_force(method, n, step):
             assert r["lower_bound"] <= true[r["item_id"]] <= r["upper_bound"]
     assert {p: s.to_bytes() for p, (s, _) in made.items()} == before, (
         "pane sketches were modified")
+
+
+@pytest.mark.parametrize("method", sketches.METHODS)
+@pytest.mark.parametrize("spec", ["1m", "1h/1m", "1d/1h", "30d", "30d/1d"])
+def test_ranked_block_ranks_each_window_as_its_merged_sketch(method, spec):
+    """Count-Min ranks a block's windows from its panes at once
+    (``rank_ranges``), without the merged sketches: every row must be
+    what ranking each window's merged sketch gives, also for a subset of
+    the windows."""
+    spec = WindowSpec.parse(spec)
+    length, n, step = sketch_windows.pane_plan(spec)
+    pane_ms = duration_ms(length)
+    rng = random.Random(n * 10 + step)
+    size = sketch_windows.block_panes(n)
+    panes = sorted(rng.sample(range(0, 2 * size), min(2 * size, 20)))
+    held = [(p, _pane_sketch(method, 1024, rng, 200)[0]) for p in panes]
+    here = [h for h in held if h[0] < size]
+    following = [h for h in held if h[0] >= size] if n > 1 else []
+    every = sketch_windows.window_sketches(0, n, step, here, following)
+    some = {first for first, _ in every[::3]}
+    for wanted in (None, some):
+        got = sketch_windows.ranked_block(
+            spec, 3, "play", 0, here, following, wanted, emitted_at_ms=5)
+        want = sketch_windows.ranked_windows(
+            [w for w in every if wanted is None or w[0] in wanted], spec,
+            pane_ms, 3, "play", emitted_at_ms=5)
+        assert got.num_rows > 0
+        assert got.equals(want)
+    assert sketch_windows.ranked_windows_starting(
+        spec, 3, "play", held, some, emitted_at_ms=5).equals(
+        sketch_windows.ranked_block(spec, 3, "play", 0, here, following,
+                                    some, emitted_at_ms=5))
+
+
+@pytest.mark.parametrize("method", sketches.METHODS)
+def test_spans_ranked_rows_of_shared_and_single_spans(method):
+    a = sketches.new_sketch(method).update(["x", "y", "z"], [5, 3, 3])
+    b = sketches.new_sketch(method).update(["y"], [4])
+    rows = sketches.spans_ranked_rows(
+        [a, b], [(10, (0, 1)), (11, (0, 2)), (12, (0, 2)), (13, (1, 2))], 2,
+        "play").to_pylist()
+    assert [(r["window_start"], r["rank"], r["item_id"], r["count"],
+             r["window_total"]) for r in rows] == [
+        (10, 1, "x", 5, 11), (10, 2, "y", 3, 11),
+        (11, 1, "y", 7, 15), (11, 2, "x", 5, 15),
+        (12, 1, "y", 7, 15), (12, 2, "x", 5, 15),
+        (13, 1, "y", 4, 4)]
+    assert sketches.spans_ranked_rows([a], [], 2, "play").num_rows == 0
 
 
 def test_ranked_windows_rows():

@@ -12,13 +12,14 @@ for a 30-day step, ``pane_plan``). Every sketch, window sketches included,
 stays within its byte budget (the sketches guarantee ``nbytes <= budget``).
 
 Windows are ranked a block of panes at a time (``blocks_of``,
-``rank_block``): one table per block, not per window. Sliding windows of
-``n`` panes do not merge ``n`` panes each: panes are cut into aligned
+``ranked_block``): one table per block, not per window. Sliding windows
+of ``n`` panes do not merge ``n`` panes each: panes are cut into aligned
 blocks of ``n``, and a window starting in block ``b`` is a suffix of block
-``b`` plus a prefix of block ``b + 1``. Count-Min merges a block's windows
-all at once over running sums (``CountMinTopK.merge_ranges``); frequent
-items merges the suffixes and prefixes of a block once each (the van Herk /
-Gil-Werman scheme), so a window costs about three merges whatever ``n`` is
+``b`` plus a prefix of block ``b + 1`` (``window_spans``). Count-Min ranks
+a block's windows all at once over running sums, without making their
+merged sketches (``CountMinTopK.rank_ranges``); frequent items merges the
+suffixes and prefixes of a block once each (the van Herk / Gil-Werman
+scheme), so a window costs about three merges whatever ``n`` is
 (``window_sketches``). A window of one pane is that pane's sketch.
 
 No Beam here (the wiring is ``topk.transforms.approximate_windows``).
@@ -207,61 +208,114 @@ def blocks_of(pane: int, n: int, step: int) -> list[tuple[int, bool]]:
     return [(block, False)] + ([(block - 1, True)] if step < n else [])
 
 
-def window_sketches(block: int, n: int, step: int, here, following
-                    ) -> list[tuple[int, object]]:
-    """Sketches of the windows of ``n`` panes starting every ``step`` panes
-    in block ``block`` (pane indices ``[block * size, (block + 1) * size)``,
-    ``size = block_panes(n)``).
-
-    ``here``: ``(pane, sketch)`` of this block's panes; ``following``: those
-    of the next block. Returns ``(first pane, sketch)`` for every window
-    holding at least one pane, in order; windows covering the same panes
-    share one sketch object. A window of several panes is a suffix of
-    ``here`` followed by a prefix of ``following``. Sketches that merge
-    many ranges at once
-    (``CountMinTopK.merge_ranges``) get them all in one call; others
-    (DataSketches merges one pair at a time) merge cumulative suffixes and
-    prefixes, each once per block, so a window costs about three merges
-    whatever ``n`` is. Inputs are never modified.
-    """
-    here = sorted(here, key=lambda p: p[0])
-    following = sorted(following, key=lambda p: p[0])
-    starts = [p for p, _ in here + following]  # ascending
-    panes = [s for _, s in here + following]
+def window_spans(block: int, n: int, step: int, here, following
+                 ) -> tuple[list, list[tuple[int, tuple[int, int]]]]:
+    """The windows of ``n`` panes starting every ``step`` panes in block
+    ``block`` (pane indices ``[block * size, (block + 1) * size)``, ``size =
+    block_panes(n)``), as spans: ``(panes, windows)``, where ``panes`` are
+    the sketches of ``here`` (``(pane, sketch)`` of this block's panes) then
+    of ``following`` (the next block's), in pane order, and ``windows`` is
+    ``(first pane, (a, b))`` for every window holding at least one pane, in
+    order: the window is the merge of ``panes[a:b]``, a suffix of ``here``
+    followed by a prefix of ``following``."""
+    held = sorted(here, key=lambda p: p[0]) + sorted(following,
+                                                     key=lambda p: p[0])
+    starts = [p for p, _ in held]  # ascending
     size = block_panes(n)
-    spans = {}  # first pane -> the window's panes, panes[a:b]
+    windows = []
     for first in range(block * size, (block + 1) * size, step):
         a = bisect.bisect_left(starts, first)
         b = bisect.bisect_left(starts, first + n)
         if a < b:
-            spans[first] = (a, b)
-    # A window of one pane is that pane's sketch, unmerged.
-    by_span = {span: panes[span[0]] for span in spans.values()
+            windows.append((first, (a, b)))
+    return [s for _, s in held], windows
+
+
+def window_sketches(block: int, n: int, step: int, here, following
+                    ) -> list[tuple[int, object]]:
+    """``(first pane, sketch)`` of the windows ``window_spans`` gives,
+    merged; windows covering the same panes share one sketch object, a
+    window of one pane is that pane's sketch. Sketches that merge many
+    ranges at once (``CountMinTopK.merge_ranges``) get them all in one
+    call; others (DataSketches merges one pair at a time) merge cumulative
+    suffixes and prefixes, each once per block, so a window costs about
+    three merges whatever ``n`` is. Inputs are never modified."""
+    panes, windows = window_spans(block, n, step, here, following)
+    by_span = {span: panes[span[0]] for _, span in windows
                if span[1] - span[0] == 1}
-    todo = [span for span in dict.fromkeys(spans.values())
+    todo = [span for span in dict.fromkeys(span for _, span in windows)
             if span not in by_span]
     if todo:
         merge_ranges = getattr(type(panes[0]), "merge_ranges", None)
+        split = len(here)
         by_span.update(zip(todo, merge_ranges(panes, todo) if merge_ranges
-                           else _suffix_prefix_merges(panes, len(here), todo)))
-    return [(first, by_span[span]) for first, span in spans.items()]
+                           else _suffix_prefix_merges(panes, split, todo)))
+    return [(first, by_span[span]) for first, span in windows]
+
+
+def ranked_block(spec: WindowSpec, k: int, event_type: str, block: int,
+                 here, following, wanted=None, *, emitted_at_ms: int,
+                 source: str = "batch", pane_timing: str = "batch"
+                 ) -> pa.Table:
+    """The ranked windows (``ranked_windows`` rows) of ``spec`` starting in
+    ``block`` (those whose first pane is in the set ``wanted``, or all),
+    from ``here`` and ``following`` (``window_spans``' of one method and
+    event type). Count-Min ranks the block's windows all at once from its
+    panes (``sketches.spans_ranked_rows``); other sketches rank the merges
+    of ``window_sketches``."""
+    length, n, step = pane_plan(spec)
+    pane_ms = duration_ms(length)
+    row_args = dict(emitted_at_ms=emitted_at_ms, source=source,
+                    pane_timing=pane_timing)
+    if not here and not following:
+        return schema.RANKED_WINDOWS_SCHEMA.empty_table()
+    if hasattr(type((here or following)[0][1]), "rank_ranges"):
+        panes, windows = window_spans(block, n, step, here, following)
+        return ranked_spans(panes, [w for w in windows if wanted is None
+                                    or w[0] in wanted],
+                            spec, pane_ms, k, event_type, **row_args)
+    return ranked_windows(
+        [w for w in window_sketches(block, n, step, here, following)
+         if wanted is None or w[0] in wanted],
+        spec, pane_ms, k, event_type, **row_args)
+
+
+def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
+                            held, wanted, **row_args) -> pa.Table:
+    """The ranked windows of ``spec`` whose first pane is in ``wanted``,
+    from ``held``: ``(pane, sketch)`` of every pane those windows may hold
+    (one method and event type). Each block of ``block_panes(n)`` panes
+    with a wanted window is ranked once (``ranked_block``), however many
+    of its windows are wanted."""
+    _, n, _ = pane_plan(spec)
+    size = block_panes(n)
+    wanted = set(wanted)
+    held = sorted(held, key=lambda p: p[0])
+    panes = [p for p, _ in held]
+
+    def block(b):
+        return held[bisect.bisect_left(panes, b * size):
+                    bisect.bisect_left(panes, (b + 1) * size)]
+
+    parts = [ranked_block(spec, k, event_type, b, block(b),
+                          block(b + 1) if n > 1 else [], wanted, **row_args)
+             for b in sorted({p // size for p in wanted})]
+    return (pa.concat_tables(parts) if parts
+            else schema.RANKED_WINDOWS_SCHEMA.empty_table())
 
 
 def rank_block(spec: WindowSpec, k: int, event_type: str, block: int,
                panes, *, emitted_at_ms: int, source: str = "batch",
                pane_timing: str = "batch") -> pa.Table:
-    """The ranked windows (``ranked_windows`` rows) of ``spec`` starting in
-    ``block``, from ``panes``: ``(is_next, pane, sketch)`` of one method
-    and event type, as ``blocks_of`` keys them (``is_next``: the pane
-    belongs to the next block)."""
-    length, n, step = pane_plan(spec)
+    """``ranked_block`` of ``panes``: ``(is_next, pane, sketch)`` of one
+    method and event type, as ``blocks_of`` keys them (``is_next``: the
+    pane belongs to the next block)."""
     here = [(pane, sketch) for is_next, pane, sketch in panes if not is_next]
     following = [(pane, sketch) for is_next, pane, sketch in panes
                  if is_next]
-    return ranked_windows(
-        window_sketches(block, n, step, here, following), spec,
-        duration_ms(length), k, event_type, emitted_at_ms=emitted_at_ms,
-        source=source, pane_timing=pane_timing)
+    return ranked_block(spec, k, event_type, block, here, following,
+                        emitted_at_ms=emitted_at_ms, source=source,
+                        pane_timing=pane_timing)
 
 
 def _suffix_prefix_merges(panes: list, split: int, spans) -> list:
@@ -289,8 +343,30 @@ def ranked_windows(windows, spec: WindowSpec, pane_ms: int, k: int,
     rows = sketches.windows_ranked_rows(
         [(first * pane_ms, sketch) for first, sketch in windows], k,
         event_type)
+    return _to_ranked_windows(rows, spec, windows[0][1].method, pane_timing,
+                              pane_index, source, emitted_at_ms)
+
+
+def ranked_spans(panes: list, windows, spec: WindowSpec, pane_ms: int,
+                 k: int, event_type: str, *, emitted_at_ms: int,
+                 source: str = "batch", pane_timing: str = "batch",
+                 pane_index: int = 0) -> pa.Table:
+    """``ranked_windows`` of windows given as spans of ``panes`` (sketches
+    of one method and event type): ``[(first pane, (a, b))]``, the window
+    being the merge of ``panes[a:b]`` (``sketches.spans_ranked_rows``)."""
+    if not windows:
+        return schema.RANKED_WINDOWS_SCHEMA.empty_table()
+    rows = sketches.spans_ranked_rows(
+        panes, [(first * pane_ms, span) for first, span in windows], k,
+        event_type)
+    return _to_ranked_windows(rows, spec, panes[0].method, pane_timing,
+                              pane_index, source, emitted_at_ms)
+
+
+def _to_ranked_windows(rows, spec, method, pane_timing, pane_index, source,
+                       emitted_at_ms) -> pa.Table:
     return ranking.to_ranked_windows(
-        rows, spec, method=windows[0][1].method, pane_timing=pane_timing,
+        rows, spec, method=method, pane_timing=pane_timing,
         pane_index=pane_index, source=source, emitted_at_ms=emitted_at_ms,
         lower=rows["lower_bound"], upper=rows["upper_bound"],
         guaranteed=rows["guaranteed"])

@@ -332,7 +332,6 @@ def ranked_straddling_sketch_windows(
     out, replaces = [], []
     for spec in specs:
         pane_ms = pane_slice_ms(spec)
-        n = spec.length_ms // pane_ms
         for starts, own, committed in _edges(spec, reader):
             committed = _of_methods(committed, methods)
             if committed.num_rows == 0:
@@ -340,15 +339,9 @@ def ranked_straddling_sketch_windows(
             for (_, event_type), panes in _merged(
                     pa.concat_tables([_of_methods(own, methods), committed]),
                     pane_ms):
-                windows = []
-                for start in starts.tolist():
-                    lo = start // pane_ms
-                    inside = [panes[p] for p in range(lo, lo + n)
-                              if p in panes]
-                    if inside:
-                        windows.append((lo, sketches.merge_many(inside)))
-                out.append(sketch_windows.ranked_windows(
-                    windows, spec, pane_ms, k, event_type,
+                out.append(sketch_windows.ranked_windows_starting(
+                    spec, k, event_type, panes.items(),
+                    (starts // pane_ms).tolist(),
                     emitted_at_ms=emitted_at_ms))
             replaces.append(_windows_of(spec, starts, methods))
     rows = (pa.concat_tables(out) if out

@@ -103,13 +103,17 @@ class ClosedMerges:
         return ClosedMerges(cut, dict(zip(parts, merge_each(
             list(parts.values())))))
 
-    def windows(self, held: list[tuple[int, object]], wanted: list[int],
-                n: int) -> list[tuple[int, object]]:
-        """``(first pane, sketch)`` of the windows ``wanted`` (first panes):
-        each one's closed part merged with its held panes from ``cut``
-        on."""
-        parts = [([self.merges[w]] if w in self.merges else [])
-                 + [s for p, s in held if max(w, self.cut) <= p < w + n]
-                 for w in wanted]
-        firsts = [w for w, p in zip(wanted, parts) if p]
-        return list(zip(firsts, merge_each([p for p in parts if p])))
+    def spans(self, held: list[tuple[int, object]], wanted: list[int],
+              n: int) -> tuple[list, list[tuple[int, tuple[int, int]]]]:
+        """The windows ``wanted`` (first panes) as spans of a list of
+        sketches (``sketch_windows.window_spans``' form, ``(panes,
+        [(first pane, (a, b))])``): each one's closed part followed by its
+        held panes from ``cut`` on."""
+        panes, windows = [], []
+        for w in wanted:
+            part = ([self.merges[w]] if w in self.merges else []) + [
+                s for p, s in held if max(w, self.cut) <= p < w + n]
+            if part:
+                windows.append((w, (len(panes), len(panes) + len(part))))
+                panes.extend(part)
+        return panes, windows

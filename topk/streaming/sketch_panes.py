@@ -289,33 +289,33 @@ class SketchPanes:
                  index, emitted_at) -> list[pa.Table]:
         """Ranked rows of the windows ``starts`` of one method and type:
         early panes of open sliding windows from their cached closed part
-        (``_early_windows``), the others' blocks of panes merged as the
-        batch path does (``sketch_windows.window_sketches``)."""
+        (``_early_spans``), the others' blocks of panes as the batch path
+        ranks them (``sketch_windows.ranked_block``)."""
         pane_ms = level_of(spec)
         _, n, step = sketch_windows.pane_plan(spec)
         held = sorted((s // pane_ms, sketch) for s, sketch in by_start.items())
         wanted = starts // pane_ms
-        windows = None
+        row_args = dict(emitted_at_ms=emitted_at, source=SOURCE,
+                        pane_timing=timing)
+        spans = None
         if timing == EARLY and n > 1 and held and (
                 wanted + n > held[-1][0]).all():
-            windows = self._early_windows(spec, method, event_type, held,
-                                          wanted.tolist(), n, step)
-        if windows is None:
-            windows = self._merged_windows(held, set(wanted.tolist()), n,
-                                           step)
-        if not windows:
-            return []
-        rows = sketch_windows.ranked_windows(
-            windows, spec, pane_ms, self.k, event_type,
-            emitted_at_ms=emitted_at, source=SOURCE, pane_timing=timing)
-        return [with_pane_index(rows, index)]
+            spans = self._early_spans(spec, method, event_type, held,
+                                      wanted.tolist(), n, step)
+        rows = (sketch_windows.ranked_spans(*spans, spec, pane_ms, self.k,
+                                            event_type, **row_args)
+                if spans is not None else
+                sketch_windows.ranked_windows_starting(
+                    spec, self.k, event_type, held, wanted.tolist(),
+                    **row_args))
+        return [with_pane_index(rows, index)] if rows.num_rows else []
 
-    def _early_windows(self, spec, method, event_type, held, wanted, n,
-                       step) -> list[tuple[int, object]] | None:
-        """``(first pane, sketch)`` of open windows that all hold the
-        newest pane, from their cached closed parts
-        (``closed_parts.ClosedMerges``); ``None`` when there is no cut
-        (``closed_parts.cut_at``)."""
+    def _early_spans(self, spec, method, event_type, held, wanted, n, step
+                     ) -> tuple[list, list] | None:
+        """Open windows that all hold the newest pane, as spans of their
+        cached closed parts and newer panes
+        (``closed_parts.ClosedMerges.spans``); ``None`` when there is no
+        cut (``closed_parts.cut_at``)."""
         key = (method, level_of(spec), event_type, spec.key)
         newest = held[-1][0]
         closed = self._closed.get(key)
@@ -328,22 +328,7 @@ class SketchPanes:
                 closed_parts.ClosedMerges.build(held, cut, n, step)
                 if closed is None or cut < closed.cut
                 else closed.advance(held, cut, n, step))
-        return closed.windows(held, wanted, n)
-
-    def _merged_windows(self, held, wanted: set, n, step
-                        ) -> list[tuple[int, object]]:
-        size = sketch_windows.block_panes(n)
-
-        def block(b):
-            return [p for p in held if b * size <= p[0] < (b + 1) * size]
-
-        windows = []
-        for b in sorted({p // size for p in wanted}):
-            windows += [(first, sketch) for first, sketch
-                        in sketch_windows.window_sketches(
-                            b, n, step, block(b), block(b + 1) if n > 1
-                            else []) if first in wanted]
-        return windows
+        return closed.spans(held, wanted, n)
 
     def _sketch_rows(self, previous, watermark, emitted_at) -> pa.Table:
         """The slices to write: those the watermark just closed, and closed
@@ -385,7 +370,10 @@ class SketchPanes:
 def with_pane_index(rows: pa.Table, index: dict[int, int]) -> pa.Table:
     """``rows`` with ``pane_index`` set per window start (epoch ms)."""
     starts = rows["window_start"].cast(pa.int64()).to_numpy()
-    values = np.array([index[int(s)] for s in starts], np.int32)
+    keys = np.fromiter(index, np.int64, len(index))
+    order = np.argsort(keys)
+    values = np.fromiter(index.values(), np.int32, len(index))[order][
+        np.searchsorted(keys[order], starts)]
     return rows.set_column(rows.schema.get_field_index("pane_index"),
                            schema.RANKED_WINDOWS_SCHEMA.field("pane_index"),
                            pa.array(values))

@@ -88,6 +88,50 @@ def test_merge_order_does_not_matter_for_counters(p, a, b, c):
     check_bounds(y, truth(a, b, c))
 
 
+@st.composite
+def streams_and_ranges(draw):
+    """A few streams and ranges ``(a, b)`` over them, some repeated, some
+    overlapping (sliding windows), in any order."""
+    streams = draw(st.lists(stream, min_size=1, max_size=6))
+    n = len(streams)
+    ranges = draw(st.lists(st.integers(0, n - 1).flatmap(
+        lambda a: st.tuples(st.just(a), st.integers(a + 1, n))),
+        min_size=1, max_size=8))
+    return streams, ranges
+
+
+@settings(max_examples=100, deadline=None)
+@given(params, streams_and_ranges(), st.integers(1, 8))
+def test_rank_ranges_ranks_each_range_as_its_merge(p, drawn, k):
+    streams, ranges = drawn
+    sketches = [feed(make(p), s) for s in streams]
+    before = [s.to_bytes() for s in sketches]
+    rows, totals = CountMinTopK.rank_ranges(sketches, ranges, k)
+    merged = CountMinTopK.merge_ranges(sketches, ranges)
+    assert rows["range"].to_pylist() == sorted(rows["range"].to_pylist())
+    for i, ((a, b), sketch) in enumerate(zip(ranges, merged)):
+        got = rows.filter(pa.compute.equal(rows["range"], i)).drop(["range"])
+        assert got.equals(sketch.top_k(k).cast(got.schema)), (a, b)
+        assert totals[i] == sketch.total
+        true = truth(*streams[a:b])
+        for row in got.to_pylist():
+            assert row["lower_bound"] <= true[row["item_id"]] \
+                <= row["upper_bound"]
+            if row["guaranteed"]:
+                assert others_at_least(true, row["item_id"]) <= k - 1
+    assert [s.to_bytes() for s in sketches] == before
+
+
+def test_rank_ranges_refuses_what_merge_refuses():
+    a, b = CountMinTopK(width=8, depth=2), CountMinTopK(width=9, depth=2)
+    with pytest.raises(ValueError, match="same width"):
+        CountMinTopK.rank_ranges([a, b], [(0, 2)], 3)
+    with pytest.raises(ValueError, match="bad range"):
+        CountMinTopK.rank_ranges([a], [(0, 2)], 3)
+    with pytest.raises(ValueError, match="k must be"):
+        CountMinTopK.rank_ranges([a], [(0, 1)], 0)
+
+
 @settings(max_examples=100, deadline=None)
 @given(params, stream)
 def test_serialization_round_trips(p, s):

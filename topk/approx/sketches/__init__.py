@@ -30,7 +30,7 @@ from topk.approx.sketches.frequent_items import FrequentItemsTopK
 __all__ = [
     "ApproxTopK", "CountMinTopK", "FrequentItemsTopK", "DEFAULT_BUDGET_BYTES",
     "METHODS", "TOPK_SCHEMA", "new_sketch", "sketch_from_bytes", "merge_all",
-    "merge_many", "ranked_rows", "windows_ranked_rows",
+    "merge_many", "ranked_rows", "windows_ranked_rows", "spans_ranked_rows",
 ]
 
 #: Method names, as in ``--method`` and the output tables' ``method``.
@@ -152,19 +152,62 @@ def windows_ranked_rows(windows, k: int, event_type: str) -> pa.Table:
     sizes = np.array([t.num_rows for t in parts], np.int64)
     top = (pa.concat_tables(parts).combine_chunks() if parts
            else TOPK_SCHEMA.empty_table())
-    n = top.num_rows
+    return _window_rows(event_type, [start for start, _ in windows], sizes,
+                        [sketch.total for _, sketch in windows], top)
+
+
+def _window_rows(event_type: str, starts, sizes: np.ndarray, totals,
+                 top: pa.Table) -> pa.Table:
+    """The rows of ``windows_ranked_rows``: ``top`` (``TOPK_SCHEMA``
+    columns) holds ``sizes[i]`` rows of window ``i`` in rank order."""
+    n = int(sizes.sum())
     # Ranks restart at 1 in every window.
     rank = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
     return pa.table({
         "event_type": pa.array([event_type] * n, pa.string()),
-        "window_start": pa.array(np.repeat(
-            np.array([start for start, _ in windows], np.int64), sizes)),
+        "window_start": pa.array(np.repeat(np.asarray(starts, np.int64),
+                                           sizes)),
         "rank": pa.array(rank.astype(np.int32)),
         "item_id": top["item_id"],
         "count": top["count"],
-        "window_total": pa.array(np.repeat(np.array(
-            [sketch.total for _, sketch in windows], np.int64), sizes)),
+        "window_total": pa.array(np.repeat(np.asarray(totals, np.int64),
+                                           sizes)),
         "lower_bound": top["lower_bound"],
         "upper_bound": top["upper_bound"],
         "guaranteed": top["guaranteed"],
     })
+
+
+def spans_ranked_rows(panes: list, windows, k: int, event_type: str
+                      ) -> pa.Table:
+    """``windows_ranked_rows`` of windows given as spans of ``panes``
+    (sketches of one method): ``windows`` is ``[(window_start_ms, (a,
+    b))]``, the window being the merge of ``panes[a:b]``.
+
+    Count-Min ranks every distinct span at once from running sums, without
+    making the merged sketches (``CountMinTopK.rank_ranges``: the rows
+    equal each merged sketch's ``top_k``). Other sketches are merged, each
+    distinct span once (``merge_many``; a span of one pane is that pane),
+    and ranked one by one."""
+    if not windows:
+        return windows_ranked_rows([], k, event_type)
+    spans = list(dict.fromkeys(span for _, span in windows))
+    rank_ranges = getattr(type(panes[0]), "rank_ranges", None)
+    if rank_ranges is None:
+        todo = [span for span in spans if span[1] - span[0] > 1]
+        merged = {(a, b): merge_many(panes[a:b]) for a, b in todo}
+        return windows_ranked_rows(
+            [(start, merged[span] if span in merged else panes[span[0]])
+             for start, span in windows], k, event_type)
+    top, totals = rank_ranges(panes, spans, k)
+    index = {span: i for i, span in enumerate(spans)}
+    of = np.array([index[span] for _, span in windows], np.int64)
+    # Rows of range i are top[first[i]:first[i] + size[i]], in rank order.
+    size = np.bincount(top["range"].to_numpy(), minlength=len(spans))
+    first = np.cumsum(size) - size
+    sizes = size[of]
+    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes,
+                                                sizes)
+    return _window_rows(
+        event_type, [start for start, _ in windows], sizes, totals[of],
+        top.take(pa.array(np.repeat(first[of], sizes) + within)))

@@ -52,7 +52,8 @@ import pyarrow.compute as pc
 
 from topk.approx.sketches import budget as _budget
 from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
-                                  check_k, coerce_batch, top_k_table)
+                                  TOPK_SCHEMA, check_k, coerce_batch,
+                                  top_k_table)
 from topk.approx.sketches.hashing import HASH_VERSION, hash64
 
 MAGIC = b"TKCM"
@@ -318,82 +319,72 @@ class CountMinTopK:
         candidates, not to the number of sketches it spans (and no string
         is compared twice).
         """
-        sketches = list(sketches)
-        if not sketches:
-            raise ValueError("nothing to merge")
-        first = sketches[0]
-        for s in sketches[1:]:
-            if not first.compatible(s):
-                raise ValueError(
-                    "can only merge Count-Min sketches with the same width, "
-                    f"depth and update rule (this: {_describe(first)}, "
-                    f"other: {_describe(s)})")
-        if sum(s._total for s in sketches) > _INT64_MAX:
-            raise OverflowError("total count would exceed 2**63 - 1")
-        for a, b in ranges:
-            if not 0 <= a < b <= len(sketches):
-                raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
-                                 "sketches")
-        union, codes, starts = _encode_candidates(sketches)
-        hsh = np.zeros(len(union), np.uint64)
-        hsh[codes] = np.concatenate([s._cand_hash for s in sketches])
-        # Codes in hash order: then any subset in code order is in the
-        # canonical order ``_choose`` wants.
-        order = np.argsort(hsh, kind="stable")
-        recode = np.empty_like(order)
-        recode[order] = np.arange(len(order))
-        codes, union, hsh = recode[codes], union.take(pa.array(order)), hsh[order]
-        length = np.zeros(len(union), np.int64)
-        length[codes] = np.concatenate([s._cand_len for s in sketches])
-        cells = first._cells(hsh)
-        # Per entry (sketch, candidate): its lower bound, and how far its
-        # upper bound exceeds its sketch's bound for untracked items, so
-        # that a range's upper bound is (sum of excesses) + (sum of the
-        # untracked bounds) for every item at once.
-        lo_in = np.concatenate([s._cand_lo for s in sketches])
-        excess_in = np.concatenate([s._cand_hi - s._dropped for s in sketches])
-        lo_sum = np.zeros(len(union), np.int64)
-        excess_sum = np.zeros(len(union), np.int64)
-        tracked = np.zeros(len(union), np.int32)
-        counters = np.zeros_like(first._counters)
-        total = dropped = 0
-
-        def move(x, y, sign):
-            """Add (``sign`` 1) or subtract the sketches ``[x, y)``."""
-            nonlocal total, dropped
-            for p in range(x, y):
-                seg = slice(starts[p], starts[p + 1])
-                c = codes[seg]  # unique within one sketch
-                lo_sum[c] += sign * lo_in[seg]
-                excess_sum[c] += sign * excess_in[seg]
-                tracked[c] += sign
-                np.add(counters, sign * sketches[p]._counters, out=counters)
-                total += sign * sketches[p]._total
-                dropped += sign * sketches[p]._dropped
-
-        out, at = [], (0, 0)
-        for a, b in ranges:
-            # [at) -> [a, b): add what enters, subtract what leaves.
-            move(at[1], b, 1) if b >= at[1] else move(b, at[1], -1)
-            move(at[0], a, -1) if a >= at[0] else move(a, at[0], 1)
-            at = (a, b)
-            idx = np.flatnonzero(tracked)
-            lo = lo_sum[idx]
-            est = _row_min(counters.reshape(-1)[cells])[idx]
-            hi = np.minimum(excess_sum[idx] + dropped, est)
-            # Valid inputs give est >= true >= lo; this only keeps lo <= hi
-            # for inputs that are merely well-formed.
-            hi = np.maximum(hi, lo)
-            merged = first._empty_like()
+        walk = _RangeWalk(sketches, ranges)
+        out = []
+        for counters, total, dropped, codes, lo, hi in walk:
+            merged = walk.first._empty_like()
             merged._counters = counters.copy()
-            merged._total = total
-            keep, worst = _choose(hi, length[idx], merged._capacity,
-                                  merged._candidate_room())
-            merged._dropped = max(dropped, worst)
-            merged._set_candidates(union.take(pa.array(idx[keep])),
-                                   hsh[idx[keep]], lo[keep], hi[keep])
+            merged._total, merged._dropped = total, dropped
+            merged._set_candidates(walk.union.take(pa.array(codes)),
+                                   walk.hashes[codes], lo, hi)
             out.append(merged)
         return out
+
+    @classmethod
+    def rank_ranges(cls, sketches, ranges, k: int
+                    ) -> tuple[pa.Table, np.ndarray]:
+        """``merge_ranges(sketches, ranges)[i].top_k(k)`` for every range
+        ``i`` at once, without making the merged sketches: ``(rows,
+        totals)``, where ``rows`` is ``TOPK_SCHEMA`` plus ``range`` (the
+        range's index; rows in range order, then rank) and ``totals`` the
+        merged totals.
+
+        Many windows ranked one merged sketch at a time spent most of their
+        time in the fixed cost of small calls (a sketch object, a string
+        take and an Arrow sort per window); here a range costs a few NumPy
+        calls on its candidates, and the ids are taken and sorted once for
+        all ranges."""
+        k = check_k(k)
+        walk = _RangeWalk(sketches, ranges)
+        parts, totals, nth = [], [], []
+        for r, (_, total, dropped, codes, lo, hi) in enumerate(walk):
+            totals.append(total)
+            count = (lo + hi) // 2
+            near = np.arange(len(count))
+            if len(count) > k:
+                kth = np.partition(count, len(count) - k)[len(count) - k]
+                near = np.flatnonzero(count >= kth)
+            parts.append((np.full(len(near), r, np.int64), codes[near],
+                          count[near], lo[near], hi[near]))
+            nth.append(_kth_uppers(hi, dropped, k))
+        totals = np.array(totals, np.int64)
+        if not parts or not sum(len(p[0]) for p in parts):
+            return _RANGE_TOPK_SCHEMA.empty_table(), totals
+        rng, code, count, lo, hi = (np.concatenate(c) for c in zip(*parts))
+        ids = walk.union.take(pa.array(code))
+        order = pc.sort_indices(
+            pa.table({"range": rng, "count": count, "item_id": ids}),
+            sort_keys=[("range", "ascending"), ("count", "descending"),
+                       ("item_id", "ascending")]).to_numpy()
+        rng, count, lo, hi = rng[order], count[order], lo[order], hi[order]
+        first = np.r_[True, rng[1:] != rng[:-1]]
+        starts = np.flatnonzero(first)
+        position = np.arange(len(rng)) - np.repeat(
+            starts, np.diff(np.r_[starts, len(rng)]))
+        top = position < k
+        order, rng, count, lo, hi = (order[top], rng[top], count[top],
+                                     lo[top], hi[top])
+        nth = np.array(nth, np.int64)[rng]  # (k-1)-th, k-th upper bound
+        # As ``guaranteed_flags``: beat the k-th largest upper bound of the
+        # others.
+        kth_other = np.where(hi >= nth[:, 0], nth[:, 1], nth[:, 0])
+        return pa.table({
+            "range": pa.array(rng),
+            "item_id": ids.take(pa.array(order)),
+            "count": pa.array(count), "lower_bound": pa.array(lo),
+            "upper_bound": pa.array(hi),
+            "guaranteed": pa.array(lo > kth_other)},
+            schema=_RANGE_TOPK_SCHEMA), totals
 
     # -- queries --------------------------------------------------------
 
@@ -600,6 +591,116 @@ class CountMinTopK:
                                np.empty(0, np.uint64), np.empty(0, np.int64),
                                np.empty(0, np.int64))
         return sketch
+
+
+class _RangeWalk:
+    """The merges of ``merge_ranges`` (see there), one range at a time:
+    iterating yields, per range, ``(counters, total, dropped, codes, lo,
+    hi)``: the summed counters (a running array, changed by the next step:
+    copy it to keep it), the total, the bound on untracked items after
+    trimming, and the kept candidates as codes into ``union`` (ascending,
+    which is hash order) with their bounds. ``hashes[code]`` is a code's
+    hash; ``first`` the first sketch (whose capacity and budget trim)."""
+
+    def __init__(self, sketches, ranges):
+        sketches = list(sketches)
+        if not sketches:
+            raise ValueError("nothing to merge")
+        first = sketches[0]
+        for s in sketches[1:]:
+            if not first.compatible(s):
+                raise ValueError(
+                    "can only merge Count-Min sketches with the same width, "
+                    f"depth and update rule (this: {_describe(first)}, "
+                    f"other: {_describe(s)})")
+        if sum(s._total for s in sketches) > _INT64_MAX:
+            raise OverflowError("total count would exceed 2**63 - 1")
+        ranges = list(ranges)
+        for a, b in ranges:
+            if not 0 <= a < b <= len(sketches):
+                raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
+                                 "sketches")
+        self.first, self._sketches, self._ranges = first, sketches, ranges
+        union, codes, self._starts = _encode_candidates(sketches)
+        hsh = np.zeros(len(union), np.uint64)
+        hsh[codes] = np.concatenate([s._cand_hash for s in sketches])
+        # Codes in hash order: then any subset in code order is in the
+        # canonical order ``_choose`` wants.
+        order = np.argsort(hsh, kind="stable")
+        recode = np.empty_like(order)
+        recode[order] = np.arange(len(order))
+        self._codes = recode[codes]
+        self.union, self.hashes = union.take(pa.array(order)), hsh[order]
+        self._length = np.zeros(len(union), np.int64)
+        self._length[self._codes] = np.concatenate(
+            [s._cand_len for s in sketches])
+        self._cells = first._cells(self.hashes)
+        # Per entry (sketch, candidate): its lower bound, and how far its
+        # upper bound exceeds its sketch's bound for untracked items, so
+        # that a range's upper bound is (sum of excesses) + (sum of the
+        # untracked bounds) for every item at once.
+        self._lo_in = np.concatenate([s._cand_lo for s in sketches])
+        self._excess_in = np.concatenate([s._cand_hi - s._dropped
+                                          for s in sketches])
+
+    def __iter__(self):
+        sketches, starts, codes = self._sketches, self._starts, self._codes
+        n = len(self.union)
+        lo_sum = np.zeros(n, np.int64)
+        excess_sum = np.zeros(n, np.int64)
+        tracked = np.zeros(n, np.int32)
+        counters = np.zeros_like(self.first._counters)
+        total = dropped = 0
+
+        def move(x, y, sign):
+            """Add (``sign`` 1) or subtract the sketches ``[x, y)``."""
+            nonlocal total, dropped
+            for p in range(x, y):
+                seg = slice(starts[p], starts[p + 1])
+                c = codes[seg]  # unique within one sketch
+                lo_sum[c] += sign * self._lo_in[seg]
+                excess_sum[c] += sign * self._excess_in[seg]
+                tracked[c] += sign
+                np.add(counters, sign * sketches[p]._counters, out=counters)
+                total += sign * sketches[p]._total
+                dropped += sign * sketches[p]._dropped
+
+        at = (0, 0)
+        capacity = self.first._capacity
+        room = self.first._candidate_room()
+        for a, b in self._ranges:
+            # [at) -> [a, b): add what enters, subtract what leaves.
+            move(at[1], b, 1) if b >= at[1] else move(b, at[1], -1)
+            move(at[0], a, -1) if a >= at[0] else move(a, at[0], 1)
+            at = (a, b)
+            idx = np.flatnonzero(tracked)
+            lo = lo_sum[idx]
+            est = _row_min(counters.reshape(-1)[self._cells[:, idx]])
+            hi = np.minimum(excess_sum[idx] + dropped, est)
+            # Valid inputs give est >= true >= lo; this only keeps lo <= hi
+            # for inputs that are merely well-formed.
+            hi = np.maximum(hi, lo)
+            keep, worst = _choose(hi, self._length[idx], capacity, room)
+            yield (counters, total, max(dropped, worst), idx[keep], lo[keep],
+                   hi[keep])
+
+
+def _kth_uppers(upper: np.ndarray, unseen_bound: int, k: int
+                ) -> tuple[int, int]:
+    """The k-th and (k+1)-th largest upper bound among tracked items
+    (``upper``) and any number of untracked ones (each at most
+    ``unseen_bound``): what ``guaranteed_flags`` compares against."""
+    above = upper[upper > unseen_bound]
+    if len(above) > k + 1:
+        above = np.partition(above, len(above) - k - 1)[len(above) - k - 1:]
+    ranked = np.sort(above)[::-1]
+    return tuple(int(ranked[j]) if j < len(ranked) else unseen_bound
+                 for j in (k - 1, k))
+
+
+#: ``rank_ranges`` rows: ``TOPK_SCHEMA`` after the range's index.
+_RANGE_TOPK_SCHEMA = pa.schema([pa.field("range", pa.int64(), False)]
+                               + list(TOPK_SCHEMA))
 
 
 def _choose(hi: np.ndarray, length: np.ndarray, capacity: int,
