@@ -665,3 +665,12 @@ def test_an_event_time_firing_emits_the_early_panes_when_told(early):
     behind = now - stream_panes.CATCH_UP_LAG_MS - 1
     assert not stream_panes.emits_early(T0, 0, 2.0, behind, now, 0.0)
     assert stream_panes.emits_early(None, now, 2.0, behind, now, 0.0)
+
+
+def test_compaction_waits_until_the_log_outgrows_the_last_rewrite():
+    # A stage whose state holds 1,000 rows rewrites after more than 1,000
+    # rows of changes, not after a fixed number of firings.
+    assert stream_panes.compaction_due(1, 0)  # a new stage's first change
+    assert not stream_panes.compaction_due(0, 0)
+    assert not stream_panes.compaction_due(1_000, 1_000)
+    assert stream_panes.compaction_due(1_001, 1_000)

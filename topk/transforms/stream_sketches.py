@@ -39,6 +39,7 @@ from topk.streaming import panes as stream_panes
 from topk.streaming.sketch_panes import (MAX_CLOSE_MINUTES, SketchPanes)
 from topk.transforms import coders
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
+from topk.transforms.state_cache import StateCache
 
 #: The one key of the sketch stage.
 _KEY = "sketches"
@@ -61,14 +62,13 @@ class _SketchPanesFn(beam.DoFn):
     #: Accepted partials of minutes far after the watermark, not sketched
     #: yet (``SketchFiring.ahead``).
     AHEAD = BagStateSpec("ahead", coders.ArrowTableCoder())
-    #: ``SketchPanes.meta()`` with a generation token and the log length;
-    #: the slices as a chunk log (``SketchPanes.from_chunks``).
+    #: ``SketchPanes.meta()`` with a generation token and the sizes
+    #: ``panes.compaction_due`` weighs; the slices as a chunk log
+    #: (``SketchPanes.from_chunks``).
     META = ReadModifyWriteStateSpec("meta", PickleCoder())
     CHUNKS = BagStateSpec("chunks", PickleCoder())
     TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
 
-    #: Chunks the log may grow to before all slices replace it.
-    COMPACT_AFTER = 64
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
@@ -80,19 +80,22 @@ class _SketchPanesFn(beam.DoFn):
         # Weights of partials refused as late (this path has no dedup
         # stage to count late events).
         self._late = Metrics.counter("topk", "late_counts_refused")
-        self._cache = None
-
-    def setup(self):
         # (generation, SketchPanes): a firing that finds the generation it
         # wrote last skips reading and rebuilding the chunk log (a restore
         # or another worker changes the generation).
-        self._cache = None
+        self._cache = StateCache()
+
+    def setup(self):
+        self._cache.setup()
+
+    def teardown(self):
+        self._cache.teardown()
 
     def _panes(self, meta, chunks) -> tuple[dict, SketchPanes]:
-        known = meta.read() or {"generation": None, "chunks": 0,
-                                "panes": None}
-        if self._cache is not None and self._cache[0] == known["generation"]:
-            return known, self._cache[1]
+        known = meta.read() or {"generation": None, "panes": None}
+        panes = self._cache.get(None, known["generation"])
+        if panes is not None:
+            return known, panes
         return known, SketchPanes.from_chunks(*self._args, known["panes"],
                                               chunks.read())
 
@@ -140,19 +143,20 @@ class _SketchPanesFn(beam.DoFn):
         ahead.clear()
         if firing.ahead.num_rows:
             ahead.add(firing.ahead)
-        if known["chunks"] >= self.COMPACT_AFTER:
+        changed = panes.take_changes()
+        logged = known.get("logged", 0) + len(changed)
+        rewritten = known.get("rewritten", 0)
+        if stream_panes.compaction_due(logged, rewritten):
             chunks.clear()
-            chunks.add(panes.all_slices())
-            logged = 1
-        else:
-            changed = panes.take_changes()
-            if changed:
-                chunks.add(changed)
-            logged = known["chunks"] + bool(changed)
+            held = panes.all_slices()
+            chunks.add(held)
+            logged, rewritten = 0, len(held)
+        elif changed:
+            chunks.add(changed)
         generation = uuid.uuid4().hex
-        meta.write({"generation": generation, "chunks": logged,
-                    "panes": panes.meta()})
-        self._cache = (generation, panes)
+        meta.write({"generation": generation, "logged": logged,
+                    "rewritten": rewritten, "panes": panes.meta()})
+        self._cache.put(None, generation, panes)
         armed = timers.read()
         armed["watermark"] = panes.watermark_ms
         if early:

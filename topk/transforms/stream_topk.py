@@ -57,6 +57,7 @@ from topk.streaming import panes as stream_panes
 from topk.transforms import coders
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
 from topk.transforms.exact import ShardTable, key_by_shard
+from topk.transforms.state_cache import StateCache
 
 #: (spec key, (shard, firing's emitted_at, pane timing, candidates,
 #: totals, the shard's report: the watermarks it closed from and through,
@@ -95,19 +96,22 @@ class _DedupFn(beam.DoFn):
         self._skew = skew_ms
         self._unique = Metrics.counter("topk", "events_unique")
         self._late = Metrics.counter("topk", "events_late")
-        self._cache = {}
-
-    def setup(self):
         # shard -> (state generation, SeenIds): rebuilding the sorted id
         # arrays from the bag on every element would cost O(state) each
         # time. The generation (in state, a new random token on every
         # change) tells whether anything else changed the shard since.
-        self._cache = {}
+        self._cache = StateCache()
+
+    def setup(self):
+        self._cache.setup()
+
+    def teardown(self):
+        self._cache.teardown()
 
     def _ids(self, shard, generation, seen) -> stream_dedup.SeenIds:
-        cached = self._cache.get(shard)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
+        cached = self._cache.get(shard, generation)
+        if cached is not None:
+            return cached
         return stream_dedup.SeenIds(list(seen.read()))
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
@@ -139,7 +143,7 @@ class _DedupFn(beam.DoFn):
             seen.add(chunk)
             known["generation"] = uuid.uuid4().hex
             known["bag_rows"] = known.get("bag_rows", 0) + chunk.num_rows
-        self._cache[shard] = (known["generation"], ids)
+        self._cache.put(shard, known["generation"], ids)
         watermark.write(known)
         if late.num_rows:
             self._late.inc(late.num_rows)
@@ -176,7 +180,7 @@ class _DedupFn(beam.DoFn):
             seen.add(ids.to_table())
             known["bag_rows"] = len(ids)
             known["generation"] = uuid.uuid4().hex
-        self._cache[shard] = (known["generation"], ids)
+        self._cache.put(shard, known["generation"], ids)
         known["armed"] = len(ids) > 0  # idle shards stop ticking
         if known["armed"]:
             tick.set(beam_timestamp(stream_panes.coarse_close(
@@ -192,16 +196,14 @@ class _ShardPanesFn(beam.DoFn):
     candidates, totals)); changed slices to the ``slices`` output."""
 
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
-    #: The counts as a chunk log (``ShardPanes.from_chunks``) and the small
-    #: rest, with a generation token that changes at every firing.
+    #: The counts as a chunk log (``ShardPanes.from_chunks``, rewritten
+    #: whole when ``panes.compaction_due``) and the small rest, with a
+    #: generation token that changes at every firing.
     COUNTS = BagStateSpec("counts", PickleCoder())
     META = ReadModifyWriteStateSpec("meta", PickleCoder())
     TIMERS = ReadModifyWriteStateSpec("timers", PickleCoder())
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
-
-    #: Chunks the log may grow to before the counts replace it.
-    COMPACT_AFTER = 64
 
     def __init__(self, specs: list[WindowSpec], k: int,
                  allowed_lateness_ms: int, early_firing_s: float,
@@ -214,13 +216,16 @@ class _ShardPanesFn(beam.DoFn):
         # Weights of partials refused as late (not events: partials are
         # sums), apart from the dedup stage's events_late.
         self._late = Metrics.counter("topk", "late_counts_refused")
-        self._cache = {}
+        # shard -> (generation, ShardPanes): a firing whose state nobody
+        # changed since the stage's last firing of the shard skips reading
+        # and re-merging the chunk log (as _DedupFn's cache).
+        self._cache = StateCache()
 
     def setup(self):
-        # shard -> (generation, ShardPanes): a firing whose state nobody
-        # changed since this instance's last firing of the shard skips
-        # reading and re-merging the chunk log (as _DedupFn's cache).
-        self._cache = {}
+        self._cache.setup()
+
+    def teardown(self):
+        self._cache.teardown()
 
     # The counts are read and written only at firings; per element,
     # only the small TIMERS state is: which timers are set and the
@@ -250,11 +255,9 @@ class _ShardPanesFn(beam.DoFn):
 
     def _fire(self, shard, pending, counts, meta, timers, watermark_ms=None):
         started = time.perf_counter()
-        known = meta.read() or {"generation": None, "chunks": 0}
-        cached = self._cache.get(shard)
-        if cached is not None and cached[0] == known["generation"]:
-            panes = cached[1]
-        else:
+        known = meta.read() or {"generation": None}
+        panes = self._cache.get(shard, known["generation"])
+        if panes is None:
             panes = stream_panes.ShardPanes.from_chunks(
                 self._specs, self._k, self._lateness, known.get("panes"),
                 counts.read())
@@ -264,20 +267,20 @@ class _ShardPanesFn(beam.DoFn):
         firing = panes.fire(list(pending.read()), now, watermark_ms,
                             early=early)
         pending.clear()
-        if known["chunks"] >= self.COMPACT_AFTER:
+        logged = known.get("logged", 0) + firing.absorbed.num_rows
+        rewritten = known.get("rewritten", 0)
+        if stream_panes.compaction_due(logged, rewritten):
             counts.clear()
-            for chunk in panes.level_chunks():
+            chunks = panes.level_chunks()
+            for chunk in chunks:
                 counts.add(chunk)
-            chunks = 0
+            logged, rewritten = 0, sum(c[2].num_rows for c in chunks)
         elif firing.absorbed.num_rows:
             counts.add(("delta", firing.absorbed))
-            chunks = known["chunks"] + 1
-        else:
-            chunks = known["chunks"]
         generation = uuid.uuid4().hex
-        meta.write({"generation": generation, "chunks": chunks,
-                    "panes": panes.meta()})
-        self._cache[shard] = (generation, panes)
+        meta.write({"generation": generation, "logged": logged,
+                    "rewritten": rewritten, "panes": panes.meta()})
+        self._cache.put(shard, generation, panes)
         armed = _armed(timers)
         armed["watermark"] = panes.watermark_ms
         if early:
