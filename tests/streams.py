@@ -59,8 +59,9 @@ class Process:
 
     def stacks(self, wait_s=2.0) -> str:
         """Every thread's stack, as the process prints it on SIGUSR1
-        (``topk.cli.main``), keeping the frames of this project and of
-        the Kafka clients: where a stream that stopped counting waits."""
+        (``topk.cli.main``), keeping the frames of this project, of the
+        Kafka clients and of Beam's SDK worker (which bundle a stuck read
+        belongs to): where a stream that stopped counting waits."""
         if not self.alive():
             return ""
         with open(self.log_path, "rb") as f:
@@ -69,7 +70,8 @@ class Process:
         time.sleep(wait_s)
         with open(self.log_path, "rb") as f:
             text = f.read()[before:].decode(errors="replace")
-        keep = ("Thread 0x", "Current thread", "topk/", "kafka")
+        keep = ("Thread 0x", "Current thread", "topk/", "kafka",
+                "apache_beam/runners/worker/")
         return "\n".join(line for line in text.splitlines()
                          if any(k in line for k in keep))
 
