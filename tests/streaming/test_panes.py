@@ -667,10 +667,22 @@ def test_an_event_time_firing_emits_the_early_panes_when_told(early):
     assert stream_panes.emits_early(None, now, 2.0, behind, now, 0.0)
 
 
-def test_compaction_waits_until_the_log_outgrows_the_last_rewrite():
-    # A stage whose state holds 1,000 rows rewrites after more than 1,000
-    # rows of changes, not after a fixed number of firings.
-    assert stream_panes.compaction_due(1, 0)  # a new stage's first change
-    assert not stream_panes.compaction_due(0, 0)
-    assert not stream_panes.compaction_due(1_000, 1_000)
-    assert stream_panes.compaction_due(1_001, 1_000)
+@pytest.mark.parametrize("growth", [0, 50, 2_000])
+def test_state_rewrites_cost_what_was_appended_and_the_log_stays_bounded(
+        growth):
+    """A stage whose state grows by ``growth`` rows a firing (minutes kept
+    for an hour and more) and appends 1,000 changed rows a firing: over
+    3,000 firings the rewrites write at most about twice what was
+    appended, and the log never holds much more than the state (a restore
+    reads it). A rewrite every 64 firings wrote 46x what was appended at
+    the fastest growth."""
+    log, state, appended, written = stream_panes.LogSizes(), 0, 0, 0
+    for _ in range(3_000):
+        state += growth
+        appended += 1_000
+        if log.rewrite_due(1_000):
+            log.rewrote(state)
+            written += state
+        assert log.logged <= max(log.rewritten, 1_000)
+    assert written <= 2 * appended
+    assert stream_panes.LogSizes(0, 0).rewrite_due(0) is False

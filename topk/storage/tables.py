@@ -53,6 +53,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, WriterProperties, write_deltalake
 
+from topk.approx import sketch_windows
 from topk.core import schema
 from topk.core.schema import DAY_MS, HOUR_MS, MINUTE_MS
 from topk.core.windows import WindowSpec
@@ -804,8 +805,8 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
     predicates = batch_predicates(span, methods, input_id_,
                                   whole_windows_only, specs)
     exact = layout.EXACT in methods and data[layout.SLICES] is not None
-    approximate = [m for m in methods if m != layout.EXACT
-                   and data[layout.SKETCHES] is not None]
+    approximate = (sketch_windows.approximate_methods(methods)
+                   if data[layout.SKETCHES] is not None else [])
     if span is None or whole_windows_only or not (exact or approximate):
         changes = [Change(table, _staged_rows(table, data[table]), predicate)
                    for table, predicate in predicates.items()]

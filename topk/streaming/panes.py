@@ -207,17 +207,32 @@ def record_early(timers: dict, now_ms: int, took_s: float) -> None:
     timers["took_s"] = took_s
 
 
-def compaction_due(logged: int, rewritten: int) -> bool:
-    """Whether a stage should replace its state's chunk log with the whole
-    state: once what it appended since the last rewrite (``logged``) is more
-    than that rewrite held (``rewritten``; rows, sketches: any one unit).
+@dataclasses.dataclass
+class LogSizes:
+    """How much a stage's state chunk log holds: ``rewritten`` (any one
+    unit: rows, sketches) at its last rewrite of the whole state, and
+    ``logged`` appended since. Kept in the stage's small state.
+
     A rewrite every so many firings cost the whole state that often, and
-    the exact stage's state grows for as long as it keeps minutes (an hour's
-    windows plus the lateness and ``RETENTION_MARGIN_MS``): at 50,000
-    events/s its latency rose through a ten-minute run. This way a rewrite
-    costs at most what was appended since the one before, and a restore
-    reads at most about twice the state."""
-    return logged > rewritten
+    the exact stage's state grows for as long as it keeps minutes (an
+    hour's windows plus the lateness and ``RETENTION_MARGIN_MS``): at
+    50,000 events/s its latency rose through a ten-minute run. Rewriting
+    once the appended units outgrow the last rewrite makes each rewrite
+    cost at most what was appended since the one before, and a restore read
+    at most about twice the state."""
+    logged: int = 0
+    rewritten: int = 0
+
+    def rewrite_due(self, appended: int) -> bool:
+        """Count ``appended`` units of a firing's changes; whether the
+        firing should rewrite the whole state instead of appending them
+        (then call ``rewrote``)."""
+        self.logged += appended
+        return self.logged > self.rewritten
+
+    def rewrote(self, whole: int) -> None:
+        """The log was replaced by the whole state, ``whole`` units."""
+        self.logged, self.rewritten = 0, whole
 
 
 def touched_minutes(tables) -> np.ndarray:

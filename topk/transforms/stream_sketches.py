@@ -62,8 +62,8 @@ class _SketchPanesFn(beam.DoFn):
     #: Accepted partials of minutes far after the watermark, not sketched
     #: yet (``SketchFiring.ahead``).
     AHEAD = BagStateSpec("ahead", coders.ArrowTableCoder())
-    #: ``SketchPanes.meta()`` with a generation token and the sizes
-    #: ``panes.compaction_due`` weighs; the slices as a chunk log
+    #: ``SketchPanes.meta()`` with a generation token and the
+    #: ``panes.LogSizes``; the slices as a chunk log
     #: (``SketchPanes.from_chunks``).
     META = ReadModifyWriteStateSpec("meta", PickleCoder())
     CHUNKS = BagStateSpec("chunks", PickleCoder())
@@ -144,18 +144,17 @@ class _SketchPanesFn(beam.DoFn):
         if firing.ahead.num_rows:
             ahead.add(firing.ahead)
         changed = panes.take_changes()
-        logged = known.get("logged", 0) + len(changed)
-        rewritten = known.get("rewritten", 0)
-        if stream_panes.compaction_due(logged, rewritten):
+        log = known.get("log") or stream_panes.LogSizes()
+        if log.rewrite_due(len(changed)):
             chunks.clear()
             held = panes.all_slices()
             chunks.add(held)
-            logged, rewritten = 0, len(held)
+            log.rewrote(len(held))
         elif changed:
             chunks.add(changed)
         generation = uuid.uuid4().hex
-        meta.write({"generation": generation, "logged": logged,
-                    "rewritten": rewritten, "panes": panes.meta()})
+        meta.write({"generation": generation, "log": log,
+                    "panes": panes.meta()})
         self._cache.put(None, generation, panes)
         armed = timers.read()
         armed["watermark"] = panes.watermark_ms

@@ -197,7 +197,7 @@ class _ShardPanesFn(beam.DoFn):
 
     PENDING = BagStateSpec("pending", coders.ArrowTableCoder())
     #: The counts as a chunk log (``ShardPanes.from_chunks``, rewritten
-    #: whole when ``panes.compaction_due``) and the small rest, with a
+    #: whole when ``panes.LogSizes`` says) and the small rest, with a
     #: generation token that changes at every firing.
     COUNTS = BagStateSpec("counts", PickleCoder())
     META = ReadModifyWriteStateSpec("meta", PickleCoder())
@@ -267,19 +267,18 @@ class _ShardPanesFn(beam.DoFn):
         firing = panes.fire(list(pending.read()), now, watermark_ms,
                             early=early)
         pending.clear()
-        logged = known.get("logged", 0) + firing.absorbed.num_rows
-        rewritten = known.get("rewritten", 0)
-        if stream_panes.compaction_due(logged, rewritten):
+        log = known.get("log") or stream_panes.LogSizes()
+        if log.rewrite_due(firing.absorbed.num_rows):
             counts.clear()
             chunks = panes.level_chunks()
             for chunk in chunks:
                 counts.add(chunk)
-            logged, rewritten = 0, sum(c[2].num_rows for c in chunks)
+            log.rewrote(sum(c[2].num_rows for c in chunks))
         elif firing.absorbed.num_rows:
             counts.add(("delta", firing.absorbed))
         generation = uuid.uuid4().hex
-        meta.write({"generation": generation, "logged": logged,
-                    "rewritten": rewritten, "panes": panes.meta()})
+        meta.write({"generation": generation, "log": log,
+                    "panes": panes.meta()})
         self._cache.put(shard, generation, panes)
         armed = _armed(timers)
         armed["watermark"] = panes.watermark_ms
