@@ -100,16 +100,12 @@ def send_lines(bootstrap, topic, lines, stamp_ms=None):
     p.close()
 
 
-def latest_panes(output, spec, distinct=False):
-    """Rows of the latest exact pane of every window of ``spec``;
-    ``distinct``: exact copies of a row count once (a commit replayed
-    after a restore from a checkpoint)."""
+def latest_panes(output, spec):
+    """Rows of the latest exact pane of every window of ``spec``."""
     if output_tables.dataset(output, "ranked_windows") is None:
         return []  # nothing committed yet
     con = output_tables.connect(output, ["ranked_windows"])
-    con.execute(f"""CREATE TABLE panes AS SELECT {"DISTINCT" if distinct
-                                                  else ""} *
-        FROM ranked_windows
+    con.execute(f"""CREATE TABLE panes AS SELECT * FROM ranked_windows
         WHERE window_spec = '{spec}' AND method = 'exact'""")
     return con.sql("""
         SELECT event_type, epoch_ms(window_start), rank, item_id, count,
@@ -119,8 +115,7 @@ def latest_panes(output, spec, distinct=False):
         ORDER BY 1, 2, 3""").fetchall()
 
 
-def oracle_mismatch(output, events, stream, timeout_s=100,
-                    distinct=False) -> str | None:
+def oracle_mismatch(output, events, stream, timeout_s=100) -> str | None:
     """Poll until every window's latest pane equals the oracle; returns
     ``None`` then, or a description of the difference at the timeout."""
     expected = {spec: [tuple(r) for r in oracle.ranked_windows(
@@ -129,8 +124,7 @@ def oracle_mismatch(output, events, stream, timeout_s=100,
     got = {}
     while time.time() < deadline:
         assert stream.proc.poll() is None, "topk stream exited"
-        got = {spec: latest_panes(output, spec, distinct)
-               for spec in expected}
+        got = {spec: latest_panes(output, spec) for spec in expected}
         if got == expected:
             return None
         time.sleep(2)
@@ -152,8 +146,8 @@ def _difference(spec, expected, got) -> str:
             f"repeated {len(got) - len(set(got))} rows")
 
 
-def wait_for_oracle(output, events, stream, timeout_s=100, distinct=False):
-    difference = oracle_mismatch(output, events, stream, timeout_s, distinct)
+def wait_for_oracle(output, events, stream, timeout_s=100):
+    difference = oracle_mismatch(output, events, stream, timeout_s)
     assert difference is None, (f"{difference}\n{stream.warnings()}\n"
                                 f"{stream.stacks()}")
 

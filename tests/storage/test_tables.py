@@ -370,3 +370,24 @@ def test_a_table_written_before_a_column_existed_reads_and_takes_it(
                      count(*) FROM ranked_windows GROUP BY ALL ORDER BY 1
                   """).fetchall()
     assert got == [(T0 + 1_000, None, 2), (T0 + 2_000, T0 + 500, 2)]
+
+
+def test_committed_parts_are_read_back_by_seq_also_from_an_older_manifest(
+        tmp_path):
+    """A manifest made before the ``parts`` column gets it with the next
+    commit that names parts; ``committed_parts`` reads them after a seq."""
+    out = str(tmp_path)
+    change = tables.Change(layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(events(0, 10, 5))))
+    tables.commit(out, [change], "batch")
+    manifest = tables.table_path(out, tables.COMMITS)
+    older = DeltaTable(manifest).to_pyarrow_table().drop_columns(["parts"])
+    shutil.rmtree(manifest)
+    write_deltalake(manifest, older)
+    assert tables.committed_parts(out, 0) == {}
+    tables.commit(out, [change], "stream", parts={"w1": (1, 4)})
+    tables.commit(out, [change], "stream", parts={"w1": (5, 5), "w2": (1, 2)})
+    assert tables.committed_parts(out, 0) == {"w1": [(1, 4), (5, 5)],
+                                              "w2": [(1, 2)]}
+    assert tables.committed_parts(out, 2) == {"w1": [(5, 5)], "w2": [(1, 2)]}
+    assert tables.history(out)["parts"].to_pylist()[0] is None

@@ -9,9 +9,18 @@ tens of milliseconds whatever its size, and a catch-up produces a bundle per
 window end: committing per bundle held a catch-up to about one minute of
 event time per second. Readers see whole commits only, and a batch run
 committing into the same output meanwhile keeps its rows (commits are
-serialised; an append never replaces rows). Stream readers take the latest
-pane or slice row by ``emitted_at`` (``topk.query``), so a replayed or
-retried commit never double counts.
+serialised; an append never replaces rows).
+
+A commit is a side effect the runner's state does not roll back: a job
+restored from a checkpoint taken before it (Flink) finds the committed rows
+in its buffer again. So every buffered part is numbered (the DoFn copy that
+buffered it, and a counter), every commit records the numbers it wrote in
+the manifest (``parts``), and a sink whose state is behind its own last
+commit skips the parts committed since
+(``topk.storage.tables.committed_parts``): each buffered row is written
+once. (Input the runner delivers again, as to a bundle retried after its
+commit, is new to the sink: its rows are written again, as exact copies
+that readers taking one latest row per pane see once.)
 
 Every commit adds a few small files to each table it writes and a row to
 the manifest, and opening a table costs about what its files number
@@ -25,6 +34,7 @@ The raw event archive is not a table but plain Parquet files
 (``WriteArchiveFiles``): one file per hour partition and bundle, written to a
 temporary name and renamed; ``topk batch --from-archive`` de-duplicates it.
 """
+import logging
 import time
 import typing
 import uuid
@@ -69,11 +79,19 @@ class _BufferFn(beam.DoFn):
         raise NotImplementedError
 
 
+#: The manifest seq of each sink's (by token) last commit made in this
+#: process. A sink whose state holds another seq lost a commit's state
+#: change (a retried bundle, a restore from an older checkpoint) or runs in
+#: a new process: its buffer may hold rows committed already.
+_COMMITTED_SEQ: dict[str, int] = {}
+
+
 class _CommitBufferFn(beam.DoFn):
     """``(key, (table, rows))`` -> nothing: buffer, commit every table's
     rows together once ``commit_interval_s`` passed since the last commit
     (checked per element, so a busy stream needs no timer), and on a
-    processing-time timer for what arrives after the last element."""
+    processing-time timer for what arrives after the last element. Rows
+    already committed are never committed again (module docstring)."""
 
     ROWS = BagStateSpec("rows", PickleCoder())
     META = ReadModifyWriteStateSpec("meta", PickleCoder())
@@ -85,11 +103,18 @@ class _CommitBufferFn(beam.DoFn):
         self._input_ids = dict(input_ids)
         self._interval_s = interval_s
         self._maintain_every = maintain_every
+        self._token = uuid.uuid4().hex  # the same in every copy
         self._opened = None
+        self._writer = None
+        self._numbered = 0
 
     def setup(self):
         # Commits every second or so: the tables stay open between them.
         self._opened = output_tables.OpenTables()
+        # Numbers this copy's parts: never reused, as a copy restored from
+        # a checkpoint is a new one.
+        self._writer = uuid.uuid4().hex[:16]
+        self._numbered = 0
 
     def process(self, element, rows=beam.DoFn.StateParam(ROWS),
                 meta=beam.DoFn.StateParam(META),
@@ -97,8 +122,11 @@ class _CommitBufferFn(beam.DoFn):
         _, (table, part) = element
         if not part.num_rows:
             return
-        rows.add((table, part))
-        known = meta.read() or {"last": 0.0, "armed": False}
+        self._numbered += 1
+        rows.add((table, part, (self._writer, self._numbered)))
+        known = meta.read() or {"last": 0.0, "armed": False,
+                                "seq": output_tables.snapshot(
+                                    self._output, opened=self._opened).seq}
         now = time.time()
         if now - known["last"] >= self._interval_s:
             self._commit(rows, known)
@@ -120,22 +148,46 @@ class _CommitBufferFn(beam.DoFn):
     def _commit(self, rows, known: dict) -> None:
         """Commit what ``rows`` holds; every ``maintain_every`` commits
         (counted in ``known``, the META state) compact the tables too."""
-        by_table = {}
-        for table, part in rows.read():
-            by_table.setdefault(table, []).append(part)
+        buffered = list(rows.read())
         rows.clear()
+        if _COMMITTED_SEQ.get(self._token) != known.get("seq"):
+            done = output_tables.committed_parts(
+                self._output, known.get("seq", 0), self._opened)
+            kept = [entry for entry in buffered
+                    if not _committed(entry[2], done)]
+            if len(kept) < len(buffered):
+                # Worth a line: it means the job was restored.
+                logging.warning(
+                    "sink: %d buffered parts were committed before the "
+                    "state was restored: skipped, not written twice",
+                    len(buffered) - len(kept))
+            buffered = kept
+        by_table, parts = {}, {}
+        for table, part, (writer, number) in buffered:
+            by_table.setdefault(table, []).append(part)
+            first, last = parts.get(writer, (number, number))
+            parts[writer] = (min(first, number), max(last, number))
         if not by_table:
             return
-        output_tables.commit(self._output, [
+        snap = output_tables.commit(self._output, [
             output_tables.Change(table, output_tables.prepare(
-                table, pa.concat_tables(parts),
+                table, pa.concat_tables(tables),
                 self._input_ids.get(table)))
-            for table, parts in sorted(by_table.items())], "stream",
-            opened=self._opened)
+            for table, tables in sorted(by_table.items())], "stream",
+            opened=self._opened, parts=parts)
+        known["seq"] = _COMMITTED_SEQ[self._token] = snap.seq
         known["commits"] = known.get("commits", 0) + 1
         if self._maintain_every and known["commits"] >= self._maintain_every:
             output_tables.maintain(self._output)
             known["commits"] = 0
+
+
+def _committed(number: tuple[str, int], done: dict) -> bool:
+    """Whether the part ``(writer, n)`` is in a committed range of
+    ``done`` (``committed_parts``). A writer's parts in one commit are
+    all it buffered since the buffer's last commit: one range."""
+    writer, n = number
+    return any(first <= n <= last for first, last in done.get(writer, ()))
 
 
 #: (the one key, (table name, rows)): typed, so that the key is encoded

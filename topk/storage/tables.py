@@ -117,6 +117,10 @@ _MANIFEST_SCHEMA = pa.schema([
     pa.field("wrote", pa.string(), nullable=False),  # JSON [table, ...]
     pa.field("span_start", TIMESTAMP),
     pa.field("span_end", TIMESTAMP),
+    # JSON {writer: [first, last]}: the numbered parts a stream sink
+    # committed, so that a sink restored from an older checkpoint skips
+    # what it already wrote (``committed_parts``); null for other writers.
+    pa.field("parts", pa.string()),
 ])
 
 
@@ -292,6 +296,23 @@ def _committed_runs(output: str, run_id: str) -> bool:
         columns=["run_id"], filters=[("run_id", "=", run_id)]).num_rows > 0
 
 
+def committed_parts(output: str, after_seq: int,
+                    opened: OpenTables | None = None
+                    ) -> dict[str, list[tuple[int, int]]]:
+    """``{writer: [(first, last), ...]}``: the parts stream sinks committed
+    after manifest ``seq`` ``after_seq`` (``commit``'s ``parts``)."""
+    manifest = _open(table_path(output, COMMITS), opened)
+    if manifest is None or "parts" not in _column_names(manifest):
+        return {}
+    rows = manifest.to_pyarrow_table(columns=["parts"],
+                                     filters=[("seq", ">", after_seq)])
+    ranges = {}
+    for listed in rows["parts"].drop_null().to_pylist():
+        for writer, (first, last) in json.loads(listed).items():
+            ranges.setdefault(writer, []).append((first, last))
+    return {writer: sorted(held) for writer, held in ranges.items()}
+
+
 def history(output: str) -> pa.Table:
     """Every manifest row, oldest first."""
     path = table_path(output, COMMITS)
@@ -323,6 +344,10 @@ def dataset(output: str, table: str, snap: Snapshot | None = None,
         # Written before these columns existed: they read as nulls.
         data = data.replace_schema(pa.schema([*data.schema, *added]))
     return data
+
+
+def _column_names(table: DeltaTable) -> list[str]:
+    return [f.name for f in table.schema().fields]
 
 
 def _added_columns(table: str, held: list[str]) -> list[pa.Field]:
@@ -455,7 +480,7 @@ def _apply(output: str, change: Change,
         mode, predicate = "overwrite", change.predicate
     pieces = change.data if isinstance(change.data, list) else [change.data]
     evolve = table is not None and _added_columns(
-        change.table, [f.name for f in table.schema().fields])
+        change.table, _column_names(table))
     for piece in pieces:
         # Later pieces append to what the first replaced: readers see the
         # manifest's version, the last one, never one in between. A table
@@ -475,10 +500,13 @@ def _apply(output: str, change: Change,
 
 def commit(output: str, changes: list[Change], source: str,
            run_id: str | None = None, span: tuple[int, int] | None = None,
-           then=None, opened: OpenTables | None = None) -> Snapshot:
+           then=None, opened: OpenTables | None = None,
+           parts: dict[str, tuple[int, int]] | None = None) -> Snapshot:
     """Commit ``changes`` to ``output``'s tables so that readers see them
     all at once (module docstring). ``run_id`` makes a retried commit a
-    no-op; ``span`` (epoch ms) is recorded in the manifest. ``then(snap)``
+    no-op; ``span`` (epoch ms) and ``parts`` (``{writer: (first, last)}``,
+    the numbered parts a stream sink commits: ``committed_parts``) are
+    recorded in the manifest. ``then(snap)``
     returns more changes computed from the committed snapshot this commit
     lands on, under the lock (other writers wait). ``opened``: a writer
     that commits often keeps its tables open there. Returns the new
@@ -506,7 +534,7 @@ def commit(output: str, changes: list[Change], source: str,
         if not wrote and versions == snap.versions:
             return snap
         return _append_manifest(output, snap, versions, run_id, source,
-                                wrote, span, opened)
+                                wrote, span, opened, parts)
 
 
 def _create_manifest(output: str, opened: OpenTables | None = None) -> None:
@@ -517,7 +545,7 @@ def _create_manifest(output: str, opened: OpenTables | None = None) -> None:
 
 
 def _append_manifest(output, snap, versions, run_id, source, wrote, span,
-                     opened=None):
+                     opened=None, parts=None):
     def ts(ms):
         return None if ms is None else ms * 1000
     row = pa.table({
@@ -526,14 +554,17 @@ def _append_manifest(output, snap, versions, run_id, source, wrote, span,
         "versions": [json.dumps(versions, sort_keys=True)],
         "wrote": [json.dumps(wrote)],
         "span_start": [ts(span[0]) if span else None],
-        "span_end": [ts(span[1]) if span else None]},
+        "span_end": [ts(span[1]) if span else None],
+        "parts": [None if parts is None else json.dumps(parts)]},
         schema=pa.schema([f.with_type(pa.int64())
                           if pa.types.is_timestamp(f.type) else f
                           for f in _MANIFEST_SCHEMA])).cast(_MANIFEST_SCHEMA)
     path = table_path(output, COMMITS)
     manifest = _open(path, opened)
+    # A manifest made before the parts column gets it now.
+    older = manifest is not None and "parts" not in _column_names(manifest)
     write_deltalake(path if manifest is None else manifest, row,
-                    mode="append")
+                    mode="append", schema_mode="merge" if older else None)
     return Snapshot(snap.seq + 1, versions)
 
 
