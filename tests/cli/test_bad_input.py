@@ -5,8 +5,8 @@ import gzip
 import json
 import os
 
-
-from topk import cli
+from topk import cli, query
+from topk.storage import tables
 
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z
 
@@ -96,3 +96,31 @@ def test_a_relative_glob_in_the_working_directory(tmp_path, capsys,
     assert cli.main(["batch", "--input", "events*.jsonl", "--output", "out",
                      "--windows", "1h", "--k", "3"]) == 0
     assert "4 valid events" in capsys.readouterr().out
+
+
+def test_a_run_lacking_events_of_committed_minutes_is_refused(tmp_path,
+                                                             capsys):
+    """Hourly files cut by arrival: the second holds one late event of the
+    first file's hour. Committing it would replace that hour's committed
+    minutes from the late event on with its own counts and lose the first
+    file's events: refused, nothing committed; with --replace-span it
+    commits (a corrected input)."""
+    first, second = tmp_path / "h0.jsonl", tmp_path / "h1.jsonl"
+    first.write_text(_events(3600))  # one an hour, a second apart
+    late = json.dumps({"event_id": "late", "item_id": "i1",
+                       "event_type": "click", "ts": T0 + 1800_000})
+    second.write_text(late + "\n" + _events(3600, start=3600))
+    out = str(tmp_path / "out")
+    run = ["batch", "--output", out, "--windows", "1h", "--k", "3"]
+    assert cli.main([*run, "--input", str(first)]) == 0
+    capsys.readouterr()
+    _fails([*run, "--input", str(second)], capsys,
+           "30 committed minute(s)", "2024-05-01T00:30:00", "--replace-span")
+    assert tables.history(out).num_rows == 1
+    assert not os.path.exists(os.path.join(out, tables.STAGING))
+    # Both files together hold every committed count: no refusal.
+    assert cli.main([*run, "--input", str(tmp_path / "h*.jsonl")]) == 0
+    assert query.topk(out, 1, T0, T0 + 3600_000)[0].count == 721
+    # Replaced: minutes 00:30 on hold the second file's events only.
+    assert cli.main([*run, "--input", str(second), "--replace-span"]) == 0
+    assert query.topk(out, 1, T0, T0 + 3600_000)[0].count == 361

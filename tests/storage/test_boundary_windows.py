@@ -438,3 +438,71 @@ def test_commit_staged_composes_runs_and_a_concurrent_writer_waits(
     assert got_slices - collections.Counter(streamed) == want_slices
     assert [r["source"] for r in tables.history(out).to_pylist()] == [
         "batch", "batch", "stream"]
+
+
+# --- A run lacking committed events ------------------------------------------
+
+def _late_file(rng):
+    """(hour-0 counts, the next file's counts: hour 1 and one late event at
+    00:30:10, its minute span)."""
+    first = minute_counts(rng, T30, T30 + H, 300)
+    late = counting.count_slices(pa.table({
+        "event_type": ["play"], "item_id": ["a"], "ts": [T30 + 30 * M + 10],
+        "weight": [1]}))
+    second = counting.merge_counts([minute_counts(rng, T30 + H, T30 + 2 * H,
+                                                  300), late])
+    return first, second, (T30 + 30 * M, T30 + 2 * H)
+
+
+def test_shortfall_names_committed_minutes_a_run_lacks():
+    first, second, span = _late_file(random.Random(12))
+    committed = pads.dataset(stored_slices(first))
+    lost = bw.shortfall(pads.dataset(stored_slices(second)), committed,
+                        span, ["exact"])
+    minutes = {r["slice_start"] for r in first.to_pylist()
+               if r["slice_start"] >= span[0]}
+    assert lost.startswith(f"{len(minutes)} committed minute(s)"), lost
+    assert "2024-05-17T00:30:00" in lost
+    # A rerun, or an input holding the committed one: nothing lost.
+    both = counting.merge_counts([first, second])
+    for own in (first, both):
+        assert bw.shortfall(pads.dataset(stored_slices(own)), committed,
+                            span, ["exact"]) is None
+    # Stream rows are not a batch run's to lose.
+    streamed = pads.dataset(stored_slices(first, source="stream"))
+    assert bw.shortfall(pads.dataset(stored_slices(second)), streamed, span,
+                        ["exact"]) is None
+
+
+def test_shortfall_of_an_approximate_run_compares_sketch_totals():
+    first, second, span = _late_file(random.Random(13))
+    committed = pads.dataset(stored_sketches(first))
+    own = pads.dataset(stored_sketches(second))
+    lost = bw.shortfall(own, committed, span, ["cms"])
+    assert lost is not None and "cms" in lost and "total" in lost, lost
+    assert bw.shortfall(pads.dataset(stored_sketches(
+        counting.merge_counts([first, second]))), committed, span,
+        ["frequent_items"]) is None
+
+
+def test_commit_staged_refuses_to_lose_committed_counts(tmp_path):
+    """Nothing committed, the staged files removed; ``replace`` commits."""
+    specs = [WindowSpec.parse("1h")]
+    first, second, _ = _late_file(random.Random(14))
+    out = str(tmp_path / "out")
+    stage(out, "one", first, specs, 2)
+    tables.commit_staged(out, "one", ["exact"], "i1", specs=specs, k=2)
+    before = committed_exact(out)
+    stage(out, "two", second, specs, 2)
+    with pytest.raises(tables.SpanConflict, match="--replace-span"):
+        tables.commit_staged(out, "two", ["exact"], "i2", specs=specs, k=2)
+    assert committed_exact(out) == before
+    assert tables.history(out).num_rows == 1
+    assert not os.path.exists(os.path.join(out, tables.STAGING))
+    stage(out, "two", second, specs, 2)
+    tables.commit_staged(out, "two", ["exact"], "i2", specs=specs, k=2,
+                         replace=True)
+    _, slices = committed_exact(out)
+    assert sum(c for (length, start, *_), c in slices.items()
+               if length == "1m" and start >= T30 + 30 * M) == sum(
+        second["count"].to_pylist())

@@ -32,7 +32,9 @@ def start_batch(input_path, out, pause=None) -> subprocess.Popen:
         env[tables.PAUSE_ENV] = str(pause)
     return subprocess.Popen(
         [sys.executable, "-m", "topk.cli", "batch", "--input", input_path,
-         "--output", out, "--windows", WINDOWS, "--k", "5"],
+         "--output", out, "--windows", WINDOWS, "--k", "5",
+         # B holds other events of A's days: it supersedes A's counts.
+         "--replace-span"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True)
 
@@ -99,8 +101,9 @@ def wait_for(condition, proc, timeout=120) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Inputs A and B (other events over the same two days), the output
-    after A, and the clean output of A then B."""
+    """Inputs A and B (other events over the same two days, B a corrected
+    input that replaces A's), the output after A, and the clean output of
+    A then B."""
     root = tmp_path_factory.mktemp("crash")
     inputs = {}
     for name, seed, n in (("a", 1, 6000), ("b", 2, 9000)):

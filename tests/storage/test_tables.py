@@ -325,11 +325,12 @@ def test_a_staged_run_over_months_commits_a_month_at_a_time(tmp_path):
     assert DeltaTable(tables.table_path(out, layout.SLICES)).version() >= 2
     assert day_counts(out) == truth(evs)
     assert not os.path.exists(tables.staging_dir(out, "run-1", layout.SLICES))
-    # A rerun over June only, with other events there: July and May stay.
+    # A rerun over June only, with other events there (a corrected input,
+    # so ``replace``): July and May stay.
     june = [e._replace(ts=e.ts + 40 * D) for e in events(0, 300, 6)]
     tables.stage(out, "run-2", layout.SLICES,
                  tables.prepare(layout.SLICES, slice_rows(june)))
-    tables.commit_staged(out, "run-2", ["exact"], "in-2")
+    tables.commit_staged(out, "run-2", ["exact"], "in-2", replace=True)
     # The rerun owns the minutes from its first event's to its last's.
     lo = min(e.ts for e in june) // M * M
     hi = max(e.ts for e in june) // M * M + M

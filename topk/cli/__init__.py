@@ -73,6 +73,22 @@ def _dump_stacks_on_sigusr1() -> None:
         pass
 
 
+def _storage_error(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is None:
+        return False
+    from topk.storage.tables import StorageError
+    return isinstance(exc, StorageError)
+
+
+def _quiet_beam_about_our_errors() -> None:
+    """A pipeline step that fails with a one-line ``StorageError`` (a batch
+    commit that would lose data, say) is reported once, as ``topk: error:``;
+    Beam's worker would first log it with its whole traceback."""
+    logging.getLogger("apache_beam.runners.common").addFilter(
+        lambda record: not _storage_error(record))
+
+
 def main(argv=None) -> int:
     """Run ``topk ARGV``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -86,6 +102,7 @@ def main(argv=None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _dump_stacks_on_sigusr1()
+    _quiet_beam_about_our_errors()
     try:
         if getattr(args, "takes_beam_args", False):
             return args.func(args, rest)

@@ -107,6 +107,14 @@ class BatchOptions(PipelineOptions):
             "--archive-end", "--archive_end", dest="archive_end",
             help="With --from-archive: end day (exclusive) or time (rounded "
             "up to the next midnight UTC).")
+        parser.add_argument(
+            "--replace-span", "--replace_span", dest="replace_span",
+            action="store_true",
+            help="Let this run replace committed batch counts in its event-"
+            "time span that its input lacks events of (a corrected input "
+            "that supersedes an earlier run's). Without it such a run "
+            "commits nothing and exits 2: the inputs share minutes, and "
+            "committing would lose the earlier run's events.")
 
 
 def archive_range(options: PipelineOptions) -> tuple[int, int] | None:
@@ -200,7 +208,8 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
             | "WriteOutput" >> WriteOutputTables(
                 opts.output, source=source, methods=methods,
                 input_id=input_name, window_range=window_range,
-                specs=specs, k=opts.k))
+                specs=specs, k=opts.k,
+                replace_span=options.view_as(BatchOptions).replace_span))
     else:
         # The dead letters still go to --output, in a commit of their own.
         written.append(

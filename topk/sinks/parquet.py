@@ -111,13 +111,16 @@ class WriteOutputTables(beam.PTransform):
     which a batch commit re-ranks the exact windows straddling its span's
     edges from its own and the committed slices
     (``topk.storage.boundary_windows``; without them those windows keep
-    the run's own counts).
+    the run's own counts); ``replace_span``: a batch commit may replace
+    committed counts its input lacks (``tables.commit_staged``'s
+    ``replace``).
     """
 
     def __init__(self, output: str, source: str = "batch",
                  methods=(output_layout.EXACT,), input_id: str = "",
                  window_range: tuple[int, int] | None = None,
-                 specs=None, k: int | None = None):
+                 specs=None, k: int | None = None,
+                 replace_span: bool = False):
         super().__init__()
         if "://" not in output:
             # Fail before the run, not at its commit, on an old output.
@@ -130,6 +133,7 @@ class WriteOutputTables(beam.PTransform):
         # Names, not WindowSpecs: plain strings pickle to any worker.
         self._specs = [getattr(s, "name", s) for s in specs or ()]
         self._k = k
+        self._replace_span = replace_span
         # Fixed at construction: a retried commit step finds it in the
         # manifest and does nothing.
         self._run_id = uuid.uuid4().hex
@@ -138,7 +142,7 @@ class WriteOutputTables(beam.PTransform):
         output, run_id, source = self._output, self._run_id, self._source
         methods, input_id = self._methods, self._input_id
         window_range = self._window_range
-        specs, k = self._specs, self._k
+        specs, k, replace = self._specs, self._k, self._replace_span
         staged = [
             pcolls[table] | f"Stage_{table}" >> beam.ParDo(
                 _StageFn(output, run_id, table, input_id))
@@ -149,7 +153,7 @@ class WriteOutputTables(beam.PTransform):
                 snap = output_tables.commit_staged(
                     output, run_id, methods, input_id, span=window_range,
                     whole_windows_only=window_range is not None,
-                    specs=specs, k=k)
+                    specs=specs, k=k, replace=replace)
             else:
                 snap = output_tables.commit_staged_appends(
                     output, run_id, source, input_id)

@@ -14,7 +14,10 @@ other runs. So at commit time those, and only those, are recomputed from
 
 which makes runs per day, per file, in any order, with overlaps and
 reruns, compose to the tables one run over everything would write (as long
-as every run holds all the events of the minutes in its span). Where no
+as every run holds all the events of the minutes in its span). A run that
+does not (inputs cut inside minutes, a late event in the next hour's file)
+would replace committed counts it lacks events of: ``shortfall`` finds
+them, and the commit refuses unless told to replace them. Where no
 committed batch slice lies beyond an edge (a first run, say), the run's own
 rows already are those and stay as staged.
 
@@ -164,6 +167,24 @@ def read_counts(ds: pads.Dataset | None, runs, batch_only: bool = False
                     schema=schema.SLICE_COUNTS_SCHEMA)
 
 
+def read_totals(ds: pads.Dataset | None, runs, batch_only: bool = False
+                ) -> pa.Table:
+    """``(slice_start, method, event_type, total)`` of the sketches of
+    ``ds`` in ``runs``, as ``read_sketches`` picks them."""
+    key = ["slice_length", "slice_start", "method", "event_type"]
+    rows = (None if ds is None or not runs else
+            _latest_rows(ds, runs, batch_only, key, ["total"]))
+    if rows is None:
+        return pa.table({"slice_start": pa.array([], pa.int64()),
+                         "method": pa.array([], pa.string()),
+                         "event_type": pa.array([], pa.string()),
+                         "total": pa.array([], pa.int64())})
+    return pa.table({"slice_start": rows["slice_start"],
+                     "method": rows["method"],
+                     "event_type": rows["event_type"],
+                     "total": rows["total_first"]})
+
+
 #: What ``read_sketches`` returns.
 SKETCH_PIECES_SCHEMA = pa.schema([
     ("method", pa.string()), ("event_type", pa.string()),
@@ -187,6 +208,47 @@ def read_sketches(ds: pads.Dataset | None, runs, batch_only: bool = False
                      "slice_length": rows["slice_length"],
                      "sketch": rows["sketch_first"]},
                     schema=SKETCH_PIECES_SCHEMA)
+
+
+def shortfall(own: pads.Dataset | None, committed: pads.Dataset | None,
+              span: tuple[int, int], methods) -> str | None:
+    """What committing a run would lose: the first committed batch minute
+    inside ``span`` (exact counts per item; for a run without exact counts,
+    each of its approximate ``methods``' sketch totals per event type) that
+    the run's own staged rows hold less of, described in one line; ``None``
+    when the run holds at least every committed count of its span (a rerun,
+    or an input that contains the earlier one's events).
+
+    ``own`` and ``committed`` are ``slices`` datasets when ``methods``
+    holds ``exact``, else ``sketches`` datasets."""
+    runs = [("1m", *span)]
+    if layout.EXACT in methods:
+        key, value, read = ["event_type", "item_id"], "count", read_counts
+    else:
+        key, value, read = ["method", "event_type"], "total", read_totals
+    theirs = read(committed, runs, batch_only=True)
+    if value == "total":
+        theirs = theirs.filter(pc.is_in(theirs["method"], pa.array(
+            list(methods), pa.string())))
+    ours = read(own, runs)
+    if theirs.num_rows == 0:
+        return None
+    key = ["slice_start", *key]
+    joined = theirs.join(ours.select([*key, value]), keys=key,
+                         join_type="left outer", right_suffix="_own")
+    held = pc.fill_null(joined[f"{value}_own"], 0)
+    short = joined.filter(pc.less(held, joined[value]))
+    if short.num_rows == 0:
+        return None
+    first = short.sort_by([("slice_start", "ascending")]).slice(0, 1)
+    row = first.to_pylist()[0]
+    minute = np.datetime64(row["slice_start"], "ms").astype(str)
+    what = ", ".join(str(row[k]) for k in key[1:])
+    minutes = pc.count_distinct(short["slice_start"]).as_py()
+    return (f"{minutes} committed minute(s) in this run's span hold events "
+            f"its input lacks (first: {what} at {minute}Z, {value} "
+            f"{row[value]} committed, {row.get(value + '_own') or 0} in "
+            f"this input)")
 
 
 class SliceReader:

@@ -814,7 +814,7 @@ def _groups_of(ds: pads.Dataset) -> list[pads.Dataset]:
 def commit_staged(output: str, run_id: str, methods, input_id_: str,
                   span: tuple[int, int] | None = None,
                   whole_windows_only: bool = False, specs=None,
-                  k: int | None = None) -> Snapshot:
+                  k: int | None = None, replace: bool = False) -> Snapshot:
     """Commit what a batch run staged (``staging_dir``), replacing the rows
     the run owns (``batch_predicates``; ``span`` defaults to the minutes of
     its staged slices and sketches), then remove the staging files.
@@ -826,7 +826,12 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
     (``topk.storage.boundary_windows``), in the same commit and from the
     snapshot that commit lands on (``_commit_edges``). Reprocessing
     (``whole_windows_only``) replaces no straddling window, and its
-    whole-day span cuts no slice."""
+    whole-day span cuts no slice.
+
+    A run whose input lacks events of committed batch counts in its span
+    (``boundary_windows.shortfall``) would replace them: ``SpanConflict``
+    and nothing committed, unless ``replace`` (the input supersedes
+    them)."""
     data = {t: staged(output, run_id, t) for t in TABLES}
     if span is None:
         span = minute_span([data[layout.SLICES], data[layout.SKETCHES]])
@@ -842,12 +847,20 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
         changes = [Change(table, _staged_rows(table, data[table]), predicate)
                    for table, predicate in predicates.items()]
         return _commit_and_clean(output, run_id, changes, "batch", span)
-    return _commit_edges(output, run_id, data, predicates, span, specs, k,
-                         exact, approximate)
+    try:
+        return _commit_edges(output, run_id, data, predicates, span, specs,
+                             k, exact, approximate, replace)
+    except SpanConflict:
+        discard_staged(output, run_id)
+        raise
+
+
+class SpanConflict(StorageError):
+    """A batch run would replace committed counts its input lacks."""
 
 
 def _commit_edges(output, run_id, data, predicates, span, specs, k, exact,
-                  approximate) -> Snapshot:
+                  approximate, replace=False) -> Snapshot:
     """``commit_staged`` with the straddling rows recomputed from the
     snapshot the commit lands on (``exact``: slices and exact windows;
     ``approximate``: those methods' sketches and windows): computed under
@@ -864,6 +877,8 @@ def _commit_edges(output, run_id, data, predicates, span, specs, k, exact,
         # Materialised here: delta-rs cannot read a table from inside its
         # own write of another (``_staged_rows`` below reads staging files
         # only).
+        if not replace:
+            _check_no_shortfall(output, snap, data, span, exact, approximate)
         now = int(time.time() * 1000)
         edges = {table: [] for table in edged}
         if exact:
@@ -896,6 +911,21 @@ def _commit_edges(output, run_id, data, predicates, span, specs, k, exact,
                if table not in edged]
     return _commit_and_clean(output, run_id, changes, "batch", span,
                              then=edge_changes)
+
+
+def _check_no_shortfall(output, snap, data, span, exact, approximate):
+    table, methods = ((layout.SLICES, [layout.EXACT]) if exact
+                      else (layout.SKETCHES, approximate))
+    lost = boundary_windows.shortfall(data[table],
+                                      dataset(output, table, snap), span,
+                                      methods)
+    if lost:
+        raise SpanConflict(
+            f"{lost}: committing would replace them, so nothing was "
+            "committed. This input and an earlier run's share minutes (a "
+            "file cut inside a minute, a late event in the next file): run "
+            "them together in one --input, cut inputs at minute boundaries, "
+            "or pass --replace-span if this input supersedes those counts")
 
 
 def _joined(edges) -> tuple:
@@ -955,10 +985,15 @@ def _commit_and_clean(output, run_id, changes, source, span, then=None
                       ) -> Snapshot:
     snap = commit(output, changes, source, run_id=run_id, span=span,
                   then=then)
+    discard_staged(output, run_id)
+    return snap
+
+
+def discard_staged(output: str, run_id: str) -> None:
+    """Remove what the run ``run_id`` staged."""
     shutil.rmtree(os.path.join(output, STAGING, run_id), ignore_errors=True)
     with contextlib.suppress(OSError):  # other runs may be staging
         os.rmdir(os.path.join(output, STAGING))
-    return snap
 
 
 # --- Migration -------------------------------------------------------------------
