@@ -502,13 +502,14 @@ def test_next_window_end_equals_the_brute_force(seed):
         min(ends) if ends else None)
 
 
+@pytest.mark.parametrize("bits", [0, stream_dedup.PARTITION_BITS])
 @pytest.mark.parametrize("seed", range(5))
-def test_seen_ids_equal_a_set_through_admits_expiry_and_restore(seed):
-    """``SeenIds`` (sorted runs) against a plain dict of id -> minute:
-    the same fresh events, the same held minutes after expiry, and the
-    same after a rebuild from its persisted chunks."""
+def test_seen_ids_equal_a_set_through_admits_expiry_and_restore(seed, bits):
+    """``SeenIds`` (sorted runs, partitioned or not) against a plain dict
+    of id -> minute: the same fresh events, the same held minutes after
+    expiry, and the same after a rebuild from its persisted chunks."""
     rnd = random.Random(seed)
-    seen, model, chunks = stream_dedup.SeenIds(), {}, []
+    seen, model, chunks = stream_dedup.SeenIds(partition_bits=bits), {}, []
     margin = stream_dedup.RETENTION_MARGIN_MS
     for step in range(60):
         base = T0 + step * 10 * MIN
@@ -531,8 +532,20 @@ def test_seen_ids_equal_a_set_through_admits_expiry_and_restore(seed):
                          if m + MIN > horizon - margin}
         assert seen.minutes() == sorted(set(model.values()))
         assert len(seen) == len(model)
-    again = stream_dedup.SeenIds([seen.to_table()])
+    again = stream_dedup.SeenIds([seen.to_table()], partition_bits=bits)
     assert again.minutes() == seen.minutes() and len(again) == len(seen)
+
+
+def test_seen_ids_merge_at_most_a_partition_at_once():
+    """The largest sorted run, what one admit may have to merge, is about
+    a 64th of the held ids, not half of them."""
+    seen = stream_dedup.SeenIds()
+    for first in range(0, 256_000, 1_000):
+        seen.admit(_table([oracle.Event(f"e{i}", "a", "play", T0, None, 1)
+                           for i in range(first, first + 1_000)]), T0)
+    assert len(seen) == 256_000
+    largest = max(ids.size for ids, _ in seen._runs())
+    assert largest <= 1.3 * 256_000 / 64, largest
 
 
 def test_early_firings_write_minutes_and_event_time_firings_their_hours():

@@ -8,10 +8,11 @@ not counted (its windows are final) and goes to the late-events output
 instead, so it is never dropped silently.
 
 Ids are kept as 64-bit hashes (``sharding.stable_hash``) with their minute,
-in a few sorted runs (``SeenIds``): membership is a vectorised
-``searchsorted`` per run, and expiry filters the runs by minute. Two distinct ids
-collide with probability ~n²/2⁶⁵ (n ids retained at once: 1e8 ids give
-~3e-4 over the whole retention); a collision would drop one event.
+in a few sorted runs per hash partition (``SeenIds``): membership is a
+vectorised ``searchsorted`` per run, and expiry filters the runs by minute.
+Two distinct ids collide with probability ~n²/2⁶⁵ (n ids retained at once:
+1e8 ids give ~3e-4 over the whole retention); a collision would drop one
+event.
 
 Copies of an id in one batch are settled as in batch mode (the smallest
 ``(ts, event_type, item_id, weight)`` wins, ``counting.dedup_events``);
@@ -86,55 +87,87 @@ def rewrite_due(stored_rows: int | None, live_rows: int) -> bool:
     return stored_rows is None or stored_rows >= 2 * live_rows
 
 
+#: ``SeenIds`` partitions: ids by the top bits of their hash.
+PARTITION_BITS = 6
+
+
+def _partition_starts(bits: int) -> np.ndarray:
+    """First hash of each partition but the first."""
+    return (np.arange(1, 1 << bits, dtype=np.uint64)
+            << np.uint64(64 - bits)) if bits else np.empty(0, np.uint64)
+
+
+def _by_partition(sorted_hashes: np.ndarray, starts: np.ndarray):
+    """``(partition, slice)`` of each non-empty partition of sorted hashes
+    (``starts``: ``_partition_starts``)."""
+    cuts = [0, *np.searchsorted(sorted_hashes, starts).tolist(),
+            sorted_hashes.size]
+    return [(p, slice(lo, hi)) for p, (lo, hi)
+            in enumerate(zip(cuts[:-1], cuts[1:])) if hi > lo]
+
+
 class SeenIds:
     """The ids a dedup shard admitted, with their minutes (see the module
     docstring).
 
-    Kept as a few runs, each sorted by hash with its minutes alongside,
+    Split by the top ``PARTITION_BITS`` bits of the hash into partitions,
+    each kept as a few runs sorted by hash with their minutes alongside,
     merged when a run is no bigger than the one after it (a binary
-    counter): membership is one ``searchsorted`` per run (O(log n) runs),
-    admitting costs O(log n) amortised per id, and expiry filters each run
-    in one vectorised pass. One array per minute cost a Python loop over
-    every held minute per batch, and a year-long backlog holds hundreds of
-    thousands of minutes.
+    counter): membership is one ``searchsorted`` per run of the key's
+    partition, admitting costs O(log n) amortised per id, and expiry
+    filters each run in one vectorised pass. The partitions bound the
+    largest merge to about 1/64 of the held ids: with one counter, the
+    hundreds of millions of ids an hour's retention holds at 50,000
+    events/s would now and then be merged at once, a stall of seconds.
+    One array per minute cost a Python loop over every held minute per
+    batch, and a year-long backlog holds hundreds of thousands of minutes.
 
     ``tables`` are ``SEEN_SCHEMA`` chunks as persisted in runner state (any
     order, any chunking); ``admit`` returns the new chunk to persist.
+    ``partition_bits``: 0 keeps one counter (``bench/dedup_ids.py``
+    compares).
     """
 
-    def __init__(self, tables: list[pa.Table] = ()):
-        #: (hashes sorted, their minutes), biggest run first.
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+    def __init__(self, tables: list[pa.Table] = (),
+                 partition_bits: int = PARTITION_BITS):
+        self._starts = _partition_starts(partition_bits)
+        #: Per partition: (hashes sorted, their minutes), biggest run first.
+        self._parts: list[list[tuple[np.ndarray, np.ndarray]]] = [
+            [] for _ in range(1 << partition_bits)]
         tables = [t for t in tables if t.num_rows]
         if tables:
             self._add(np.concatenate([t["minute"].to_numpy() for t in tables]),
                       np.concatenate([t["id_hash"].to_numpy()
                                       for t in tables]))
 
+    def _runs(self):
+        return (run for runs in self._parts for run in runs)
+
     def _add(self, minutes: np.ndarray, hashes: np.ndarray) -> None:
         if hashes.size == 0:
             return
         order = np.argsort(hashes, kind="stable")
-        run = (hashes[order], np.asarray(minutes, np.int64)[order])
-        while self._runs and self._runs[-1][0].size <= run[0].size:
-            last = self._runs.pop()
-            merged = np.concatenate([last[0], run[0]])
-            order = np.argsort(merged, kind="stable")
-            run = (merged[order], np.concatenate([last[1], run[1]])[order])
-        self._runs.append(run)
+        hashes, minutes = hashes[order], np.asarray(minutes, np.int64)[order]
+        for p, part in _by_partition(hashes, self._starts):
+            runs, run = self._parts[p], (hashes[part], minutes[part])
+            while runs and runs[-1][0].size <= run[0].size:
+                last = runs.pop()
+                merged = np.concatenate([last[0], run[0]])
+                order = np.argsort(merged, kind="stable")
+                run = (merged[order],
+                       np.concatenate([last[1], run[1]])[order])
+            runs.append(run)
 
     def __len__(self) -> int:
-        return sum(h.size for h, _ in self._runs)
+        return sum(h.size for h, _ in self._runs())
 
     def minute_rows(self) -> np.ndarray:
         """The minute of every held id (any order)."""
         return np.concatenate([np.empty(0, np.int64)]
-                              + [m for _, m in self._runs])
+                              + [m for _, m in self._runs()])
 
     def minutes(self) -> list[int]:
-        if not self._runs:
-            return []
-        return np.unique(np.concatenate([m for _, m in self._runs])).tolist()
+        return np.unique(self.minute_rows()).tolist()
 
     def _seen(self, hashes: np.ndarray) -> np.ndarray:
         # Sorted keys: NumPy's binary search starts each key where the
@@ -142,11 +175,15 @@ class SeenIds:
         # held ids as random keys (one random probe per level each).
         order = np.argsort(hashes)
         keys = hashes[order]
-        seen = np.zeros(hashes.size, bool)
-        for ids, _ in self._runs:
-            pos = np.searchsorted(ids, keys)
-            pos[pos == ids.size] = 0
-            seen[order] |= ids[pos] == keys
+        found = np.zeros(keys.size, bool)
+        for p, part in _by_partition(keys, self._starts):
+            these = keys[part]
+            for ids, _ in self._parts[p]:
+                pos = np.searchsorted(ids, these)
+                pos[pos == ids.size] = 0
+                found[part] |= ids[pos] == these
+        seen = np.empty(hashes.size, bool)
+        seen[order] = found
         return seen
 
     def admit(self, events: pa.Table, horizon_ms: int
@@ -180,26 +217,27 @@ class SeenIds:
         rewrites its id state after a drop, so it drops in batches.
         Returns whether anything was dropped."""
         horizon_ms -= RETENTION_MARGIN_MS
-        if not self._runs:
+        oldest = min((int(m.min()) for _, m in self._runs()), default=None)
+        if oldest is None or (oldest + schema.MINUTE_MS
+                              > horizon_ms - batch_ms):
             return False
-        oldest = min(int(m.min()) for _, m in self._runs)
-        if oldest + schema.MINUTE_MS > horizon_ms - batch_ms:
-            return False
-        kept = []
-        for ids, minutes in self._runs:
-            keep = minutes + schema.MINUTE_MS > horizon_ms
-            if keep.any():
-                kept.append((ids[keep], minutes[keep]))
-        # Still sorted; re-establish the size order of the counter.
-        kept.sort(key=lambda run: -run[0].size)
-        self._runs = kept
+        for p, runs in enumerate(self._parts):
+            kept = []
+            for ids, minutes in runs:
+                keep = minutes + schema.MINUTE_MS > horizon_ms
+                if keep.any():
+                    kept.append((ids[keep], minutes[keep]))
+            # Still sorted; re-establish the size order of the counter.
+            kept.sort(key=lambda run: -run[0].size)
+            self._parts[p] = kept
         return True
 
     def to_table(self) -> pa.Table:
         """The whole set as one ``SEEN_SCHEMA`` table (for compacted state)."""
-        if not self._runs:
+        runs = list(self._runs())
+        if not runs:
             return SEEN_SCHEMA.empty_table()
         return pa.table({
-            "minute": np.concatenate([m for _, m in self._runs]),
-            "id_hash": np.concatenate([h for h, _ in self._runs])},
+            "minute": np.concatenate([m for _, m in runs]),
+            "id_hash": np.concatenate([h for h, _ in runs])},
             schema=SEEN_SCHEMA)
