@@ -25,6 +25,14 @@ preload is reused. Then, each contender in its own process:
 * ``stream_cms``: the same catch-up with ``--method cms`` (the approximate
   path: no de-duplication, so done when the latest 1m panes hold every
   record, duplicates included).
+* ``stream_flink`` / ``stream_cms_flink``: the same two catch-ups on a
+  local Flink cluster the bench starts (``deploy/flink/flink.sh``, in
+  ``--dir``), with the options the Flink restore test runs (checkpoints
+  every 2 s, ``--flink-parallelism``) and the SDK workers in one LOOPBACK
+  process or, with ``--flink-workers external``, in a worker pool
+  (``worker_pool_main``: a process per task). Their latest panes are then
+  compared with the Prism run's of the same method (exact: every row;
+  cms: each window's total and its top-K items and counts).
 * ``raw``: one kafka-python consumer that only reads every message (the
   I/O limit).
 * ``raw_reader`` / ``raw_confluent``: the source's own read path, a
@@ -96,10 +104,16 @@ TARGET_P99_S = {"exact": 10.0, "cms": 5.0, "frequent_items": 5.0}
 #: "flat" (issue #13)
 TARGET_RSS_GROWTH = 1.2
 
-ALL_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_reader",
-             "raw_confluent", "floor", "naive", "latency", "profile")
-DEFAULT_PARTS = ("bounded", "stream", "stream_cms", "raw", "raw_reader",
-                 "raw_confluent", "floor", "naive", "latency")
+ALL_PARTS = ("bounded", "stream", "stream_cms", "stream_flink",
+             "stream_cms_flink", "raw", "raw_reader", "raw_confluent",
+             "floor", "naive", "latency", "profile")
+DEFAULT_PARTS = ("bounded", "stream", "stream_cms", "stream_flink",
+                 "stream_cms_flink", "raw", "raw_reader", "raw_confluent",
+                 "floor", "naive", "latency")
+#: The catch-up parts, by (method, runner).
+STREAM_PARTS = {"stream": ("exact", "prism"), "stream_cms": ("cms", "prism"),
+                "stream_flink": ("exact", "flink"),
+                "stream_cms_flink": ("cms", "flink")}
 #: The parts that only read, by the client of their partition readers.
 READER_PARTS = {"raw_reader": "kafka-python", "raw_confluent": "confluent"}
 KAFKA_SH = os.path.join(REPO, "deploy", "kafka", "kafka.sh")
@@ -323,14 +337,15 @@ def run_stream(spec: str, workdir: str) -> dict:
     method = s.get("method", "exact")
     # The approximate path counts every record (no de-duplication).
     target = s["unique"] if method == "exact" else s["records"]
-    out = os.path.join(workdir, f"out-stream-{method}")
+    out = stream_output(workdir, method, s.get("runner", "prism"))
     shutil.rmtree(out, ignore_errors=True)
-    log = os.path.join(workdir, f"stream-{method}.log")
+    log = out.replace("out-stream", "stream") + ".log"
     for path in (log, log + ".progress"):
         if os.path.exists(path):
             os.remove(path)
     started = time.perf_counter()
-    proc = StreamProcess(_stream_command(s, out, "--method", method), log)
+    proc = StreamProcess(_stream_command(s, out, "--method", method,
+                                         *s.get("runner_args", [])), log)
     progress, polls = [], []
     done = late = windows = 0
     changed = started
@@ -824,13 +839,84 @@ def run_profile_stage(spec: str, workdir: str) -> dict:
             "unique": c.get("events_unique"), "late": c.get("events_late")}
 
 
-def run_stream_cms(spec: str, workdir: str) -> dict:
-    return run_stream(json.dumps({**json.loads(spec), "method": "cms"}),
-                      workdir)
+def stream_output(workdir: str, method: str, runner: str) -> str:
+    return os.path.join(workdir, f"out-stream-{method}"
+                        + ("" if runner == "prism" else f"-{runner}"))
+
+
+def latest_windows(output: str, method: str) -> dict:
+    """``{(spec, event type, window start): (total, ((item, count), ...))}``
+    of each window's latest pane of ``method``: what two runs of the same
+    topic must agree on (items of equal count in rank order)."""
+    con = _committed(output, output_layout.RANKED_WINDOWS)
+    if con is None:
+        return {}
+    rows = con.execute(f"""
+        SELECT window_spec, event_type, epoch_ms(window_start),
+               window_total, item_id, count
+        FROM {output_layout.RANKED_WINDOWS}
+        WHERE method = '{method}'
+        QUALIFY emitted_at = max(emitted_at) OVER (
+          PARTITION BY window_spec, event_type, window_start)
+        ORDER BY 1, 2, 3, count DESC, item_id""").fetchall()
+    out = {}
+    for spec, et, start, total, item, count in rows:
+        out.setdefault((spec, et, start), [total, []])[1].append((item, count))
+    return {key: (total, tuple(items)) for key, (total, items) in out.items()}
+
+
+def compare_runs(workdir: str, method: str) -> str:
+    """One line: how the Flink run's latest panes of ``method`` compare
+    with the Prism run's."""
+    prism = latest_windows(stream_output(workdir, method, "prism"), method)
+    flink = latest_windows(stream_output(workdir, method, "flink"), method)
+    same = sum(prism.get(key) == value for key, value in flink.items())
+    totals = sum(prism.get(key, (None,))[0] == value[0]
+                 for key, value in flink.items())
+    return (f"{method}: {same:,} of {len(prism):,} windows equal on Flink "
+            f"and Prism (top-K and total; {totals:,} equal totals; "
+            f"{len(flink):,} windows on Flink)")
+
+
+class LocalFlink:
+    """A Flink cluster (``flink.sh start`` in its own run dir under the
+    work directory) and, for ``workers='external'``, a Beam worker pool:
+    ``runner_args`` submit an unbounded ``topk stream`` to them."""
+
+    def __init__(self, workdir: str, parallelism: int, workers: str):
+        from tests.flink.conftest import FlinkCluster, _free_port
+        self.cluster = FlinkCluster(os.path.join(workdir, "flink-run"))
+        self.cluster.sh("install", timeout=1200)
+        self.cluster.start()
+        self.pool = None
+        pool_address = None
+        if workers == "external":
+            port = _free_port()
+            self.pool = subprocess.Popen(
+                [sys.executable, "-m",
+                 "apache_beam.runners.worker.worker_pool_main",
+                 f"--service_port={port}"], cwd=REPO,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+            pool_address = f"localhost:{port}"
+        self.runner_args = self.cluster.streaming_args(
+            parallelism, worker_pool=pool_address)
+
+    def cancel_jobs(self) -> None:
+        """A stopped ``topk stream`` leaves its job running on the
+        cluster."""
+        self.cluster.cancel_unfinished_jobs()
+
+    def stop(self) -> None:
+        self.cancel_jobs()
+        if self.pool is not None:
+            os.killpg(self.pool.pid, signal.SIGTERM)
+            self.pool.wait(30)
+        self.cluster.sh("stop")
 
 
 CONTENDERS = {"bounded": run_bounded, "stream": run_stream,
-              "stream_cms": run_stream_cms, "raw": run_raw,
+              "raw": run_raw,
               "raw_reader": run_raw_reader,
               "raw_confluent": run_raw_confluent, "floor": run_floor,
               "naive": run_naive, "latency": run_latency,
@@ -855,6 +941,9 @@ LABELS = {
     "bounded": "topk stream --bounded (FnApiRunner, batch steps)",
     "stream": "topk stream unbounded (Prism) catch-up",
     "stream_cms": "topk stream unbounded --method cms (Prism) catch-up",
+    "stream_flink": "topk stream unbounded (Flink) catch-up",
+    "stream_cms_flink": "topk stream unbounded --method cms (Flink) "
+                        "catch-up",
     "raw": "raw read, kafka-python poll loop (I/O limit)",
     "raw_reader": "source read path, PartitionReader (kafka-python)",
     "raw_confluent": "source read path, ConfluentPartitionReader "
@@ -932,6 +1021,16 @@ def main() -> None:
     parser.add_argument("--stream-stall", type=float, default=120.0,
                         help="Stop the catch-up when its output has not "
                         "changed for this long (default 120 s).")
+    parser.add_argument("--flink-parallelism", type=int, default=2,
+                        help="Parallelism of the Flink catch-ups (default "
+                        "2).")
+    parser.add_argument("--flink-workers", choices=("loopback", "external"),
+                        default="loopback",
+                        help="Where the Flink catch-ups run their Python: "
+                        "loopback (default: in the launching process, as "
+                        "the tests run it) or external (a Beam worker pool "
+                        "started here: a process per task, as on a real "
+                        "cluster).")
     parser.add_argument("--event-rate", type=float, default=None,
                         help="Events per second of event time of the "
                         "preloaded topics (default: --events over one day, "
@@ -1024,7 +1123,7 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
             "reader_span_ms": args.reader_span_ms,
             "item_shards": args.item_shards,
             "dedup_shards": args.dedup_shards}
-    main_parts = {"bounded", "stream", "stream_cms", "raw", "raw_reader",
+    main_parts = {"bounded", *STREAM_PARTS, "raw", "raw_reader",
                   "raw_confluent", "floor"}
     topic = (preload(bootstrap, args.dir, "main", args.events, epm, nparts,
                      rate=rate)
@@ -1058,24 +1157,47 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
         results[name] = {**bt.medians(rs), "runs": len(rs),
                          "rates": [r["rate"] for r in rs]}
 
-    for name in ("stream", "stream_cms"):
-        if name not in parts:
-            continue
-        spec = {**base, **{k: topic[k] for k in ("topic", "unique",
-                                                 "records")},
-                "timeout_s": args.stream_timeout, "poll_s": args.stream_poll,
-                "stall_s": args.stream_stall}
-        print(f"  {name}: running (progress: stream-*.log.progress in "
-              f"{workdir})", flush=True)
-        stream = measure(name, spec, workdir)
-        if stream is not None:
-            results[name] = {**stream, "runs": 1}
-            print(f"  {name}: {stream['distinct_written']:,} of "
-                  f"{stream['distinct_expected']:,} events written "
-                  f"in {stream['seconds']:.1f} s"
-                  + ("" if stream["complete"] else " (STOPPED at the "
-                     "timeout)") + f" = {stream['rate']:,.0f} events/s",
-                  flush=True)
+    flink = None
+    try:
+        for name, (method, runner) in STREAM_PARTS.items():
+            if name not in parts:
+                continue
+            if runner == "flink" and flink is None:
+                print(f"  starting a Flink cluster ({args.flink_workers} "
+                      f"workers, parallelism {args.flink_parallelism})",
+                      flush=True)
+                flink = LocalFlink(workdir, args.flink_parallelism,
+                                   args.flink_workers)
+            spec = {**base, **{k: topic[k] for k in ("topic", "unique",
+                                                     "records")},
+                    "timeout_s": args.stream_timeout,
+                    "poll_s": args.stream_poll, "stall_s": args.stream_stall,
+                    "method": method, "runner": runner,
+                    "runner_args": flink.runner_args if runner == "flink"
+                    else []}
+            print(f"  {name}: running (progress: stream-*.log.progress in "
+                  f"{workdir})", flush=True)
+            stream = measure("stream", spec, workdir)
+            if flink is not None:
+                flink.cancel_jobs()
+            if stream is not None:
+                results[name] = {**stream, "runs": 1}
+                print(f"  {name}: {stream['distinct_written']:,} of "
+                      f"{stream['distinct_expected']:,} events written "
+                      f"in {stream['seconds']:.1f} s"
+                      + ("" if stream["complete"] else " (STOPPED at the "
+                         "timeout)") + f" = {stream['rate']:,.0f} events/s",
+                      flush=True)
+    finally:
+        if flink is not None:
+            flink.stop()
+    agreement = [compare_runs(workdir, method)
+                 for (method, runner) in STREAM_PARTS.values()
+                 if runner == "flink" and all(
+                     results.get(n, {}).get("complete")
+                     for n, (m, _) in STREAM_PARTS.items() if m == method)]
+    for line in agreement:
+        print(f"  {line}", flush=True)
 
     latency = []
     for method in (args.latency_methods.split(",") if "latency" in parts
@@ -1110,11 +1232,11 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
                       flush=True)
 
     return print_report(args, command, topic, results, latency, profile,
-                        naive_topic, profile_topic)
+                        naive_topic, profile_topic, agreement)
 
 
 def print_report(args, command, topic, results, latency, profile,
-                 naive_topic, profile_topic) -> str:
+                 naive_topic, profile_topic, agreement=()) -> str:
     lines = []
 
     def out(text=""):
@@ -1138,7 +1260,7 @@ def print_report(args, command, topic, results, latency, profile,
     naive = results.get("naive", {}).get("rate")
     out("| contender | events | seconds | events/s | vs floor | runs |")
     out("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in ("bounded", "stream", "stream_cms", "raw", "raw_reader",
+    for name in ("bounded", *STREAM_PARTS, "raw", "raw_reader",
                  "raw_confluent", "floor", "naive"):
         r = results.get(name)
         if r is None:
@@ -1156,7 +1278,7 @@ def print_report(args, command, topic, results, latency, profile,
             f"{fmt_rate(r['rate'])} | {vs} | {r['runs']} |")
     out()
     verdicts = []
-    for name in ("bounded", "stream", "stream_cms"):
+    for name in ("bounded", *STREAM_PARTS):
         r = results.get(name)
         if r is None:
             continue
@@ -1172,6 +1294,16 @@ def print_report(args, command, topic, results, latency, profile,
                if floor else "")
             + (f"; {rate / naive:,.0f}x the naive pipeline" if naive
                else ""))
+    for method in ("exact", "cms"):
+        prism, on_flink = (results.get(name, {}).get("rate")
+                           for name, (m, _) in STREAM_PARTS.items()
+                           if m == method)
+        if prism and on_flink:
+            verdicts.append(f"- {method} catch-up, Flink "
+                            f"({args.flink_workers} workers, parallelism "
+                            f"{args.flink_parallelism}) / Prism: "
+                            f"{on_flink / prism:.2f}x")
+    verdicts += [f"- answers, {line}" for line in agreement]
     raw = results.get("raw", {}).get("rate")
     kp = results.get("raw_reader", {}).get("rate")
     conf = results.get("raw_confluent", {}).get("rate")

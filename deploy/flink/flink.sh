@@ -249,6 +249,8 @@ cmd_start() {
   mkdir -p "$RUN_DIR"/{log,pid,tmp}
   cp -r "$FLINK_HOME/conf" "$FLINK_CONF_DIR"
   # Flink's own config tool rewrites config.yaml (standard YAML), keeping the Java 17 opts.
+  # Checkpoints go to files under the run dir: Flink's default, the JobManager's memory, refuses
+  # any checkpoint over 5 MB, and a stream's state outgrows that within seconds of a catch-up.
   bash "$FLINK_HOME/bin/config-parser-utils.sh" "$FLINK_CONF_DIR" "$FLINK_HOME/bin" "$FLINK_LIB_DIR" \
     -D jobmanager.rpc.address=127.0.0.1 \
     -D jobmanager.rpc.port="$rpc_port" \
@@ -264,6 +266,9 @@ cmd_start() {
     -D taskmanager.memory.process.size="$tm_mem" \
     -D taskmanager.memory.jvm-metaspace.size=512m \
     -D classloader.check-leaked-classloader=false \
+    -D state.checkpoint-storage=filesystem \
+    -D state.checkpoints.dir="file://$RUN_DIR/checkpoints" \
+    -D state.savepoints.dir="file://$RUN_DIR/savepoints" \
     -D io.tmp.dirs="$RUN_DIR/tmp" \
     -D blob.storage.directory="$RUN_DIR/tmp" \
     -D web.tmpdir="$RUN_DIR/tmp" \

@@ -92,6 +92,14 @@ def test_services_fit_together():
     assert (f"BEAM_JOBSERVER_VERSION="
             f"{flink_sh_default('TOPK_FLINK_BEAM_VERSION')}" in dockerfile)
     assert services["worker-pool"]["network_mode"] == "service:taskmanager"
+    # Checkpoints go to files on a volume both Flink roles mount: the
+    # default, the JobManager's memory, refuses any over 5 MB.
+    for role in ("jobmanager", "taskmanager"):
+        conf = yaml.safe_load(services[role]["environment"]["FLINK_PROPERTIES"])
+        assert conf["state.checkpoint-storage"] == "filesystem", role
+        directory = conf["state.checkpoints.dir"].removeprefix("file://")
+        mounts = [v.split(":")[1] for v in services[role]["volumes"]]
+        assert any(directory.startswith(m + "/") for m in mounts), role
 
 
 def _pipeline_options(service) -> tuple:

@@ -215,3 +215,15 @@ def test_cronjob_reprocesses_yesterday(tmp_path):
                for m in _mounts(container))
     assert cron["timeZone"] == "Etc/UTC"
     assert cron["concurrencyPolicy"] == "Forbid"
+
+
+def test_checkpoints_go_to_the_volume_both_flink_roles_mount():
+    """The default checkpoint storage, the JobManager's memory, refuses
+    any checkpoint over 5 MB: a stream's state outgrows it."""
+    deployment = _one("FlinkDeployment")["spec"]
+    conf = deployment["flinkConfiguration"]
+    assert conf["state.checkpoint-storage"] == "filesystem"
+    directory = conf["state.checkpoints.dir"].removeprefix("file://")
+    mounts = [m["mountPath"] for c in deployment["podTemplate"]["spec"][
+        "containers"] for m in c.get("volumeMounts", [])]
+    assert any(directory.startswith(m + "/") for m in mounts), mounts

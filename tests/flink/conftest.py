@@ -38,14 +38,21 @@ class FlinkCluster:
         self.rest_port = _free_port()
         self.sh("start", "--rest-port", str(self.rest_port), "--slots", "4")
 
-    def beam_args(self, parallelism: int = 2) -> list[str]:
+    def beam_args(self, parallelism: int = 2,
+                  worker_pool: str | None = None) -> list[str]:
         """The Beam options that submit to this cluster (``flink.sh
-        options``: FlinkRunner, LOOPBACK)."""
+        options``: FlinkRunner, LOOPBACK; with ``worker_pool``, a
+        ``host:port`` of ``worker_pool_main``, EXTERNAL: an SDK worker
+        process per task)."""
+        environment = (["--environment_type", "EXTERNAL",
+                        "--environment_config", worker_pool]
+                       if worker_pool else [])
         return shlex.split(self.sh("options", "--parallelism",
-                                   str(parallelism)))
+                                   str(parallelism), *environment))
 
     def streaming_args(self, parallelism: int = 2,
-                       checkpoint_ms: int = 2000) -> list[str]:
+                       checkpoint_ms: int = 2000,
+                       worker_pool: str | None = None) -> list[str]:
         """``beam_args`` plus Beam's Flink options of an unbounded job with
         checkpoints every ``checkpoint_ms`` and restarts from the last one
         (the job server's ``FlinkPipelineOptions``, declared for the CLI
@@ -56,7 +63,7 @@ class FlinkCluster:
         element reaches that operator, and the single Impulse element's
         partition plan may never leave ``PlanPartitions``: the stream
         then reads nothing."""
-        return [*self.beam_args(parallelism),
+        return [*self.beam_args(parallelism, worker_pool),
                 f"--checkpointing_interval={checkpoint_ms}",
                 "--finish_bundle_before_checkpointing=true",
                 "--number_of_execution_retries=20",

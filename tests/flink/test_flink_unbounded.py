@@ -139,6 +139,11 @@ def test_taskmanager_killed_mid_run_restores_from_checkpoint_exactly(
                     lambda: _running_job(flink_cluster, stream,
                                          int(t0 * 1000)), 150)
         t_running = time.time()
+        # A stream's state outgrows the JobManager's in-memory checkpoint
+        # storage (5 MB) within seconds of a catch-up: files instead.
+        storage = flink_cluster.rest(f"/jobs/{jid}/checkpoints/config")
+        assert storage["checkpoint_storage"] == \
+            "FileSystemCheckpointStorage", storage
         # Mid-run: some panes committed and a checkpoint completed after.
         _poll("committed panes", lambda: latest_panes(output, "1m"), 120)
         done = _checkpoints(flink_cluster, jid)["counts"]["completed"]

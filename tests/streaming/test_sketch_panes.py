@@ -16,6 +16,7 @@ from topk.core import counting, schema
 from topk.core.windows import WindowSpec
 from topk.streaming import dedup as stream_dedup
 from topk.streaming.panes import next_window_end
+from topk.streaming import sketch_panes
 from topk.streaming.sketch_panes import SketchPanes
 
 MIN = schema.MINUTE_MS
@@ -318,3 +319,19 @@ def test_an_event_time_firing_emits_the_early_panes_when_told(early):
     assert (("early", "b") in {
         (r["pane_timing"], r["item_id"]) for r in after.ranked.to_pylist()
         if r["event_type"] == "click"}) == (not early)
+
+
+def test_pane_indexes_are_set_per_window_and_a_missing_one_is_an_error():
+    rows = schema.RANKED_WINDOWS_SCHEMA.empty_table()
+    starts = pa.array([3 * 60_000, 60_000, 3 * 60_000], pa.int64())
+    rows = pa.table({
+        name: (starts.cast(rows.schema.field(name).type)
+               if name == "window_start"
+               else pa.nulls(3, rows.schema.field(name).type))
+        for name in rows.schema.names})
+    got = sketch_panes.with_pane_index(rows, {60_000: 4, 3 * 60_000: 7,
+                                              5 * 60_000: 1})
+    assert got["pane_index"].to_pylist() == [7, 4, 7]
+    for index in ({60_000: 4}, {60_000: 4, 5 * 60_000: 1}, {}):
+        with pytest.raises(ValueError, match="no pane index"):
+            sketch_panes.with_pane_index(rows, index)

@@ -847,12 +847,11 @@ def commit_staged(output: str, run_id: str, methods, input_id_: str,
         changes = [Change(table, _staged_rows(table, data[table]), predicate)
                    for table, predicate in predicates.items()]
         return _commit_and_clean(output, run_id, changes, "batch", span)
-    try:
-        return _commit_edges(output, run_id, data, predicates, span, specs,
-                             k, exact, approximate, replace)
-    except SpanConflict:
-        discard_staged(output, run_id)
-        raise
+    # A refused run's staged files stay, as a killed run's do, until
+    # maintenance: a runner that retries the failed step must find them,
+    # or it would commit an empty run.
+    return _commit_edges(output, run_id, data, predicates, span, specs, k,
+                         exact, approximate, replace)
 
 
 class SpanConflict(StorageError):
@@ -985,15 +984,10 @@ def _commit_and_clean(output, run_id, changes, source, span, then=None
                       ) -> Snapshot:
     snap = commit(output, changes, source, run_id=run_id, span=span,
                   then=then)
-    discard_staged(output, run_id)
-    return snap
-
-
-def discard_staged(output: str, run_id: str) -> None:
-    """Remove what the run ``run_id`` staged."""
     shutil.rmtree(os.path.join(output, STAGING, run_id), ignore_errors=True)
     with contextlib.suppress(OSError):  # other runs may be staging
         os.rmdir(os.path.join(output, STAGING))
+    return snap
 
 
 # --- Migration -------------------------------------------------------------------

@@ -368,12 +368,17 @@ class SketchPanes:
 
 
 def with_pane_index(rows: pa.Table, index: dict[int, int]) -> pa.Table:
-    """``rows`` with ``pane_index`` set per window start (epoch ms)."""
+    """``rows`` with ``pane_index`` set per window start (epoch ms); every
+    start must be in ``index`` (``ValueError`` otherwise: a wrong index
+    would hide a pane behind an older one)."""
     starts = rows["window_start"].cast(pa.int64()).to_numpy()
     keys = np.fromiter(index, np.int64, len(index))
     order = np.argsort(keys)
-    values = np.fromiter(index.values(), np.int32, len(index))[order][
-        np.searchsorted(keys[order], starts)]
+    keys = keys[order]
+    at = np.minimum(np.searchsorted(keys, starts), max(keys.size - 1, 0))
+    if starts.size and (keys.size == 0 or (keys[at] != starts).any()):
+        raise ValueError("a ranked window has no pane index")
+    values = np.fromiter(index.values(), np.int32, len(index))[order][at]
     return rows.set_column(rows.schema.get_field_index("pane_index"),
                            schema.RANKED_WINDOWS_SCHEMA.field("pane_index"),
                            pa.array(values))
