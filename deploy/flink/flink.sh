@@ -249,8 +249,10 @@ cmd_start() {
   mkdir -p "$RUN_DIR"/{log,pid,tmp}
   cp -r "$FLINK_HOME/conf" "$FLINK_CONF_DIR"
   # Flink's own config tool rewrites config.yaml (standard YAML), keeping the Java 17 opts.
-  # Checkpoints go to files under the run dir: Flink's default, the JobManager's memory, refuses
-  # any checkpoint over 5 MB, and a stream's state outgrows that within seconds of a catch-up.
+  # A stream's state lives in RocksDB (on disk, managed memory) and its checkpoints in files under
+  # the run dir: Flink's defaults keep state on the TaskManager's JVM heap, which a catch-up's
+  # state outgrows (OutOfMemoryError), and checkpoints in the JobManager's memory, which refuses
+  # any checkpoint over 5 MB.
   bash "$FLINK_HOME/bin/config-parser-utils.sh" "$FLINK_CONF_DIR" "$FLINK_HOME/bin" "$FLINK_LIB_DIR" \
     -D jobmanager.rpc.address=127.0.0.1 \
     -D jobmanager.rpc.port="$rpc_port" \
@@ -266,6 +268,8 @@ cmd_start() {
     -D taskmanager.memory.process.size="$tm_mem" \
     -D taskmanager.memory.jvm-metaspace.size=512m \
     -D classloader.check-leaked-classloader=false \
+    -D state.backend.type=rocksdb \
+    -D state.backend.incremental=true \
     -D state.checkpoint-storage=filesystem \
     -D state.checkpoints.dir="file://$RUN_DIR/checkpoints" \
     -D state.savepoints.dir="file://$RUN_DIR/savepoints" \

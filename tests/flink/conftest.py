@@ -34,9 +34,10 @@ class FlinkCluster:
                                f"{proc.stdout}\n{proc.stderr}")
         return proc.stdout
 
-    def start(self) -> None:
+    def start(self, tm_memory: str | None = None) -> None:
         self.rest_port = _free_port()
-        self.sh("start", "--rest-port", str(self.rest_port), "--slots", "4")
+        self.sh("start", "--rest-port", str(self.rest_port), "--slots", "4",
+                *(["--tm-memory", tm_memory] if tm_memory else []))
 
     def beam_args(self, parallelism: int = 2,
                   worker_pool: str | None = None) -> list[str]:
