@@ -31,8 +31,8 @@ preload is reused. Then, each contender in its own process:
   every 2 s, ``--flink-parallelism``) and the SDK workers in one LOOPBACK
   process or, with ``--flink-workers external``, in a worker pool
   (``worker_pool_main``: a process per task). Their latest panes are then
-  compared with the Prism run's of the same method (exact: every row;
-  cms: each window's total and its top-K items and counts).
+  compared with the Prism run's of the same method: each window both wrote,
+  its total and its top-K items and counts.
 * ``raw``: one kafka-python consumer that only reads every message (the
   I/O limit).
 * ``raw_reader`` / ``raw_confluent``: the source's own read path, a
