@@ -1030,7 +1030,8 @@ def main() -> None:
                         "loopback (default: in the launching process, as "
                         "the tests run it) or external (a Beam worker pool "
                         "started here: a process per task, as on a real "
-                        "cluster).")
+                        "cluster; tried once, its tasks never left "
+                        "INITIALIZING, see docs/benchmarks.md).")
     parser.add_argument("--flink-tm-memory", default="8192m",
                         help="Process memory of the Flink cluster's "
                         "TaskManager (default 8192m; at 2048m the 2M-event "
