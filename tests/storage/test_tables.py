@@ -392,3 +392,16 @@ def test_committed_parts_are_read_back_by_seq_also_from_an_older_manifest(
                                               "w2": [(1, 2)]}
     assert tables.committed_parts(out, 2) == {"w1": [(5, 5)], "w2": [(1, 2)]}
     assert tables.history(out)["parts"].to_pylist()[0] is None
+
+
+def test_part_ranges_round_trip_through_committed_parts(tmp_path):
+    numbers = [("w1", 3), ("w2", 1), ("w1", 4), ("w1", 5), ("w2", 2)]
+    ranges = tables.part_ranges(numbers)
+    assert ranges == {"w1": (3, 5), "w2": (1, 2)}
+    change = tables.Change(layout.SLICES, tables.prepare(
+        layout.SLICES, slice_rows(events(0, 10, 6))))
+    tables.commit(str(tmp_path), [change], "stream", parts=ranges)
+    done = tables.committed_parts(str(tmp_path), 0)
+    assert all(tables.part_committed(n, done) for n in numbers)
+    assert not any(tables.part_committed(n, done) for n in
+                   [("w1", 2), ("w1", 6), ("w2", 3), ("w3", 1)])

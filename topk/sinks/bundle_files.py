@@ -154,7 +154,7 @@ class _CommitBufferFn(beam.DoFn):
             done = output_tables.committed_parts(
                 self._output, known.get("seq", 0), self._opened)
             kept = [entry for entry in buffered
-                    if not _committed(entry[2], done)]
+                    if not output_tables.part_committed(entry[2], done)]
             if len(kept) < len(buffered):
                 # Worth a line: it means the job was restored.
                 logging.warning(
@@ -162,11 +162,9 @@ class _CommitBufferFn(beam.DoFn):
                     "state was restored: skipped, not written twice",
                     len(buffered) - len(kept))
             buffered = kept
-        by_table, parts = {}, {}
-        for table, part, (writer, number) in buffered:
+        by_table = {}
+        for table, part, _ in buffered:
             by_table.setdefault(table, []).append(part)
-            first, last = parts.get(writer, (number, number))
-            parts[writer] = (min(first, number), max(last, number))
         if not by_table:
             return
         snap = output_tables.commit(self._output, [
@@ -174,20 +172,13 @@ class _CommitBufferFn(beam.DoFn):
                 table, pa.concat_tables(tables),
                 self._input_ids.get(table)))
             for table, tables in sorted(by_table.items())], "stream",
-            opened=self._opened, parts=parts)
+            opened=self._opened,
+            parts=output_tables.part_ranges([n for *_, n in buffered]))
         known["seq"] = _COMMITTED_SEQ[self._token] = snap.seq
         known["commits"] = known.get("commits", 0) + 1
         if self._maintain_every and known["commits"] >= self._maintain_every:
             output_tables.maintain(self._output)
             known["commits"] = 0
-
-
-def _committed(number: tuple[str, int], done: dict) -> bool:
-    """Whether the part ``(writer, n)`` is in a committed range of
-    ``done`` (``committed_parts``). A writer's parts in one commit are
-    all it buffered since the buffer's last commit: one range."""
-    writer, n = number
-    return any(first <= n <= last for first, last in done.get(writer, ()))
 
 
 #: (the one key, (table name, rows)): typed, so that the key is encoded

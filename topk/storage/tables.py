@@ -313,6 +313,25 @@ def committed_parts(output: str, after_seq: int,
     return {writer: sorted(held) for writer, held in ranges.items()}
 
 
+def part_ranges(numbers) -> dict[str, tuple[int, int]]:
+    """``(writer, n)`` part numbers -> ``{writer: (first, last)}``, what a
+    commit records (``commit``'s ``parts``). A writer's parts in one
+    commit are all it buffered since the buffer's last commit: one
+    range."""
+    ranges = {}
+    for writer, n in numbers:
+        first, last = ranges.get(writer, (n, n))
+        ranges[writer] = (min(first, n), max(last, n))
+    return ranges
+
+
+def part_committed(number: tuple[str, int], done: dict) -> bool:
+    """Whether the part ``(writer, n)`` lies in a range of ``done``
+    (``committed_parts``)."""
+    writer, n = number
+    return any(first <= n <= last for first, last in done.get(writer, ()))
+
+
 def history(output: str) -> pa.Table:
     """Every manifest row, oldest first."""
     path = table_path(output, COMMITS)
