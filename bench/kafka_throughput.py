@@ -30,7 +30,8 @@ preload is reused. Then, each contender in its own process:
   ``--dir``), with the options the Flink restore test runs (checkpoints
   every 2 s, ``--flink-parallelism``) and the SDK workers in one LOOPBACK
   process or, with ``--flink-workers external``, in a worker pool
-  (``worker_pool_main``: a process per task). Their latest panes are then
+  (``worker_pool_main``) that starts ``--flink-sdk-workers`` SDK worker
+  processes on the TaskManager. Their latest panes are then
   compared with the Prism run's of the same method: each window both wrote,
   its total and its top-K items and counts.
 * ``raw``: one kafka-python consumer that only reads every message (the
@@ -877,30 +878,33 @@ def compare_runs(workdir: str, method: str) -> str:
             f"windows on Flink, {len(prism):,} on Prism when stopped")
 
 
+def flink_setup(args) -> str:
+    """How the Flink catch-ups ran, for the report."""
+    workers = ("LOOPBACK workers (in the launching process)"
+               if args.flink_workers == "loopback" else
+               f"external workers ({args.flink_sdk_workers} SDK processes)")
+    return f"{workers}, parallelism {args.flink_parallelism}"
+
+
 class LocalFlink:
     """A Flink cluster (``flink.sh start`` in its own run dir under the
     work directory) and, for ``workers='external'``, a Beam worker pool:
     ``runner_args`` submit an unbounded ``topk stream`` to them."""
 
     def __init__(self, workdir: str, parallelism: int, workers: str,
-                 tm_memory: str):
-        from tests.flink.conftest import FlinkCluster, _free_port
+                 tm_memory: str, sdk_workers: int = 1):
+        from tests.flink.conftest import FlinkCluster, WorkerPool
         self.cluster = FlinkCluster(os.path.join(workdir, "flink-run"))
         self.cluster.sh("install", timeout=1200)
         self.cluster.start(tm_memory=tm_memory)
-        self.pool = None
-        pool_address = None
-        if workers == "external":
-            port = _free_port()
-            self.pool = subprocess.Popen(
-                [sys.executable, "-m",
-                 "apache_beam.runners.worker.worker_pool_main",
-                 f"--service_port={port}"], cwd=REPO,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
-            pool_address = f"localhost:{port}"
+        # Its log says why an SDK worker failed to start.
+        self.pool = (WorkerPool(os.path.join(workdir, "worker-pool.log"))
+                     if workers == "external" else None)
         self.runner_args = self.cluster.streaming_args(
-            parallelism, worker_pool=pool_address)
+            parallelism,
+            worker_pool=self.pool.address if self.pool else None)
+        if self.pool is not None:
+            self.runner_args.append(f"--sdk_worker_parallelism={sdk_workers}")
 
     def cancel_jobs(self) -> None:
         """A stopped ``topk stream`` leaves its job running on the
@@ -910,8 +914,7 @@ class LocalFlink:
     def stop(self) -> None:
         self.cancel_jobs()
         if self.pool is not None:
-            os.killpg(self.pool.pid, signal.SIGTERM)
-            self.pool.wait(30)
+            self.pool.stop()
         self.cluster.sh("stop")
 
 
@@ -1029,9 +1032,14 @@ def main() -> None:
                         help="Where the Flink catch-ups run their Python: "
                         "loopback (default: in the launching process, as "
                         "the tests run it) or external (a Beam worker pool "
-                        "started here: a process per task, as on a real "
-                        "cluster; tried once, its tasks never left "
-                        "INITIALIZING, see docs/benchmarks.md).")
+                        "started here, as on a real cluster: its SDK "
+                        "worker processes, --flink-sdk-workers of them, "
+                        "share the job's tasks).")
+    parser.add_argument("--flink-sdk-workers", type=int, default=2,
+                        help="SDK worker processes of the TaskManager with "
+                        "--flink-workers external (Beam's "
+                        "--sdk_worker_parallelism; default 2, one per "
+                        "core).")
     parser.add_argument("--flink-tm-memory", default="8192m",
                         help="Process memory of the Flink cluster's "
                         "TaskManager (default 8192m; at 2048m the 2M-event "
@@ -1168,11 +1176,11 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
             if name not in parts:
                 continue
             if runner == "flink" and flink is None:
-                print(f"  starting a Flink cluster ({args.flink_workers} "
-                      f"workers, parallelism {args.flink_parallelism})",
+                print(f"  starting a Flink cluster ({flink_setup(args)})",
                       flush=True)
                 flink = LocalFlink(workdir, args.flink_parallelism,
-                                   args.flink_workers, args.flink_tm_memory)
+                                   args.flink_workers, args.flink_tm_memory,
+                                   args.flink_sdk_workers)
             spec = {**base, **{k: topic[k] for k in ("topic", "unique",
                                                      "records")},
                     "timeout_s": args.stream_timeout,
@@ -1305,8 +1313,7 @@ def print_report(args, command, topic, results, latency, profile,
                            if m == method)
         if prism and on_flink:
             verdicts.append(f"- {method} catch-up, Flink "
-                            f"({args.flink_workers} workers, parallelism "
-                            f"{args.flink_parallelism}) / Prism: "
+                            f"({flink_setup(args)}) / Prism: "
                             f"{on_flink / prism:.2f}x")
     verdicts += [f"- answers, {line}" for line in agreement]
     raw = results.get("raw", {}).get("rate")

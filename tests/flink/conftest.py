@@ -2,8 +2,10 @@
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -16,6 +18,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def worker_pool_env() -> dict:
+    """The environment of a Beam worker pool (``worker_pool_main``): it
+    starts each SDK worker as ``python -c ...`` found on ``PATH``, so this
+    interpreter's directory (the virtualenv's, with apache_beam and topk)
+    goes first. Without it the workers die at import, and the job's tasks
+    wait in INITIALIZING for ever."""
+    bin_dir = os.path.dirname(sys.executable)
+    return dict(os.environ,
+                PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
 
 
 class FlinkCluster:
@@ -99,6 +112,38 @@ class FlinkCluster:
         return self.sh("start-taskmanager", "--timeout", "90").strip()
 
 
+class WorkerPool:
+    """A Beam worker pool (``worker_pool_main``) on a free port, as the
+    TaskManagers of a real cluster run one beside them: an EXTERNAL
+    environment's SDK workers are its child processes. ``started()``
+    counts the SDK workers it has started (from its log)."""
+
+    def __init__(self, log_path: str):
+        self.port = _free_port()
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m",
+             "apache_beam.runners.worker.worker_pool_main",
+             f"--service_port={self.port}"],
+            env=worker_pool_env(), stdout=self._log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    def started(self) -> int:
+        with open(self.log_path) as f:
+            return f.read().count("Starting worker with command")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(30)
+        self._log.close()
+
+
 @pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory):
     """Install (idempotent; cached under ~/.cache/topk/flink), start a
@@ -111,3 +156,12 @@ def flink_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.sh("stop")
+
+
+@pytest.fixture(scope="session")
+def worker_pool(tmp_path_factory):
+    pool = WorkerPool(str(tmp_path_factory.mktemp("worker-pool") / "log"))
+    try:
+        yield pool
+    finally:
+        pool.stop()

@@ -1,5 +1,6 @@
-"""The project's pipelines on a real Flink cluster (FlinkRunner, LOOPBACK,
-parallelism 2) write exactly the tables the local runner writes.
+"""The project's pipelines on a real Flink cluster (FlinkRunner, LOOPBACK or
+a worker pool's SDK processes, parallelism 2) write exactly the tables the
+local runner writes.
 
 Compared: every row of ``ranked_windows``, ``slices`` and ``dead_letters``,
 all columns but ``emitted_at`` (the wall-clock time a row was written).
@@ -51,14 +52,17 @@ def _assert_ran_on_flink(cluster, jobs_before: int) -> None:
     assert max(v["parallelism"] for v in vertices) == 2
 
 
-def _run_both(cluster, capsys, tmp_path, argv) -> tuple[str, str]:
-    """Run ``topk argv`` locally and on Flink; returns both outputs."""
+def _run_both(cluster, capsys, tmp_path, argv,
+              runner_args=None) -> tuple[str, str]:
+    """Run ``topk argv`` locally and on Flink (``runner_args``, default
+    LOOPBACK at parallelism 2); returns both outputs."""
     local, on_flink = str(tmp_path / "local"), str(tmp_path / "flink")
     assert cli.main([*argv, "--output", local]) == 0
     assert "on fn_runner" in capsys.readouterr().out
     jobs_before = len(cluster.rest("/jobs/overview")["jobs"])
-    assert cli.main([*argv, "--output", on_flink,
-                     *cluster.beam_args(parallelism=2)]) == 0
+    if runner_args is None:
+        runner_args = cluster.beam_args(parallelism=2)
+    assert cli.main([*argv, "--output", on_flink, *runner_args]) == 0
     assert "on portable_runner" in capsys.readouterr().out
     _assert_ran_on_flink(cluster, jobs_before)
     return on_flink, local
@@ -91,6 +95,28 @@ def test_bounded_kafka_stream_on_flink_equals_local(
         flink_cluster, capsys, tmp_path,
         ["stream", "--bootstrap", kafka_broker.bootstrap, "--topic", topic,
          "--bounded", *WINDOWS])
+    _assert_same_tables(on_flink, local)
+
+
+def test_bounded_kafka_stream_on_external_workers_equals_local(
+        flink_cluster, worker_pool, kafka_broker, tmp_path, capsys):
+    """As a real cluster runs it: the Python code in SDK worker processes
+    a worker pool beside the TaskManager starts (EXTERNAL environment),
+    two of them, not in the launching process."""
+    topic = f"flink-ext-{uuid.uuid4().hex[:10]}"
+    producer.produce(kafka_broker.bootstrap, topic, CONFIG,
+                     events_per_message=7, partitions=3, progress=None)
+    started = worker_pool.started()
+    on_flink, local = _run_both(
+        flink_cluster, capsys, tmp_path,
+        ["stream", "--bootstrap", kafka_broker.bootstrap, "--topic", topic,
+         "--bounded", *WINDOWS],
+        runner_args=[*flink_cluster.beam_args(
+            parallelism=2, worker_pool=worker_pool.address),
+            "--sdk_worker_parallelism=2"])
+    # Processes of the pool ran the job's Python (the runner may start
+    # them per task in a bounded job: at least the two asked for).
+    assert worker_pool.started() - started >= 2
     _assert_same_tables(on_flink, local)
 
 
