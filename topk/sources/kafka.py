@@ -59,7 +59,11 @@ after ``max_read_s`` or an empty poll hands the rest back with
 downstream stages see the output of the bundle: Prism passes a bundle's
 output on when the bundle ends). A live partition (its newest record
 within ``topk.core.schema.LIVE_LAG_MS`` of the clock) hands back after
-``live_read_s`` instead (``topk.connectors.kafka.read_deadline``).
+``live_read_s`` instead (``topk.connectors.kafka.read_deadline``). A
+catch-up that reaches the partition's end finds its poll empty at once
+instead of after the poll's timeout (``CarryingReader.at_historic_end``):
+Prism runs a bundle's partitions one after another, so each such wait
+held back every partition and the watermark.
 
 Nothing is auto-committed; ``commit_offsets=True`` commits offsets to
 ``group_id`` for monitoring (consumer lag) and as the starting point of a

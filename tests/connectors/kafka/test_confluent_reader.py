@@ -231,6 +231,42 @@ def test_a_waiting_poll_takes_what_arrives_within_its_timeout(kafka_broker):
 
 @integration
 @pytest.mark.parametrize("client", CLIENTS)
+def test_a_catch_up_does_not_wait_at_the_partitions_end(kafka_broker,
+                                                         client):
+    """History read to the partition's end (the broker's end as of the
+    last fetch, records older than the live lag) returns at once instead of
+    waiting out the poll's timeout: the runner reads the partitions of a
+    bundle one after another, so each such wait held back all of them.
+    Records stamped now (live) keep the wait, which makes live batches
+    large."""
+    bootstrap = kafka_broker.bootstrap
+    history, live = _topic(bootstrap), _topic(bootstrap)
+    _send(bootstrap, history, [b"h%d" % i for i in range(5)],
+          [T0 + i for i in range(5)])
+    _send(bootstrap, live, [b"l%d" % i for i in range(5)])
+    timeout_ms = 3_000
+    for topic, waits in ((history, False), (live, True)):
+        reader = ko.open_reader(client, bootstrap, topic, 0)
+        try:
+            reader.seek(0)
+            got = _read_all(reader, 5)
+            started = time.monotonic()
+            assert reader.read_batch(timeout_ms=timeout_ms) is None
+            waited = time.monotonic() - started
+            last = got[-1].records[-1]
+            assert reader.at_historic_end(last.offset + 1,
+                                          last.timestamp) is not waits
+        finally:
+            reader.close()
+        assert [r.offset for b in got for r in b.records] == list(range(5))
+        if waits:
+            assert waited >= timeout_ms / 1000 * 0.9, (topic, waited)
+        else:
+            assert waited < timeout_ms / 1000 / 4, (topic, waited)
+
+
+@integration
+@pytest.mark.parametrize("client", CLIENTS)
 def test_end_offsets_and_a_transaction_marker(kafka_broker, client):
     bootstrap = kafka_broker.bootstrap
     topic = _topic(bootstrap)

@@ -45,6 +45,9 @@ class _Consumer:
     def seek(self, tp, offset):
         self.pos = offset
 
+    def highwater(self, tp):
+        return len(self.log)  # the broker's end, as of the last fetch
+
     def poll(self, timeout_ms, max_records):
         self.polls += 1
         n = min(max_records, self.fetch(), len(self.log) - self.pos)

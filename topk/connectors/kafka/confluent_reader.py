@@ -317,7 +317,9 @@ class ConfluentPartitionReader(CarryingReader):
             deadline = time.monotonic() + timeout_ms / 1000
             more = msgs
             while (not failed and len(msgs) < max_records
-                   and time.monotonic() < deadline):
+                   and time.monotonic() < deadline
+                   and not (msgs and self.at_historic_end(
+                       msgs[-1].offset() + 1, msgs[-1].timestamp()[1]))):
                 # Messages flowing in are taken soon; an idle wait looks
                 # less often, and asks for one message (consume allocates
                 # room for n), then the rest.

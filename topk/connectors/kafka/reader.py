@@ -293,6 +293,8 @@ class CarryingReader:
         self._drop_carry()
         # Wall clock of the last non-empty poll; the idle clock starts now.
         self.last_data_ms = now_ms()
+        # Record time of the last message read_batch returned.
+        self._last_stamp_ms = None
         self.skipped = 0  # offsets lost to retention before being read
 
     # -- what a client implements ---------------------------------------------
@@ -345,7 +347,8 @@ class CarryingReader:
         ``kafka.errors.KafkaError`` s (the caller retries)."""
         chunks = self._carry
         count, nbytes = self._carry_len, self._carry_bytes
-        wait = 0 if count else timeout_ms
+        wait = 0 if count or self.at_historic_end(
+            self._next, self._last_stamp_ms) else timeout_ms
         while count < max_records and nbytes < max_bytes:
             try:
                 part = self._poll(max_records - count, wait)
@@ -384,9 +387,27 @@ class CarryingReader:
             self._carry_len = count - take
             self._carry_bytes = nbytes - batch_bytes
             nbytes = batch_bytes
-        self._next = records[-1].offset + 1
+        last = records[-1]
+        self._next, self._last_stamp_ms = last.offset + 1, last.timestamp
         self.last_data_ms = now_ms()
         return Batch(self.topic, self.partition, records, nbytes)
+
+    def at_historic_end(self, next_offset: int | None,
+                        stamp_ms: int | None) -> bool:
+        """Whether a read whose last message (offset ``next_offset - 1``,
+        stamped ``stamp_ms``) is the partition's last as of the latest
+        fetch, and older than ``schema.LIVE_LAG_MS``: the end of a
+        catch-up. A poll that waits there for more (up to its timeout)
+        holds back this partition's call and, as Prism runs a bundle's
+        partitions one after another, every other partition and the
+        watermark; whatever comes later is read by the next call. Live
+        reads never stop early this way: their batches stay as large as
+        the timeout makes them."""
+        if next_offset is None or stamp_ms is None or stamp_ms < 0:
+            return False
+        end = self.highwater()
+        return (end is not None and next_offset >= end
+                and stamp_ms < now_ms() - schema.LIVE_LAG_MS)
 
     def _drop_stale(self, chunks, pos: int):
         """The carry without its messages before ``self._next`` (each poll
