@@ -1042,8 +1042,9 @@ def main() -> None:
                         "core).")
     parser.add_argument("--flink-tm-memory", default="8192m",
                         help="Process memory of the Flink cluster's "
-                        "TaskManager (default 8192m; at 2048m the 2M-event "
-                        "catch-up ran out of JVM heap).")
+                        "TaskManager (default 8192m; the 2M-event exact "
+                        "catch-up ran out of JVM heap at 2048m and 3072m, "
+                        "and ran at 4096m).")
     parser.add_argument("--event-rate", type=float, default=None,
                         help="Events per second of event time of the "
                         "preloaded topics (default: --events over one day, "
