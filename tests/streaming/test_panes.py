@@ -484,6 +484,43 @@ def test_coarse_close_steps_over_sparse_data_by_rows(monkeypatch):
                                      days) == T0 + 29 * MIN
 
 
+def test_close_rows_bound_a_catch_up_firings_ranked_rows():
+    """Each held row is in ``panes_per_window`` windows of each spec: the
+    rows a catch-up firing closes times that stay within the budget."""
+    specs = [WindowSpec.parse(n) for n in ("1m", "1h", "1h/1m")]
+    rows = stream_panes.close_rows(specs)
+    assert rows * 62 <= stream_panes.MAX_CLOSE_OUTPUT_ROWS < (rows + 1) * 62
+    assert stream_panes.close_rows([WindowSpec.parse("1d")]) == \
+        stream_panes.MAX_CLOSE_OUTPUT_ROWS
+
+
+def test_early_panes_of_a_catch_up_cover_the_next_windows_only():
+    """A processing-time firing after a batch of 30 days (a catch-up read
+    far ahead of the watermark) ranks the open windows near the first
+    one, not every window the batch touched; live, every changed window;
+    closed windows (late panes) always."""
+    spec = WindowSpec.parse("1h/1m")
+    bound = spec.length_ms + stream_panes.MAX_CLOSE_STEP_MS
+    month = T0 + np.arange(0, 30 * 1440, 7) * MIN
+    for watermark in (stream_dedup.NO_WATERMARK, T0 + 3 * 1440 * MIN):
+        due = stream_panes.windows_due(spec, month, month, watermark,
+                                       watermark, {}, defer_early=False)
+        is_open = due + spec.length_ms > watermark
+        first = due[is_open].min()
+        assert due[is_open].max() < first + bound
+        assert first == max(spec.window_starts_for(month).min(),
+                            watermark - spec.length_ms + spec.step_ms)
+        # The closed windows the batch changed keep their (late) panes.
+        assert np.array_equal(
+            due[~is_open], np.unique(spec.window_starts_for(month)[
+                spec.window_starts_for(month) + spec.length_ms
+                <= watermark]))
+    live = T0 + np.arange(90, 92) * MIN
+    due = stream_panes.windows_due(spec, live, live, T0 + 90 * MIN,
+                                   T0 + 90 * MIN, {}, defer_early=False)
+    assert np.array_equal(due, np.unique(spec.window_starts_for(live)))
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_next_window_end_equals_the_brute_force(seed):
     """The earliest window end after the watermark, from one pass over the

@@ -79,6 +79,23 @@ MAX_CLOSE_STEP_MS = schema.HOUR_MS
 #: the number of firings follows the data, not its span.
 MAX_CLOSE_ROWS = 50_000
 
+#: Ranked rows one catch-up firing of an exact item shard should emit at
+#: most, about (``close_rows``).
+MAX_CLOSE_OUTPUT_ROWS = 1_000_000
+
+
+def close_rows(specs) -> int:
+    """``coarse_close``'s ``max_rows`` for an exact item shard ranking
+    ``specs``: the held (minute, item) rows whose windows give about
+    ``MAX_CLOSE_OUTPUT_ROWS`` ranked rows. A row is in
+    ``panes_per_window`` windows of each spec (60 of ``1h/1m``), and on
+    sparse data every row of a window is ranked (K does not bind): with
+    ``MAX_CLOSE_ROWS`` held rows, a firing over a year-long backlog sent
+    the merge elements of hundreds of MB, and an element over 2 GB is
+    more than Beam's coders can size (``OverflowError``)."""
+    per_row = sum(spec.panes_per_window for spec in specs)
+    return max(1, MAX_CLOSE_OUTPUT_ROWS // max(per_row, 1))
+
 
 def coarse_close(due: int | None, seen_ms: int, skew_ms: int,
                  held: np.ndarray | None = None,
@@ -618,13 +635,30 @@ def windows_due(spec: WindowSpec, dirty: np.ndarray, held: np.ndarray,
         wanted = np.union1d(wanted, starts[(ends > previous)
                                            & (ends <= watermark)])
     if not defer_early:
-        return np.union1d(wanted, waiting)
+        return _near_open(spec, np.union1d(wanted, waiting), watermark)
     is_open = wanted + length > watermark
     waiting = np.union1d(waiting[waiting + length > watermark],
                          wanted[is_open])
     if waiting.size:
         deferred[spec.key] = waiting
     return wanted[~is_open]
+
+
+def _near_open(spec: WindowSpec, starts: np.ndarray,
+               watermark: int) -> np.ndarray:
+    """``starts`` without the open windows (ending after ``watermark``)
+    that start more than a window's length plus ``MAX_CLOSE_STEP_MS``
+    after the first open one. Live, every open window is that close to
+    the first. A catch-up's batches may bring months of data ahead of the
+    watermark at once: an early pane of every window they touch (a year
+    of ``1h/1m`` windows, tens of millions of rows in one element, more
+    than Beam's coders can size) would be superseded by its on-time pane,
+    which the watermark's firings emit anyway, a bounded span at a time."""
+    is_open = starts + spec.length_ms > watermark
+    if not is_open.any():
+        return starts
+    near = starts < starts[is_open].min() + spec.length_ms + MAX_CLOSE_STEP_MS
+    return starts[~is_open | near]
 
 
 def pane_timings(spec: WindowSpec, starts: np.ndarray, previous: int,

@@ -213,6 +213,7 @@ class _ShardPanesFn(beam.DoFn):
         self._lateness = allowed_lateness_ms
         self._early_s = early_firing_s
         self._skew = skew_ms
+        self._close_rows = stream_panes.close_rows(specs)
         # Weights of partials refused as late (not events: partials are
         # sums), apart from the dedup stage's events_late.
         self._late = Metrics.counter("topk", "late_counts_refused")
@@ -335,7 +336,8 @@ class _ShardPanesFn(beam.DoFn):
                                       watermark_ms=epoch_ms(fired))
         due = stream_panes.coarse_close(panes.next_close(),
                                         _armed(timers)["seen"], self._skew,
-                                        panes.held_minutes())
+                                        panes.held_minutes(),
+                                        max_rows=self._close_rows)
         if due is not None:
             close.set(beam_timestamp(due))
         armed = _armed(timers)
