@@ -898,7 +898,8 @@ class LocalFlink:
         self.cluster.sh("install", timeout=1200)
         self.cluster.start(tm_memory=tm_memory)
         # Its log says why an SDK worker failed to start.
-        self.pool = (WorkerPool(os.path.join(workdir, "worker-pool.log"))
+        self.pool = (WorkerPool(os.path.join(workdir, "worker-pool.log"),
+                                cwd=REPO)
                      if workers == "external" else None)
         self.runner_args = self.cluster.streaming_args(
             parallelism,

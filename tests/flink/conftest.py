@@ -116,9 +116,11 @@ class WorkerPool:
     """A Beam worker pool (``worker_pool_main``) on a free port, as the
     TaskManagers of a real cluster run one beside them: an EXTERNAL
     environment's SDK workers are its child processes. ``started()``
-    counts the SDK workers it has started (from its log)."""
+    counts the SDK workers it has started (from its log). ``cwd`` is where
+    the workers start, first on their ``sys.path`` (a bench run from a
+    copy of the tree imports that copy's topk)."""
 
-    def __init__(self, log_path: str):
+    def __init__(self, log_path: str, cwd: str | None = None):
         self.port = _free_port()
         self.log_path = log_path
         self._log = open(log_path, "w")
@@ -126,7 +128,7 @@ class WorkerPool:
             [sys.executable, "-m",
              "apache_beam.runners.worker.worker_pool_main",
              f"--service_port={self.port}"],
-            env=worker_pool_env(), stdout=self._log,
+            env=worker_pool_env(), cwd=cwd, stdout=self._log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
 

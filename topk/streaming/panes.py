@@ -435,7 +435,8 @@ class ShardPanes:
         closed windows a late pane; the changed open windows wait for the
         next processing-time firing (``None``), which emits every window
         changed since the last early pane, early or late by the watermark
-        known so far. (During a catch-up the watermark passes a minute
+        known so far (of the open ones, those near the first:
+        ``_near_open``). (During a catch-up the watermark passes a minute
         every few milliseconds: ranking the 60 open windows of a sliding
         hour at each would cost far more than the on-time panes, and be
         superseded at once.) ``early``: an event-time firing emits those
@@ -619,7 +620,8 @@ def windows_due(spec: WindowSpec, dirty: np.ndarray, held: np.ndarray,
     closed (ends in ``(previous, watermark]``, among the windows of the
     ``held`` slice starts). An event-time firing (``defer_early``) keeps the
     changed open windows in ``deferred`` (spec key -> starts) for the next
-    processing-time firing, which emits them (see ``ShardPanes.fire``)."""
+    processing-time firing, which emits those near the first open window
+    (``_near_open``; see ``ShardPanes.fire``)."""
     length = spec.length_ms
     wanted = spec.window_starts_for(dirty) if dirty.size else np.empty(
         0, np.int64)
