@@ -289,14 +289,18 @@ class StreamProcess:
         self.log.close()
 
 
+def _has_committed(output: str, table: str) -> bool:
+    """Whether the stream has committed ``table`` yet."""
+    try:
+        return table in tables.snapshot(output).versions
+    except (tables.StorageError, OSError):
+        return False
+
+
 def _committed(output: str, table: str):
     """A DuckDB connection with ``table``'s committed snapshot as a view,
     or ``None`` before the stream's first commit of it."""
-    try:
-        snap = tables.snapshot(output)
-    except (tables.StorageError, OSError):
-        return None
-    if table not in snap.versions:
+    if not _has_committed(output, table):
         return None
     return tables.connect(output, [table])
 
@@ -615,13 +619,6 @@ class RssSampler(threading.Thread):
 STARTUP_TIMEOUT_S = 300
 
 
-def _committed_panes(output: str) -> bool:
-    try:
-        return "ranked_windows" in tables.snapshot(output).versions
-    except (tables.StorageError, OSError):
-        return False
-
-
 def run_latency(spec: str, workdir: str) -> dict:
     from kafka import KafkaProducer
 
@@ -697,7 +694,7 @@ def run_latency(spec: str, workdir: str) -> dict:
         # Prism's start under full load can take a minute: the warm-up
         # begins once the stream has committed its first panes.
         started = time.time()
-        while not _committed_panes(out):
+        while not _has_committed(out, output_layout.RANKED_WINDOWS):
             if not stream.alive():
                 raise RuntimeError(f"topk stream exited; see "
                                    f"latency-{method}-stream.log")
@@ -893,7 +890,7 @@ class LocalFlink:
 
     def __init__(self, workdir: str, parallelism: int, workers: str,
                  tm_memory: str, sdk_workers: int = 1):
-        from tests.flink.conftest import FlinkCluster, WorkerPool
+        from tests.flink.cluster import FlinkCluster, WorkerPool
         self.cluster = FlinkCluster(os.path.join(workdir, "flink-run"))
         self.cluster.sh("install", timeout=1200)
         self.cluster.start(tm_memory=tm_memory)
