@@ -155,6 +155,40 @@ def test_ranked_block_ranks_each_window_as_its_merged_sketch(method, spec):
                                     some, emitted_at_ms=5))
 
 
+@pytest.mark.parametrize("spec", ["1m", "1h/1m", "30d/1d"])
+@pytest.mark.parametrize("group_bytes", [1, 4096, 1 << 30])
+def test_windows_of_many_blocks_rank_as_block_by_block(
+        spec, group_bytes, monkeypatch):
+    """Count-Min ranks consecutive blocks in one call (sparse data: a few
+    events per block); the rows must be those of ranking each block alone,
+    whatever the size of a group."""
+    monkeypatch.setattr(sketch_windows, "GROUP_BYTES", group_bytes)
+    spec = WindowSpec.parse(spec)
+    _, n, step = sketch_windows.pane_plan(spec)
+    size = sketch_windows.block_panes(n)
+    rng = random.Random(7)
+    # Sparse panes over ten blocks (exact sketches), and a few full ones.
+    panes = sorted(rng.sample(range(0, 10 * size), 25))
+    held = [(p, _pane_sketch("cms", 1024, rng, 20 if i % 5 else 2000)[0])
+            for i, p in enumerate(panes)]
+    assert any(s.exact for _, s in held) and not all(s.exact for _, s in held)
+    wanted = {w for p in panes for w in range(p - n + 1, p + 1)
+              if w % step == 0 and w >= 0}
+    got = sketch_windows.ranked_windows_starting(
+        spec, 3, "play", held, wanted, emitted_at_ms=5)
+
+    def block(b):
+        return [h for h in held if h[0] // size == b]
+
+    want = pa.concat_tables([
+        sketch_windows.ranked_block(spec, 3, "play", b, block(b),
+                                    block(b + 1) if n > 1 else [], wanted,
+                                    emitted_at_ms=5)
+        for b in sorted({w // size for w in wanted})])
+    assert got.num_rows > 0
+    assert got.equals(want)
+
+
 @pytest.mark.parametrize("method", sketches.METHODS)
 def test_spans_ranked_rows_of_shared_and_single_spans(method):
     a = sketches.new_sketch(method).update(["x", "y", "z"], [5, 3, 3])

@@ -286,8 +286,10 @@ def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
     from ``held``: ``(pane, sketch)`` of every pane those windows may hold
     (one method and event type). Each block of ``block_panes(n)`` panes
     with a wanted window is ranked once (``ranked_block``), however many
-    of its windows are wanted."""
-    _, n, _ = pane_plan(spec)
+    of its windows are wanted; Count-Min ranks consecutive blocks in one
+    call while their sketches stay within ``GROUP_BYTES`` (sparse data:
+    a block holding an event or two would cost a call's fixed costs)."""
+    length, n, step = pane_plan(spec)
     size = block_panes(n)
     wanted = set(wanted)
     held = sorted(held, key=lambda p: p[0])
@@ -297,11 +299,47 @@ def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
         return held[bisect.bisect_left(panes, b * size):
                     bisect.bisect_left(panes, (b + 1) * size)]
 
-    parts = [ranked_block(spec, k, event_type, b, block(b),
-                          block(b + 1) if n > 1 else [], wanted, **row_args)
-             for b in sorted({p // size for p in wanted})]
+    blocks = sorted({p // size for p in wanted})
+    if held and hasattr(type(held[0][1]), "rank_ranges"):
+        parts = [ranked_spans(group, windows, spec, duration_ms(length), k,
+                              event_type, **row_args)
+                 for group, windows in _grouped_spans(
+                     [window_spans(b, n, step, block(b),
+                                   block(b + 1) if n > 1 else [])
+                      for b in blocks], wanted)]
+    else:
+        parts = [ranked_block(spec, k, event_type, b, block(b),
+                              block(b + 1) if n > 1 else [], wanted,
+                              **row_args)
+                 for b in blocks]
     return (pa.concat_tables(parts) if parts
             else schema.RANKED_WINDOWS_SCHEMA.empty_table())
+
+
+#: Sketch bytes a group of blocks ranked in one call holds at most
+#: (``ranked_windows_starting``); a block above it is a group of its own.
+GROUP_BYTES = 1 << 20
+
+
+def _grouped_spans(blocks, wanted):
+    """``window_spans`` results of consecutive blocks -> ``(panes,
+    windows)`` groups of several blocks within ``GROUP_BYTES``, spans
+    shifted to the group's pane list, wanted windows only, in order."""
+    panes, windows, held_bytes = [], [], 0
+    for here, spans in blocks:
+        mine = [(first, span) for first, span in spans if first in wanted]
+        if not mine:
+            continue
+        size = sum(s.nbytes for s in here)
+        if windows and held_bytes + size > GROUP_BYTES:
+            yield panes, windows
+            panes, windows, held_bytes = [], [], 0
+        at = len(panes)
+        panes.extend(here)
+        windows.extend((first, (a + at, b + at)) for first, (a, b) in mine)
+        held_bytes += size
+    if windows:
+        yield panes, windows
 
 
 def rank_block(spec: WindowSpec, k: int, event_type: str, block: int,

@@ -233,3 +233,96 @@ def test_merge_with_itself_doubles():
     s.merge(s)
     assert s.total == 6
     assert s.bounds(["b"])[0][0] == 4
+
+
+def with_counters_from_the_start(p) -> CountMinTopK:
+    """A sketch of ``p`` that keeps counters from its first update, as
+    every sketch did before sketches started exact."""
+    sketch = make(p)
+    sketch._counters = np.zeros((sketch.depth, sketch.width), np.int64)
+    return sketch
+
+
+@settings(max_examples=150, deadline=None)
+@given(params, stream)
+def test_an_exact_start_changes_nothing_but_the_bytes(p, s):
+    p = dict(p, conservative=False)
+    exact, counted = make(p), with_counters_from_the_start(p)
+    went_dense = False
+    for b in s:
+        exact.update(*columns(b))
+        counted.update(*columns(b))
+        if exact.exact:
+            assert not went_dense  # once dense, dense for good
+            assert counted.dropped_bound == 0
+            np.testing.assert_array_equal(exact.counters, counted.counters)
+            assert exact.candidates().equals(counted.candidates())
+            assert exact.nbytes < counted.nbytes
+        else:
+            went_dense = True
+            assert exact.to_bytes() == counted.to_bytes()
+    check_bounds(exact, truth(s))
+
+
+def test_an_exact_sketch_carries_no_counters_until_it_must():
+    sketch = CountMinTopK(4096, width=64, depth=4, capacity=8)
+    sketch.update(["a", "b", "a"], [1, 2, 3])
+    assert sketch.exact and sketch.dropped_bound == 0
+    data = sketch.to_bytes()
+    assert len(data) == sketch.nbytes < budget.cms_fixed_bytes(64, 4)
+    assert data[4] == 2  # format version of exact sketches
+    back = CountMinTopK.from_bytes(data)
+    assert back.exact and back.to_bytes() == data
+    assert back.bounds(["a", "b", "never"])[1].tolist() == [4, 2, 0]
+    # The implied counters are the plain rule's.
+    assert (back.estimate(["a", "b"]) >= [4, 2]).all()
+    assert back.counters[0].sum() == 6
+
+    sketch.update([f"x{n}" for n in range(20)], [1] * 20)
+    assert not sketch.exact and sketch.dropped_bound >= 1
+    assert sketch.to_bytes()[4] == 1
+    assert sketch.nbytes >= budget.cms_fixed_bytes(64, 4)
+    assert sketch.bounds(["a"])[0][0] == 4
+
+
+def test_conservative_sketches_keep_counters():
+    sketch = CountMinTopK(4096, conservative=True).update(["a"], [1])
+    assert not sketch.exact
+    assert sketch.to_bytes()[4] == 1
+
+
+def test_a_merge_of_exact_sketches_is_exact_while_it_fits():
+    a = CountMinTopK(4096, width=64, depth=4, capacity=5)
+    b = CountMinTopK(4096, width=64, depth=4, capacity=5)
+    a.update(["a", "b"], [5, 1])
+    b.update(["a", "c"], [2, 7])
+    merged = CountMinTopK.merge_many([a, b])
+    assert merged.exact
+    assert merged.top_k(3)["count"].to_pylist() == [7, 7, 1]
+    b.update(["d", "e", "f"], [1, 1, 1])
+    assert b.exact  # 5 items: at capacity, not over
+    trimmed = CountMinTopK.merge_many([a, b])
+    assert not trimmed.exact and trimmed.dropped_bound == 1
+    np.testing.assert_array_equal(
+        trimmed.counters, a.counters + b.counters)
+    rows, totals = CountMinTopK.rank_ranges([a, b], [(0, 2), (1, 2)], 2)
+    assert totals.tolist() == [18, 12]
+    assert rows.to_pylist()[:2] == [
+        dict(range=0, item_id="a", count=7, lower_bound=7, upper_bound=7,
+             guaranteed=True),
+        dict(range=0, item_id="c", count=7, lower_bound=7, upper_bound=7,
+             guaranteed=True)]
+
+
+def test_corrupt_exact_bytes_are_rejected():
+    sketch = CountMinTopK(4096).update(["a", "b"], [1, 2])
+    data = bytearray(sketch.to_bytes())
+    assert data[4] == 2
+    header = 48
+    dropped = data[:header - 8] + (1).to_bytes(8, "little") + data[header:]
+    conservative = data[:6] + bytes([1]) + data[7:]
+    lo_not_hi = data[:header] + (5).to_bytes(8, "little") + data[header + 8:]
+    with_counters_missing = data[:4] + bytes([1]) + data[5:]
+    for bad in (dropped, conservative, lo_not_hi, with_counters_missing):
+        with pytest.raises(ValueError):
+            CountMinTopK.from_bytes(bytes(bad))

@@ -38,6 +38,18 @@ the order and grouping of slices a range query merges. ``conservative=True``
 estimates, still valid upper bounds after merges, but merges are then no
 longer equal to the sketch of the concatenated stream.
 
+A sketch starts *exact*: while nothing has been dropped (``dropped_bound``
+is 0) its candidates are every item seen, with ``lower == upper`` = the true
+count, and the counters are not kept: with the plain rule they are a
+function of those counts (every item adds its count to its cells), made when
+first needed. Only when the candidates outgrow capacity or budget are the
+counters made and kept, and the sketch goes on exactly as if it had had them
+all along. A minute of sparse data (a few events) then costs its candidates,
+not ``depth x width`` counters, in memory, in bytes, and in every window
+that merges it; a merge of exact sketches whose union fits is exact too.
+(Conservative sketches keep counters from the start: their counters are not
+a function of the counts.)
+
 Batches are pre-aggregated (item, count) pairs and are processed whole with
 NumPy: one stable 64-bit hash per item (``hashing.hash64``), ``depth``
 cell indices by double hashing, ``np.bincount`` for the counters, and an
@@ -57,7 +69,10 @@ from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
 from topk.approx.sketches.hashing import HASH_VERSION, hash64
 
 MAGIC = b"TKCM"
+#: Written for sketches with counters; 2 for exact ones, which carry none
+#: (``to_bytes``). Both are read.
 FORMAT_VERSION = 1
+EXACT_FORMAT_VERSION = 2
 #: magic, format version, hash version, flags, reserved, depth, width,
 #: capacity, candidates, budget, total, dropped bound.
 _HEADER = struct.Struct("<4sBBBBIIIIQqq")
@@ -139,7 +154,7 @@ class CountMinTopK:
         self._capacity = int(capacity)
         self._budget_bytes = int(budget_bytes)
         self._conservative = bool(conservative)
-        self._counters = np.zeros((self._depth, self._width), dtype=np.int64)
+        self._counters = self._initial_counters()
         self._total = 0
         self._dropped = 0
         self._set_candidates(pa.array([], pa.string()),
@@ -197,17 +212,26 @@ class CountMinTopK:
         return self._dropped
 
     @property
+    def exact(self) -> bool:
+        """Whether nothing was dropped yet and the counters are implied by
+        the candidates (see the module docstring): then every count
+        reported is the true count."""
+        return self._counters is None
+
+    @property
     def counters(self) -> np.ndarray:
-        """The counters (read-only view, shape ``(depth, width)``)."""
-        view = self._counters.view()
+        """The counters (read-only view, shape ``(depth, width)``); made
+        from the candidates for an exact sketch."""
+        view = self._dense_counters().view()
         view.flags.writeable = False
         return view
 
     @property
     def nbytes(self) -> int:
         """Exact size of ``to_bytes()``; never above ``budget_bytes``."""
-        return (_budget.cms_fixed_bytes(self._width, self._depth)
-                + _budget.CMS_CANDIDATE_OVERHEAD * len(self._cand_items)
+        fixed = (_budget.CMS_HEADER_BYTES if self.exact else
+                 _budget.cms_fixed_bytes(self._width, self._depth))
+        return (fixed + _budget.CMS_CANDIDATE_OVERHEAD * len(self._cand_items)
                 + int(self._cand_len.sum()))
 
     def compatible(self, other: "CountMinTopK") -> bool:
@@ -240,6 +264,12 @@ class CountMinTopK:
         if not assume_unique:
             items, counts = _aggregate(items, counts, batch_total)
         h = hash64(items)
+        if self.exact:
+            if self._add_exactly(items, h, counts, batch_total):
+                return self
+            # The candidates outgrow the budget: from here on a sketch
+            # with counters, equal to one that had them from the start.
+            self._counters = self._dense_counters()
         cells = self._cells(h)
         flat = self._counters.reshape(-1)
         est_before = _row_min(flat[cells])
@@ -319,11 +349,11 @@ class CountMinTopK:
         candidates, not to the number of sketches it spans (and no string
         is compared twice).
         """
-        walk = _RangeWalk(sketches, ranges)
+        walk = _RangeWalk(sketches, ranges, need_counters=True)
         out = []
         for counters, total, dropped, codes, lo, hi in walk:
             merged = walk.first._empty_like()
-            merged._counters = counters.copy()
+            merged._counters = None if counters is None else counters.copy()
             merged._total, merged._dropped = total, dropped
             merged._set_candidates(walk.union.take(pa.array(codes)),
                                    walk.hashes[codes], lo, hi)
@@ -345,7 +375,7 @@ class CountMinTopK:
         calls on its candidates, and the ids are taken and sorted once for
         all ranges."""
         k = check_k(k)
-        walk = _RangeWalk(sketches, ranges)
+        walk = _RangeWalk(sketches, ranges, need_counters=False)
         parts, totals, nth = [], [], []
         for r, (_, total, dropped, codes, lo, hi) in enumerate(walk):
             totals.append(total)
@@ -406,7 +436,8 @@ class CountMinTopK:
         items, tracked or not."""
         arr, _ = coerce_batch(items)
         lower = np.zeros(len(arr), np.int64)
-        upper = np.minimum(self._estimate(hash64(arr)), self._dropped)
+        upper = (np.zeros(len(arr), np.int64) if self.exact else
+                 np.minimum(self._estimate(hash64(arr)), self._dropped))
         pos = pc.index_in(arr, value_set=self._cand_items).fill_null(
             -1).to_numpy()
         known = pos >= 0
@@ -428,7 +459,8 @@ class CountMinTopK:
     def copy(self) -> "CountMinTopK":
         """An independent copy (cheaper than a round trip through bytes)."""
         sketch = self._empty_like()
-        sketch._counters = self._counters.copy()
+        sketch._counters = (None if self._counters is None
+                            else self._counters.copy())
         sketch._total, sketch._dropped = self._total, self._dropped
         # Candidate arrays are replaced, never written in place: shared.
         sketch._set_candidates(self._cand_items, self._cand_hash,
@@ -438,15 +470,17 @@ class CountMinTopK:
     # -- serialization --------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Compact, versioned, little-endian encoding (``nbytes`` long)."""
+        """Compact, versioned, little-endian encoding (``nbytes`` long); an
+        exact sketch has no counters (format version 2)."""
         n = len(self._cand_items)
         header = _HEADER.pack(
-            MAGIC, FORMAT_VERSION, HASH_VERSION,
-            _FLAG_CONSERVATIVE if self._conservative else 0, 0,
+            MAGIC, EXACT_FORMAT_VERSION if self.exact else FORMAT_VERSION,
+            HASH_VERSION, _FLAG_CONSERVATIVE if self._conservative else 0, 0,
             self._depth, self._width, self._capacity, n, self._budget_bytes,
             self._total, self._dropped)
         return b"".join([
             header,
+            b"" if self.exact else
             self._counters.astype("<i8", copy=False).tobytes(),
             self._cand_lo.astype("<i8", copy=False).tobytes(),
             self._cand_hi.astype("<i8", copy=False).tobytes(),
@@ -465,20 +499,24 @@ class CountMinTopK:
             raise ValueError("not a Count-Min top-K sketch")
         (_, version, hash_version, flags, _, depth, width, capacity, n,
          budget_bytes, total, dropped) = _HEADER.unpack_from(data)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"unsupported Count-Min sketch format version "
-                             f"{version} (this build reads {FORMAT_VERSION})")
+        if version not in (FORMAT_VERSION, EXACT_FORMAT_VERSION):
+            raise ValueError(
+                f"unsupported Count-Min sketch format version {version} "
+                f"(this build reads {FORMAT_VERSION} and "
+                f"{EXACT_FORMAT_VERSION})")
+        exact = version == EXACT_FORMAT_VERSION
         if hash_version != HASH_VERSION:
             raise ValueError(f"sketch was hashed with hash version "
                              f"{hash_version}, this build uses {HASH_VERSION}")
         if flags & ~_FLAG_CONSERVATIVE:
             raise ValueError(f"unknown flags {flags:#x}")
-        cells = depth * width
+        cells = 0 if exact else depth * width
         fixed = _HEADER.size + 8 * cells + 20 * n
         if not (1 <= depth <= _MAX_DEPTH and width >= 1 and capacity >= 1
                 and n <= capacity and len(data) >= fixed
                 and len(data) <= budget_bytes and total >= 0
-                and dropped >= 0):
+                and dropped >= 0 and not (exact and (
+                    dropped or flags & _FLAG_CONSERVATIVE))):
             raise ValueError("corrupt Count-Min sketch header")
         off = _HEADER.size
         counters = np.frombuffer(data, "<i8", cells, off).astype(np.int64)
@@ -490,8 +528,9 @@ class CountMinTopK:
         if off + int(lengths.sum()) != len(data):
             raise ValueError("corrupt Count-Min sketch: wrong length")
         if (counters.min(initial=0) < 0 or (lo < 0).any() or (lo > hi).any()
-                or counters.reshape(depth, width)[0].sum() != total
-                and not flags & _FLAG_CONSERVATIVE):
+                or exact and ((lo != hi).any() or lo.sum() != total)
+                or not exact and not flags & _FLAG_CONSERVATIVE
+                and counters.reshape(depth, width)[0].sum() != total):
             raise ValueError("corrupt Count-Min sketch: inconsistent counts")
         offsets = np.zeros(n + 1, np.int32)
         np.cumsum(lengths, out=offsets[1:])
@@ -504,7 +543,7 @@ class CountMinTopK:
         sketch = cls(budget_bytes, width=width, depth=depth,
                      capacity=capacity,
                      conservative=bool(flags & _FLAG_CONSERVATIVE))
-        sketch._counters = counters.reshape(depth, width)
+        sketch._counters = None if exact else counters.reshape(depth, width)
         sketch._total, sketch._dropped = int(total), int(dropped)
         if _hashes is not None and len(_hashes) != 8 * n:
             raise ValueError("corrupt Count-Min sketch: wrong hashes")
@@ -543,7 +582,65 @@ class CountMinTopK:
         return cells
 
     def _estimate(self, h: np.ndarray) -> np.ndarray:
-        return _row_min(self._counters.reshape(-1)[self._cells(h)])
+        return _row_min(self._dense_counters().reshape(-1)[self._cells(h)])
+
+    def _initial_counters(self) -> np.ndarray | None:
+        """``None`` (exact) unless the sketch is conservative."""
+        if not self._conservative:
+            return None
+        return np.zeros((self._depth, self._width), dtype=np.int64)
+
+    def _dense_counters(self) -> np.ndarray:
+        """The counters; an exact sketch's are its candidates' counts added
+        to their cells (what the plain rule would have made)."""
+        if self._counters is not None:
+            return self._counters
+        counters = np.zeros((self._depth, self._width), dtype=np.int64)
+        if len(self._cand_lo):
+            _add_counts(counters.reshape(-1), self._cells(self._cand_hash),
+                        self._cand_lo, self._total)
+        return counters
+
+    def _add_exactly(self, items: pa.Array, h: np.ndarray,
+                     counts: np.ndarray, batch_total: int) -> bool:
+        """Add unique ``items`` (hashes ``h``) to an exact sketch's
+        candidates if all of them still fit capacity and budget; ``False``
+        (nothing changed) if not."""
+        if not len(self._cand_items):
+            # A new sketch (most of them, on sparse data): its candidates
+            # are the batch, in hash order.
+            if not self._fits(len(items), int(_lengths(items).sum())):
+                return False
+            order = np.argsort(h, kind="stable")
+            if len(items) > 1:
+                items, h, counts = items.take(pa.array(order)), h[order], \
+                    counts[order]
+            self._set_candidates(items, h, counts, counts)
+            self._total += batch_total
+            return True
+        pos = pc.index_in(items, value_set=self._cand_items).fill_null(
+            -1).to_numpy()
+        known = pos >= 0
+        lo = self._cand_lo.copy()
+        lo[pos[known]] += counts[known]
+        fresh = np.flatnonzero(~known)
+        if len(fresh):
+            new_items = (items.take(pa.array(fresh)) if len(fresh) < len(items)
+                         else items)
+            all_hash = np.concatenate([self._cand_hash, h[fresh]])
+            all_len = np.concatenate([self._cand_len, _lengths(new_items)])
+            if not self._fits(len(all_hash), int(all_len.sum())):
+                return False
+            order = np.argsort(all_hash, kind="stable")
+            lo = np.concatenate([lo, counts[fresh]])[order]
+            self._set_candidates(
+                pa.chunked_array([self._cand_items, new_items], pa.string())
+                .take(pa.array(order)).combine_chunks(), all_hash[order],
+                lo, lo)
+        else:
+            self._cand_lo = self._cand_hi = lo
+        self._total += batch_total
+        return True
 
     def _set_candidates(self, items, hashes, lo, hi) -> None:
         self._cand_items = items
@@ -572,6 +669,12 @@ class CountMinTopK:
                              np.concatenate([old_lo, new_lo])[kept],
                              all_hi[keep])
 
+    def _fits(self, n: int, id_bytes: int) -> bool:
+        """Whether ``n`` candidates of ``id_bytes`` bytes of ids in all fit
+        capacity and budget."""
+        return (n <= self._capacity and _budget.CMS_CANDIDATE_OVERHEAD * n
+                + id_bytes <= self._candidate_room())
+
     def _candidate_room(self) -> int:
         """Bytes of the budget left for candidates beside the counters."""
         return self._budget_bytes - _budget.cms_fixed_bytes(self._width,
@@ -585,7 +688,7 @@ class CountMinTopK:
         sketch._capacity = self._capacity
         sketch._budget_bytes = self._budget_bytes
         sketch._conservative = self._conservative
-        sketch._counters = np.zeros_like(self._counters)
+        sketch._counters = sketch._initial_counters()
         sketch._total = sketch._dropped = 0
         sketch._set_candidates(pa.array([], pa.string()),
                                np.empty(0, np.uint64), np.empty(0, np.int64),
@@ -600,9 +703,14 @@ class _RangeWalk:
     copy it to keep it), the total, the bound on untracked items after
     trimming, and the kept candidates as codes into ``union`` (ascending,
     which is hash order) with their bounds. ``hashes[code]`` is a code's
-    hash; ``first`` the first sketch (whose capacity and budget trim)."""
+    hash; ``first`` the first sketch (whose capacity and budget trim).
 
-    def __init__(self, sketches, ranges):
+    When every sketch is exact, a range's bounds are its exact sums and no
+    counters are summed: ``counters`` is then ``None`` for a range whose
+    union fits (its merge is exact), and, if ``need_counters``, made from
+    the sums for one that had to be trimmed."""
+
+    def __init__(self, sketches, ranges, need_counters: bool = True):
         sketches = list(sketches)
         if not sketches:
             raise ValueError("nothing to merge")
@@ -621,6 +729,8 @@ class _RangeWalk:
                 raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
                                  "sketches")
         self.first, self._sketches, self._ranges = first, sketches, ranges
+        self._all_exact = all(s.exact for s in sketches)
+        self._need_counters = need_counters
         union, codes, self._starts = _encode_candidates(sketches)
         hsh = np.zeros(len(union), np.uint64)
         hsh[codes] = np.concatenate([s._cand_hash for s in sketches])
@@ -634,7 +744,9 @@ class _RangeWalk:
         self._length = np.zeros(len(union), np.int64)
         self._length[self._codes] = np.concatenate(
             [s._cand_len for s in sketches])
-        self._cells = first._cells(self.hashes)
+        # Every item's cells, unless no range needs counters.
+        self._cells = (first._cells(self.hashes)
+                       if need_counters or not self._all_exact else None)
         # Per entry (sketch, candidate): its lower bound, and how far its
         # upper bound exceeds its sketch's bound for untracked items, so
         # that a range's upper bound is (sum of excesses) + (sum of the
@@ -649,7 +761,10 @@ class _RangeWalk:
         lo_sum = np.zeros(n, np.int64)
         excess_sum = np.zeros(n, np.int64)
         tracked = np.zeros(n, np.int32)
-        counters = np.zeros_like(self.first._counters)
+        first = self.first
+        counters = (None if self._all_exact else
+                    np.zeros((first._depth, first._width), np.int64))
+        flat = None if counters is None else counters.reshape(-1)
         total = dropped = 0
 
         def move(x, y, sign):
@@ -661,9 +776,20 @@ class _RangeWalk:
                 lo_sum[c] += sign * self._lo_in[seg]
                 excess_sum[c] += sign * self._excess_in[seg]
                 tracked[c] += sign
-                np.add(counters, sign * sketches[p]._counters, out=counters)
-                total += sign * sketches[p]._total
-                dropped += sign * sketches[p]._dropped
+                sketch = sketches[p]
+                if flat is None:
+                    pass
+                elif sketch.exact:
+                    # Its implied counters: each candidate's count in its
+                    # cells (few candidates: cheaper than making them).
+                    np.add.at(flat, self._cells[:, c].ravel(),
+                              np.tile(sign * self._lo_in[seg], first._depth))
+                elif sign > 0:
+                    np.add(counters, sketch._counters, out=counters)
+                else:
+                    np.subtract(counters, sketch._counters, out=counters)
+                total += sign * sketch._total
+                dropped += sign * sketch._dropped
 
         at = (0, 0)
         capacity = self.first._capacity
@@ -675,13 +801,21 @@ class _RangeWalk:
             at = (a, b)
             idx = np.flatnonzero(tracked)
             lo = lo_sum[idx]
-            est = _row_min(counters.reshape(-1)[self._cells[:, idx]])
-            hi = np.minimum(excess_sum[idx] + dropped, est)
-            # Valid inputs give est >= true >= lo; this only keeps lo <= hi
-            # for inputs that are merely well-formed.
-            hi = np.maximum(hi, lo)
+            if counters is None:
+                hi = lo  # exact inputs: the sums are the counts
+            else:
+                est = _row_min(flat[self._cells[:, idx]])
+                hi = np.minimum(excess_sum[idx] + dropped, est)
+                # Valid inputs give est >= true >= lo; this only keeps
+                # lo <= hi for inputs that are merely well-formed.
+                hi = np.maximum(hi, lo)
             keep, worst = _choose(hi, self._length[idx], capacity, room)
-            yield (counters, total, max(dropped, worst), idx[keep], lo[keep],
+            out = counters
+            if counters is None and worst and self._need_counters:
+                out = np.zeros((first._depth, first._width), np.int64)
+                _add_counts(out.reshape(-1), self._cells[:, idx], lo,
+                            total)
+            yield (out, total, max(dropped, worst), idx[keep], lo[keep],
                    hi[keep])
 
 
@@ -765,6 +899,8 @@ def _row_min(rows: np.ndarray) -> np.ndarray:
 
 def _aggregate(items: pa.Array, counts: np.ndarray, total: int):
     """Sum counts of repeated items (exactly, by string)."""
+    if len(items) < 2:
+        return items, counts
     encoded = pc.dictionary_encode(items)
     if len(encoded.dictionary) == len(items):
         return items, counts
