@@ -290,6 +290,13 @@ def _partials(events, shards=2):
     return tables
 
 
+def test_block_batches_are_consecutive_and_within_group_bytes(monkeypatch):
+    monkeypatch.setattr(sketch_windows, "GROUP_BYTES", 100)
+    sizes = {7: 30, 3: 40, 4: 50, 9: 250, 10: 10, 12: 90}
+    assert sketch_windows.block_batches(sizes) == [[3, 4], [7], [9], [10, 12]]
+    assert sketch_windows.block_batches({}) == []
+
+
 def _pane_levels(partials, method, budget):
     """The sketches of every 1m, 1h and 1d slice, built as the pipeline
     builds them: minute sketches fed every shard's rows, hours and days
@@ -310,21 +317,24 @@ def _pane_levels(partials, method, budget):
     return levels
 
 
-def _approximate_rows(levels, spec, k):
+def _approximate_rows(levels, spec, k, grouped=False):
     """Ranked windows of one spec as ``ApproximateWindows`` computes them:
     pane sketches keyed by block (``blocks_of``), each block ranked by
-    ``rank_block``."""
+    ``rank_blocks`` alone or, ``grouped``, with the others of its group
+    (``group_of``), as sparse blocks are."""
     length, n, step = sketch_windows.pane_plan(spec)
     pane_ms = WindowSpec.parse(length).length_ms
-    blocks = collections.defaultdict(list)
+    blocks = collections.defaultdict(dict)
     for (etype, start), sketch in levels[length].items():
-        for block, is_next in sketch_windows.blocks_of(start // pane_ms, n,
-                                                       step):
-            blocks[(etype, block)].append((is_next, start // pane_ms,
-                                           sketch))
-    tables = [sketch_windows.rank_block(spec, k, etype, block, panes,
-                                        emitted_at_ms=0)
-              for (etype, block), panes in blocks.items()]
+        for block, _ in sketch_windows.blocks_of(start // pane_ms, n, step):
+            group = sketch_windows.group_of(block) if grouped else block
+            blocks[(etype, group)].setdefault(block, {})[
+                start // pane_ms] = sketch
+    tables = [sketch_windows.rank_blocks(
+        spec, k, etype, list(held),
+        list({p: s for panes in held.values() for p, s in panes.items()
+              }.items()), emitted_at_ms=0)
+        for (etype, _), held in blocks.items()]
     return pa.concat_tables(tables).to_pylist()
 
 
@@ -350,8 +360,8 @@ event_rows = st.lists(st.tuples(
           suppress_health_check=[HealthCheck.too_slow])
 @given(rows=event_rows, k=st.integers(1, 6),
        method=st.sampled_from(sketches.METHODS),
-       budget=st.sampled_from([512, 1024]))
-def test_guaranteed_flag_is_never_wrong(rows, k, method, budget):
+       budget=st.sampled_from([512, 1024]), grouped=st.booleans())
+def test_guaranteed_flag_is_never_wrong(rows, k, method, budget, grouped):
     """Every approximate ranked-window row: its bounds contain the true
     count, and if it is flagged guaranteed, the item is in the true top-k of
     the window whatever the tie rule (fewer than k other items reach its
@@ -362,7 +372,7 @@ def test_guaranteed_flag_is_never_wrong(rows, k, method, budget):
     for name in FLAG_SPECS:
         spec = WindowSpec.parse(name)
         true = _true_windows(events, spec)
-        got = _approximate_rows(levels, spec, k)
+        got = _approximate_rows(levels, spec, k, grouped)
         assert {(r["event_type"], r["window_start"].timestamp() * 1000)
                 for r in got} == set(true), name
         for r in got:
@@ -376,6 +386,20 @@ def test_guaranteed_flag_is_never_wrong(rows, k, method, budget):
                              if i != r["item_id"])
                 assert others <= k - 1, (name, r, counts)
                 assert r["item_id"] in dict(oracle.ranked(counts, k)), r
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(rows=event_rows, k=st.integers(1, 6),
+       method=st.sampled_from(sketches.METHODS),
+       budget=st.sampled_from([512, 1024]))
+def test_blocks_ranked_in_groups_rank_as_alone(rows, k, method, budget):
+    levels = _pane_levels(_partials(_events(rows)), method, budget)
+    for name in FLAG_SPECS:
+        spec = WindowSpec.parse(name)
+        alone, grouped = ([tuple(r.values()) for r in _approximate_rows(
+            levels, spec, k, g)] for g in (False, True))
+        assert sorted(alone) == sorted(grouped), name
 
 
 @settings(max_examples=25, deadline=None)

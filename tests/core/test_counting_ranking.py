@@ -73,12 +73,25 @@ def test_adding_a_few_counts_to_many_equals_summing_them_all():
         assert as_dict(held) == as_dict(counting.merge_counts(everything))
 
 
-def test_rank_rows_orders_by_count_then_item():
-    t = pa.table({"g": [1, 1, 1, 2], "item_id": ["b", "a", "c", "z"],
-                  "count": [3, 3, 9, 1]})
-    out = ranking.top_k_rows(t, ["g"], 2, "rank").to_pylist()
-    assert [(r["g"], r["item_id"], r["rank"]) for r in out] == [
-        (1, "c", 1), (1, "a", 2), (2, "z", 1)]
+def test_merge_ranks_by_count_then_item_across_shards():
+    def part(rows, totals):
+        return ranking.WindowTopK(
+            pa.table(dict(zip(ranking.CANDIDATES_SCHEMA.names, zip(*rows))),
+                     schema=ranking.CANDIDATES_SCHEMA),
+            pa.table(dict(zip(ranking.TOTALS_SCHEMA.names, zip(*totals))),
+                     schema=ranking.TOTALS_SCHEMA))
+    # Two shards (disjoint items); ties at 3 break by item, "b" < "ba".
+    one = part([("play", 60, "ba", 3), ("play", 60, "c", 9),
+                ("*", 60, "ba", 3), ("play", 0, "z", 1)],
+               [("play", 60, 12), ("*", 60, 12), ("play", 0, 1)])
+    two = part([("play", 60, "b", 3), ("*", 60, "b", 4)],
+               [("play", 60, 5), ("*", 60, 6)])
+    out = ranking.merge_window_top_k([two, one], 2).to_pylist()
+    assert [tuple(r.values()) for r in out] == [
+        ("*", 60, 1, "b", 4, 18), ("*", 60, 2, "ba", 3, 18),
+        ("play", 0, 1, "z", 1, 1),
+        ("play", 60, 1, "c", 9, 17), ("play", 60, 2, "b", 3, 17)]
+    assert ranking.merge_window_top_k([], 2).num_rows == 0
 
 
 def test_k_must_be_positive():

@@ -342,18 +342,46 @@ def _grouped_spans(blocks, wanted):
         yield panes, windows
 
 
-def rank_block(spec: WindowSpec, k: int, event_type: str, block: int,
-               panes, *, emitted_at_ms: int, source: str = "batch",
-               pane_timing: str = "batch") -> pa.Table:
-    """``ranked_block`` of ``panes``: ``(is_next, pane, sketch)`` of one
-    method and event type, as ``blocks_of`` keys them (``is_next``: the
-    pane belongs to the next block)."""
-    here = [(pane, sketch) for is_next, pane, sketch in panes if not is_next]
-    following = [(pane, sketch) for is_next, pane, sketch in panes
-                 if is_next]
-    return ranked_block(spec, k, event_type, block, here, following,
-                        emitted_at_ms=emitted_at_ms, source=source,
-                        pane_timing=pane_timing)
+#: Consecutive blocks the batch path gathers in one element (``group_of``)
+#: and ranks in batches of up to ``GROUP_BYTES`` (``block_batches``): a year
+#: of sparse minutes is thousands of blocks of an event or two, and a
+#: ranking call costs about the same for one event as for a full block.
+BLOCKS_PER_GROUP = 16
+
+
+def group_of(block: int) -> int:
+    """The group of blocks ``block`` is gathered in."""
+    return block // BLOCKS_PER_GROUP
+
+
+def block_batches(sizes: dict) -> list[list[int]]:
+    """``{block: bytes of its sketches}`` -> batches of consecutive blocks
+    (ascending) of at most ``GROUP_BYTES`` each; a larger block is a batch
+    of its own. What one ranking call holds."""
+    batches, held = [], 0
+    for block in sorted(sizes):
+        if not batches or held + sizes[block] > GROUP_BYTES:
+            batches.append([])
+            held = 0
+        batches[-1].append(block)
+        held += sizes[block]
+    return batches
+
+
+def rank_blocks(spec: WindowSpec, k: int, event_type: str, blocks,
+                panes, **row_args) -> pa.Table:
+    """The ranked windows of ``spec`` starting in ``blocks`` (block
+    indexes), from ``panes``: ``(pane, sketch)`` of one method and event
+    type, every pane of those blocks and of the block after each (what
+    ``blocks_of`` keys to them), each pane once. Ranked as
+    ``ranked_windows_starting`` ranks them: consecutive sparse blocks in
+    one call."""
+    _, n, step = pane_plan(spec)
+    size = block_panes(n)
+    wanted = [first for b in blocks
+              for first in range(b * size, (b + 1) * size, step)]
+    return ranked_windows_starting(spec, k, event_type, panes, wanted,
+                                   **row_args)
 
 
 def _suffix_prefix_merges(panes: list, split: int, spans) -> list:

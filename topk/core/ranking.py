@@ -536,55 +536,66 @@ def _reachable(first, size, item, value, n_windows, k):
     return value >= lowest
 
 
-def top_k_rows(table: pa.Table, group_cols: list[str], k: int,
-               rank_column: str | None = None) -> pa.Table:
-    """Top ``k`` rows of every group by ``count`` desc, ``item_id`` asc,
-    sorted by group then rank; optionally with a 1-based rank column."""
-    _check_k(k)
-    if table.num_rows == 0:
-        out = table
-        if rank_column:
-            out = out.append_column(rank_column, pa.array([], pa.int32()))
-        return out
-    keys = [(c, "ascending") for c in group_cols] + [
-        ("count", "descending"), ("item_id", "ascending")]
-    table = table.take(pc.sort_indices(table, sort_keys=keys))
-    new_group = np.zeros(table.num_rows, bool)
-    new_group[0] = True
-    for c in group_cols:
-        col = table[c]
-        new_group[1:] |= pc.not_equal(col.slice(1), col.slice(
-            0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(new_group)
-    rank = np.arange(table.num_rows) - np.repeat(
-        starts, np.diff(np.append(starts, table.num_rows))) + 1
-    keep = rank <= k
-    table = table.filter(pa.array(keep))
-    if rank_column:
-        table = table.append_column(rank_column, pa.array(rank[keep], pa.int32()))
-    return table
+def _sorted_codes(*columns) -> tuple[pa.Array, list[np.ndarray]]:
+    """The sorted distinct values of string ``columns`` and each column's
+    codes into them: codes compare as the strings do, so integer sorts
+    give the string order."""
+    values = pc.unique(pa.chunked_array(
+        [chunk for c in columns for chunk in c.chunks], pa.string()))
+    values = values.take(pc.sort_indices(values))
+    return values, [pc.index_in(c, value_set=values).to_numpy()
+                    for c in columns]
 
 
 def merge_window_top_k(parts: list[WindowTopK], k: int) -> pa.Table:
     """Merge per-shard results into the exact ranked top-K of every window.
 
     Returns (event_type, window_start, rank, item_id, count, window_total),
-    sorted by event_type, window_start, rank.
+    sorted by event_type, window_start, rank (count descending, then
+    ``item_id`` ascending).
     """
+    _check_k(k)
     cands = pa.concat_tables([p.candidates for p in parts]) if parts else (
         CANDIDATES_SCHEMA.empty_table())
     totals = pa.concat_tables([p.totals for p in parts]) if parts else (
         TOTALS_SCHEMA.empty_table())
-    ranked = top_k_rows(cands, ["event_type", "window_start"], k, "rank")
-    totals = totals.group_by(["event_type", "window_start"]).aggregate(
-        [("total", "sum")]).rename_columns(
-            ["event_type", "window_start", "window_total"])
-    joined = ranked.join(totals, ["event_type", "window_start"])
-    joined = joined.take(pc.sort_indices(joined, sort_keys=[
-        ("event_type", "ascending"), ("window_start", "ascending"),
-        ("rank", "ascending")]))
-    return joined.select(["event_type", "window_start", "rank", "item_id",
-                          "count", "window_total"])
+    # Strings and window starts become integer codes in their own order,
+    # so one int64 sort ranks every window: a multi-column sort over the
+    # strings took most of a batch run's merge.
+    types, (cand_type, total_type) = _sorted_codes(cands["event_type"],
+                                                   totals["event_type"])
+    items, (item,) = _sorted_codes(cands["item_id"])
+    cand_start = cands["window_start"].to_numpy()
+    total_start = totals["window_start"].to_numpy()
+    starts = np.unique(np.concatenate([cand_start, total_start]))
+    n_groups = len(types) * len(starts)
+    group = cand_type * len(starts) + np.searchsorted(starts, cand_start)
+    window_total = np.zeros(n_groups, np.int64)
+    np.add.at(window_total, total_type * len(starts)
+              + np.searchsorted(starts, total_start),
+              totals["total"].to_numpy())
+    count = cands["count"].to_numpy()
+    if len(count) == 0:
+        order = np.zeros(0, np.int64)
+    else:
+        top, width = int(count.max()) + 1, len(items)
+        if n_groups * top * width < 2**62:
+            order = np.argsort((group * top + (top - 1 - count)) * width
+                               + item, kind="stable")
+        else:
+            order = np.lexsort((item, -count, group))
+    g = group[order]
+    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else g
+    rank = np.arange(len(g)) - np.repeat(first, np.diff(np.r_[first, len(g)]))
+    keep = order[rank < k]
+    return pa.table({
+        "event_type": types.take(pa.array(cand_type[keep])),
+        "window_start": pa.array(cand_start[keep], pa.int64()),
+        "rank": pa.array(rank[rank < k] + 1, pa.int32()),
+        "item_id": items.take(pa.array(item[keep])),
+        "count": pa.array(count[keep], pa.int64()),
+        "window_total": pa.array(window_total[group[keep]], pa.int64()),
+    })
 
 
 def to_ranked_windows(merged: pa.Table, spec: WindowSpec, *,

@@ -146,10 +146,12 @@ class ApproximateWindows(WindowRanking):
     ``guaranteed`` from the window's sketch (a merge of its panes, see
     ``sketch_windows``).
 
-    Pane sketches are keyed by ``(spec, method, event type, block)``
-    (``sketch_windows.blocks_of``) and every block is ranked in one step
-    (``sketch_windows.rank_block``): one shuffle for all specs, one output
-    table per block.
+    Pane sketches are keyed by ``(spec, method, event type, group of
+    blocks)`` (``sketch_windows.blocks_of``, ``group_of``): one shuffle for
+    all specs. A group's blocks are ranked in batches of consecutive blocks
+    (``sketch_windows.block_batches``): sparse blocks many at a time, a
+    full one alone, so a call holds at most about ``GROUP_BYTES`` of
+    sketches whatever the data's density.
     """
 
     def expand(self, slices):
@@ -172,21 +174,33 @@ class ApproximateWindows(WindowRanking):
             data = pickle.dumps(sketch)
             for spec in by_length[length]:
                 _, n, step = sketch_windows.pane_plan(spec)
-                for block, is_next in sketch_windows.blocks_of(pane, n, step):
-                    yield ((spec.key, method, event_type, block),
-                           (is_next, pane, data))
+                for block, _ in sketch_windows.blocks_of(pane, n, step):
+                    yield ((spec.key, method, event_type,
+                            sketch_windows.group_of(block)),
+                           (block, pane, data))
 
-        def rank_block(key, panes):
-            spec_key, _, event_type, block = key
-            return sketch_windows.rank_block(
-                by_key[spec_key], k, event_type, block,
-                [(is_next, pane, pickle.loads(data))
-                 for is_next, pane, data in panes],
-                emitted_at_ms=now_ms(), source=source, pane_timing=timing)
+        def rank_group(key, panes):
+            spec_key, _, event_type, _ = key
+            blocks = {}  # block -> {pane: pickled sketch}
+            for block, pane, data in panes:
+                blocks.setdefault(block, {})[pane] = data
+            sizes = {block: sum(map(len, held.values()))
+                     for block, held in blocks.items()}
+            for batch in sketch_windows.block_batches(sizes):
+                # A pane is both its block's and the block before's: read
+                # once per batch.
+                held = {pane: data for block in batch
+                        for pane, data in blocks[block].items()}
+                yield sketch_windows.rank_blocks(
+                    by_key[spec_key], k, event_type, batch,
+                    [(pane, pickle.loads(data))
+                     for pane, data in held.items()],
+                    emitted_at_ms=now_ms(), source=source,
+                    pane_timing=timing)
 
         return (
             slices
             | "KeyByBlock" >> beam.FlatMap(to_blocks)
-            | "GatherBlock" >> beam.GroupByKey()
-            | "RankBlock" >> beam.MapTuple(rank_block).with_output_types(
+            | "GatherBlocks" >> beam.GroupByKey()
+            | "RankBlocks" >> beam.FlatMapTuple(rank_group).with_output_types(
                 pa.Table))

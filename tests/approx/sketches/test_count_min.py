@@ -5,11 +5,12 @@ import pickle
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from topk.approx.sketches import budget
 from topk.approx.sketches.count_min import CountMinTopK
-from sketch_oracle import ITEMS, columns, others_at_least, stream, truth
+from sketch_oracle import (ITEMS, columns, counts, others_at_least, stream,
+                           truth)
 
 # Small sketches so that collisions, evictions and byte trimming happen.
 params = st.fixed_dictionaries({
@@ -89,10 +90,10 @@ def test_merge_order_does_not_matter_for_counters(p, a, b, c):
 
 
 @st.composite
-def streams_and_ranges(draw):
+def streams_and_ranges(draw, of=stream, max_streams=6):
     """A few streams and ranges ``(a, b)`` over them, some repeated, some
     overlapping (sliding windows), in any order."""
-    streams = draw(st.lists(stream, min_size=1, max_size=6))
+    streams = draw(st.lists(of, min_size=1, max_size=max_streams))
     n = len(streams)
     ranges = draw(st.lists(st.integers(0, n - 1).flatmap(
         lambda a: st.tuples(st.just(a), st.integers(a + 1, n))),
@@ -120,6 +121,29 @@ def test_rank_ranges_ranks_each_range_as_its_merge(p, drawn, k):
             if row["guaranteed"]:
                 assert others_at_least(true, row["item_id"]) <= k - 1
     assert [s.to_bytes() for s in sketches] == before
+
+
+#: Streams of a few items: sketches that stay exact, whose unions may not.
+few_items = st.lists(st.lists(st.tuples(st.sampled_from(ITEMS), counts),
+                              max_size=4), max_size=2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams_and_ranges(few_items, max_streams=10), st.integers(4, 12),
+       st.integers(0, 200), st.integers(1, 8))
+def test_exact_sketches_rank_ranges_as_one_at_a_time(drawn, capacity, extra,
+                                                     k):
+    """All exact: ranges that fit are ranked at once, those whose union
+    must be trimmed by the walk; both as the walk ranks every range."""
+    streams, ranges = drawn
+    sketches = [feed(make({"width": 8, "depth": 2, "capacity": capacity,
+                           "conservative": False, "extra": extra}), s)
+                for s in streams]
+    assume(all(s.exact for s in sketches))
+    rows, totals = CountMinTopK.rank_ranges(sketches, ranges, k)
+    walk_rows, walk_totals = CountMinTopK._rank_walk(sketches, ranges, k)
+    assert rows.equals(walk_rows)
+    np.testing.assert_array_equal(totals, walk_totals)
 
 
 def test_rank_ranges_refuses_what_merge_refuses():
