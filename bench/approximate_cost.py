@@ -74,6 +74,9 @@ def main() -> None:
                         "2M events span 2.2 hours).")
     parser.add_argument("--items", type=int, default=10_000,
                         help="Distinct items (default 10k).")
+    parser.add_argument("--methods", default=",".join(METHODS[1:]),
+                        help="Approximate methods to run beside shared and "
+                        "exact (default: cms,frequent_items).")
     bt.add_run_options(parser)
     args = parser.parse_args()
     if args.run:
@@ -88,7 +91,11 @@ def main() -> None:
     print(f"input: {args.events:,} events over {hours:.1f} h of event time, "
           f"{args.items:,} items -> {path}")
 
-    names = ("shared",) + METHODS
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS[1:])
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(sorted(unknown))}")
+    names = ("shared", "exact", *methods)
     runs = {name: [] for name in names}
     # Interleaved, so that load from elsewhere on the machine hits every
     # contender alike.
@@ -124,7 +131,7 @@ def main() -> None:
                      f"{ratios[name]['cpu_seconds']:>17.2f}x")
         print(line + f" {r['peak_mb']:>8,.0f}")
     print()
-    for m in METHODS[1:]:
+    for m in methods:
         wall, cpu = ratios[m]["seconds"], ratios[m]["cpu_seconds"]
         print(f"{m} path per event vs exact path: {wall:.2f}x wall, "
               f"{cpu:.2f}x CPU (target <= 1.00x): "

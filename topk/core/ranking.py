@@ -88,14 +88,14 @@ def _expand_runs(runs: pa.Table, step_ms: int, out_schema: pa.Schema):
     if len(length) and length.max() == 1:
         return runs.select(out_schema.names)
     row = np.repeat(np.arange(len(length)), length)
-    offset = _offsets(length)
+    offset = run_offsets(length)
     out = runs.select(out_schema.names).take(pa.array(row))
     start = out["window_start"].to_numpy() + offset * step_ms
     return out.set_column(out_schema.get_field_index("window_start"),
                           out_schema.field("window_start"), pa.array(start))
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
+def run_offsets(lengths: np.ndarray) -> np.ndarray:
     """``0..n-1`` for each run of ``n`` in ``lengths``, concatenated: the
     position of every expanded element within its run."""
     return np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
@@ -326,6 +326,28 @@ def _sum_rows(keys: tuple, count: np.ndarray, n_items: int):
     return (rest // n_panes).astype(t.dtype), rest % n_panes + lo, item_out, sums
 
 
+def rank_in_groups(group: np.ndarray, value: np.ndarray, item: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (non-negative integer ``group``, ``value`` and ``item`` codes)
+    ordered by group, then value descending, then item: ``(order, rank)``,
+    ``rank`` being each ordered row's 0-based place in its group."""
+    if len(group) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    group = group.astype(np.int64, copy=False)
+    top, width = int(value.max()) + 1, int(item.max()) + 1
+    if (int(group.max()) + 1) * top * width < 2**62:
+        # One int64 key (group, then value desc, then item) sorts faster
+        # than three.
+        order = np.argsort((group * top + (top - 1 - value)) * width + item,
+                           kind="stable")
+    else:
+        order = np.lexsort((item, -value, group))
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    return order, np.arange(len(g)) - np.repeat(starts, np.diff(
+        np.r_[starts, len(g)]))
+
+
 def top_k_mask(group, item, value, k, n_groups):
     """Mask of the rows in the top ``k`` of their group (``group`` in
     ``0..n_groups-1``) by value desc, then item asc. Only groups with more
@@ -335,19 +357,8 @@ def top_k_mask(group, item, value, k, n_groups):
     if not big.any():
         return keep
     idx = np.flatnonzero(~keep)
-    g, v, i = group[idx], value[idx], item[idx]
-    top, width = int(v.max()) + 1, int(i.max()) + 1
-    if n_groups * top * width < 2**62:
-        # One int64 key (group, then count desc, then item) sorts faster
-        # than three.
-        idx = idx[np.argsort((g * top + (top - 1 - v)) * width + i,
-                             kind="stable")]
-    else:
-        idx = idx[np.lexsort((i, -v, g))]
-    g = group[idx]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    rank = np.arange(len(idx)) - np.repeat(starts, np.diff(np.r_[starts, len(idx)]))
-    keep[idx[rank < k]] = True
+    order, rank = rank_in_groups(group[idx], value[idx], item[idx])
+    keep[idx[order[rank < k]]] = True
     return keep
 
 
@@ -428,7 +439,7 @@ def _sliding_chunks(pane, item, count, n, k, only=None):
         hi = panes // WINDOWS_PER_CHUNK
         span = hi - lo + 1
         chunks = np.unique(np.repeat(hi, span) - (
-            _offsets(span)))
+            run_offsets(span)))
         windows_of = (lambda c: np.arange(c * WINDOWS_PER_CHUNK,
                                           (c + 1) * WINDOWS_PER_CHUNK))
     else:
@@ -484,7 +495,7 @@ def _sliding_step(ws, seg_start, seg_end, seg_item, seg_value, n, k):
             has, size, s_lo = has[keep], size[keep], s_lo[keep]
         rep = np.repeat(has, size)
         where = np.repeat(s_lo - w0, size) + (
-            _offsets(size))
+            run_offsets(size))
         it, val = seg_item[a:b][rep], seg_value[a:b][rep]
         keep = top_k_mask(where, it, val, k, w1 - w0)
         yield ws[w0:w1][where[keep]], it[keep], val[keep], windows
@@ -513,7 +524,7 @@ def _reachable(first, size, item, value, n_windows, k):
     grid = np.zeros((n_windows, len(subset)), np.int64)
     sz = size[mine]
     rows = np.repeat(first[mine], sz) + (
-        _offsets(sz))
+        run_offsets(sz))
     grid[rows, np.repeat(column[item[mine]], sz)] = np.repeat(value[mine], sz)
     if len(subset) < k:
         return np.ones(len(first), bool)
@@ -568,25 +579,14 @@ def merge_window_top_k(parts: list[WindowTopK], k: int) -> pa.Table:
     cand_start = cands["window_start"].to_numpy()
     total_start = totals["window_start"].to_numpy()
     starts = np.unique(np.concatenate([cand_start, total_start]))
-    n_groups = len(types) * len(starts)
-    group = cand_type * len(starts) + np.searchsorted(starts, cand_start)
-    window_total = np.zeros(n_groups, np.int64)
-    np.add.at(window_total, total_type * len(starts)
+    group = (cand_type.astype(np.int64) * len(starts)
+             + np.searchsorted(starts, cand_start))
+    window_total = np.zeros(len(types) * len(starts), np.int64)
+    np.add.at(window_total, total_type.astype(np.int64) * len(starts)
               + np.searchsorted(starts, total_start),
               totals["total"].to_numpy())
     count = cands["count"].to_numpy()
-    if len(count) == 0:
-        order = np.zeros(0, np.int64)
-    else:
-        top, width = int(count.max()) + 1, len(items)
-        if n_groups * top * width < 2**62:
-            order = np.argsort((group * top + (top - 1 - count)) * width
-                               + item, kind="stable")
-        else:
-            order = np.lexsort((item, -count, group))
-    g = group[order]
-    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else g
-    rank = np.arange(len(g)) - np.repeat(first, np.diff(np.r_[first, len(g)]))
+    order, rank = rank_in_groups(group, count, item)
     keep = order[rank < k]
     return pa.table({
         "event_type": types.take(pa.array(cand_type[keep])),

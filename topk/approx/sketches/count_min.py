@@ -68,6 +68,7 @@ from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
                                   TOPK_SCHEMA, check_k, coerce_batch,
                                   top_k_table)
 from topk.approx.sketches.hashing import HASH_VERSION, hash64
+from topk.core import ranking
 
 MAGIC = b"TKCM"
 #: Written for sketches with counters; 2 for exact ones, which carry none
@@ -350,6 +351,8 @@ class CountMinTopK:
         candidates, not to the number of sketches it spans (and no string
         is compared twice).
         """
+        sketches, ranges = list(sketches), list(ranges)
+        _check_ranges(sketches, ranges)
         walk = _RangeWalk(sketches, ranges, need_counters=True)
         out = []
         for counters, total, dropped, codes, lo, hi in walk:
@@ -746,11 +749,11 @@ class _RangeWalk:
     When every sketch is exact, a range's bounds are its exact sums and no
     counters are summed: ``counters`` is then ``None`` for a range whose
     union fits (its merge is exact), and, if ``need_counters``, made from
-    the sums for one that had to be trimmed."""
+    the sums for one that had to be trimmed. The callers have checked the
+    sketches and ranges (``_check_ranges``)."""
 
     def __init__(self, sketches, ranges, need_counters: bool = True):
         sketches, ranges = list(sketches), list(ranges)
-        _check_ranges(sketches, ranges)
         first = sketches[0]
         self.first, self._sketches, self._ranges = first, sketches, ranges
         self._all_exact = all(s.exact for s in sketches)
@@ -905,8 +908,7 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
     for r0, r1 in zip(cuts[:-1], cuts[1:]):
         n = size[r0:r1]
         rng = np.repeat(np.arange(r0, r1), n)
-        entry = np.repeat(starts[a[r0:r1]], n) + (
-            np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+        entry = np.repeat(starts[a[r0:r1]], n) + ranking.run_offsets(n)
         key = rng * n_items + codes[entry]
         by_key = np.argsort(key, kind="stable")
         key = key[by_key]
@@ -922,18 +924,8 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         trimmed.append(np.flatnonzero(~fits) + r0)
         mine = fits[rng - r0]
         rng, item, count = rng[mine], item[mine], count[mine]
-        if not len(rng):
-            continue
-        top = int(count.max()) + 1
-        if (r1 - r0) * top * n_items < 2**62:
-            ranked = np.argsort(((rng - r0) * top + (top - 1 - count))
-                                * n_items + item, kind="stable")
-        else:
-            ranked = np.lexsort((item, -count, rng))
+        ranked, position = ranking.rank_in_groups(rng - r0, count, item)
         rng, item, count = rng[ranked], item[ranked], count[ranked]
-        heads = np.flatnonzero(np.r_[True, rng[1:] != rng[:-1]])
-        position = np.arange(len(rng)) - np.repeat(
-            heads, np.diff(np.r_[heads, len(rng)]))
         # The (k+1)-th count of each range (0 if it has no more than k).
         next_count = np.zeros(r1 - r0, np.int64)
         next_count[rng[position == k] - r0] = count[position == k]
