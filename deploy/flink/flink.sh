@@ -40,7 +40,7 @@ Commands:
   start [--rest-port P] [--slots N] [--rpc-port P] [--tm-memory SIZE] [--jm-memory SIZE]
                         Start a JobManager + TaskManager bound to 127.0.0.1 (defaults: rest 8081,
                         4 slots, rpc port picked free, TM 2048m, JM 1024m) with a copy of the conf
-                        dir under $RUN_DIR; wait until REST /overview reports a TaskManager.
+                        dir under $RUN_DIR; wait until REST /overview reports a TaskManager and its slots.
   health [--min-slots N] Print REST /overview JSON; exit non-zero if the cluster is down, has no
                         TaskManager or fewer than N task slots in all (default 1).
   stop                  Stop the cluster started by 'start'.
@@ -290,15 +290,18 @@ EOF
   local t0=$SECONDS
   "$FLINK_HOME/bin/jobmanager.sh" start >&2
   "$FLINK_HOME/bin/taskmanager.sh" start >&2
-  local json="" n=0 deadline=$((SECONDS + ${TOPK_FLINK_START_TIMEOUT:-120}))
+  local json="" n=0 offered=0 deadline=$((SECONDS + ${TOPK_FLINK_START_TIMEOUT:-120}))
   while ((SECONDS < deadline)); do
     if json="$(overview "$rest_port" 2>/dev/null)"; then
       n="$(taskmanagers_of <<<"$json")"
-      [[ "${n:-0}" -ge 1 ]] && break
+      # A TaskManager is listed before it offers its slots (CI once saw
+      # 1 TaskManager, 0 slots): wait for both.
+      offered="$(sed -n 's/.*"slots-total":\([0-9]*\).*/\1/p' <<<"$json")"
+      [[ "${n:-0}" -ge 1 && "${offered:-0}" -ge "$slots" ]] && break
     fi
     sleep 1
   done
-  if [[ "${n:-0}" -lt 1 ]]; then
+  if [[ "${n:-0}" -lt 1 || "${offered:-0}" -lt "$slots" ]]; then
     log "cluster did not come up within ${TOPK_FLINK_START_TIMEOUT:-120}s; logs:"
     cmd_logs >&2 || true
     cmd_stop || true
