@@ -4,6 +4,7 @@ suffix merges, Count-Min range merges) against a brute-force merge of every
 window's panes, and the ranked windows' bounds and guaranteed flags against
 the brute-force oracle (``tests/oracle.py``)."""
 import collections
+import functools
 import random
 
 import pyarrow as pa
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 import oracle  # tests/ is on sys.path (conftest.py)
 from topk.core import ranking, schema
 from topk.approx import sketch_windows, sketches
+from topk.approx.sketches.hashing import hash64
 from topk.core.windows import SUPPORTED_WINDOWS, WindowSpec, duration_ms
 
 
@@ -43,25 +45,36 @@ def test_check_budget_rejects(budget):
         sketch_windows.check_budget(budget)
 
 
-def test_split_slices_one_table_per_type_and_slice_with_all_types():
+def test_split_runs_of_one_slice_or_all_time_with_all_types():
     counts = pa.table({
         "event_type": ["play", "click", "play", "play", "click"],
         "slice_start": [0, 0, 0, 60_000, 60_000],
         "item_id": ["a", "a", "b", "a", "c"],
         "count": [2, 3, 1, 4, 5]}, schema=schema.SLICE_COUNTS_SCHEMA)
-    got = {}
-    for key, t in sketch_windows.split_slices(counts):
-        assert key not in got, f"{key} split twice"
-        summed = collections.Counter()
-        for item, n in zip(t["item_id"].to_pylist(), t["count"].to_pylist()):
-            summed[item] += n  # ALL_TYPES rows repeat an item once per type
-        got[key] = sorted(summed.items())
-    assert got == {
-        ("*", 0): [("a", 5), ("b", 1)], ("*", 60_000): [("a", 4), ("c", 5)],
-        ("click", 0): [("a", 3)], ("click", 60_000): [("c", 5)],
-        ("play", 0): [("a", 2), ("b", 1)], ("play", 60_000): [("a", 4)]}
-    assert sketch_windows.split_slices(
-        schema.SLICE_COUNTS_SCHEMA.empty_table()) == []
+
+    def split(run_ms):
+        got = {}
+        for key, t in sketch_windows.split_runs(counts, run_ms):
+            assert key not in got, f"{key} split twice"
+            summed = collections.Counter()
+            assert t["item_hash"].to_pylist() == hash64(t["item_id"]).tolist()
+            for start, item, n in zip(*t.drop(["item_hash"]).to_pydict(
+                    ).values()):
+                summed[(start, item)] += n  # ALL_TYPES repeats an item
+            got[key] = sorted(summed.items())
+        return got
+
+    assert split(1) == {
+        ("*", 0): [((0, "a"), 5), ((0, "b"), 1)],
+        ("*", 60_000): [((60_000, "a"), 4), ((60_000, "c"), 5)],
+        ("click", 0): [((0, "a"), 3)], ("click", 60_000): [((60_000, "c"), 5)],
+        ("play", 0): [((0, "a"), 2), ((0, "b"), 1)],
+        ("play", 60_000): [((60_000, "a"), 4)]}
+    assert split(None) == {
+        ("*", 0): [((0, "a"), 5), ((0, "b"), 1), ((60_000, "a"), 4),
+                   ((60_000, "c"), 5)],
+        ("click", 0): [((0, "a"), 3), ((60_000, "c"), 5)],
+        ("play", 0): [((0, "a"), 2), ((0, "b"), 1), ((60_000, "a"), 4)]}
 
 
 def test_pane_plans_of_every_supported_window():
@@ -239,20 +252,77 @@ def test_sketches_table_rows():
     assert sketches.sketch_from_bytes(row["sketch"]).total == 3
 
 
-def test_pending_sketch_adds_in_bulk_and_pickles_as_its_sketch():
+def test_split_runs_one_table_per_type_and_hour_with_all_types():
+    hour = schema.HOUR_MS
+    counts = pa.table({
+        "event_type": ["play", "click", "play", "play", "click", "play"],
+        "slice_start": [hour + 60_000, 0, hour, 60_000, 60_000, 0],
+        "item_id": ["a", "a", "b", "a", "c", "d"],
+        "count": [2, 3, 1, 4, 5, 6]}, schema=schema.SLICE_COUNTS_SCHEMA)
+    got = {}
+    for key, t in sketch_windows.split_runs(counts, hour):
+        assert key not in got, f"{key} split twice"
+        assert t.column_names == ["slice_start", "item_id", "count",
+                                  "item_hash"]
+        assert t["item_hash"].to_pylist() == hash64(t["item_id"]).tolist()
+        got[key] = sorted(zip(*t.drop(["item_hash"]).to_pydict().values()))
+    assert got == {
+        ("click", 0): [(0, "a", 3), (60_000, "c", 5)],
+        ("play", 0): [(0, "d", 6), (60_000, "a", 4)],
+        ("play", hour): [(hour, "b", 1), (hour + 60_000, "a", 2)],
+        ("*", 0): [(0, "a", 3), (0, "d", 6), (60_000, "a", 4),
+                   (60_000, "c", 5)],
+        ("*", hour): [(hour, "b", 1), (hour + 60_000, "a", 2)]}
+    assert sketch_windows.split_runs(
+        schema.SLICE_COUNTS_SCHEMA.empty_table(), hour) == []
+
+
+def test_slice_run_adds_in_bulk_merges_by_slice_and_pickles_as_sketches():
+    import functools
     import pickle
-    pending = sketch_windows.PendingSketch(sketches.new_sketch("cms"),
-                                           flush_rows=5)
-    rows = pa.table({"item_id": ["a", "b"], "count": [2, 1]})
-    pending.add(rows).add(rows)
-    assert pending.sketch.total == 0  # 4 rows pending, below 5
-    restored = pickle.loads(pickle.dumps(pending))
-    assert restored.sketch.total == 6 == pending.sketch.total
-    pending.add(rows).add(rows)
-    assert pending.sketch.total == 6
-    pending.add(rows)  # 6 rows pending: flushed
-    assert pending.sketch.total == 15
-    assert ranked_items(pending.flush()) == [("a", 10), ("b", 5)]
+    new = functools.partial(sketches.new_sketch, "cms")
+    run = sketch_windows.SliceRun(new, flush_rows=5)
+    rows = pa.table({"slice_start": [0, 60_000], "item_id": ["a", "b"],
+                     "count": [2, 1]})
+    run.add(rows).add(rows)
+    assert run._sketches == {}  # 4 rows pending, below 5
+    restored = pickle.loads(pickle.dumps(run))
+    assert {s: ranked_items(x) for s, x in restored.flush().items()} == {
+        0: [("a", 4)], 60_000: [("b", 2)]}
+    run.add(rows).add(rows).add(rows)  # 6 rows pending: flushed
+    assert sum(x.total for x in run._sketches.values()) == 15
+    other = sketch_windows.SliceRun(new)
+    other.add(pa.table({"slice_start": [60_000, 120_000],
+                        "item_id": ["b", "c"], "count": [7, 1]}))
+    merged = run.merge([other]).flush()
+    assert {s: ranked_items(x) for s, x in merged.items()} == {
+        0: [("a", 10)], 60_000: [("b", 12)], 120_000: [("c", 1)]}
+    # The other run is neither modified nor shared: adding to the merge
+    # leaves it as it was.
+    run.add(pa.table({"slice_start": [120_000], "item_id": ["c"],
+                      "count": [5]})).flush()
+    assert {s: ranked_items(x) for s, x in other.flush().items()} == {
+        60_000: [("b", 7)], 120_000: [("c", 1)]}
+    assert ranked_items(run.flush()[120_000]) == [("c", 6)]
+
+
+@pytest.mark.parametrize("method", sketches.METHODS)
+def test_add_slice_rows_updates_held_sketches_and_makes_the_rest(method):
+    new = functools.partial(sketches.new_sketch, method, 4096)
+    held = new().update(["a"], [1])
+    by_start = {60_000: held}
+    rows = pa.table({"slice_start": [120_000, 60_000, 0, 120_000, 0],
+                     "item_id": ["x", "a", "b", "x", "c"],
+                     "count": [1, 2, 3, 4, 5]})
+    assert sketch_windows.add_slice_rows(by_start, new, rows) == [
+        0, 60_000, 120_000]
+    assert by_start[60_000] is held
+    expected = {0: new().update(["b", "c"], [3, 5]),
+                60_000: new().update(["a"], [3]),
+                120_000: new().update(["x"], [5])}
+    assert {s: ranked_items(x) for s, x in by_start.items()} == {
+        s: ranked_items(x) for s, x in expected.items()}
+    assert sketch_windows.add_slice_rows(by_start, new, rows.slice(0, 0)) == []
 
 
 def ranked_items(sketch):
@@ -299,14 +369,17 @@ def test_block_batches_are_consecutive_and_within_group_bytes(monkeypatch):
 
 def _pane_levels(partials, method, budget):
     """The sketches of every 1m, 1h and 1d slice, built as the pipeline
-    builds them: minute sketches fed every shard's rows, hours and days
-    merged from the level below (``ApproximateSlices``)."""
-    minutes = collections.defaultdict(lambda: sketch_windows.PendingSketch(
-        sketches.new_sketch(method, budget)))
+    builds them: minute sketches fed every shard's rows an hour at a time
+    (``SliceRun``), hours and days merged from the level below
+    (``ApproximateSlices``)."""
+    new = functools.partial(sketches.new_sketch, method, budget)
+    runs = collections.defaultdict(lambda: sketch_windows.SliceRun(new))
     for table in partials:
-        for key, rows in sketch_windows.split_slices(table):
-            minutes[key].add(rows)
-    levels = {"1m": {key: p.flush() for key, p in minutes.items()}}
+        for key, rows in sketch_windows.split_runs(table, schema.HOUR_MS):
+            runs[key].add(rows)
+    levels = {"1m": {(etype, start): sketch
+                     for (etype, _), run in runs.items()
+                     for start, sketch in run.flush().items()}}
     for name, finer in (("1h", "1m"), ("1d", "1h")):
         size = WindowSpec.parse(name).length_ms
         groups = collections.defaultdict(list)

@@ -2,11 +2,14 @@
 
 The approximate path has the same shape as the exact one (docs/architecture.md,
 decisions 2 and 4). The de-duplicated exact partial counts of each minute
-feed one sketch per ``(method, event_type, minute)`` (``split_slices``),
-``event_type = ALL_TYPES`` included so that an all-types range query merges
-those directly; minute sketches are merged into hour and day sketches, and
-all three lengths are stored in the ``sketches`` table (``sketches_table``),
-which range queries merge. Every window of a spec is a merge of its panes:
+feed one sketch per ``(method, event_type, minute)``, ``event_type =
+ALL_TYPES`` included so that an all-types range query merges those
+directly. The minutes of an hour are made and moved together
+(``split_runs``, ``SliceRun``): on sparse data a minute holds an event or
+two, and Count-Min makes such exact sketches as a batch
+(``sketches.new_sketches``). Minute sketches are merged into hour and day
+sketches, and all three lengths are stored in the ``sketches`` table
+(``sketches_table``), which range queries merge. Every window of a spec is a merge of its panes:
 the stored slices whose length is the spec's step (1m, 1h, 1d; 30 day slices
 for a 30-day step, ``pane_plan``). Every sketch, window sketches included,
 stays within its byte budget (the sketches guarantee ``nbytes <= budget``).
@@ -33,6 +36,7 @@ import pyarrow.compute as pc
 from topk.core import ranking, schema
 from topk.approx import sketches
 from topk.approx.sketches import budget as _budget
+from topk.approx.sketches.hashing import hash64
 from topk.core.windows import SLICE_LENGTHS, WindowSpec, duration_ms
 
 EXACT = "exact"
@@ -73,72 +77,170 @@ def approximate_methods(methods: list[str]) -> list[str]:
 
 # -- slices ------------------------------------------------------------------
 
-def split_slices(counts: pa.Table) -> list[tuple[tuple[str, int], pa.Table]]:
+def split_runs(counts: pa.Table, run_ms: int | None
+               ) -> list[tuple[tuple[str, int], pa.Table]]:
     """Exact partials (``SLICE_COUNTS_SCHEMA``) -> one ``((event_type,
-    slice_start), rows)`` per type and slice, ``ALL_TYPES`` included;
-    ``rows`` has columns ``item_id`` and ``count`` (what a sketch is fed).
+    run_start), rows)`` per type and run of ``run_ms`` (e.g. the minutes of
+    an hour; ``None``: all of a type's rows, ``run_start`` 0),
+    ``ALL_TYPES`` included; ``rows`` has columns ``slice_start``,
+    ``item_id``, ``count`` and ``item_hash`` (``hashing.hash64``, made
+    once here for every run: Count-Min sketches would otherwise hash each
+    run's ids again).
 
-    Rows are sorted by slice, then type, so that every table is a
-    zero-copy slice: a type's rows of one slice, or for ``ALL_TYPES`` all
-    rows of the slice, where an item may repeat once per type (sketches
+    Rows are sorted by run, then type, so that every table is a
+    zero-copy slice: a type's rows of one run, or for ``ALL_TYPES`` all
+    rows of the run, where an item may repeat once per type (sketches
     sum repeated items themselves, so no group-by is needed here)."""
     if counts.num_rows == 0:
         return []
     types = pc.unique(counts["event_type"])
     code = pc.index_in(counts["event_type"], value_set=types).to_numpy()
     start = counts["slice_start"].to_numpy()
-    order = np.lexsort((code, start))
-    code, start = code[order], start[order]
-    items = counts.select(["item_id", "count"]).take(pa.array(order))
-    new_slice = np.r_[True, start[1:] != start[:-1]]
-    new_type = new_slice | np.r_[True, code[1:] != code[:-1]]
+    run = start - start % run_ms if run_ms else np.zeros_like(start)
+    # Types ordered within a run, slices within a type: a type's rows of
+    # one run are contiguous, and so are all rows of a run.
+    order = np.lexsort((start, code, run))
+    code, run = code[order], run[order]
+    rows = counts.select(["slice_start", "item_id", "count"]).take(
+        pa.array(order))
+    rows = rows.append_column("item_hash", pa.array(
+        hash64(rows["item_id"]), pa.uint64()))
+    new_run = np.r_[True, run[1:] != run[:-1]]
+    new_type = new_run | np.r_[True, code[1:] != code[:-1]]
 
     def runs(first_rows, event_type_of):
-        bounds = np.r_[np.flatnonzero(first_rows), len(start)]
-        return [((event_type_of(a), int(start[a])),
-                 items.slice(int(a), int(b - a)))
+        bounds = np.r_[np.flatnonzero(first_rows), len(run)]
+        return [((event_type_of(a), int(run[a])),
+                 rows.slice(int(a), int(b - a)))
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
     return (runs(new_type, lambda a: types[int(code[a])].as_py())
-            + runs(new_slice, lambda a: schema.ALL_TYPES))
+            + runs(new_run, lambda a: schema.ALL_TYPES))
 
 
-class PendingSketch:
-    """A sketch plus rows not yet added to it: a slice's rows arrive as one
-    small table per de-duplication shard, and a sketch update has a fixed
-    cost (hashing set-up, candidate selection) that dwarfs a few hundred
-    rows, so rows are added in bulk: when ``flush_rows`` are pending, and
-    before the state is merged, read or pickled (only the sketch, within
-    its budget, ever leaves the worker)."""
+class SketchesBySlice(dict):
+    """``{slice_start: sketch}`` that pickles its sketches packed
+    (``sketches.pack``): a runner re-encodes elements between fused
+    stages, and an hour of exact minute sketches is then a few arrays,
+    not one pickle and validation per sketch."""
 
-    __slots__ = ("sketch", "_tables", "_rows", "_flush_rows")
+    __slots__ = ()
 
-    def __init__(self, sketch, flush_rows: int = 100_000):
-        self.sketch = sketch
+    def __reduce__(self):
+        return (_sketches_by_slice, (list(self),
+                                     sketches.pack(list(self.values()))))
+
+
+def _sketches_by_slice(starts, packed) -> SketchesBySlice:
+    return SketchesBySlice(zip(starts, sketches.unpack(packed)))
+
+
+class SliceRun:
+    """The sketches of the slices of one run (e.g. the minutes of an hour)
+    of one method and event type, fed rows in bulk.
+
+    A year of sparse data is hundreds of thousands of minutes holding an
+    event or two: one element per minute sketch would pay a runner's fixed
+    cost per element at every step (combine, roll-up, tables, ranking),
+    so the batch path moves the minutes of an hour as one element.
+
+    Rows (``split_runs``' columns) arrive as small tables,
+    one per de-duplication shard, and a sketch update has a fixed cost
+    that dwarfs a few hundred rows, so they are added when ``flush_rows``
+    are pending (by default about 100k per minute of an hour: a sketch
+    fed smaller batches re-selects its candidates more often) and before
+    the run is merged, read or pickled (only sketches, each within its
+    budget, ever leave the worker).
+    ``new_sketch`` makes an empty sketch (a picklable callable)."""
+
+    __slots__ = ("_sketches", "_new", "_tables", "_rows", "_flush_rows")
+
+    def __init__(self, new_sketch, sketches_by_start=None,
+                 flush_rows: int = 6_000_000):
+        self._new = new_sketch
+        self._sketches = SketchesBySlice(sketches_by_start or {})
         self._tables = []
         self._rows = 0
         self._flush_rows = flush_rows
 
-    def add(self, table: pa.Table) -> "PendingSketch":
-        """Queue ``table`` (columns ``item_id``, ``count``)."""
+    def add(self, table: pa.Table) -> "SliceRun":
+        """Queue ``table`` (columns ``slice_start``, ``item_id``,
+        ``count``, optionally ``item_hash``)."""
         self._tables.append(table)
         self._rows += table.num_rows
         if self._rows >= self._flush_rows:
             self.flush()
         return self
 
-    def flush(self):
-        """Add the pending rows to the sketch; returns the sketch."""
+    def merge(self, runs) -> "SliceRun":
+        """This run with ``runs``' sketches merged in, slice by slice;
+        returns ``self``. The other runs are not modified, nor shared: a
+        later ``add`` updates this run's sketches in place."""
+        mine = self.flush()
+        by_start = {}
+        for run in runs:
+            if run is not self:
+                for start, sketch in run.flush().items():
+                    by_start.setdefault(start, []).append(sketch)
+        for start, group in by_start.items():
+            held = mine.get(start)
+            mine[start] = (group[0].copy() if held is None and len(group) == 1
+                           else sketches.merge_many(
+                               ([] if held is None else [held]) + group))
+        return self
+
+    def flush(self) -> SketchesBySlice:
+        """Add the pending rows; returns ``{slice_start: sketch}``."""
         if self._tables:
             rows = pa.concat_tables(self._tables)
             self._tables, self._rows = [], 0
-            # Items repeat across shards: the sketches sum repeats
-            # themselves.
-            self.sketch.update(rows["item_id"], rows["count"])
-        return self.sketch
+            add_slice_rows(self._sketches, self._new, rows)
+        return self._sketches
 
     def __reduce__(self):
-        return (PendingSketch, (self.flush(), self._flush_rows))
+        return (SliceRun, (self._new, self.flush(), self._flush_rows))
+
+
+def add_slice_rows(by_start: dict, new_sketch, rows: pa.Table) -> list:
+    """Add ``rows`` (``slice_start``, ``item_id``, ``count``, optionally
+    ``item_hash``; an item may repeat) to the sketches of ``by_start``
+    (``{slice_start: sketch}``, one method and event type), making the
+    missing ones with ``new_sketch`` all at once (``sketches.new_sketches``:
+    Count-Min makes its exact ones as a batch, not at a fixed cost each).
+    Returns the slice starts touched, in order."""
+    if rows.num_rows == 0:
+        return []
+    at = rows["slice_start"].to_numpy()
+    if (at[1:] < at[:-1]).any():
+        order = np.argsort(at, kind="stable")
+        rows, at = rows.take(pa.array(order)), at[order]
+    items = rows["item_id"].combine_chunks()
+    counts = rows["count"].to_numpy()
+    hashes = (rows["item_hash"].to_numpy()
+              if "item_hash" in rows.column_names else None)
+    heads = np.flatnonzero(at[1:] != at[:-1]) + 1
+    starts = [int(at[0])] + at[heads].tolist()
+    bounds = [0] + heads.tolist() + [len(at)]
+    fresh = []
+    for start, a, b in zip(starts, bounds[:-1], bounds[1:]):
+        sketch = by_start.get(start)
+        if sketch is None:
+            fresh.append((a, b, start))
+        else:
+            # Sketches sum repeated items themselves.
+            sketch.update(items[a:b], counts[a:b])
+    if fresh:
+        if len(fresh) < len(bounds) - 1:
+            take = np.concatenate([np.arange(a, b) for a, b, _ in fresh])
+            items, counts = items.take(pa.array(take)), counts[take]
+            hashes = None if hashes is None else hashes[take]
+        offsets = [0]
+        for a, b, _ in fresh:
+            offsets.append(offsets[-1] + b - a)
+        for (_, _, start), sketch in zip(fresh, sketches.new_sketches(
+                new_sketch, items, counts, offsets, hashes=hashes)):
+            by_start[start] = sketch
+    return starts
 
 
 def sketch_row(method: str, event_type: str, slice_start_ms: int,

@@ -27,6 +27,7 @@ firing, which would rewrite every open slice's full budget every few
 seconds).
 """
 import dataclasses
+import functools
 
 import numpy as np
 import pyarrow as pa
@@ -231,20 +232,22 @@ class SketchPanes:
         for size, _ in LEVELS:
             rows = partials if size == schema.MINUTE_MS else counting.rollup(
                 partials, size)
-            for (event_type, start), part in sketch_windows.split_slices(
-                    rows):
+            for (event_type, _), part in sketch_windows.split_runs(rows,
+                                                                    None):
+                starts = []
                 for method in self.methods:
-                    by_start = self.slices.setdefault(
-                        (method, size, event_type), {})
-                    sketch = by_start.get(start)
-                    if sketch is None:
-                        sketch = by_start[start] = sketches.new_sketch(
-                            method, self.budget_bytes)
-                    sketch.update(part["item_id"], part["count"])
-                    self._changed.add((method, size, event_type, start))
-                    self._drop_closed(method, size, event_type, start)
-                if start + size <= self.watermark_ms:
-                    self._unwritten.add((size, start))  # changed once closed
+                    # A catch-up firing makes many slice sketches: made
+                    # together (``add_slice_rows``), not one at a time.
+                    starts = sketch_windows.add_slice_rows(
+                        self.slices.setdefault((method, size, event_type), {}),
+                        functools.partial(sketches.new_sketch, method,
+                                          self.budget_bytes), part)
+                    for start in starts:
+                        self._changed.add((method, size, event_type, start))
+                        self._drop_closed(method, size, event_type, start)
+                for start in starts:
+                    if start + size <= self.watermark_ms:
+                        self._unwritten.add((size, start))  # changed closed
         return np.unique(partials["slice_start"].to_numpy())
 
     def _drop_closed(self, method, size, event_type, start) -> None:

@@ -6,50 +6,48 @@ It branches off the exact path after de-duplication (``DedupSliceCounts``):
 partial counts are already pre-aggregated per (event type, minute, item), so
 a sketch is fed one row per distinct item, never one per event.
 """
-import pickle
+import functools
 import typing
 
 import apache_beam as beam
 import pyarrow as pa
 
 from topk.approx import sketch_windows, sketches
-from topk.core.schema import DAY_MS
+from topk.core.schema import DAY_MS, HOUR_MS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.transforms.approximate import ApproximateTopKFn, MergeSketchesFn
 from topk.transforms.rank import WindowRanking
 from topk.core.windows import duration_ms, now_ms
 
-#: Rows fed to one sketch, keyed by ``(event_type, slice_start_ms)``.
-SliceRows = typing.Tuple[typing.Tuple[str, int], pa.Table]
+#: Rows fed to the sketches of one run of slices, keyed by ``(event_type,
+#: run_start_ms)``.
+RunRows = typing.Tuple[typing.Tuple[str, int], pa.Table]
+
+#: What ``ApproximateSlices`` yields: ``((slice_length, method,
+#: event_type), {slice_start_ms: sketch})``, the sketches of a run of
+#: slices (the minutes of an hour; one hour; one day).
+SliceSketches = typing.Tuple[typing.Tuple[str, str, str],
+                             typing.Dict[int, typing.Any]]
 
 
-def _as_minute(key_and_sketch, method: str):
-    (event_type, start), sketch = key_and_sketch
-    return ("1m", method, event_type, start), sketch
-
-
-def _to_coarser(key_and_sketch, length: str):
-    (_, method, event_type, start), sketch = key_and_sketch
-    return (length, method, event_type,
-            start - start % duration_ms(length)), sketch
-
-
-class SliceSketchFn(ApproximateTopKFn):
-    """``ApproximateTopKFn`` fed in bulk: the accumulator is a
-    ``sketch_windows.PendingSketch``, so the tables of one slice (one per
-    de-duplication shard) update the sketch once, when the accumulator
-    leaves the bundle (``compact``), not once per table. The sketch and its
+class SliceRunFn(ApproximateTopKFn):
+    """``ApproximateTopKFn`` for every slice of a run at once: keyed by
+    ``(event_type, run_start)``, fed ``split_runs`` tables, it yields
+    ``{slice_start: sketch}`` (``sketch_windows.SliceRun``: rows added in
+    bulk, one element for the minutes of an hour). Each sketch and its
     guarantees are those of ``ApproximateTopKFn``."""
 
     def create_accumulator(self):
-        return sketch_windows.PendingSketch(super().create_accumulator())
+        return sketch_windows.SliceRun(functools.partial(
+            sketches.new_sketch, self._method, self._budget_bytes,
+            **self._options))
 
     def add_input(self, acc, table):
         return acc.add(table)
 
     def merge_accumulators(self, accs):
-        return sketch_windows.PendingSketch(super().merge_accumulators(
-            [acc.flush() for acc in accs]))
+        accs = list(accs)
+        return accs[0].merge(accs[1:])
 
     def compact(self, acc):
         acc.flush()
@@ -59,16 +57,35 @@ class SliceSketchFn(ApproximateTopKFn):
         return acc.flush()
 
 
+def _rolled_up(run, length: str):
+    """A run of finer slices -> ``((method, event_type, start), sketch)``
+    of the ``length`` slice holding it (a run never straddles one)."""
+    (_, method, event_type), by_start = run
+    start = next(iter(by_start))
+    held = list(by_start.values())
+    # One slice is its own roll-up (no step downstream modifies a sketch).
+    merged = held[0] if len(held) == 1 else sketches.merge_many(held)
+    return (method, event_type, start - start % duration_ms(length)), merged
+
+
+def _as_run(key_and_sketch, length: str):
+    (method, event_type, start), sketch = key_and_sketch
+    return (length, method, event_type), sketch_windows.SketchesBySlice(
+        {start: sketch})
+
+
 class ApproximateSlices(beam.PTransform):
     """De-duplicated partial counts -> sketches of every 1m, 1h, 1d slice.
 
     Takes ``(dedup_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (the output
-    of ``DedupSliceCounts``); returns one PCollection of ``((slice_length,
-    method, event_type, slice_start_ms), sketch)`` with one sketch per
-    slice length (``1m``, ``1h``, ``1d``), method, slice and event type
+    of ``DedupSliceCounts``); returns one PCollection of ``SliceSketches``
+    (the minutes of an hour, an hour, or a day): one sketch per slice
+    length (``1m``, ``1h``, ``1d``), method, slice and event type
     (``ALL_TYPES`` included), every one within ``budget_bytes``. (One
     PCollection, not one per length: every step downstream is then one
-    transform, and a pipeline pays a fixed cost per transform.)
+    transform, and a pipeline pays a fixed cost per transform. Minutes
+    travel an hour at a time: on sparse data a minute holds an event or
+    two, and an element per minute costs more than its sketch.)
     """
 
     def __init__(self, methods: list[str],
@@ -79,27 +96,30 @@ class ApproximateSlices(beam.PTransform):
         self._methods = list(methods)
         self._budget_bytes = budget_bytes
         # Fail at construction, not on a worker.
-        self._fns = {m: SliceSketchFn(m, budget_bytes) for m in methods}
+        self._fns = {m: SliceRunFn(m, budget_bytes) for m in methods}
 
     def expand(self, partials):
-        keyed = partials | "KeyBySlice" >> beam.FlatMap(
-            lambda kv: sketch_windows.split_slices(kv[1])
-        ).with_output_types(SliceRows)
+        keyed = partials | "KeyByHour" >> beam.FlatMap(
+            lambda kv: sketch_windows.split_runs(kv[1], HOUR_MS)
+        ).with_output_types(RunRows)
         # One combine per method (a CombineFn builds one kind of sketch);
         # Beam lifts it, so each bundle's rows are sketched before the
         # shuffle and only sketches (<= budget) cross it.
         minutes = [
             keyed
             | f"SketchMinutes[{m}]" >> beam.CombinePerKey(self._fns[m])
-            | f"KeyByMethod[{m}]" >> beam.Map(_as_minute, m)
+            | f"KeyByMethod[{m}]" >> beam.MapTuple(
+                lambda key, run, m=m: (("1m", m, key[0]), run))
             for m in self._methods]
         minutes = minutes | "AllMethods" >> beam.Flatten()
+        # An hour is its run of minutes merged: no shuffle.
         hours = (minutes
-                 | "KeyByHour" >> beam.Map(_to_coarser, "1h")
-                 | "RollUpHours" >> beam.CombinePerKey(MergeSketchesFn()))
+                 | "RollUpHours" >> beam.Map(_rolled_up, "1h")
+                 | "HourRuns" >> beam.Map(_as_run, "1h"))
         days = (hours
-                | "KeyByDay" >> beam.Map(_to_coarser, "1d")
-                | "RollUpDays" >> beam.CombinePerKey(MergeSketchesFn()))
+                | "KeyByDay" >> beam.Map(_rolled_up, "1d")
+                | "RollUpDays" >> beam.CombinePerKey(MergeSketchesFn())
+                | "DayRuns" >> beam.Map(_as_run, "1d"))
         return (minutes, hours, days) | "AllLengths" >> beam.Flatten()
 
 
@@ -118,16 +138,19 @@ class SketchTables(beam.PTransform):
     def expand(self, slices):
         source = self._source
 
-        def locate(key_and_sketch):
-            # Bytes, not the sketch object, cross the shuffle: the table
-            # stores bytes anyway.
-            (length, method, event_type, start), sketch = key_and_sketch
-            return ((length, start // DAY_MS), sketch_windows.sketch_row(
-                method, event_type, start, sketch))
+        def locate(run):
+            # Bytes, not sketch objects, cross the shuffle: the table
+            # stores bytes anyway. A run lies within one day.
+            (length, method, event_type), by_start = run
+            day = next(iter(by_start)) // DAY_MS
+            return ((length, day), [
+                sketch_windows.sketch_row(method, event_type, start, sketch)
+                for start, sketch in by_start.items()])
 
-        def table(where, rows):
-            return sketch_windows.sketches_table(list(rows), where[0], source,
-                                                 now_ms())
+        def table(where, runs):
+            return sketch_windows.sketches_table(
+                [row for rows in runs for row in rows], where[0], source,
+                now_ms())
 
         return (
             slices
@@ -157,46 +180,54 @@ class ApproximateWindows(WindowRanking):
     def expand(self, slices):
         k, source, timing = self._k, self._source, self._pane_timing
         by_key = {spec.key: spec for spec in self._specs}
-        by_length = {}
+        by_length = {}  # pane length -> [(spec key, panes, step)]
         for spec in self._specs:
-            by_length.setdefault(sketch_windows.pane_plan(spec)[0],
-                                 []).append(spec)
+            length, n, step = sketch_windows.pane_plan(spec)
+            by_length.setdefault(length, []).append((spec.key, n, step))
 
-        def to_blocks(key_and_sketch):
-            (length, method, event_type, start), sketch = key_and_sketch
+        def to_blocks(run):
+            (length, method, event_type), by_start = run
             if length not in by_length:
                 return
-            pane = start // duration_ms(length)
-            # The pickled sketch, as bytes, crosses the shuffle: the runner
-            # decodes and re-encodes grouped values, which costs a copy for
-            # bytes but a whole deserialization for a sketch, and a pickle
-            # carries what makes unpickling cheap (Count-Min: the hashes).
-            data = pickle.dumps(sketch)
-            for spec in by_length[length]:
-                _, n, step = sketch_windows.pane_plan(spec)
-                for block, _ in sketch_windows.blocks_of(pane, n, step):
-                    yield ((spec.key, method, event_type,
-                            sketch_windows.group_of(block)),
-                           (block, pane, data))
+            pane_ms = duration_ms(length)
+            keyed = {}  # (spec, method, type, group) -> [(block, pane)]
+            for start in by_start:
+                pane = start // pane_ms
+                for spec_key, n, step in by_length[length]:
+                    for block, _ in sketch_windows.blocks_of(pane, n, step):
+                        keyed.setdefault(
+                            (spec_key, method, event_type,
+                             sketch_windows.group_of(block)), []).append(
+                                 (block, pane))
+            # One element per group a run reaches (an hour of minutes: one
+            # or two per spec), not one per pane, and the run's sketches
+            # cross the shuffle packed (``sketches.pack``: exact Count-Min
+            # sketches as a few arrays), not one pickle each.
+            panes = {start // pane_ms: sketch
+                     for start, sketch in by_start.items()}
+            for key, where in keyed.items():
+                mine = dict.fromkeys(pane for _, pane in where)
+                yield key, (where, list(mine),
+                            sketches.pack([panes[p] for p in mine]))
 
-        def rank_group(key, panes):
+        def rank_group(key, parts):
             spec_key, _, event_type, _ = key
-            blocks = {}  # block -> {pane: pickled sketch}
-            for block, pane, data in panes:
-                blocks.setdefault(block, {})[pane] = data
-            sizes = {block: sum(map(len, held.values()))
+            blocks = {}  # block -> {pane: sketch}
+            for where, pane_list, packed in parts:
+                held = dict(zip(pane_list, sketches.unpack(packed)))
+                for block, pane in where:
+                    blocks.setdefault(block, {})[pane] = held[pane]
+            sizes = {block: sum(s.nbytes for s in held.values())
                      for block, held in blocks.items()}
             for batch in sketch_windows.block_batches(sizes):
-                # A pane is both its block's and the block before's: read
-                # once per batch.
-                held = {pane: data for block in batch
-                        for pane, data in blocks[block].items()}
+                # A pane is both its block's and the block before's: once
+                # per batch.
+                held = {pane: sketch for block in batch
+                        for pane, sketch in blocks[block].items()}
                 yield sketch_windows.rank_blocks(
                     by_key[spec_key], k, event_type, batch,
-                    [(pane, pickle.loads(data))
-                     for pane, data in held.items()],
-                    emitted_at_ms=now_ms(), source=source,
-                    pane_timing=timing)
+                    list(held.items()), emitted_at_ms=now_ms(),
+                    source=source, pane_timing=timing)
 
         return (
             slices

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from topk.approx.sketches import budget
+from topk.approx.sketches import budget, count_min
 from topk.approx.sketches.count_min import CountMinTopK
 from sketch_oracle import (ITEMS, columns, counts, others_at_least, stream,
                            truth)
@@ -350,3 +350,90 @@ def test_corrupt_exact_bytes_are_rejected():
     for bad in (dropped, conservative, lo_not_hi, with_counters_missing):
         with pytest.raises(ValueError):
             CountMinTopK.from_bytes(bytes(bad))
+
+
+@settings(max_examples=150, deadline=None)
+@given(params, st.lists(st.lists(st.tuples(st.sampled_from(ITEMS), counts),
+                                 max_size=12), max_size=8))
+def test_exact_runs_equal_sketches_updated_one_by_one(p, runs):
+    """Many new sketches at once (repeats within and across runs) equal
+    empty sketches each updated with its run; a run left to ``update``
+    (None) does not fit exactly, or has too many rows to try."""
+    rows = [row for run in runs for row in run]
+    offsets = np.r_[0, np.cumsum([len(run) for run in runs])]
+    made = make(p).exact_runs(*columns(rows), offsets)
+    assert len(made) == len(runs)
+    for run, sketch in zip(runs, made):
+        one = make(p).update(*columns(run)) if run else make(p)
+        if sketch is None:  # not exact, or too many rows to try
+            assert (p["conservative"] or not one.exact
+                    or len(run) > count_min._EXACT_RUN_ROWS * p["capacity"])
+            continue
+        assert sketch.exact and sketch.to_bytes() == one.to_bytes()
+        np.testing.assert_array_equal(sketch.counters, one.counters)
+        check_bounds(sketch, truth([run]))
+        # A made sketch goes on as an updated one does.
+        more = [("i1", 3), ("i2", 1)]
+        assert (sketch.update(*columns(more)).to_bytes()
+                == one.update(*columns(more)).to_bytes())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2]), stream), max_size=10))
+def test_pack_round_trips_a_mix_of_sketches(drawn):
+    """Exact sketches of two parameter sets, full ones and frequent items,
+    packed and pickled together, come back equal and in order."""
+    from topk.approx import sketches as api
+    kinds = [lambda: CountMinTopK(2048, width=8, depth=2, capacity=3),
+             lambda: CountMinTopK(4096, width=16, depth=3),
+             lambda: api.new_sketch("frequent_items", 4096)]
+    made = [feed(kinds[kind](), s) for kind, s in drawn]
+    back = api.unpack(pickle.loads(pickle.dumps(api.pack(made))))
+    assert [type(s) for s in back] == [type(s) for s in made]
+    for a, b in zip(made, back):
+        if isinstance(a, CountMinTopK):
+            assert a.to_bytes() == b.to_bytes()
+            np.testing.assert_array_equal(a._cand_hash, b._cand_hash)
+        else:  # DataSketches does not keep its items' order through bytes
+            assert sorted(b.top_k(50).to_pylist(), key=str) == sorted(
+                a.top_k(50).to_pylist(), key=str)
+
+
+def test_pack_exact_refuses_full_or_mixed_sketches():
+    exact = CountMinTopK(2048, width=8, depth=2, capacity=2).update(["a"])
+    full = CountMinTopK(2048, width=8, depth=2, capacity=2).update(
+        ["a", "b", "c"])
+    other = CountMinTopK(4096, width=8, depth=2, capacity=2).update(["a"])
+    assert not full.exact
+    for bad in ([exact, full], [exact, other]):
+        with pytest.raises(ValueError, match="one parameter set"):
+            CountMinTopK.pack_exact(bad)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(few_items, min_size=2, max_size=10), st.integers(4, 12),
+       st.integers(0, 200))
+def test_a_merge_of_exact_sketches_equals_the_walk(streams, capacity, extra):
+    """``merge_many`` of exact sketches (merged as one run of candidates
+    when the union fits) gives the bytes the range walk gives."""
+    made = [feed(make({"width": 8, "depth": 2, "capacity": capacity,
+                       "conservative": False, "extra": extra}), s)
+            for s in streams]
+    assume(all(s.exact for s in made))
+    before = [s.to_bytes() for s in made]
+    merged = CountMinTopK.merge_many(made)
+    walked = CountMinTopK.merge_ranges(made, [(0, len(made))])[0]
+    assert merged.to_bytes() == walked.to_bytes()
+    np.testing.assert_array_equal(merged._cand_hash, walked._cand_hash)
+    check_bounds(merged, truth(*streams))
+    assert [s.to_bytes() for s in made] == before
+
+
+def test_exact_runs_leave_a_hash_collision_to_update():
+    """Two ids with one hash in a run cannot be told apart by the sort:
+    that run is left to ``update`` (None); repeats of one id are summed."""
+    sketch = CountMinTopK(2048, width=8, depth=2, capacity=4)
+    made = sketch.exact_runs(["a", "b", "c", "c"], [1, 1, 2, 3], [0, 2, 4],
+                             hashes=np.array([7, 7, 9, 9], np.uint64))
+    assert made[0] is None
+    assert made[1].total == 5 and made[1].top_k(2)["count"].to_pylist() == [5]

@@ -18,6 +18,7 @@ and which probabilistic.
 
 No Beam here (the CombineFns are in ``topk.transforms.approximate``).
 """
+import functools
 from typing import Iterable, Protocol, runtime_checkable
 
 import numpy as np
@@ -30,7 +31,8 @@ from topk.approx.sketches.frequent_items import FrequentItemsTopK
 __all__ = [
     "ApproxTopK", "CountMinTopK", "FrequentItemsTopK", "DEFAULT_BUDGET_BYTES",
     "METHODS", "TOPK_SCHEMA", "new_sketch", "sketch_from_bytes", "merge_all",
-    "merge_many", "ranked_rows", "windows_ranked_rows", "spans_ranked_rows",
+    "merge_many", "new_sketches", "pack", "unpack", "ranked_rows",
+    "windows_ranked_rows", "spans_ranked_rows",
 ]
 
 #: Method names, as in ``--method`` and the output tables' ``method``.
@@ -101,7 +103,63 @@ def new_sketch(method: str, budget_bytes: int = DEFAULT_BUDGET_BYTES,
     except KeyError:
         raise ValueError(f"unknown approximate method {method!r}; choose "
                          f"from {', '.join(METHODS)}") from None
+    if cls is CountMinTopK:
+        # Sizing and checking the parameters costs more than an empty
+        # sketch: done once per parameter set.
+        return _cms_prototype(budget_bytes,
+                              tuple(sorted(options.items())))._empty_like()
     return cls(budget_bytes, **options)
+
+
+@functools.lru_cache(maxsize=64)
+def _cms_prototype(budget_bytes, options: tuple) -> CountMinTopK:
+    return CountMinTopK(budget_bytes, **dict(options))
+
+
+def new_sketches(new, items, counts, offsets, hashes=None) -> list:
+    """One new sketch per run of rows ``offsets[i]:offsets[i + 1]`` of
+    ``items`` / ``counts``, each equal to ``new()`` (an empty sketch)
+    updated with its rows; Count-Min makes the exact ones at once
+    (``CountMinTopK.exact_runs``, given the items' ``hashes`` if known)."""
+    first = new()
+    made = (first.exact_runs(items, counts, offsets, hashes=hashes)
+            if isinstance(first, CountMinTopK) else [None] * (len(offsets) - 1))
+    for i, sketch in enumerate(made):
+        if sketch is None:
+            a, b = int(offsets[i]), int(offsets[i + 1])
+            made[i] = (first if i == 0 else new()).update(items[a:b],
+                                                          counts[a:b])
+    return made
+
+
+def pack(sketches: list) -> tuple:
+    """Sketches -> a picklable form that ``unpack`` turns back into equal
+    sketches, in order: exact Count-Min sketches (most slices of sparse
+    data) as a few arrays per parameter set (``CountMinTopK.pack_exact``),
+    the others as themselves."""
+    groups, rest = {}, []
+    for i, s in enumerate(sketches):
+        if isinstance(s, CountMinTopK) and s.exact:
+            groups.setdefault((s.budget_bytes, s.width, s.depth, s.capacity),
+                              []).append(i)
+        else:
+            rest.append(i)
+    return (len(sketches),
+            [(where, CountMinTopK.pack_exact([sketches[i] for i in where]))
+             for where in groups.values()],
+            [(i, sketches[i]) for i in rest])
+
+
+def unpack(packed: tuple) -> list:
+    """Inverse of ``pack`` (trusted input: a pickle)."""
+    n, groups, rest = packed
+    out = [None] * n
+    for where, arrays in groups:
+        for i, sketch in zip(where, CountMinTopK.unpack_exact(arrays)):
+            out[i] = sketch
+    for i, sketch in rest:
+        out[i] = sketch
+    return out
 
 
 def sketch_from_bytes(data: bytes) -> ApproxTopK:

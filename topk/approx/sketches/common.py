@@ -30,10 +30,12 @@ TOPK_SCHEMA = pa.schema([
 MAX_EXACT_FLOAT = 2 ** 53
 
 
-def coerce_batch(items, counts=None) -> tuple[pa.Array, np.ndarray]:
+def coerce_batch(items, counts=None, drop_zeros: bool = True
+                 ) -> tuple[pa.Array, np.ndarray]:
     """Validate a pre-aggregated batch: strings without nulls and
     non-negative integer counts of the same length (``None`` = all 1).
-    Rows with a zero count are dropped (they change nothing)."""
+    Rows with a zero count are dropped (they change nothing), unless
+    ``drop_zeros`` is False (a caller whose rows are positional)."""
     arr = as_string_array(items)
     if counts is None:
         cnt = np.ones(len(arr), dtype=np.int64)
@@ -53,7 +55,7 @@ def coerce_batch(items, counts=None) -> tuple[pa.Array, np.ndarray]:
                          f"({len(arr)} != {len(cnt)})")
     if cnt.size and cnt.min() < 0:
         raise ValueError("counts must be >= 0")
-    if cnt.size and not cnt.all():
+    if drop_zeros and cnt.size and not cnt.all():
         keep = cnt > 0
         arr, cnt = arr.filter(pa.array(keep)), cnt[keep]
     return arr, cnt

@@ -326,6 +326,18 @@ class CountMinTopK:
         new sketch with the first one's capacity and budget; the inputs are
         not modified. See ``merge_ranges``."""
         sketches = list(sketches)
+        _check_ranges(sketches, [(0, len(sketches))])
+        if len(sketches) > 1 and all(s.exact for s in sketches):
+            # Exact sketches whose union fits are merged as one run of
+            # their candidates (an hour of sparse minutes: the walk's
+            # set-up would cost ten times more).
+            merged = sketches[0].exact_runs(
+                pa.concat_arrays([s._cand_items for s in sketches]),
+                np.concatenate([s._cand_lo for s in sketches]),
+                [0, sum(len(s._cand_items) for s in sketches)],
+                hashes=np.concatenate([s._cand_hash for s in sketches]))[0]
+            if merged is not None:
+                return merged
         return cls.merge_ranges(sketches, [(0, len(sketches))])[0]
 
     @classmethod
@@ -493,6 +505,140 @@ class CountMinTopK:
         sketch._set_candidates(self._cand_items, self._cand_hash,
                                self._cand_lo, self._cand_hi)
         return sketch
+
+    # -- many exact sketches at once ----------------------------------------
+    # On sparse data most slice sketches hold an item or two: made, pickled
+    # and read one by one, each costs a fixed tens to hundreds of
+    # microseconds, far above its counting. Exact sketches are columns
+    # (ids, hashes, counts), so many are made and moved as one set of
+    # arrays.
+
+    def exact_runs(self, items, counts, offsets,
+                   hashes: np.ndarray | None = None) -> list:
+        """New sketches with this one's parameters, the i-th counting rows
+        ``offsets[i]:offsets[i + 1]`` of ``items`` / ``counts`` (repeats
+        summed), made at once; each equals an empty sketch ``update``-d
+        with its rows. A run whose items do not fit exactly is ``None``
+        (make it with ``update``); so is every run of a conservative sketch,
+        whose counters start at once. ``hashes``: the items'
+        ``hashing.hash64``, when the caller has them (candidates being
+        merged; rows hashed once for many runs)."""
+        items, counts = coerce_batch(items, counts, drop_zeros=False)
+        offsets = np.asarray(offsets, np.int64)
+        runs = len(offsets) - 1
+        if self._conservative or runs <= 0:
+            return [None] * max(runs, 0)
+        sizes = offsets[1:] - offsets[:-1]
+        if offsets[0] != 0 or offsets[-1] != len(items) or sizes.min() < 0:
+            raise ValueError("offsets must rise from 0 to the number of rows")
+        if pa.types.is_large_string(items.type):
+            items = items.cast(pa.string())
+        if hashes is not None and len(hashes) != len(items):
+            raise ValueError("hashes and items differ in length")
+        h = hash64(items) if hashes is None else np.asarray(hashes, np.uint64)
+        run = np.repeat(np.arange(runs, dtype=np.int64), sizes)
+        # A run of far more rows than the sketch holds items would, on
+        # dense data, not fit: left to ``update`` without sorting it.
+        tried = sizes <= _EXACT_RUN_ROWS * self._capacity
+        if not tried.any():
+            return [None] * runs
+        if not counts.all() or not tried.all():
+            # Zero counts change nothing (``update`` drops them too).
+            keep = (counts > 0) & tried[run]
+            items = items.filter(pa.array(keep))
+            counts, run, h = counts[keep], run[keep], h[keep]
+        try:
+            batch_total = _checked_sum(counts)
+        except OverflowError:
+            return [None] * runs  # each run may still fit int64 alone
+        # Candidates are kept in hash order, ties in the order first seen
+        # (stable), as ``update`` keeps them; a repeated item is then a run
+        # of equal hashes, summed into its first row.
+        order = np.lexsort((h, run))
+        if (order[1:] < order[:-1]).any():
+            run, h, counts = run[order], h[order], counts[order]
+            items = items.take(pa.array(order))
+        same = (run[1:] == run[:-1]) & (h[1:] == h[:-1])
+        clash = np.zeros(runs, bool)
+        if same.any():
+            at = np.flatnonzero(same)
+            equal = pc.equal(items.take(pa.array(at)),
+                             items.take(pa.array(at + 1))).to_numpy(
+                                 zero_copy_only=False)
+            # Two ids with one 64-bit hash: left to ``update``.
+            clash[run[at[~equal]]] = True
+            first = np.concatenate(([True], ~same))
+            counts = _sum_by_index(np.cumsum(first) - 1, counts,
+                                   int(first.sum()), batch_total)
+            keep = np.flatnonzero(first)
+            run, h, items = run[keep], h[keep], items.take(pa.array(keep))
+        bounds = np.searchsorted(run, np.arange(runs + 1))
+        off = _string_offsets(items)
+        sizes = bounds[1:] - bounds[:-1]
+        fits = tried & ~clash & (sizes <= self._capacity) & (
+            _budget.CMS_CANDIDATE_OVERHEAD * sizes
+            + (off[bounds[1:]] - off[bounds[:-1]]) <= self._candidate_room())
+        which = np.flatnonzero(fits)
+        # Partial sums stay within the batch total, checked above.
+        cum = np.concatenate(([0], np.cumsum(counts)))
+        out = [None] * runs
+        for i, sketch in zip(which.tolist(), self._exact_sketches(
+                items, h, counts, off[1:] - off[:-1], bounds,
+                (cum[bounds[1:]] - cum[bounds[:-1]]).tolist(), which)):
+            out[i] = sketch
+        return out
+
+    @classmethod
+    def pack_exact(cls, sketches) -> tuple:
+        """Exact sketches of one parameter set -> a few arrays that
+        ``unpack_exact`` turns back into equal sketches (a pickle of the
+        arrays is all a shuffle moves); ``ValueError`` for others."""
+        sketches = list(sketches)
+        first = sketches[0]
+        params = (first._budget_bytes, first._width, first._depth,
+                  first._capacity)
+        if not all(s.exact and (s._budget_bytes, s._width, s._depth,
+                                s._capacity) == params for s in sketches):
+            raise ValueError("pack_exact takes exact sketches of one "
+                             "parameter set")
+        items = pa.concat_arrays([s._cand_items for s in sketches])
+        return (params,
+                np.array([len(s._cand_items) for s in sketches], np.int64),
+                np.concatenate([s._cand_len for s in sketches]),
+                _string_bytes(items),
+                np.concatenate([s._cand_hash for s in sketches]),
+                np.concatenate([s._cand_lo for s in sketches]))
+
+    @classmethod
+    def unpack_exact(cls, packed) -> list:
+        """Inverse of ``pack_exact`` (trusted input: a pickle)."""
+        params, sizes, lengths, data, hashes, counts = packed
+        offsets = np.zeros(len(lengths) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        items = pa.Array.from_buffers(pa.string(), len(lengths), [
+            None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
+        bounds = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=bounds[1:])
+        return _validated(cls, *params, False)._exact_sketches(
+            items, hashes, counts, lengths, bounds, _run_sums(counts, bounds),
+            range(len(sizes)))
+
+    def _exact_sketches(self, items, hashes, counts, lengths, bounds, totals,
+                        which) -> list:
+        """Exact sketches with this one's parameters, sketch ``i`` of
+        ``which`` holding candidates ``bounds[i]:bounds[i + 1]`` (in hash
+        order) of the given columns, and ``totals[i]`` events."""
+        out = []
+        for i in which:
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            sketch = self._blank_like()
+            sketch._counters = None
+            sketch._total, sketch._dropped = int(totals[i]), 0
+            lo = counts[a:b]
+            sketch._set_candidates(items.slice(a, b - a), hashes[a:b], lo, lo,
+                                   lengths[a:b])
+            out.append(sketch)
+        return out
 
     # -- serialization --------------------------------------------------
 
@@ -866,6 +1012,9 @@ def _check_ranges(sketches: list, ranges: list) -> None:
                              "sketches")
 
 
+#: Rows per candidate above which ``exact_runs`` does not try a run.
+_EXACT_RUN_ROWS = 4
+
 #: (range, item) pairs ``_rank_exact_ranges`` expands at a time.
 _PAIRS_PER_STEP = 1 << 21
 
@@ -1048,6 +1197,17 @@ def _sum_by_index(index: np.ndarray, values: np.ndarray, n: int,
     return out
 
 
+def _run_sums(values: np.ndarray, bounds: np.ndarray) -> list:
+    """``sum(values[bounds[i]:bounds[i + 1]])`` for every ``i``, as exact
+    Python ints (no int64 wrap-around over all runs)."""
+    if len(values) and int(np.abs(values).max()) <= _INT64_MAX // len(values):
+        cum = np.zeros(len(values) + 1, np.int64)
+        np.cumsum(values, out=cum[1:])
+        return (cum[bounds[1:]] - cum[bounds[:-1]]).tolist()
+    return [sum(int(v) for v in values[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _checked_sum(counts: np.ndarray) -> int:
     if len(counts) and int(counts.max()) > _INT64_MAX // len(counts):
         total = sum(int(c) for c in counts)  # NumPy would wrap silently
@@ -1063,6 +1223,15 @@ def _add_counts(flat: np.ndarray, cells: np.ndarray, counts: np.ndarray,
     # No cell of a row can receive more than the batch total.
     flat += _sum_by_index(cells.ravel(), np.tile(counts, cells.shape[0]),
                           len(flat), batch_total)
+
+
+def _string_offsets(items: pa.Array) -> np.ndarray:
+    """The ``len(items) + 1`` offsets of a string array, from 0, int64."""
+    if len(items) == 0:
+        return np.zeros(1, np.int64)
+    off = np.frombuffer(items.buffers()[1], dtype=np.int32)[
+        items.offset:items.offset + len(items) + 1].astype(np.int64)
+    return off - off[0]
 
 
 def _lengths(items: pa.Array) -> np.ndarray:
