@@ -362,24 +362,14 @@ def ranked_block(spec: WindowSpec, k: int, event_type: str, block: int,
     """The ranked windows (``ranked_windows`` rows) of ``spec`` starting in
     ``block`` (those whose first pane is in the set ``wanted``, or all),
     from ``here`` and ``following`` (``window_spans``' of one method and
-    event type). Count-Min ranks the block's windows all at once from its
-    panes (``sketches.spans_ranked_rows``); other sketches rank the merges
-    of ``window_sketches``."""
-    length, n, step = pane_plan(spec)
-    pane_ms = duration_ms(length)
-    row_args = dict(emitted_at_ms=emitted_at_ms, source=source,
-                    pane_timing=pane_timing)
-    if not here and not following:
-        return schema.RANKED_WINDOWS_SCHEMA.empty_table()
-    if hasattr(type((here or following)[0][1]), "rank_ranges"):
-        panes, windows = window_spans(block, n, step, here, following)
-        return ranked_spans(panes, [w for w in windows if wanted is None
-                                    or w[0] in wanted],
-                            spec, pane_ms, k, event_type, **row_args)
-    return ranked_windows(
-        [w for w in window_sketches(block, n, step, here, following)
-         if wanted is None or w[0] in wanted],
-        spec, pane_ms, k, event_type, **row_args)
+    event type), as ``ranked_windows_starting`` ranks them."""
+    _, n, step = pane_plan(spec)
+    size = block_panes(n)
+    starts = [first for first in range(block * size, (block + 1) * size, step)
+              if wanted is None or first in wanted]
+    return ranked_windows_starting(
+        spec, k, event_type, list(here) + list(following), starts,
+        emitted_at_ms=emitted_at_ms, source=source, pane_timing=pane_timing)
 
 
 def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
@@ -387,10 +377,12 @@ def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
     """The ranked windows of ``spec`` whose first pane is in ``wanted``,
     from ``held``: ``(pane, sketch)`` of every pane those windows may hold
     (one method and event type). Each block of ``block_panes(n)`` panes
-    with a wanted window is ranked once (``ranked_block``), however many
-    of its windows are wanted; Count-Min ranks consecutive blocks in one
-    call while their sketches stay within ``GROUP_BYTES`` (sparse data:
-    a block holding an event or two would cost a call's fixed costs)."""
+    with a wanted window is ranked once, however many of its windows are
+    wanted, and consecutive blocks in one call while their sketches stay
+    within ``GROUP_BYTES`` (sparse data: a block holding an event or two
+    would cost a call's fixed costs): Count-Min from the panes
+    (``sketches.spans_ranked_rows``), other sketches from the merges of
+    ``window_sketches``."""
     length, n, step = pane_plan(spec)
     size = block_panes(n)
     wanted = set(wanted)
@@ -410,12 +402,35 @@ def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
                                    block(b + 1) if n > 1 else [])
                       for b in blocks], wanted)]
     else:
-        parts = [ranked_block(spec, k, event_type, b, block(b),
-                              block(b + 1) if n > 1 else [], wanted,
-                              **row_args)
-                 for b in blocks]
+        parts = [ranked_windows(windows, spec, duration_ms(length), k,
+                                event_type, **row_args)
+                 for windows in _grouped_windows(
+                     ((block(b), window_sketches(b, n, step, block(b),
+                                                 block(b + 1) if n > 1
+                                                 else []))
+                      for b in blocks), wanted)]
     return (pa.concat_tables(parts) if parts
             else schema.RANKED_WINDOWS_SCHEMA.empty_table())
+
+
+def _grouped_windows(blocks, wanted):
+    """``(panes, window_sketches)`` of consecutive blocks -> lists of
+    wanted ``(first pane, sketch)`` of several blocks whose panes stay
+    within ``GROUP_BYTES``, ranked in one call (``top_k_many``: one sort,
+    not a table per block)."""
+    windows, held_bytes = [], 0
+    for here, made in blocks:
+        mine = [w for w in made if w[0] in wanted]
+        if not mine:
+            continue
+        size = sum(s.nbytes for _, s in here)
+        if windows and held_bytes + size > GROUP_BYTES:
+            yield windows
+            windows, held_bytes = [], 0
+        windows.extend(mine)
+        held_bytes += size
+    if windows:
+        yield windows
 
 
 #: Sketch bytes a group of blocks ranked in one call holds at most

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from topk.core import ranking, schema
 from topk.approx import sketches
-from topk.approx.sketches.common import guaranteed_flags
+from topk.approx.sketches.common import guaranteed_flags, top_k_groups
 from topk.transforms.approximate import ApproximateTopKFn, MergeSketchesFn
 from topk.core.windows import WindowSpec
 
@@ -25,6 +25,35 @@ def test_flag_matches_brute_force(lowers, widths, unseen, k):
         # Brute force: certain iff fewer than k others could reach lo[i].
         others = [hi[j] for j in range(len(lo)) if j != i] + [unseen] * k
         assert flags[i] == (sum(u >= lo[i] for u in others) <= k - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from("abcdefg"),
+                          st.integers(0, 20), st.integers(0, 8)),
+                max_size=30, unique_by=lambda r: r[:2]),
+       st.lists(st.integers(0, 12), min_size=4, max_size=4),
+       st.integers(1, 5))
+def test_top_k_groups_rank_and_flag_each_group_as_alone(rows, unseen, k):
+    """Many groups ranked at once: each group's rows are its top ``k`` by
+    count desc then item, flagged as ``guaranteed_flags`` flags them
+    against that group's upper bounds and unseen bound."""
+    group = np.array([g for g, *_ in rows], np.int64)
+    items = pa.array([i for _, i, _, _ in rows], pa.string())
+    lower = np.array([c for *_, c, _ in rows], np.int64)
+    upper = lower + np.array([w for *_, w in rows], np.int64)
+    got_group, got = top_k_groups(group, items, upper, lower, upper, unseen, k)
+    assert got_group.tolist() == sorted(got_group.tolist())
+    for g in range(4):
+        mine = [r for r in rows if r[0] == g]
+        ranked = sorted(mine, key=lambda r: (-(r[2] + r[3]), r[1]))[:k]
+        hi = np.array([c + w for _, _, c, w in mine], np.int64)
+        flags = guaranteed_flags(np.array([c for _, _, c, _ in ranked]),
+                                 np.array([c + w for _, _, c, w in ranked]),
+                                 hi, unseen[g], k) if ranked else []
+        expected = [{"item_id": i, "count": c + w, "lower_bound": c,
+                     "upper_bound": c + w, "guaranteed": bool(f)}
+                    for (_, i, c, w), f in zip(ranked, flags)]
+        assert got.filter(pa.array(got_group == g)).to_pylist() == expected
 
 
 @pytest.mark.parametrize("method", sketches.METHODS)

@@ -24,6 +24,7 @@ from typing import Iterable, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from topk.core import ranking
 from topk.approx.sketches.common import DEFAULT_BUDGET_BYTES, TOPK_SCHEMA
 from topk.approx.sketches.count_min import CountMinTopK
 from topk.approx.sketches.frequent_items import FrequentItemsTopK
@@ -202,16 +203,27 @@ def ranked_rows(sketch: ApproxTopK, k: int, event_type: str,
 def windows_ranked_rows(windows, k: int, event_type: str) -> pa.Table:
     """``ranked_rows`` of many ``(window_start_ms, sketch)`` in one table;
     a sketch shared by several windows is ranked once."""
-    tops = {}
+    index = {}  # id(sketch) -> (its place among the distinct ones, sketch)
     for _, sketch in windows:
-        if id(sketch) not in tops:
-            tops[id(sketch)] = sketch.top_k(k)
-    parts = [tops[id(sketch)] for _, sketch in windows]
-    sizes = np.array([t.num_rows for t in parts], np.int64)
-    top = (pa.concat_tables(parts).combine_chunks() if parts
-           else TOPK_SCHEMA.empty_table())
+        index.setdefault(id(sketch), (len(index), sketch))
+    distinct = [sketch for _, sketch in index.values()]
+    many = getattr(type(distinct[0]), "top_k_many", None) if distinct else None
+    if many is not None:
+        of, top = many(distinct, k)
+    else:
+        tops = [sketch.top_k(k) for sketch in distinct]
+        of = np.repeat(np.arange(len(tops)), [t.num_rows for t in tops])
+        top = (pa.concat_tables(tops).combine_chunks() if tops
+               else TOPK_SCHEMA.empty_table())
+    held = np.bincount(of, minlength=len(distinct)).astype(np.int64)
+    which = np.array([index[id(sketch)][0] for _, sketch in windows],
+                     np.int64)
+    sizes = held[which]
+    rows = np.repeat((np.cumsum(held) - held)[which],
+                     sizes) + ranking.run_offsets(sizes)
     return _window_rows(event_type, [start for start, _ in windows], sizes,
-                        [sketch.total for _, sketch in windows], top)
+                        [sketch.total for _, sketch in windows],
+                        top.take(pa.array(rows, pa.int64())))
 
 
 def _window_rows(event_type: str, starts, sizes: np.ndarray, totals,

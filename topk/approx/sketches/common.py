@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from topk.approx.sketches.hashing import as_string_array
+from topk.core import ranking
 
 #: Memory budget per window and slice (bytes) when none is given.
 DEFAULT_BUDGET_BYTES = 64 * 1024
@@ -100,23 +101,50 @@ def guaranteed_flags(lower: np.ndarray, upper: np.ndarray,
 def top_k_table(items: pa.Array, count: np.ndarray, lower: np.ndarray,
                 upper: np.ndarray, unseen_bound: int, k: int) -> pa.Table:
     """Rank tracked items (``count`` desc, ``item_id`` asc), keep ``k`` and
-    flag the guaranteed ones against all tracked items' upper bounds."""
+    flag the guaranteed ones against all tracked items' upper bounds
+    (``top_k_groups`` of one group)."""
+    return top_k_groups(np.zeros(len(items), np.int64), items, count, lower,
+                        upper, [unseen_bound], k)[1]
+
+
+def top_k_groups(group, items: pa.Array, count, lower, upper, unseen_bound,
+                 k: int) -> tuple[np.ndarray, pa.Table]:
+    """``top_k_table`` of many groups at once (e.g. one per window): row
+    ``i`` is a tracked item of group ``group[i]`` (``0 <= group <
+    len(unseen_bound)``), whose untracked items are bounded by
+    ``unseen_bound[group]``. Returns ``(group of each kept row, rows in
+    TOPK_SCHEMA)``, by group, then rank: one sort for every group instead
+    of a small table each."""
     k = check_k(k)
-    if len(items) == 0:
-        return TOPK_SCHEMA.empty_table()
-    # Only items reaching the k-th largest count can rank (ties included);
-    # sort those few by (count, item_id), not the whole set by strings.
-    near = np.arange(len(count))
-    if len(count) > k:
-        kth = np.partition(count, len(count) - k)[len(count) - k]
-        near = np.flatnonzero(count >= kth)
-    t = pa.table({"item_id": items.take(pa.array(near)),
-                  "count": pa.array(count[near], pa.int64())})
-    order = pc.sort_indices(t, sort_keys=[("count", "descending"),
-                                          ("item_id", "ascending")])
-    top = near[order.to_numpy()[:k]]
-    flags = guaranteed_flags(lower[top], upper[top], upper, unseen_bound, k)
-    return pa.table({
+    group = np.asarray(group, np.int64)
+    if len(group) == 0:
+        return group, TOPK_SCHEMA.empty_table()
+    count, lower, upper = (np.asarray(c, np.int64)
+                           for c in (count, lower, upper))
+    unseen = np.asarray(unseen_bound, np.int64)
+    # The j-th largest upper bound of each group above its unseen bound
+    # (as ``guaranteed_flags`` has it), else the bound: any number of
+    # untracked items may reach it.
+    by_upper = np.lexsort((-upper, group))
+    g, up = group[by_upper], upper[by_upper]
+    heads = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    place = ranking.run_offsets(np.diff(np.r_[heads, len(g)]))
+
+    def nth(j: int) -> np.ndarray:
+        out = unseen.copy()
+        at = (place == j) & (up > unseen[g])
+        out[g[at]] = up[at]
+        return out
+
+    kth_1, kth = nth(k - 1), nth(k)
+    names = pc.unique(items)
+    names = names.take(pc.sort_indices(names))
+    codes = pc.index_in(items, value_set=names).to_numpy()
+    order, rank = ranking.rank_in_groups(group, count, codes)
+    top = order[rank < k]
+    g = group[top]
+    flags = lower[top] > np.where(upper[top] >= kth_1[g], kth[g], kth_1[g])
+    return g, pa.table({
         "item_id": items.take(pa.array(top)).cast(pa.string()),
         "count": pa.array(count[top], pa.int64()),
         "lower_bound": pa.array(lower[top], pa.int64()),

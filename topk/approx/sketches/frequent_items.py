@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from topk.approx.sketches import budget as _budget
 from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, TOPK_SCHEMA, check_k,
-                                  coerce_batch, top_k_table)
+                                  coerce_batch, top_k_groups)
 
 MAGIC = b"TKFI"
 FORMAT_VERSION = 1
@@ -212,16 +212,24 @@ class FrequentItemsTopK:
         ``count`` is DataSketches' estimate (the upper bound), bounds are
         deterministic, ``guaranteed`` marks items certainly in the true top
         ``k``."""
+        return self.top_k_many([self], k)[1]
+
+    @classmethod
+    def top_k_many(cls, sketches, k: int) -> tuple[np.ndarray, pa.Table]:
+        """``top_k`` of many sketches in one table: ``(index of each row's
+        sketch, rows)``, by sketch, then rank (``top_k_groups``: the
+        windows of a block rank in one sort, not a table each)."""
         k = check_k(k)
-        rows = self._rows_above_kth(k + 1)
-        if not rows:
-            return TOPK_SCHEMA.empty_table()
-        items, est, lower, upper = zip(*rows)
-        upper = np.array(upper, np.int64)
+        rows = [s._rows_above_kth(k + 1) for s in sketches]
+        flat = [row for held in rows for row in held]
+        if not flat:
+            return np.zeros(0, np.int64), TOPK_SCHEMA.empty_table()
+        items, est, lower, upper = zip(*flat)
         # Untracked items have counter 0, so their upper bound is the offset.
-        return top_k_table(pa.array(items, pa.string()),
-                           np.array(est, np.int64), np.array(lower, np.int64),
-                           upper, self.max_error, k)
+        return top_k_groups(
+            np.repeat(np.arange(len(rows)), [len(held) for held in rows]),
+            pa.array(items, pa.string()), est, lower, upper,
+            [s.max_error for s in sketches], k)
 
     def _rows_above_kth(self, n: int) -> list:
         """DataSketches' rows ``(item, estimate, lower, upper)`` of at least
