@@ -437,3 +437,42 @@ def test_exact_runs_leave_a_hash_collision_to_update():
                              hashes=np.array([7, 7, 9, 9], np.uint64))
     assert made[0] is None
     assert made[1].total == 5 and made[1].top_k(2)["count"].to_pylist() == [5]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 50)), max_size=40),
+       st.sampled_from([10, 10 ** 7]))
+def test_summed_by_key_sums_each_distinct_key_dense_or_sorted(pairs, span):
+    """Both ways (a dense count when the span is small beside the pairs, a
+    sort when it is not) give each distinct key once, ascending, with the
+    sum of its values."""
+    key = np.array([k * (span // 10) for k, _ in pairs], np.int64)
+    value = np.array([v for _, v in pairs], np.int64)
+    expected = {}
+    for k, v in zip(key.tolist(), value.tolist()):
+        expected[k] = expected.get(k, 0) + v
+    got_key, got_sum = count_min._summed_by_key(key, value, span)
+    assert got_key.tolist() == sorted(expected)
+    assert got_sum.tolist() == [expected[k] for k in sorted(expected)]
+    assert got_sum.dtype == np.int64
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), max_size=5, unique=True),
+                min_size=1, max_size=12).flatmap(lambda sets: st.tuples(
+                    st.just(sets), st.lists(st.tuples(
+                        st.integers(0, len(sets)), st.integers(0, len(sets))
+                    ).map(sorted), max_size=20))),
+       st.integers(1, 8))
+def test_distinct_at_least_counts_each_ranges_items(drawn, least):
+    """Ranges of any lengths, repeated and out of order: flagged exactly
+    when their sketches hold at least ``least`` distinct items."""
+    sets, ranges = drawn
+    codes = np.array([c for s in sets for c in s], np.int64)
+    starts = np.r_[0, np.cumsum([len(s) for s in sets])].astype(np.int64)
+    a = np.array([r[0] for r in ranges], np.int64)
+    b = np.array([r[1] for r in ranges], np.int64)
+    got = count_min._distinct_at_least(codes, starts, a, b, least,
+                                       starts[b] - starts[a])
+    expected = [len(set().union(*sets[x:y])) >= least for x, y in ranges]
+    assert got.tolist() == expected

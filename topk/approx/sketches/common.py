@@ -83,19 +83,33 @@ def guaranteed_flags(lower: np.ndarray, upper: np.ndarray,
     >= its count, so it ranks within the top k under any tie rule. Nothing
     here is probabilistic: the flag is right whenever the bounds are.
     """
-    # All items' upper bounds, largest first: the tracked ones above the
-    # untracked bound, then the untracked bound forever (any number of
-    # untracked items may reach it). Tracked bounds below it never matter.
-    ranked = np.sort(np.asarray(all_upper, np.int64))[::-1]
-    ranked = ranked[ranked > unseen_bound]
+    return beats_kth_other(lower, upper,
+                           *kth_uppers(all_upper, unseen_bound, k))
 
-    def nth(j: int):
-        return ranked[j] if j < len(ranked) else unseen_bound
 
-    # Removing item i's own entry: if its bound is among the k largest, the
-    # k-th largest of the others is the (k+1)-th overall, else the k-th.
-    kth_other = np.where(upper >= nth(k - 1), nth(k), nth(k - 1))
-    return lower > kth_other
+def kth_uppers(all_upper: np.ndarray, unseen_bound: int, k: int
+               ) -> tuple[int, int]:
+    """The k-th and (k+1)-th largest upper bound among tracked items
+    (``all_upper``) and any number of untracked ones (each at most
+    ``unseen_bound``): what ``beats_kth_other`` compares against."""
+    # Tracked bounds at or below the untracked one never matter: any number
+    # of untracked items may reach it.
+    above = np.asarray(all_upper, np.int64)
+    above = above[above > unseen_bound]
+    if len(above) > k + 1:
+        above = np.partition(above, len(above) - k - 1)[len(above) - k - 1:]
+    ranked = np.sort(above)[::-1]
+    return tuple(int(ranked[j]) if j < len(ranked) else int(unseen_bound)
+                 for j in (k - 1, k))
+
+
+def beats_kth_other(lower, upper, kth_1, kth) -> np.ndarray:
+    """The guaranteed flag from an item's bounds and the k-th (``kth_1``)
+    and (k+1)-th (``kth``) largest upper bounds of its group (scalars, or
+    arrays aligned with the items): its lower bound beats the k-th largest
+    upper bound of the *others*, which is the (k+1)-th overall when its own
+    upper bound is among the k largest, else the k-th."""
+    return np.asarray(lower) > np.where(np.asarray(upper) >= kth_1, kth, kth_1)
 
 
 def top_k_table(items: pa.Array, count: np.ndarray, lower: np.ndarray,
@@ -108,42 +122,35 @@ def top_k_table(items: pa.Array, count: np.ndarray, lower: np.ndarray,
 
 
 def top_k_groups(group, items: pa.Array, count, lower, upper, unseen_bound,
-                 k: int) -> tuple[np.ndarray, pa.Table]:
+                 k: int, kth_pairs=None) -> tuple[np.ndarray, pa.Table]:
     """``top_k_table`` of many groups at once (e.g. one per window): row
     ``i`` is a tracked item of group ``group[i]`` (``0 <= group <
     len(unseen_bound)``), whose untracked items are bounded by
     ``unseen_bound[group]``. Returns ``(group of each kept row, rows in
     TOPK_SCHEMA)``, by group, then rank: one sort for every group instead
-    of a small table each."""
+    of a small table each.
+
+    ``kth_pairs``, one ``kth_uppers`` pair per group, lets a caller pass
+    only the rows that may rank (the flags compare against every tracked
+    item's bound, which the rows given would not show)."""
     k = check_k(k)
     group = np.asarray(group, np.int64)
     if len(group) == 0:
         return group, TOPK_SCHEMA.empty_table()
     count, lower, upper = (np.asarray(c, np.int64)
                            for c in (count, lower, upper))
-    unseen = np.asarray(unseen_bound, np.int64)
-    # The j-th largest upper bound of each group above its unseen bound
-    # (as ``guaranteed_flags`` has it), else the bound: any number of
-    # untracked items may reach it.
-    by_upper = np.lexsort((-upper, group))
-    g, up = group[by_upper], upper[by_upper]
-    heads = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    place = ranking.run_offsets(np.diff(np.r_[heads, len(g)]))
-
-    def nth(j: int) -> np.ndarray:
-        out = unseen.copy()
-        at = (place == j) & (up > unseen[g])
-        out[g[at]] = up[at]
-        return out
-
-    kth_1, kth = nth(k - 1), nth(k)
+    if kth_pairs is None:
+        kth_pairs = _kth_uppers_by_group(group, upper, np.asarray(
+            unseen_bound, np.int64), k)
+    kth_pairs = np.asarray(kth_pairs, np.int64).reshape(-1, 2)
     names = pc.unique(items)
     names = names.take(pc.sort_indices(names))
     codes = pc.index_in(items, value_set=names).to_numpy()
     order, rank = ranking.rank_in_groups(group, count, codes)
     top = order[rank < k]
     g = group[top]
-    flags = lower[top] > np.where(upper[top] >= kth_1[g], kth[g], kth_1[g])
+    flags = beats_kth_other(lower[top], upper[top], kth_pairs[g, 0],
+                            kth_pairs[g, 1])
     return g, pa.table({
         "item_id": items.take(pa.array(top)).cast(pa.string()),
         "count": pa.array(count[top], pa.int64()),
@@ -151,3 +158,17 @@ def top_k_groups(group, items: pa.Array, count, lower, upper, unseen_bound,
         "upper_bound": pa.array(upper[top], pa.int64()),
         "guaranteed": pa.array(flags, pa.bool_()),
     }, schema=TOPK_SCHEMA)
+
+
+def _kth_uppers_by_group(group: np.ndarray, upper: np.ndarray,
+                         unseen: np.ndarray, k: int) -> np.ndarray:
+    """``kth_uppers`` of every group at once: ``(len(unseen), 2)``."""
+    by_upper = np.lexsort((-upper, group))
+    g, up = group[by_upper], upper[by_upper]
+    heads = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    place = ranking.run_offsets(np.diff(np.r_[heads, len(g)]))
+    pairs = np.repeat(unseen[:, None], 2, axis=1)
+    for col, j in enumerate((k - 1, k)):
+        at = (place == j) & (up > unseen[g])
+        pairs[g[at], col] = up[at]
+    return pairs

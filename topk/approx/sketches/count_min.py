@@ -66,7 +66,7 @@ import pyarrow.compute as pc
 from topk.approx.sketches import budget as _budget
 from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
                                   TOPK_SCHEMA, check_k, coerce_batch,
-                                  top_k_table)
+                                  kth_uppers, top_k_groups, top_k_table)
 from topk.approx.sketches.hashing import HASH_VERSION, hash64
 from topk.core import ranking
 
@@ -425,34 +425,15 @@ class CountMinTopK:
                 near = np.flatnonzero(count >= kth)
             parts.append((np.full(len(near), r, np.int64), codes[near],
                           count[near], lo[near], hi[near]))
-            nth.append(_kth_uppers(hi, dropped, k))
+            nth.append(kth_uppers(hi, dropped, k))
         totals = np.array(totals, np.int64)
         if not parts or not sum(len(p[0]) for p in parts):
             return _RANGE_TOPK_SCHEMA.empty_table(), totals
         rng, code, count, lo, hi = (np.concatenate(c) for c in zip(*parts))
-        ids = walk.union.take(pa.array(code))
-        order = pc.sort_indices(
-            pa.table({"range": rng, "count": count, "item_id": ids}),
-            sort_keys=[("range", "ascending"), ("count", "descending"),
-                       ("item_id", "ascending")]).to_numpy()
-        rng, count, lo, hi = rng[order], count[order], lo[order], hi[order]
-        first = np.r_[True, rng[1:] != rng[:-1]]
-        starts = np.flatnonzero(first)
-        position = np.arange(len(rng)) - np.repeat(
-            starts, np.diff(np.r_[starts, len(rng)]))
-        top = position < k
-        order, rng, count, lo, hi = (order[top], rng[top], count[top],
-                                     lo[top], hi[top])
-        nth = np.array(nth, np.int64)[rng]  # (k-1)-th, k-th upper bound
-        # As ``guaranteed_flags``: beat the k-th largest upper bound of the
-        # others.
-        kth_other = np.where(hi >= nth[:, 0], nth[:, 1], nth[:, 0])
-        return pa.table({
-            "range": pa.array(rng),
-            "item_id": ids.take(pa.array(order)),
-            "count": pa.array(count), "lower_bound": pa.array(lo),
-            "upper_bound": pa.array(hi),
-            "guaranteed": pa.array(lo > kth_other)},
+        rng, rows = top_k_groups(rng, walk.union.take(pa.array(code)), count,
+                                 lo, hi, None, k, kth_pairs=nth)
+        return pa.Table.from_arrays(
+            [pa.array(rng)] + rows.columns,
             schema=_RANGE_TOPK_SCHEMA), totals
 
     # -- queries --------------------------------------------------------
@@ -1019,6 +1000,69 @@ _EXACT_RUN_ROWS = 4
 _PAIRS_PER_STEP = 1 << 21
 
 
+#: Range lengths ``_distinct_at_least`` counts; ranges of other lengths
+#: are not counted (their exact ranking is tried).
+_DISTINCT_LENGTHS = 16
+
+
+def _distinct_at_least(codes: np.ndarray, starts: np.ndarray, a: np.ndarray,
+                       b: np.ndarray, least: int, size: np.ndarray
+                       ) -> np.ndarray:
+    """Which ranges of sketches ``a[r]:b[r]`` hold at least ``least``
+    distinct items (sketch ``i``'s are ``codes[starts[i]:starts[i + 1]]``;
+    ``size`` their candidates in each range, repeats counted). False where
+    not counted: ranges of fewer than ``least`` candidates, and lengths
+    beyond the ``_DISTINCT_LENGTHS`` most common.
+
+    An item counts in a range at its first appearance there: the one
+    whose previous appearance is before the range. For ranges of one
+    length sorted by start, the ranges where an appearance is first are a
+    run, so each range's count is a cumulative sum of +1/-1 marks."""
+    out = np.zeros(len(a), bool)
+    big = np.flatnonzero(size >= least)
+    if not len(big):
+        return out
+    sketch = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    by_item = np.lexsort((sketch, codes))
+    item, at = codes[by_item], sketch[by_item]
+    prev = np.r_[-1, at[:-1]]
+    prev[np.r_[True, item[1:] != item[:-1]]] = -1
+    lengths, seen = np.unique(b[big] - a[big], return_counts=True)
+    for length in lengths[np.argsort(-seen, kind="stable")][
+            :_DISTINCT_LENGTHS]:
+        mine = big[b[big] - a[big] == length]
+        mine = mine[np.argsort(a[mine], kind="stable")]
+        start = a[mine]
+        # First in range r when prev < start[r] <= at < start[r] + length.
+        lo = np.maximum(np.searchsorted(start, prev, side="right"),
+                        np.searchsorted(start, at - length, side="right"))
+        hi = np.searchsorted(start, at, side="right")
+        run = lo < hi
+        marks = (np.bincount(lo[run], minlength=len(mine) + 1)
+                 - np.bincount(hi[run], minlength=len(mine) + 1))
+        out[mine] = np.cumsum(marks)[:-1] >= least
+    return out
+
+
+def _summed_by_key(key: np.ndarray, value: np.ndarray, span: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``key``s (each in ``0..span-1``), ascending, and the
+    sum of ``value`` at each."""
+    if not len(key):
+        return key, np.zeros(0, np.int64)
+    if span <= 4 * len(key) + (1 << 16) and value.sum() < MAX_EXACT_FLOAT:
+        # Counting into a dense array is linear: the sort it replaces was
+        # about a fifth of a one-day cms catch-up (sliding windows of
+        # 60 minutes ranked from thousands of items each).
+        keys = np.flatnonzero(np.bincount(key, minlength=span))
+        return keys, np.bincount(key, weights=value, minlength=span)[
+            keys].astype(np.int64)
+    by_key = np.argsort(key)
+    key = key[by_key]
+    heads = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return key[heads], np.add.reduceat(value[by_key], heads)
+
+
 def _rank_exact_ranges(sketches: list, ranges: list, k: int
                        ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """``rank_ranges`` of exact sketches, for the ranges whose union fits
@@ -1049,6 +1093,12 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
             for side in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 2
     totals = (summed[b] - summed[a]).astype(np.int64)
     size = starts[b] - starts[a]
+    # Ranges of more distinct items than a sketch holds go to the walk
+    # untried: expanding their pairs only to find that was most of this
+    # function on dense minutes.
+    too_many = _distinct_at_least(codes, starts, a, b, first._capacity + 1,
+                                  size)
+    size = np.where(too_many, 0, size)
     cum = np.cumsum(size)
     cuts = np.unique(np.r_[0, np.searchsorted(
         cum, np.arange(_PAIRS_PER_STEP, cum[-1] if len(cum) else 0,
@@ -1058,14 +1108,9 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         n = size[r0:r1]
         rng = np.repeat(np.arange(r0, r1), n)
         entry = np.repeat(starts[a[r0:r1]], n) + ranking.run_offsets(n)
-        key = rng * n_items + codes[entry]
-        by_key = np.argsort(key, kind="stable")
-        key = key[by_key]
-        heads = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(
-            key) else key
-        count = np.add.reduceat(count_in[entry][by_key], heads) if len(
-            key) else np.zeros(0, np.int64)
-        rng, item = key[heads] // n_items, key[heads] % n_items
+        key, count = _summed_by_key((rng - r0) * n_items + codes[entry],
+                                    count_in[entry], (r1 - r0) * n_items)
+        rng, item = key // n_items + r0, key % n_items
         fits = ((np.bincount(rng - r0, minlength=r1 - r0) <= first._capacity)
                 & (np.bincount(rng - r0, weights=(
                     _budget.CMS_CANDIDATE_OVERHEAD + length[item]),
@@ -1081,7 +1126,8 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         keep = position < k
         rng, item, count = rng[keep], item[keep], count[keep]
         parts.append((rng, item, count, count > next_count[rng - r0]))
-    trimmed = np.concatenate(trimmed) if trimmed else np.zeros(0, np.int64)
+    trimmed = np.union1d(np.concatenate(trimmed + [np.zeros(0, np.int64)]),
+                         np.flatnonzero(too_many))
     if not parts:
         return _RANGE_TOPK_SCHEMA.empty_table(), totals, trimmed
     rng, item, count, guaranteed = (np.concatenate(c) for c in zip(*parts))
@@ -1092,19 +1138,6 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         "count": count, "lower_bound": count, "upper_bound": count,
         "guaranteed": pa.array(guaranteed)},
         schema=_RANGE_TOPK_SCHEMA), totals, trimmed
-
-
-def _kth_uppers(upper: np.ndarray, unseen_bound: int, k: int
-                ) -> tuple[int, int]:
-    """The k-th and (k+1)-th largest upper bound among tracked items
-    (``upper``) and any number of untracked ones (each at most
-    ``unseen_bound``): what ``guaranteed_flags`` compares against."""
-    above = upper[upper > unseen_bound]
-    if len(above) > k + 1:
-        above = np.partition(above, len(above) - k - 1)[len(above) - k - 1:]
-    ranked = np.sort(above)[::-1]
-    return tuple(int(ranked[j]) if j < len(ranked) else unseen_bound
-                 for j in (k - 1, k))
 
 
 #: ``rank_ranges`` rows: ``TOPK_SCHEMA`` after the range's index.
