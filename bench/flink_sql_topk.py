@@ -139,6 +139,7 @@ SET 'table.dml-sync' = 'true';
 SET 'table.local-time-zone' = 'UTC';
 SET 'parallelism.default' = '{args.parallelism}';
 SET 'execution.checkpointing.interval' = '{args.checkpoint_s}s';
+SET 'state.backend.type' = '{args.state_backend}';
 SET 'state.checkpoint-storage' = 'filesystem';
 SET 'state.checkpoints.dir' = 'file://{os.path.dirname(os.path.abspath(sink))}/checkpoints';
 SET 'rest.address' = '127.0.0.1';
@@ -290,6 +291,14 @@ def main() -> None:
     p.add_argument("--checkpoint-s", type=int, default=5,
                    help="checkpoint interval; the CSV sink commits its "
                    "files on checkpoints (default 5)")
+    p.add_argument("--state-backend", choices=("hashmap", "rocksdb"),
+                   default="hashmap", help="the job's state backend "
+                   "(default hashmap: the state of a few million ids fits "
+                   "the TaskManager's heap, and RocksDB ran this job about "
+                   "10x slower here)")
+    p.add_argument("--tm-memory", default="4096m",
+                   help="process memory of a TaskManager started here "
+                   "(default 4096m)")
     p.add_argument("--timeout", type=float, default=1800,
                    help="seconds to wait for the SQL job (default 1800)")
     p.add_argument("--compare-output", metavar="DIR",
@@ -302,15 +311,12 @@ def main() -> None:
     p.add_argument("--keep-broker", action="store_true",
                    help="leave the Kafka broker started here running")
     args = p.parse_args()
-    args.run_id = f"{int(time.time())}"
     workdir = os.path.abspath(args.dir)
     os.makedirs(workdir, exist_ok=True)
 
     import kafka_throughput as kt
     own_broker = args.bootstrap is None
     bootstrap = args.bootstrap or kt.start_broker(os.path.join(workdir, "kafka"))
-    started_cluster = False
-    env = dict(os.environ, TOPK_FLINK_RUN_DIR=os.path.join(workdir, "flink-run"))
     try:
         if args.topic:
             topic = args.topic
@@ -321,58 +327,19 @@ def main() -> None:
             info = kt.preload(bootstrap, workdir, "flink-sql", args.events,
                               1, args.partitions)
             topic = info["topic"]
-        events = topic_events(bootstrap, topic)
-        log(f"topic {topic}: {events:,} messages (events)")
-
-        jars = install_sql()
-        home = flink_home()
-        kafka_jar = next(j for j in jars if "connector-kafka" in j)
-        if args.rest_port is None:
-            args.rest_port = free_port()
-            subprocess.run([FLINK_SH, "start", "--rest-port", str(args.rest_port),
-                            "--slots", str(args.slots)], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
-            started_cluster = True
-            conf_dir = os.path.join(workdir, "flink-run", "conf")
-        else:
-            conf_dir = os.path.join(home, "conf")
-        rest(args.rest_port, "/overview")
-
-        sink = os.path.join(workdir, "sink")
-        shutil.rmtree(sink, ignore_errors=True)
-        sql_path = os.path.join(workdir, "topk.sql")
-        with open(sql_path, "w") as f:
-            f.write(sql_script(args, bootstrap, topic, sink))
-        lib = client_lib(workdir, home, jars)
-        client_log = os.path.join(workdir, "client-log")
-        os.makedirs(client_log, exist_ok=True)
-        cenv = dict(env, FLINK_HOME=home, FLINK_CONF_DIR=conf_dir,
-                    FLINK_LIB_DIR=lib, FLINK_LOG_DIR=client_log)
-        before = {j["jid"] for j in rest(args.rest_port, "/jobs/overview")["jobs"]}
-        log(f"running {sql_path} on 127.0.0.1:{args.rest_port}")
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [os.path.join(home, "bin", "sql-client.sh"), "-j", kafka_jar,
-             "-f", sql_path], env=cenv, capture_output=True, text=True,
-            timeout=args.timeout)
-        wall = time.perf_counter() - t0
-        with open(os.path.join(workdir, "sql-client.out"), "w") as f:
-            f.write(proc.stdout + proc.stderr)
-        jobs = [j for j in rest(args.rest_port, "/jobs/overview")["jobs"]
-                if j["jid"] not in before]
-        if proc.returncode != 0 or "[ERROR]" in proc.stdout or not jobs:
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-            raise RuntimeError(f"sql-client failed (rc {proc.returncode}, "
-                               f"jobs {jobs}):\n{tail}")
-        job = rest(args.rest_port, f"/jobs/{jobs[0]['jid']}")
-        if job["state"] != "FINISHED":
-            raise RuntimeError(f"job {job['jid']} ended {job['state']}")
-        job_s = job["duration"] / 1000.0
-        flink_rows = read_flink_rows(sink)
-
+        job = run_sql_job(bootstrap, topic, workdir, k=args.k,
+                          dedup=args.dedup, parallelism=args.parallelism,
+                          slots=args.slots, rest_port=args.rest_port,
+                          watermark_s=args.watermark_s,
+                          checkpoint_s=args.checkpoint_s,
+                          state_backend=args.state_backend,
+                          tm_memory=args.tm_memory, timeout=args.timeout,
+                          keep_cluster=args.keep_cluster)
+        events, wall, job_s = job["events"], job["wall_s"], job["job_s"]
         cmp = None
         if args.compare_output:
-            cmp = compare(flink_rows, read_topk_rows(args.compare_output, args.k))
+            cmp = compare(job["rows"], read_topk_rows(args.compare_output,
+                                                      args.k))
 
         out = []
         out.append(f"\nFlink SQL Window Top-N, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -396,18 +363,89 @@ def main() -> None:
             out.append(f"\n{ok:,} of {tot:,} windows agree")
         else:
             counts = defaultdict(int)
-            for (spec, _w) in flink_rows:
+            for (spec, _w) in job["rows"]:
                 counts[spec] += 1
             out.append("\nwindows written: " + ", ".join(
                 f"{s} {counts.get(s, 0):,}" for s, _ in SPECS))
         print("\n".join(out), flush=True)
     finally:
-        if started_cluster and not args.keep_cluster:
-            subprocess.run([FLINK_SH, "stop"], env=env, check=False,
-                           capture_output=True)
         if own_broker and not args.keep_broker:
             kt.stop_broker(os.path.join(workdir, "kafka"))
 
+
+def run_sql_job(bootstrap: str, topic: str, workdir: str, *, k: int = 100,
+                dedup: bool = True, parallelism: int = 2, slots: int = 4,
+                rest_port: int | None = None, watermark_s: int = 10,
+                checkpoint_s: int = 5, state_backend: str = "hashmap",
+                tm_memory: str = "4096m", timeout: float = 1800,
+                keep_cluster: bool = False) -> dict:
+    """The Window Top-N statement set over ``topic`` (one event per
+    message), on the cluster at ``rest_port`` or on one started (and
+    stopped, unless ``keep_cluster``) in ``workdir``: ``{"events",
+    "wall_s"`` (submission to the job's end, the SQL client's start
+    included), ``"job_s"`` (the job's own duration), ``"rows"``
+    (``read_flink_rows``)``}``."""
+    settings = argparse.Namespace(
+        k=k, dedup=dedup, parallelism=parallelism, rest_port=rest_port,
+        watermark_s=watermark_s, checkpoint_s=checkpoint_s,
+        state_backend=state_backend, run_id=f"{int(time.time())}")
+    env = dict(os.environ, TOPK_FLINK_RUN_DIR=os.path.join(workdir, "flink-run"))
+    events = topic_events(bootstrap, topic)
+    log(f"topic {topic}: {events:,} messages (events)")
+    jars = install_sql()
+    home = flink_home()
+    kafka_jar = next(j for j in jars if "connector-kafka" in j)
+    started_cluster = False
+    try:
+        if settings.rest_port is None:
+            settings.rest_port = free_port()
+            subprocess.run([FLINK_SH, "start", "--rest-port",
+                            str(settings.rest_port), "--slots", str(slots),
+                            "--tm-memory", tm_memory],
+                           env=env, check=True, stdout=subprocess.DEVNULL)
+            started_cluster = True
+            conf_dir = os.path.join(workdir, "flink-run", "conf")
+        else:
+            conf_dir = os.path.join(home, "conf")
+        port = settings.rest_port
+        rest(port, "/overview")
+
+        sink = os.path.join(workdir, "sink")
+        shutil.rmtree(sink, ignore_errors=True)
+        sql_path = os.path.join(workdir, "topk.sql")
+        with open(sql_path, "w") as f:
+            f.write(sql_script(settings, bootstrap, topic, sink))
+        lib = client_lib(workdir, home, jars)
+        client_log = os.path.join(workdir, "client-log")
+        os.makedirs(client_log, exist_ok=True)
+        cenv = dict(env, FLINK_HOME=home, FLINK_CONF_DIR=conf_dir,
+                    FLINK_LIB_DIR=lib, FLINK_LOG_DIR=client_log)
+        before = {j["jid"] for j in rest(port, "/jobs/overview")["jobs"]}
+        log(f"running {sql_path} on 127.0.0.1:{port}")
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [os.path.join(home, "bin", "sql-client.sh"), "-j", kafka_jar,
+             "-f", sql_path], env=cenv, capture_output=True, text=True,
+            timeout=timeout)
+        wall = time.perf_counter() - t0
+        with open(os.path.join(workdir, "sql-client.out"), "w") as f:
+            f.write(proc.stdout + proc.stderr)
+        jobs = [j for j in rest(port, "/jobs/overview")["jobs"]
+                if j["jid"] not in before]
+        if proc.returncode != 0 or "[ERROR]" in proc.stdout or not jobs:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            raise RuntimeError(f"sql-client failed (rc {proc.returncode}, "
+                               f"jobs {jobs}):\n{tail}")
+        job = rest(port, f"/jobs/{jobs[0]['jid']}")
+        if job["state"] != "FINISHED":
+            raise RuntimeError(f"job {job['jid']} ended {job['state']}")
+        return {"events": events, "wall_s": wall,
+                "job_s": job["duration"] / 1000.0,
+                "rows": read_flink_rows(sink)}
+    finally:
+        if started_cluster and not keep_cluster:
+            subprocess.run([FLINK_SH, "stop"], env=env, check=False,
+                           capture_output=True)
 
 if __name__ == "__main__":
     main()
