@@ -1022,8 +1022,10 @@ def _distinct_at_least(codes: np.ndarray, starts: np.ndarray, a: np.ndarray,
     big = np.flatnonzero(size >= least)
     if not len(big):
         return out
-    sketch = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
-    by_item = np.lexsort((sketch, codes))
+    n_sketches = len(starts) - 1
+    sketch = np.repeat(np.arange(n_sketches), np.diff(starts))
+    # One int64 key sorts about twice as fast as ``lexsort`` of two.
+    by_item = np.argsort(codes * n_sketches + sketch)
     item, at = codes[by_item], sketch[by_item]
     prev = np.r_[-1, at[:-1]]
     prev[np.r_[True, item[1:] != item[:-1]]] = -1
