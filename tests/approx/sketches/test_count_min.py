@@ -476,3 +476,13 @@ def test_distinct_at_least_counts_each_ranges_items(drawn, least):
                                        starts[b] - starts[a])
     expected = [len(set().union(*sets[x:y])) >= least for x, y in ranges]
     assert got.tolist() == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 40), st.integers(-5, 10 ** 12)),
+                min_size=1, max_size=60), st.data())
+def test_nth_smallest_is_the_sorted_values_nth(values, data):
+    """Counted (small non-negative bounds) or sorted (any others)."""
+    values = np.array(values, np.int64)
+    n = data.draw(st.integers(0, len(values) - 1))
+    assert count_min._nth_smallest(values, n) == int(np.sort(values)[n])

@@ -130,9 +130,10 @@ def top_k_groups(group, items: pa.Array, count, lower, upper, unseen_bound,
     TOPK_SCHEMA)``, by group, then rank: one sort for every group instead
     of a small table each.
 
-    ``kth_pairs``, one ``kth_uppers`` pair per group, lets a caller pass
-    only the rows that may rank (the flags compare against every tracked
-    item's bound, which the rows given would not show)."""
+    ``kth_pairs``, one ``kth_uppers`` pair per group (``unseen_bound`` is
+    then unused), lets a caller pass only the rows that may rank: the
+    flags compare against every tracked item's bound, which those rows
+    would not show."""
     k = check_k(k)
     group = np.asarray(group, np.int64)
     if len(group) == 0:

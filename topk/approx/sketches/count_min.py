@@ -1159,10 +1159,7 @@ def _choose(hi: np.ndarray, length: np.ndarray, capacity: int,
     items must cover."""
     n = len(hi)
     if n > capacity:
-        # A stable (radix/tim) sort, not np.partition: bounds repeat a lot
-        # (every newcomer seen once gets the same one), which makes
-        # introselect up to 20x slower than this.
-        threshold = np.sort(hi, kind="stable")[n - capacity]
+        threshold = _nth_smallest(hi, n - capacity)
         mask = hi > threshold
         tied = np.flatnonzero(hi == threshold)
         mask[tied[:capacity - int(mask.sum())]] = True
@@ -1182,6 +1179,18 @@ def _choose(hi: np.ndarray, length: np.ndarray, capacity: int,
         left_out[keep] = False
         worst = int(hi[left_out].max())
     return keep, worst
+
+
+def _nth_smallest(values: np.ndarray, n: int) -> int:
+    """``np.sort(values)[n]`` of integers."""
+    if values.min() >= 0 and values.max() <= 4 * len(values) + 1024:
+        # Bounds are small integers: counting them is linear.
+        return int(np.searchsorted(np.cumsum(np.bincount(values)), n,
+                                   side="right"))
+    # A stable (radix/tim) sort, not np.partition: bounds repeat a lot
+    # (every newcomer seen once gets the same one), which makes introselect
+    # up to 20x slower than this.
+    return int(np.sort(values, kind="stable")[n])
 
 
 def _encode_candidates(sketches) -> tuple[pa.Array, np.ndarray, np.ndarray]:
