@@ -486,3 +486,17 @@ def test_nth_smallest_is_the_sorted_values_nth(values, data):
     values = np.array(values, np.int64)
     n = data.draw(st.integers(0, len(values) - 1))
     assert count_min._nth_smallest(values, n) == int(np.sort(values)[n])
+
+
+@settings(max_examples=100, deadline=None)
+@given(params, st.lists(stream, min_size=1, max_size=5), st.integers(1, 6))
+def test_top_k_many_ranks_each_sketch_as_alone(p, streams, k):
+    """Exact and full sketches ranked in one table: each one's rows are
+    its own top ``k``, with its own bound for untracked items."""
+    many = [feed(make(p), s) for s in streams]
+    of, rows = CountMinTopK.top_k_many(many, k)
+    assert of.tolist() == sorted(of.tolist())
+    for i, sketch in enumerate(many):
+        alone = CountMinTopK.top_k_many([sketch], k)[1]
+        assert rows.filter(pa.array(of == i)).equals(alone)
+        assert alone.num_rows == min(k, len(sketch.candidates()))

@@ -67,6 +67,11 @@ class ApproxTopK(Protocol):
         """``TOPK_SCHEMA``: item_id, count, lower_bound, upper_bound,
         guaranteed; ranked by count desc, item_id asc."""
 
+    @classmethod
+    def top_k_many(cls, sketches, k: int) -> tuple[np.ndarray, pa.Table]:
+        """``top_k`` of many sketches in one table: ``(index of each row's
+        sketch, rows)``, by sketch, then rank."""
+
     def bounds(self, items) -> tuple[np.ndarray, np.ndarray]:
         """Deterministic (lower, upper) bounds of any items."""
 
@@ -207,14 +212,8 @@ def windows_ranked_rows(windows, k: int, event_type: str) -> pa.Table:
     for _, sketch in windows:
         index.setdefault(id(sketch), (len(index), sketch))
     distinct = [sketch for _, sketch in index.values()]
-    many = getattr(type(distinct[0]), "top_k_many", None) if distinct else None
-    if many is not None:
-        of, top = many(distinct, k)
-    else:
-        tops = [sketch.top_k(k) for sketch in distinct]
-        of = np.repeat(np.arange(len(tops)), [t.num_rows for t in tops])
-        top = (pa.concat_tables(tops).combine_chunks() if tops
-               else TOPK_SCHEMA.empty_table())
+    of, top = (type(distinct[0]).top_k_many(distinct, k) if distinct
+               else (np.zeros(0, np.int64), TOPK_SCHEMA.empty_table()))
     held = np.bincount(of, minlength=len(distinct)).astype(np.int64)
     which = np.array([index[id(sketch)][0] for _, sketch in windows],
                      np.int64)

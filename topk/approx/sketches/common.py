@@ -112,20 +112,12 @@ def beats_kth_other(lower, upper, kth_1, kth) -> np.ndarray:
     return np.asarray(lower) > np.where(np.asarray(upper) >= kth_1, kth, kth_1)
 
 
-def top_k_table(items: pa.Array, count: np.ndarray, lower: np.ndarray,
-                upper: np.ndarray, unseen_bound: int, k: int) -> pa.Table:
-    """Rank tracked items (``count`` desc, ``item_id`` asc), keep ``k`` and
-    flag the guaranteed ones against all tracked items' upper bounds
-    (``top_k_groups`` of one group)."""
-    return top_k_groups(np.zeros(len(items), np.int64), items, count, lower,
-                        upper, [unseen_bound], k)[1]
-
-
 def top_k_groups(group, items: pa.Array, count, lower, upper, unseen_bound,
                  k: int, kth_pairs=None) -> tuple[np.ndarray, pa.Table]:
-    """``top_k_table`` of many groups at once (e.g. one per window): row
-    ``i`` is a tracked item of group ``group[i]`` (``0 <= group <
-    len(unseen_bound)``), whose untracked items are bounded by
+    """Rank tracked items (``count`` desc, ``item_id`` asc), keep ``k`` and
+    flag the guaranteed ones, for many groups at once (e.g. one per
+    window): row ``i`` is a tracked item of group ``group[i]`` (``0 <=
+    group < len(unseen_bound)``), whose untracked items are bounded by
     ``unseen_bound[group]``. Returns ``(group of each kept row, rows in
     TOPK_SCHEMA)``, by group, then rank: one sort for every group instead
     of a small table each.

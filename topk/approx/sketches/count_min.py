@@ -66,7 +66,7 @@ import pyarrow.compute as pc
 from topk.approx.sketches import budget as _budget
 from topk.approx.sketches.common import (DEFAULT_BUDGET_BYTES, MAX_EXACT_FLOAT,
                                   TOPK_SCHEMA, check_k, coerce_batch,
-                                  kth_uppers, top_k_groups, top_k_table)
+                                  kth_uppers, top_k_groups)
 from topk.approx.sketches.hashing import HASH_VERSION, hash64
 from topk.core import ranking
 
@@ -446,10 +446,23 @@ class CountMinTopK:
         ``upper_bound`` always contain it; ``guaranteed`` marks items that
         are certainly in the true top ``k``.
         """
+        return self.top_k_many([self], k)[1]
+
+    @classmethod
+    def top_k_many(cls, sketches, k: int) -> tuple[np.ndarray, pa.Table]:
+        """``top_k`` of many sketches in one table: ``(index of each row's
+        sketch, rows)``, by sketch, then rank (``top_k_groups``)."""
         k = check_k(k)
-        lo, hi = self._cand_lo, self._cand_hi
-        return top_k_table(self._cand_items, (lo + hi) // 2, lo, hi,
-                           self._dropped, k)
+        sketches = list(sketches)
+        if not sketches:
+            return np.zeros(0, np.int64), TOPK_SCHEMA.empty_table()
+        lo = np.concatenate([s._cand_lo for s in sketches])
+        hi = np.concatenate([s._cand_hi for s in sketches])
+        return top_k_groups(
+            np.repeat(np.arange(len(sketches)),
+                      [len(s._cand_items) for s in sketches]),
+            pa.concat_arrays([s._cand_items for s in sketches]),
+            (lo + hi) // 2, lo, hi, [s._dropped for s in sketches], k)
 
     def bounds(self, items) -> tuple[np.ndarray, np.ndarray]:
         """Deterministic (lower, upper) bounds on the true count of any
