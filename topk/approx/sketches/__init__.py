@@ -146,8 +146,7 @@ def pack(sketches: list) -> tuple:
     groups, rest = {}, []
     for i, s in enumerate(sketches):
         if isinstance(s, CountMinTopK) and s.exact:
-            groups.setdefault((s.budget_bytes, s.width, s.depth, s.capacity),
-                              []).append(i)
+            groups.setdefault(s.exact_params, []).append(i)
         else:
             rest.append(i)
     return (len(sketches),

@@ -221,6 +221,13 @@ class CountMinTopK:
         return self._counters is None
 
     @property
+    def exact_params(self) -> tuple:
+        """What exact sketches must share to be packed together
+        (``pack_exact``): an exact sketch is never conservative (its
+        counters start at once)."""
+        return (self._budget_bytes, self._width, self._depth, self._capacity)
+
+    @property
     def counters(self) -> np.ndarray:
         """The counters (read-only view, shape ``(depth, width)``); made
         from the candidates for an exact sketch."""
@@ -588,11 +595,8 @@ class CountMinTopK:
         ``unpack_exact`` turns back into equal sketches (a pickle of the
         arrays is all a shuffle moves); ``ValueError`` for others."""
         sketches = list(sketches)
-        first = sketches[0]
-        params = (first._budget_bytes, first._width, first._depth,
-                  first._capacity)
-        if not all(s.exact and (s._budget_bytes, s._width, s._depth,
-                                s._capacity) == params for s in sketches):
+        params = sketches[0].exact_params
+        if not all(s.exact and s.exact_params == params for s in sketches):
             raise ValueError("pack_exact takes exact sketches of one "
                              "parameter set")
         items = pa.concat_arrays([s._cand_items for s in sketches])
