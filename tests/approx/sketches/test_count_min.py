@@ -500,3 +500,59 @@ def test_top_k_many_ranks_each_sketch_as_alone(p, streams, k):
         alone = CountMinTopK.top_k_many([sketch], k)[1]
         assert rows.filter(pa.array(of == i)).equals(alone)
         assert alone.num_rows == min(k, len(sketch.candidates()))
+
+
+#: Streams of up to three items: exact sketches whose ranges overflow a
+#: small capacity, with the heaviest few standing out or tied.
+three_items = st.lists(st.lists(st.tuples(st.sampled_from(ITEMS[:12]),
+                                          st.integers(1, 6)),
+                                max_size=3), min_size=1, max_size=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams_and_ranges(three_items, max_streams=12), st.integers(3, 6),
+       st.integers(1, 3), st.sampled_from([count_min._OVERFULL_CELLS, 30]))
+def test_overfull_exact_ranges_rank_as_the_walk(drawn, capacity, k, cells):
+    """Ranges of exact sketches whose union is over the capacity: ranked
+    from their heaviest items where that gives the walk's rows (a small
+    cell budget splits the ranges and leaves some to the walk)."""
+    streams, ranges = drawn
+    sketches = [feed(make({"width": 8, "depth": 2, "capacity": capacity,
+                           "conservative": False, "extra": 2000}), s)
+                for s in streams]
+    assume(all(s.exact for s in sketches))
+    walk_rows, walk_totals = CountMinTopK._rank_walk(sketches, ranges, k)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(count_min, "_OVERFULL_CELLS", cells)
+        rows, totals = CountMinTopK.rank_ranges(sketches, ranges, k)
+    assert rows.equals(walk_rows)
+    np.testing.assert_array_equal(totals, walk_totals)
+
+
+def test_overfull_ranges_with_a_clear_top_skip_the_walk(monkeypatch):
+    """Sliding ranges over a capacity of 6, a hot, a warm and a mild item
+    in every minute among ones seen once: ranked without the walk, as it
+    ranks them; ids that could overflow the budget go to the walk."""
+    def minute(i, tail):
+        return CountMinTopK(4096, width=8, depth=2, capacity=6).update(
+            ["hot", "warm", "mild"] + [f"{tail}{i}-{j}" for j in range(3)],
+            [50, 20, 5, 1, 1, 1])
+
+    sketches = [minute(i, "c") for i in range(10)]
+    ranges = [(a, a + 5) for a in range(6)]
+    expected = CountMinTopK._rank_walk(sketches, ranges, 2)
+    walked = []
+    monkeypatch.setattr(CountMinTopK, "_rank_walk", classmethod(
+        lambda cls, s, r, k: walked.append(r) or expected))
+    rows, totals = CountMinTopK.rank_ranges(sketches, ranges, 2)
+    assert walked == [] and rows.equals(expected[0])
+    assert rows.filter(pa.compute.equal(rows["range"], 0)).to_pylist() == [
+        {"range": 0, "item_id": "hot", "count": 250, "lower_bound": 250,
+         "upper_bound": 250, "guaranteed": True},
+        {"range": 0, "item_id": "warm", "count": 100, "lower_bound": 100,
+         "upper_bound": 100, "guaranteed": True}]
+    assert totals.tolist() == [390] * 6
+    # Ids as long as this one, six of them, would not fit the budget.
+    long = [minute(i, "x" * 900) for i in range(10)]
+    CountMinTopK.rank_ranges(long, ranges, 2)
+    assert walked == [ranges]

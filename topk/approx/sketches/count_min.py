@@ -1082,14 +1082,108 @@ def _summed_by_key(key: np.ndarray, value: np.ndarray, span: int
     return key[heads], np.add.reduceat(value[by_key], heads)
 
 
+#: (item, sketch) cells ``_rank_overfull_ranges`` sums densely at a time.
+_OVERFULL_CELLS = 1 << 22
+
+#: Ranges ``_rank_overfull_ranges`` takes together (sorted by start).
+_OVERFULL_CHUNK = 16
+
+
+def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
+                          count_in: np.ndarray, a: np.ndarray, b: np.ndarray,
+                          which: np.ndarray, k: int, n_items: int,
+                          capacity: int, trims: bool) -> tuple[list, list]:
+    """The top ``k`` of exact ranges of many candidates (``which``, sliding
+    windows of dense minutes), without the walk, where that gives the
+    walk's rows.
+
+    The walk keeps a range's ``capacity`` largest counts, then ranks them
+    and flags against the (k+1)-th count and the largest count left out.
+    When no more than ``capacity`` items reach the (k+1)-th count (and the
+    kept ids never overflow the budget: ``trims`` False), what it leaves
+    out is below that count, so the rows are the top ``k`` of all the
+    range's items, flagged against the (k+1)-th count as
+    ``_rank_exact_ranges`` does for a range that fits. Those items are
+    found without a range's every item: the (k+1)-th count among the
+    heaviest items over the span of a few ranges is at most the true one,
+    and an item whose count over the whole span is below that reaches it
+    in none of them; the others are summed densely, (item, sketch) cells,
+    and a range's counts are the difference of two cumulative columns.
+
+    Returns ``(parts, left)``: ``(range, item code, count, guaranteed)``
+    arrays per chunk, and the ranges of ``which`` not ranked here."""
+    if trims or not len(which):
+        return [], [which]
+    which = which[np.argsort(a[which], kind="stable")]
+    parts, left = [], []
+    todo = [which[i:i + _OVERFULL_CHUNK]
+            for i in range(0, len(which), _OVERFULL_CHUNK)]
+    while todo:
+        chunk = todo.pop()
+        lo, hi = int(a[chunk].min()), int(b[chunk].max())
+        e0, e1 = starts[lo], starts[hi]
+        code, weight = codes[e0:e1], count_in[e0:e1]
+        column = np.repeat(np.arange(hi - lo), np.diff(starts[lo:hi + 1]))
+        ra, rb = a[chunk] - lo, b[chunk] - lo
+
+        def range_counts(items):
+            """``(len(items), len(chunk))`` counts of ``items`` per range."""
+            place = np.full(n_items, -1, np.int64)
+            place[items] = np.arange(len(items))
+            at = place[code]
+            mine = at >= 0
+            width = hi - lo + 1
+            cells = np.bincount(at[mine] * width + column[mine] + 1,
+                                weights=weight[mine],
+                                minlength=len(items) * width)
+            cum = np.cumsum(cells.reshape(len(items), width), axis=1)
+            return (cum[:, rb] - cum[:, ra]).astype(np.int64)
+
+        total = np.bincount(code, weights=weight, minlength=n_items)
+        heavy = np.argpartition(-total, min(2 * (k + 1), n_items) - 1)[
+            :2 * (k + 1)]
+        floor = 0
+        if len(heavy) > k:
+            floor = int(np.partition(range_counts(heavy), len(heavy) - k - 1,
+                                     axis=0)[len(heavy) - k - 1].min())
+        items = np.flatnonzero(total >= max(floor, 1))
+        if len(items) * (hi - lo + 1) > _OVERFULL_CELLS:
+            if len(chunk) > 1:
+                todo += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
+            else:
+                left.append(chunk)
+            continue
+        counts = range_counts(items)
+        n = len(items)
+        next_count = kth = np.zeros(len(chunk), np.int64)
+        if n > k:
+            top = np.partition(counts, [n - k - 1, n - k], axis=0)
+            next_count, kth = top[n - k - 1], top[n - k]
+        # An item counts in a range when it is in it: zeros never rank.
+        ok = (counts >= np.maximum(next_count, 1)).sum(axis=0) <= capacity
+        left.append(chunk[~ok])
+        at_item, at_range = np.nonzero(counts[:, ok]
+                                       >= np.maximum(kth[ok], 1))
+        rng = chunk[ok][at_range]
+        item, count = items[at_item], counts[:, ok][at_item, at_range]
+        ranked, position = ranking.rank_in_groups(rng, count, item)
+        keep = ranked[position < k]
+        rng, item, count = rng[keep], item[keep], count[keep]
+        parts.append((rng, item, count,
+                      count > next_count[ok][at_range[keep]]))
+    return parts, left
+
+
 def _rank_exact_ranges(sketches: list, ranges: list, k: int
                        ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """``rank_ranges`` of exact sketches, for the ranges whose union fits
     the first sketch's capacity and budget (their merge is exact, so a
     candidate's bounds are its count, and it is guaranteed when it beats
     the (k+1)-th count, as ``guaranteed_flags`` has it with nothing
-    dropped). Returns ``(rows, totals, trimmed)``: the rows of those
-    ranges, every range's total, and the indices of the ranges left out.
+    dropped), and for those of more candidates whose top ``k`` the walk
+    would keep whole (``_rank_overfull_ranges``). Returns ``(rows, totals,
+    trimmed)``: the rows of those ranges, every range's total, and the
+    indices of the ranges left to the walk.
 
     A range's candidates are a contiguous run of the sketches' candidates
     concatenated, so every range is ranked by one sort of (range, item)
@@ -1112,17 +1206,29 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
             for side in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 2
     totals = (summed[b] - summed[a]).astype(np.int64)
     size = starts[b] - starts[a]
-    # Ranges of more distinct items than a sketch holds go to the walk
-    # untried: expanding their pairs only to find that was most of this
-    # function on dense minutes.
-    too_many = _distinct_at_least(codes, starts, a, b, first._capacity + 1,
-                                  size)
-    size = np.where(too_many, 0, size)
+    # Ranges of more candidates than a sketch holds (sliding windows of
+    # dense minutes) are ranked from their heavy items; expanding their
+    # pairs was most of this function on dense minutes. Kept ids of at
+    # most the longest id each never overflow the budget.
+    many = np.flatnonzero(size > first._capacity)
+    trims = (first._capacity * (_budget.CMS_CANDIDATE_OVERHEAD
+                                + int(length.max())) > first._candidate_room()
+             or count_in.sum() >= MAX_EXACT_FLOAT)
+    parts, left = _rank_overfull_ranges(
+        codes, starts, count_in, a, b, many, k, n_items, first._capacity,
+        trims)
+    left = np.concatenate(left + [np.zeros(0, np.int64)])
+    # Of those left, ranges of more distinct items than a sketch holds go
+    # to the walk untried.
+    too_many = left[_distinct_at_least(codes, starts, a[left], b[left],
+                                       first._capacity + 1, size[left])]
+    size[np.setdiff1d(many, left)] = 0
+    size[too_many] = 0
     cum = np.cumsum(size)
     cuts = np.unique(np.r_[0, np.searchsorted(
         cum, np.arange(_PAIRS_PER_STEP, cum[-1] if len(cum) else 0,
                        _PAIRS_PER_STEP), side="right"), len(ranges)])
-    parts, trimmed = [], []
+    trimmed = [too_many]
     for r0, r1 in zip(cuts[:-1], cuts[1:]):
         n = size[r0:r1]
         rng = np.repeat(np.arange(r0, r1), n)
@@ -1145,11 +1251,13 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         keep = position < k
         rng, item, count = rng[keep], item[keep], count[keep]
         parts.append((rng, item, count, count > next_count[rng - r0]))
-    trimmed = np.union1d(np.concatenate(trimmed + [np.zeros(0, np.int64)]),
-                         np.flatnonzero(too_many))
+    trimmed = np.unique(np.concatenate(trimmed + [np.zeros(0, np.int64)]))
     if not parts:
         return _RANGE_TOPK_SCHEMA.empty_table(), totals, trimmed
     rng, item, count, guaranteed = (np.concatenate(c) for c in zip(*parts))
+    by_range = np.argsort(rng, kind="stable")  # rank order within a range
+    rng, item, count, guaranteed = (rng[by_range], item[by_range],
+                                    count[by_range], guaranteed[by_range])
     count = pa.array(count)
     return pa.table({
         "range": pa.array(rng), "item_id": union.take(pa.array(
