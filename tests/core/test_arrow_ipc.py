@@ -40,3 +40,27 @@ def test_a_pickled_slice_carries_its_rows_not_its_parent():
     assert back["n"].tolist() == [0, 1, 2]
     # The parent's buffers are megabytes; ten rows are well under 10 kB.
     assert len(data) < 10_000 < parent.nbytes
+
+
+def ranked_like(rows: int) -> pa.Table:
+    """Rows that repeat the same few strings, as ranked panes do."""
+    return pa.table({"window_length": ["1h"] * rows,
+                     "pane_timing": ["on_time"] * rows,
+                     "item_id": [f"item-{i % 997:07d}" for i in range(rows)],
+                     "count": pa.array(np.arange(rows))})
+
+
+def test_large_tables_cross_compressed_small_ones_plain():
+    """What a runner copies (coder bytes, pickles) is LZ4 from
+    ``COMPRESS_BYTES`` on, plain below; both decode to the table."""
+    arrow_ipc.pickle_as_ipc()
+    large, small = ranked_like(20_000), ranked_like(10)
+    assert large.nbytes >= arrow_ipc.COMPRESS_BYTES > small.nbytes
+    for table in (large, small, small.schema.empty_table()):
+        data = arrow_ipc.compact_bytes(table)
+        assert arrow_ipc.from_bytes(data).equals(table)
+        assert pickle.loads(pickle.dumps(table)).equals(table)
+    plain = arrow_ipc.to_bytes(large)
+    assert len(arrow_ipc.compact_bytes(large)) * 2 < len(plain)
+    assert len(pickle.dumps(large)) * 2 < len(plain)
+    assert arrow_ipc.compact_bytes(small) == arrow_ipc.to_bytes(small)

@@ -6,21 +6,12 @@ import pyarrow as pa
 from topk.core import arrow_ipc
 
 
-#: Tables of at least this many bytes cross as LZ4-compressed IPC.
-COMPRESS_BYTES = 1 << 16
-
-
 class ArrowTableCoder(beam.coders.Coder):
     """Encodes a ``pyarrow.Table`` as an Arrow IPC stream, LZ4-compressed
-    from ``COMPRESS_BYTES``."""
+    when large (``arrow_ipc.compact_bytes``)."""
 
     def encode(self, table: pa.Table) -> bytes:
-        # A portable runner copies every element and every state write
-        # through gRPC: ranked panes (the same few strings on every row)
-        # shrink about 4x, and compressing costs less than the copy it
-        # saves (a 2M-event cms catch-up on Prism: 0.9x the time).
-        return arrow_ipc.to_bytes(table, arrow_ipc.LZ4
-                                  if table.nbytes >= COMPRESS_BYTES else None)
+        return arrow_ipc.compact_bytes(table)
 
     def decode(self, encoded: bytes) -> pa.Table:
         return arrow_ipc.from_bytes(encoded)
