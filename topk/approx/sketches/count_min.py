@@ -1082,7 +1082,8 @@ def _summed_by_key(key: np.ndarray, value: np.ndarray, span: int
     return key[heads], np.add.reduceat(value[by_key], heads)
 
 
-#: (item, sketch) cells ``_rank_overfull_ranges`` sums densely at a time.
+#: (item, sketch) and (item, range) cells ``_rank_overfull_ranges`` holds
+#: at a time.
 _OVERFULL_CELLS = 1 << 22
 
 #: Ranges ``_rank_overfull_ranges`` takes together (sorted by start).
@@ -1112,7 +1113,7 @@ def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
 
     Returns ``(parts, left)``: ``(range, item code, count, guaranteed)``
     arrays per chunk, and the ranges of ``which`` not ranked here."""
-    if trims or not len(which):
+    if trims or k >= capacity or not len(which):
         return [], [which]
     which = which[np.argsort(a[which], kind="stable")]
     parts, left = [], []
@@ -1143,11 +1144,11 @@ def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
         heavy = np.argpartition(-total, min(2 * (k + 1), n_items) - 1)[
             :2 * (k + 1)]
         floor = 0
-        if len(heavy) > k:
+        if k < len(heavy) and len(heavy) * (hi - lo + 1) <= _OVERFULL_CELLS:
             floor = int(np.partition(range_counts(heavy), len(heavy) - k - 1,
                                      axis=0)[len(heavy) - k - 1].min())
         items = np.flatnonzero(total >= max(floor, 1))
-        if len(items) * (hi - lo + 1) > _OVERFULL_CELLS:
+        if len(items) * max(hi - lo + 1, len(chunk)) > _OVERFULL_CELLS:
             if len(chunk) > 1:
                 todo += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
             else:
