@@ -1117,10 +1117,8 @@ def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
         return [], [which]
     which = which[np.argsort(a[which], kind="stable")]
     parts, left = [], []
-    todo = [which[i:i + _OVERFULL_CHUNK]
-            for i in range(0, len(which), _OVERFULL_CHUNK)]
-    while todo:
-        chunk = todo.pop()
+    for at in range(0, len(which), _OVERFULL_CHUNK):
+        chunk = which[at:at + _OVERFULL_CHUNK]
         lo, hi = int(a[chunk].min()), int(b[chunk].max())
         e0, e1 = starts[lo], starts[hi]
         code, weight = codes[e0:e1], count_in[e0:e1]
@@ -1149,10 +1147,9 @@ def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
                                      axis=0)[len(heavy) - k - 1].min())
         items = np.flatnonzero(total >= max(floor, 1))
         if len(items) * max(hi - lo + 1, len(chunk)) > _OVERFULL_CELLS:
-            if len(chunk) > 1:
-                todo += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
-            else:
-                left.append(chunk)
+            # Too many items reach the floor (counts alike, as in a long
+            # tail seen once each): the walk ranks these.
+            left.append(chunk)
             continue
         counts = range_counts(items)
         n = len(items)
