@@ -48,9 +48,10 @@ def _reduce(table: pa.Table):
 
 def pickle_as_ipc() -> None:
     """Make ``pickle`` write every ``pa.Table`` as the IPC stream of its own
-    rows (``compact_bytes``). pyarrow pickles a table by its buffers, and a slice's buffers are
-    its parent's: a 10-row slice of a 1M-row table pickles to 22.9 MB
-    (pyarrow 25), its IPC stream to 584 bytes. Beam pickles what it has no
-    coder for (runner state, untyped outputs), so a stream that keeps
-    zero-copy slices paid for their parents at every firing."""
+    rows (``compact_bytes``). pyarrow pickles a table by its buffers, and
+    a slice's buffers are its parent's: a 10-row slice of a 1M-row table
+    pickles to 22.9 MB (pyarrow 25), its IPC stream to 584 bytes. Beam
+    pickles what it has no coder for (runner state, untyped outputs), so a
+    stream that keeps zero-copy slices paid for their parents at every
+    firing."""
     copyreg.pickle(pa.Table, _reduce)

@@ -515,7 +515,7 @@ three_items = st.lists(st.lists(st.tuples(st.sampled_from(ITEMS[:12]),
 def test_overfull_exact_ranges_rank_as_the_walk(drawn, capacity, k, cells):
     """Ranges of exact sketches whose union is over the capacity: ranked
     from their heaviest items where that gives the walk's rows (a small
-    cell budget splits the ranges and leaves some to the walk)."""
+    cell budget leaves some to the walk)."""
     streams, ranges = drawn
     sketches = [feed(make({"width": 8, "depth": 2, "capacity": capacity,
                            "conservative": False, "extra": 2000}), s)
