@@ -552,7 +552,9 @@ def test_overfull_ranges_with_a_clear_top_skip_the_walk(monkeypatch):
         {"range": 0, "item_id": "warm", "count": 100, "lower_bound": 100,
          "upper_bound": 100, "guaranteed": True}]
     assert totals.tolist() == [390] * 6
-    # Ids as long as this one, six of them, would not fit the budget.
+    # Ids as long as this one, six of them, would not fit the budget. Only
+    # the routing is checked here (the patched walk answers anything);
+    # the rows of both paths are compared in the hypothesis test above.
     long = [minute(i, "x" * 900) for i in range(10)]
     CountMinTopK.rank_ranges(long, ranges, 2)
     assert walked == [ranges]
