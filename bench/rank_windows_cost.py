@@ -18,9 +18,10 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from checkouts import run_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -57,15 +58,6 @@ def child(root: str, spec: dict) -> dict:
                                        "rows": rows.num_rows,
                                        "digest": digest}
     return out
-
-
-def run(root: str, spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", root, json.dumps(spec)],
-        capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"the run under {root} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout)
 
 
 def main() -> None:
@@ -108,7 +100,7 @@ def main() -> None:
     runs = {name: [] for name in contenders}
     for i in range(args.repeat):
         for name, root in contenders.items():
-            runs[name].append(run(root, spec))
+            runs[name].append(run_child(__file__, root, spec))
             print(f"run {i + 1} {name}: " + ", ".join(
                 f"{w} min {r['seconds']:.3f} s"
                 for w, r in runs[name][-1]["windows"].items()),
