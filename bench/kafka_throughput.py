@@ -10,7 +10,7 @@ Top-N on the same topic (issue #13's targets).
 It starts its own broker (``deploy/kafka/kafka.sh`` in ``--dir``, kept
 between runs, stopped at the end) unless given ``--bootstrap``, and preloads
 a topic with ``--events`` synthetic events (the generator of ``topk
-produce``, as in ``batch_throughput.py``: 100k items, Zipf 1.1, 1% duplicates,
+produce``, as in ``batch_throughput.py``: 100k items unless ``--items``, Zipf 1.1, 1% duplicates,
 one day of event time unless ``--event-rate``, ms timestamps; ~120
 bytes a record) packed
 ``--events-per-message`` to a message. A topic already holding exactly that
@@ -161,10 +161,15 @@ def stop_broker(directory: str) -> None:
                    capture_output=True)
 
 
-def generator_config(events: int, seed: int, rate: float):
+#: Distinct items of the preloaded topics unless ``--items``.
+DEFAULT_ITEMS = 100_000
+
+
+def generator_config(events: int, seed: int, rate: float,
+                     items: int = DEFAULT_ITEMS):
     from topk.loadgen import generator
     return generator.GeneratorConfig(
-        events=events, items=100_000, zipf=1.1, rate=rate,
+        events=events, items=items, zipf=1.1, rate=rate,
         duplicate_share=0.01, malformed_share=0.0, ts_format="ms", seed=seed)
 
 
@@ -197,17 +202,18 @@ def delete_topic(bootstrap: str, topic: str) -> None:
 
 def preload(bootstrap: str, workdir: str, name: str, events: int,
             per_message: int, partitions: int, seed: int = 1,
-            rate: float | None = None) -> dict:
+            rate: float | None = None, items: int = DEFAULT_ITEMS) -> dict:
     """A topic holding ``events`` generated events (plus 1% duplicates),
     reused when a previous run left exactly that preload: the run records
     the topic's message count in ``workdir/topics.json`` once the producer
     has flushed, and a reuse checks the broker still holds that many."""
     from topk.loadgen import producer
     rate = events / DAY_S if rate is None else rate
-    config = generator_config(events, seed, rate)
+    config = generator_config(events, seed, rate, items)
     # Named by its content, so parts that want the same events share it.
     topic = (f"bench-{events}-m{per_message}-p{partitions}-s{seed}"
-             f"-r{rate:g}").replace(".", "_")
+             f"-r{rate:g}" + (f"-i{items}" if items != DEFAULT_ITEMS else "")
+             ).replace(".", "_")
     state_path = os.path.join(workdir, "topics.json")
     state = {}
     if os.path.exists(state_path):
@@ -218,7 +224,7 @@ def preload(bootstrap: str, workdir: str, name: str, events: int,
     known = state.get(key)
     records = events + round(events * config.duplicate_share)
     info = {"topic": topic, "unique": events, "records": records,
-            "rate": rate, "partitions": partitions}
+            "rate": rate, "partitions": partitions, "items": items}
     if ends is not None and known and sum(ends.values()) == known["messages"]:
         print(f"{name} topic {topic}: reusing {known['messages']:,} messages "
               f"({records:,} records)", flush=True)
@@ -354,10 +360,39 @@ def written_late(output: str) -> int:
     return late
 
 
+def pane_state(output: str, method: str) -> tuple[int, int, object]:
+    """``(windows whose latest pane is early, windows, newest emission)``
+    of ``method``: a window whose latest pane is early is still open for
+    the stream, so not final yet."""
+    con = _committed(output, output_layout.RANKED_WINDOWS)
+    if con is None:
+        return 0, 0, None
+    return con.execute(f"""
+        SELECT count(*) FILTER (WHERE timing = 'early'), count(*),
+               max(newest) FROM (
+          SELECT arg_max(pane_timing, emitted_at) AS timing,
+                 max(emitted_at) AS newest
+          FROM {output_layout.RANKED_WINDOWS}
+          WHERE method = '{method}' AND rank = 1
+          GROUP BY window_spec, event_type, window_start)""").fetchone()
+
+
+#: Seconds the output must stay unchanged, with no early pane last, for a
+#: stream to have settled (the last sliding windows close one a firing
+#: once the idle partitions' watermark passes them).
+SETTLED_QUIET_S = 10.0
+
+
 def run_stream(spec: str, workdir: str) -> dict:
     """Start the unbounded stream; poll its output until the latest 1m panes
     hold every distinct event (or those plus the events it set aside as
-    late), the output stops changing for ``stall_s``, or ``timeout_s``."""
+    late), the output stops changing for ``stall_s``, or ``timeout_s``.
+    That is the timed part. Then, untimed, up to ``settle_s`` more until no
+    window's latest pane is early and the output has not changed for
+    ``SETTLED_QUIET_S``: the answers compared with other runs are then
+    final ones (a catch-up defers early panes, so the windows still open
+    at the end of a topic hold one from its first firings, or none, until
+    the idle partitions' watermark closes them)."""
     s = json.loads(spec)
     method = s.get("method", "exact")
     # The approximate path counts every record (no de-duplication).
@@ -374,6 +409,7 @@ def run_stream(spec: str, workdir: str) -> dict:
     progress, polls = [], []
     done = late = windows = 0
     changed = started
+    seconds = None
     try:
         while time.perf_counter() - started < s["timeout_s"]:
             time.sleep(s["poll_s"])
@@ -394,8 +430,23 @@ def run_stream(spec: str, workdir: str) -> dict:
                 break
             if done and time.perf_counter() - changed > s["stall_s"]:
                 break
-    finally:
         seconds = time.perf_counter() - started
+        still_open = None
+        if done >= target:
+            settle_by = time.perf_counter() + s.get("settle_s", 0)
+            state, quiet_since = None, time.perf_counter()
+            while proc.alive() and time.perf_counter() < settle_by:
+                now_state = pane_state(out, method)
+                if now_state != state:
+                    state, quiet_since = now_state, time.perf_counter()
+                still_open = state[0]
+                if (not still_open and time.perf_counter() - quiet_since
+                        >= SETTLED_QUIET_S):
+                    break
+                time.sleep(s["poll_s"])
+    finally:
+        if seconds is None:  # an error ended the timed part
+            seconds = time.perf_counter() - started
         proc.stop()
     complete = done >= target
     # The reported events are records read (duplicates included), like the
@@ -405,10 +456,11 @@ def run_stream(spec: str, workdir: str) -> dict:
     return {"events": events, "complete": complete,
             "distinct_written": done, "late": late,
             "distinct_expected": target, "wall_s": seconds,
+            "seconds": seconds,  # the timed part, not the settling
             "stalled": not complete and done + late < target
             and seconds < s["timeout_s"] - s["poll_s"],
             "poll_s_median": statistics.median(polls) if polls else None,
-            "progress": progress}
+            "progress": progress, "open_windows": still_open}
 
 
 def _kafka_python_batches(bootstrap: str, topic: str):
@@ -1044,6 +1096,11 @@ def main() -> None:
     parser.add_argument("--stream-stall", type=float, default=120.0,
                         help="Stop the catch-up when its output has not "
                         "changed for this long (default 120 s).")
+    parser.add_argument("--stream-settle", type=float, default=60.0,
+                        help="After the timed catch-up, seconds (untimed) "
+                        "the stream may run on until no window's latest "
+                        "pane is early, so that the answers compared are "
+                        "final (default 60).")
     parser.add_argument("--flink-parallelism", type=int, default=2,
                         help="Parallelism of the Flink catch-ups (default "
                         "2).")
@@ -1065,6 +1122,12 @@ def main() -> None:
                         "TaskManager (default 8192m; the 2M-event exact "
                         "catch-up ran out of JVM heap at 2048m and 3072m, "
                         "and ran at 4096m).")
+    parser.add_argument("--items", type=int, default=DEFAULT_ITEMS,
+                        help="Distinct items of the preloaded topics (Zipf "
+                        f"1.1; default {DEFAULT_ITEMS:,}). Flink SQL's HOP "
+                        "windows emit every item of every window to the "
+                        "ranking, so its cost grows with the items per "
+                        "window; this project's does much less.")
     parser.add_argument("--event-rate", type=float, default=None,
                         help="Events per second of event time of the "
                         "preloaded topics (default: --events over one day, "
@@ -1160,13 +1223,14 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
     main_parts = {"bounded", *STREAM_PARTS, "raw", "raw_reader",
                   "raw_confluent", "floor"}
     topic = (preload(bootstrap, args.dir, "main", args.events, epm, nparts,
-                     rate=rate)
+                     rate=rate, items=args.items)
              if main_parts & set(parts) else None)
     naive_topic = (preload(bootstrap, args.dir, "naive", args.naive_events,
-                           epm, nparts, rate=rate)
+                           epm, nparts, rate=rate, items=args.items)
                    if "naive" in parts else None)
     profile_topic = (preload(bootstrap, args.dir, "profile",
-                             args.profile_events, epm, nparts, rate=rate)
+                             args.profile_events, epm, nparts, rate=rate,
+                             items=args.items)
                      if "profile" in parts else None)
 
     results, runs = {}, {}
@@ -1206,6 +1270,7 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
                                                      "records")},
                     "timeout_s": args.stream_timeout,
                     "poll_s": args.stream_poll, "stall_s": args.stream_stall,
+                    "settle_s": args.stream_settle,
                     "method": method, "runner": runner,
                     "runner_args": flink.runner_args if runner == "flink"
                     else []}
@@ -1220,7 +1285,10 @@ def run_parts(args, parts: list, bootstrap: str, command: str) -> str:
                       f"{stream['distinct_expected']:,} events written "
                       f"in {stream['seconds']:.1f} s"
                       + ("" if stream["complete"] else " (STOPPED at the "
-                         "timeout)") + f" = {stream['rate']:,.0f} events/s",
+                         "timeout)") + f" = {stream['rate']:,.0f} events/s"
+                      + (f"; {stream['open_windows']:,} windows still had an "
+                         "early pane last when stopped"
+                         if stream.get("open_windows") else ""),
                       flush=True)
     finally:
         if flink is not None:
@@ -1372,7 +1440,8 @@ def print_report(args, command, topic, results, latency, profile,
     if topic:
         mb = topic["bytes"] / 1e6
         out(f"Topic: {topic['records']:,} JSON events ({topic['unique']:,} "
-            f"distinct + 1% duplicates, {topic['bytes'] / topic['records']:.0f}"
+            f"distinct + 1% duplicates, {topic['items']:,} items, Zipf 1.1, "
+            f"{topic['bytes'] / topic['records']:.0f}"
             f" bytes each, {mb:,.0f} MB) in {topic['messages']:,} messages of "
             f"{args.events_per_message}, {args.partitions} partitions, "
             f"{topic['unique'] / topic['rate'] / 3600:.1f} h of event time; "
