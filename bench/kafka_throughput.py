@@ -10,9 +10,9 @@ Top-N on the same topic (issue #13's targets).
 It starts its own broker (``deploy/kafka/kafka.sh`` in ``--dir``, kept
 between runs, stopped at the end) unless given ``--bootstrap``, and preloads
 a topic with ``--events`` synthetic events (the generator of ``topk
-produce``, as in ``batch_throughput.py``: 100k items unless ``--items``, Zipf 1.1, 1% duplicates,
-one day of event time unless ``--event-rate``, ms timestamps; ~120
-bytes a record) packed
+produce``, as in ``batch_throughput.py``: 100k items unless ``--items``,
+Zipf 1.1, 1% duplicates, one day of event time unless ``--event-rate``, ms
+timestamps; ~120 bytes a record) packed
 ``--events-per-message`` to a message. A topic already holding exactly that
 preload is reused. Then, each contender in its own process:
 
@@ -409,7 +409,7 @@ def run_stream(spec: str, workdir: str) -> dict:
     progress, polls = [], []
     done = late = windows = 0
     changed = started
-    seconds = None
+    seconds = still_open = None
     try:
         while time.perf_counter() - started < s["timeout_s"]:
             time.sleep(s["poll_s"])
@@ -431,7 +431,6 @@ def run_stream(spec: str, workdir: str) -> dict:
             if done and time.perf_counter() - changed > s["stall_s"]:
                 break
         seconds = time.perf_counter() - started
-        still_open = None
         if done >= target:
             settle_by = time.perf_counter() + s.get("settle_s", 0)
             state, quiet_since = None, time.perf_counter()
@@ -1125,9 +1124,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=DEFAULT_ITEMS,
                         help="Distinct items of the preloaded topics (Zipf "
                         f"1.1; default {DEFAULT_ITEMS:,}). Flink SQL's HOP "
-                        "windows emit every item of every window to the "
-                        "ranking, so its cost grows with the items per "
-                        "window; this project's does much less.")
+                        "windows hand every item of every window to its "
+                        "Window Top-N, so its cost grows with the items per "
+                        "window (issue #13's figures: 10k items, "
+                        "--event-rate 1000).")
     parser.add_argument("--event-rate", type=float, default=None,
                         help="Events per second of event time of the "
                         "preloaded topics (default: --events over one day, "

@@ -9,8 +9,9 @@ baseline checkout's.
 
 The replay: ``--events`` generated events (Zipf over ``--items``, over
 ``--hours`` of event time) are read in ``--rounds`` rounds of
-``--partitions`` batches, in emission order, as the Kafka source hands
-them on; each batch becomes minute partials (``counting.count_slices``).
+``--partitions`` batches (each partition every n-th event, a round the
+next stretch of each), as the Kafka source hands them on; each batch
+becomes minute partials (``counting.count_slices``).
 After each round the stage's close timer fires as ``on_close`` does
 (``coarse_close`` steps) up to the input watermark, which is the previous
 round's newest event (aligned watermarks confirm a round at the next);
@@ -52,9 +53,13 @@ def child(root: str, spec: dict) -> dict:
     events = generate_events(GeneratorConfig(
         events=spec["events"], items=spec["items"], zipf=spec["zipf"],
         rate=spec["events"] / (spec["hours"] * 3600), seed=spec["seed"]))
-    batches = np.array_split(np.arange(events.num_rows),
-                             spec["rounds"] * spec["partitions"])
-    rounds = [[events.take(pa.array(b)) for b in batches[r::spec["rounds"]]]
+    # Each partition holds every n-th event in emission order; a round
+    # reads the next stretch of every partition.
+    stretches = [np.array_split(np.arange(p, events.num_rows,
+                                          spec["partitions"]),
+                                spec["rounds"])
+                 for p in range(spec["partitions"])]
+    rounds = [[events.take(pa.array(part[r])) for part in stretches]
               for r in range(spec["rounds"])]
     panes = SketchPanes(windows.parse_windows(spec["windows"]), spec["k"],
                         ["cms"], DEFAULT_BUDGET_BYTES, 0)
