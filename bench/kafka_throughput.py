@@ -331,6 +331,16 @@ def _committed(output: str, table: str):
     return tables.connect(output, [table])
 
 
+def _latest_panes(method: str, where: str = "TRUE") -> str:
+    """A subquery: the rows (those matching ``where``) of each window's
+    latest pane of ``method``, by ``emitted_at``."""
+    return f"""(
+        SELECT * FROM {output_layout.RANKED_WINDOWS}
+        WHERE method = '{method}' AND ({where})
+        QUALIFY emitted_at = max(emitted_at) OVER (
+          PARTITION BY window_spec, event_type, window_start))"""
+
+
 def written_1m_total(output: str, method: str = "exact") -> tuple[int, int]:
     """(events, windows) of the latest ``1m`` panes of ``method`` over all
     event types: the sum of ``window_total`` of each window's latest
@@ -338,13 +348,12 @@ def written_1m_total(output: str, method: str = "exact") -> tuple[int, int]:
     con = _committed(output, output_layout.RANKED_WINDOWS)
     if con is None:
         return 0, 0
+    # Polled while the stream runs: rank-1 rows only, to stay cheap.
     return con.execute(f"""
-        SELECT coalesce(sum(t), 0)::BIGINT, count(*) FROM (
-          SELECT window_start, arg_max(window_total, emitted_at) AS t
-          FROM {output_layout.RANKED_WINDOWS}
-          WHERE window_spec = '1m' AND event_type = '*' AND rank = 1
-            AND method = '{method}'
-          GROUP BY window_start)""").fetchone()
+        SELECT coalesce(sum(window_total), 0)::BIGINT, count(*)
+        FROM {_latest_panes(method, "window_spec = '1m' AND "
+                                    "event_type = '*' AND rank = 1")}
+        """).fetchone()
 
 
 def written_late(output: str) -> int:
@@ -368,13 +377,9 @@ def pane_state(output: str, method: str) -> tuple[int, int, object]:
     if con is None:
         return 0, 0, None
     return con.execute(f"""
-        SELECT count(*) FILTER (WHERE timing = 'early'), count(*),
-               max(newest) FROM (
-          SELECT arg_max(pane_timing, emitted_at) AS timing,
-                 max(emitted_at) AS newest
-          FROM {output_layout.RANKED_WINDOWS}
-          WHERE method = '{method}' AND rank = 1
-          GROUP BY window_spec, event_type, window_start)""").fetchone()
+        SELECT count(*) FILTER (WHERE pane_timing = 'early'), count(*),
+               max(emitted_at)
+        FROM {_latest_panes(method, "rank = 1")}""").fetchone()
 
 
 #: Seconds the output must stay unchanged, with no early pane last, for a
@@ -923,10 +928,7 @@ def latest_windows(output: str, method: str) -> dict:
     rows = con.execute(f"""
         SELECT window_spec, event_type, epoch_ms(window_start),
                window_total, item_id, count
-        FROM {output_layout.RANKED_WINDOWS}
-        WHERE method = '{method}'
-        QUALIFY emitted_at = max(emitted_at) OVER (
-          PARTITION BY window_spec, event_type, window_start)
+        FROM {_latest_panes(method)}
         ORDER BY 1, 2, 3, count DESC, item_id""").fetchall()
     out = {}
     for spec, et, start, total, item, count in rows:

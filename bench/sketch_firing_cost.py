@@ -48,8 +48,12 @@ def child(root: str, spec: dict) -> dict:
     from topk.core import arrow_ipc, counting, windows
     from topk.loadgen.generator import GeneratorConfig, generate_events
     from topk.streaming import panes as stream_panes
-    from topk.streaming.sketch_panes import MAX_CLOSE_MINUTES, SketchPanes
+    from topk.streaming.sketch_panes import SketchPanes
 
+    if not hasattr(SketchPanes, "close_after_firing"):
+        # The replay closes as the stage does, by the stage's own method.
+        raise SystemExit(f"{root}: predates SketchPanes.close_after_firing, "
+                         "which this replay needs")
     events = generate_events(GeneratorConfig(
         events=spec["events"], items=spec["items"], zipf=spec["zipf"],
         rate=spec["events"] / (spec["hours"] * 3600), seed=spec["seed"]))
@@ -96,15 +100,8 @@ def child(root: str, spec: dict) -> dict:
             firing = panes.fire(pending, now(), close, ahead=ahead)
             pending, ahead = [], ([firing.ahead] if firing.ahead.num_rows
                                   else [])
-            later = np.unique(firing.ahead["slice_start"].to_numpy())
-            due = [d for d in (panes.next_close(),
-                               stream_panes.next_window_end(
-                                   panes.specs, later, panes.watermark_ms))
-                   if d is not None]
-            close = stream_panes.coarse_close(
-                min(due) if due else None, seen, ALLOWED_SKEW_MS,
-                np.union1d(panes.held_minutes(), later),
-                max_rows=MAX_CLOSE_MINUTES)
+            close = panes.close_after_firing(firing.ahead, seen,
+                                             ALLOWED_SKEW_MS)
             seconds += time.perf_counter() - t0
             firings += 1
             ranked = firing.ranked.drop_columns(["emitted_at"])
@@ -141,7 +138,8 @@ def main() -> None:
                    "(default 3)")
     p.add_argument("--baseline", metavar="DIR",
                    help="a checkout of the code to compare with (its own "
-                   "topk package); runs alternate with this one's")
+                   "topk package, with SketchPanes.close_after_firing); "
+                   "runs alternate with this one's")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

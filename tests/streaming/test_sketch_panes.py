@@ -45,9 +45,12 @@ def _events(seed, n, items, span_min=120):
 
 
 def run(events, methods, budget, lateness_ms=10 * MIN, batch=50,
-        skew_ms=30_000, specs=SPECS):
+        skew_ms=30_000, specs=SPECS, read_ahead_ms=None):
     """Feed ``events`` in time order in batches, an early firing after each
     batch and on-time firings up to the watermark; then close everything.
+    ``read_ahead_ms``: the input was read that far past each batch (a
+    catch-up), and closes step as the Beam stage's
+    (``SketchPanes.close_after_firing``), not one window end at a time.
     Returns (ranked rows, sketch rows, refused partials, max held)."""
     panes = SketchPanes(specs, 5, methods, budget, lateness_ms)
     ranked, written, refused, held = [], [], [], [0]
@@ -63,15 +66,19 @@ def run(events, methods, budget, lateness_ms=10 * MIN, batch=50,
         refused.extend(firing.late.to_pylist())
 
     def next_close():
-        later = np.unique(np.concatenate(
-            [np.empty(0, np.int64)]
-            + [a["slice_start"].to_numpy() for a in ahead]))
+        held_back = pa.concat_tables(
+            [schema.SLICE_COUNTS_SCHEMA.empty_table()] + ahead)
+        if read_ahead_ms is not None:
+            return panes.close_after_firing(
+                held_back, newest + read_ahead_ms, skew_ms)
+        later = np.unique(held_back["slice_start"].to_numpy())
         due = [d for d in (panes.next_close(), next_window_end(
             specs, later, panes.watermark_ms)) if d is not None]
         return min(due) if due else None
 
     events = sorted(events, key=lambda e: e.ts)
     watermark = stream_dedup.NO_WATERMARK
+    newest = events[0].ts
     for i in range(0, len(events), batch):
         part = events[i:i + batch]
         now += 1000
@@ -82,6 +89,7 @@ def run(events, methods, budget, lateness_ms=10 * MIN, batch=50,
         while due is not None and due <= watermark:
             fire([], watermark_ms=due)
             due = next_close()
+    newest += 365 * 24 * 60 * MIN  # the end of input passes every window
     due = next_close()
     while due is not None:
         fire([], watermark_ms=due)
@@ -137,6 +145,43 @@ def test_bounds_hold_the_true_counts_of_every_window(method):
         # A guaranteed row is in the true top 5 (count desc, id asc).
         top = {item for item, _ in oracle.ranked(true, 5)}
         assert all(r["item_id"] in top for r in rows if r["guaranteed"])
+
+
+def _on_time(ranked):
+    """Each window's on-time pane, without when it was emitted."""
+    return sorted(
+        tuple(sorted((k, str(v)) for k, v in r.items()
+                     if k not in ("emitted_at", "pane_index",
+                                  "input_watermark")))
+        for r in ranked if r["pane_timing"] == "on_time")
+
+
+def test_a_catch_up_closes_many_windows_a_firing_with_the_same_answers():
+    """Read far ahead of the watermark, the stage closes every window the
+    read has passed in one firing (``close_after_firing``) instead of one
+    per window end; each window's on-time pane is the same."""
+    events = _events(5, 3000, 300, span_min=6 * 60)
+    fine = run(events, ["cms"], 2048, batch=500)
+    coarse = run(events, ["cms"], 2048, batch=500,
+                 read_ahead_ms=6 * 60 * MIN)
+    assert _on_time(coarse[0]) == _on_time(fine[0])
+    firings = [len({r["emitted_at"] for r in ranked
+                    if r["pane_timing"] == "on_time"})
+               for ranked in (fine[0], coarse[0])]
+    assert firings[1] * 10 < firings[0], firings
+
+
+def test_live_the_next_close_is_the_next_window_end():
+    """Read only up to the watermark (live), the close after a firing is
+    the next window end: no window waits for a coarser step."""
+    specs = [WindowSpec.parse("1m"), WindowSpec.parse("1h")]
+    panes = SketchPanes(specs, 5, ["cms"], 2048, 10 * MIN)
+    events = _events(7, 200, 50, span_min=30)
+    newest = max(e.ts for e in events)
+    firing = panes.fire([_partials(events, newest)], 1000,
+                        watermark_ms=T0 + 10 * MIN)
+    due = panes.close_after_firing(firing.ahead, T0 + 10 * MIN, 0)
+    assert due == T0 + 11 * MIN
 
 
 def test_a_sketch_that_holds_every_item_answers_exactly():

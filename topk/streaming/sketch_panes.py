@@ -39,8 +39,8 @@ from topk.core.windows import WindowSpec
 from topk.streaming import closed_parts
 from topk.streaming.dedup import NO_WATERMARK, RETENTION_MARGIN_MS
 from topk.streaming.panes import (EARLY, LATE, LEVELS, ON_TIME, SOURCE,
-                                  level_of, next_window_end, pane_timings,
-                                  split_late, windows_due)
+                                  coarse_close, level_of, next_window_end,
+                                  pane_timings, split_late, windows_due)
 
 
 @dataclasses.dataclass
@@ -176,6 +176,21 @@ class SketchPanes:
                 due.append(int(ends.min()))
         due = [d for d in due if d is not None]
         return min(due) if due else None
+
+    def close_after_firing(self, ahead: pa.Table, seen_ms: int,
+                           skew_ms: int) -> int | None:
+        """When the event-time firing after this one is due: the next
+        window or slice end of what is held or was held back (``ahead``, the
+        firing's ``SketchFiring.ahead``), moved on by ``coarse_close`` during
+        a catch-up (``seen_ms``, ``skew_ms`` as there) by at most
+        ``MAX_CLOSE_MINUTES`` held minutes: each becomes a sketch per method
+        and type once absorbed, so steps count minutes, not rows."""
+        later = np.unique(ahead["slice_start"].to_numpy())
+        due = [d for d in (self.next_close(), next_window_end(
+            self.specs, later, self.watermark_ms)) if d is not None]
+        return coarse_close(min(due) if due else None, seen_ms, skew_ms,
+                            np.union1d(self.held_minutes(), later),
+                            max_rows=MAX_CLOSE_MINUTES)
 
     def held_minutes(self) -> np.ndarray:
         """The start of every held one-minute sketch (``coarse_close``)."""

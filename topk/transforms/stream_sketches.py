@@ -36,7 +36,7 @@ from topk.core.windows import WindowSpec, now_ms
 from topk.storage.layout import LATE_COUNTS, RANKED_WINDOWS, SKETCHES
 from topk.streaming import dedup as stream_dedup
 from topk.streaming import panes as stream_panes
-from topk.streaming.sketch_panes import (MAX_CLOSE_MINUTES, SketchPanes)
+from topk.streaming.sketch_panes import SketchPanes
 from topk.transforms import coders
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
 from topk.transforms.state_cache import StateCache
@@ -194,15 +194,8 @@ class _SketchPanesFn(beam.DoFn):
             pending, ahead, meta, chunks, timers,
             watermark_ms=epoch_ms(fired))
         armed = timers.read()
-        later = np.unique(held_back["slice_start"].to_numpy())
-        due = [d for d in (panes.next_close(), stream_panes.next_window_end(
-            panes.specs, later, panes.watermark_ms)) if d is not None]
-        # Steps count minutes, not rows: each is a sketch per method and
-        # type once absorbed.
-        due = stream_panes.coarse_close(
-            min(due) if due else None, armed["seen"], ALLOWED_SKEW_MS,
-            np.union1d(panes.held_minutes(), later),
-            max_rows=MAX_CLOSE_MINUTES)
+        due = panes.close_after_firing(held_back, armed["seen"],
+                                       ALLOWED_SKEW_MS)
         if due is not None:
             close.set(beam_timestamp(due))
         armed["close"] = due
