@@ -128,11 +128,16 @@ few_items = st.lists(st.lists(st.tuples(st.sampled_from(ITEMS), counts),
                               max_size=4), max_size=2)
 
 
+#: Unions of ids sorted whole, or only the ids that reach a range's k-th
+#: count (``count_min._sorts_whole`` picks one by the union's size).
+sort_whole = st.sampled_from([lambda *_: True, lambda *_: False])
+
+
 @settings(max_examples=150, deadline=None)
 @given(streams_and_ranges(few_items, max_streams=10), st.integers(4, 12),
-       st.integers(0, 200), st.integers(1, 8))
+       st.integers(0, 200), st.integers(1, 8), sort_whole)
 def test_exact_sketches_rank_ranges_as_one_at_a_time(drawn, capacity, extra,
-                                                     k):
+                                                     k, whole):
     """All exact: ranges that fit are ranked at once, those whose union
     must be trimmed by the walk; both as the walk ranks every range."""
     streams, ranges = drawn
@@ -140,7 +145,9 @@ def test_exact_sketches_rank_ranges_as_one_at_a_time(drawn, capacity, extra,
                            "conservative": False, "extra": extra}), s)
                 for s in streams]
     assume(all(s.exact for s in sketches))
-    rows, totals = CountMinTopK.rank_ranges(sketches, ranges, k)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(count_min, "_sorts_whole", whole)
+        rows, totals = CountMinTopK.rank_ranges(sketches, ranges, k)
     walk_rows, walk_totals = CountMinTopK._rank_walk(sketches, ranges, k)
     assert rows.equals(walk_rows)
     np.testing.assert_array_equal(totals, walk_totals)
@@ -511,8 +518,10 @@ three_items = st.lists(st.lists(st.tuples(st.sampled_from(ITEMS[:12]),
 
 @settings(max_examples=200, deadline=None)
 @given(streams_and_ranges(three_items, max_streams=12), st.integers(3, 6),
-       st.integers(1, 3), st.sampled_from([count_min._OVERFULL_CELLS, 30]))
-def test_overfull_exact_ranges_rank_as_the_walk(drawn, capacity, k, cells):
+       st.integers(1, 3), st.sampled_from([count_min._OVERFULL_CELLS, 30]),
+       sort_whole)
+def test_overfull_exact_ranges_rank_as_the_walk(drawn, capacity, k, cells,
+                                                whole):
     """Ranges of exact sketches whose union is over the capacity: ranked
     from their heaviest items where that gives the walk's rows (a small
     cell budget leaves some to the walk)."""
@@ -524,6 +533,7 @@ def test_overfull_exact_ranges_rank_as_the_walk(drawn, capacity, k, cells):
     walk_rows, walk_totals = CountMinTopK._rank_walk(sketches, ranges, k)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(count_min, "_OVERFULL_CELLS", cells)
+        patch.setattr(count_min, "_sorts_whole", whole)
         rows, totals = CountMinTopK.rank_ranges(sketches, ranges, k)
     assert rows.equals(walk_rows)
     np.testing.assert_array_equal(totals, walk_totals)

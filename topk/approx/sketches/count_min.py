@@ -1090,10 +1090,75 @@ _OVERFULL_CELLS = 1 << 22
 _OVERFULL_CHUNK = 16
 
 
-def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
-                          count_in: np.ndarray, a: np.ndarray, b: np.ndarray,
-                          which: np.ndarray, k: int, n_items: int,
-                          capacity: int, trims: bool) -> tuple[list, list]:
+def _ids_in_order(union: pa.Array, codes: np.ndarray, pairs: int
+                  ) -> tuple[pa.Array, np.ndarray, bool]:
+    """``(union, codes, in_order)``: the union of ids sorted, and the codes
+    renumbered to match, so codes compare as their ids (``in_order``),
+    unless it holds more ids than the ``pairs`` (range, candidate) to be
+    ranked: then as it is, and ``_top_k_by_id`` sorts only the ids that can
+    matter. (Most of a catch-up firing's calls rank few pairs or none,
+    their ranges going to the walk, and sorting their unions took a seventh
+    of its time, a fifth with a million items; ranking a long tail of ties
+    twice cost more than sorting a union no larger than it.)"""
+    if not _sorts_whole(len(union), pairs):
+        return union, codes, False
+    order = pc.sort_indices(union)
+    place = np.empty(len(union), np.int64)
+    place[order.to_numpy()] = np.arange(len(union))
+    return union.take(order), place[codes], True
+
+
+def _sorts_whole(ids: int, pairs: int) -> bool:
+    """Whether ``_ids_in_order`` sorts a union of ``ids`` whole."""
+    return ids <= pairs
+
+
+def _top_k_by_id(rng: np.ndarray, count: np.ndarray, code: np.ndarray,
+                 k: int, union: pa.Array, in_order: bool
+                 ) -> tuple[np.ndarray, ...]:
+    """The top ``k`` rows of each range (``rng``, non-negative) by count
+    descending, then item id (``union[code]``, as strings; ``in_order``:
+    codes compare as their ids): ``(rng, code, count, next_count)`` in that
+    order, ``next_count`` being the (k+1)-th count of the row's range (0
+    when it has no more than ``k`` rows)."""
+    ranked, position = ranking.rank_in_groups(rng, count, code)
+    rng, count, code = rng[ranked], count[ranked], code[ranked]
+    next_count = _nth_in_group(count, position, k)
+    if not in_order:
+        # Below a range's k-th count the order of ids changes nothing:
+        # order by id only the rows that reach it.
+        contend = count >= _nth_in_group(count, position, k - 1)
+        rng, count, code, next_count = (
+            rng[contend], count[contend], code[contend], next_count[contend])
+        ids, inverse = np.unique(code, return_inverse=True)
+        place = np.empty(len(ids), np.int64)
+        place[pc.sort_indices(union.take(pa.array(ids))).to_numpy()] = \
+            np.arange(len(ids))
+        ranked, position = ranking.rank_in_groups(rng, count, place[inverse])
+        rng, count, code, next_count = (
+            rng[ranked], count[ranked], code[ranked], next_count[ranked])
+    keep = position < k
+    return rng[keep], code[keep], count[keep], next_count[keep]
+
+
+def _nth_in_group(count: np.ndarray, position: np.ndarray, n: int
+                  ) -> np.ndarray:
+    """For rows in rank order (``position``: each one's place in its
+    group), the count at place ``n`` of the row's group, 0 where the group
+    has no more than ``n`` rows."""
+    first = np.flatnonzero(position == 0)
+    size = np.diff(np.r_[first, len(count)])
+    nth = count[np.minimum(first + n, len(count) - 1)] if len(count) else \
+        np.zeros(0, np.int64)
+    return np.repeat(np.where(size > n, nth, 0), size)
+
+
+def _rank_overfull_ranges(codes: np.ndarray, union: pa.Array,
+                          in_order: bool, starts: np.ndarray,
+                          count_in: np.ndarray, a: np.ndarray,
+                          b: np.ndarray, which: np.ndarray,
+                          k: int, n_items: int, capacity: int, trims: bool
+                          ) -> tuple[list, list]:
     """The top ``k`` of exact ranges of many candidates (``which``, sliding
     windows of dense minutes), without the walk, where that gives the
     walk's rows.
@@ -1111,7 +1176,8 @@ def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
     in none of them; the others are summed densely, (item, sketch) cells,
     and a range's counts are the difference of two cumulative columns.
 
-    Returns ``(parts, left)``: ``(range, item code, count, guaranteed)``
+    ``union`` and ``in_order`` as ``_ids_in_order`` gives them. Returns
+    ``(parts, left)``: ``(range, item code, count, guaranteed)``
     arrays per chunk, and the ranges of ``which`` not ranked here."""
     if trims or k >= capacity or not len(which):
         return [], [which]
@@ -1162,13 +1228,11 @@ def _rank_overfull_ranges(codes: np.ndarray, starts: np.ndarray,
         left.append(chunk[~ok])
         at_item, at_range = np.nonzero(counts[:, ok]
                                        >= np.maximum(kth[ok], 1))
-        rng = chunk[ok][at_range]
+        col = np.flatnonzero(ok)[at_range]  # the row's range in chunk
         item, count = items[at_item], counts[:, ok][at_item, at_range]
-        ranked, position = ranking.rank_in_groups(rng, count, item)
-        keep = ranked[position < k]
-        rng, item, count = rng[keep], item[keep], count[keep]
-        parts.append((rng, item, count,
-                      count > next_count[ok][at_range[keep]]))
+        col, item, count, _ = _top_k_by_id(col, count, item, k, union,
+                                           in_order)
+        parts.append((chunk[col], item, count, count > next_count[col]))
     return parts, left
 
 
@@ -1188,22 +1252,20 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
     pairs, a piece of at most ``_PAIRS_PER_STEP`` pairs at a time."""
     first = sketches[0]
     union, codes, starts = _encode_candidates(sketches)
-    # Codes in string order: ties rank by item id, as the walk's sort does.
-    order = pc.sort_indices(union).to_numpy()
-    in_order = np.empty(len(order), np.int64)
-    in_order[order] = np.arange(len(order))
-    codes = in_order[codes]
+    summed = np.r_[0, np.cumsum([s._total for s in sketches])]
+    a, b = (np.array(side, np.int64).reshape(-1)
+            for side in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 2
+    totals = (summed[b] - summed[a]).astype(np.int64)
+    size = starts[b] - starts[a]
+    # Ties rank by item id, as the walk's sort does.
+    union, codes, in_order = _ids_in_order(
+        union, codes, int(size[size <= first._capacity].sum()))
     n_items = max(len(union), 1)
     length = np.zeros(n_items, np.int64)
     if len(codes):
         length[codes] = np.concatenate([s._cand_len for s in sketches])
     count_in = np.concatenate([s._cand_lo for s in sketches]
                               + [np.zeros(0, np.int64)])
-    summed = np.r_[0, np.cumsum([s._total for s in sketches])]
-    a, b = (np.array(side, np.int64).reshape(-1)
-            for side in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 2
-    totals = (summed[b] - summed[a]).astype(np.int64)
-    size = starts[b] - starts[a]
     # Ranges of more candidates than a sketch holds (sliding windows of
     # dense minutes) are ranked from their heavy items; expanding their
     # pairs was most of this function on dense minutes. Kept ids of at
@@ -1213,8 +1275,8 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
                                 + int(length.max())) > first._candidate_room()
              or count_in.sum() >= MAX_EXACT_FLOAT)
     parts, left = _rank_overfull_ranges(
-        codes, starts, count_in, a, b, many, k, n_items, first._capacity,
-        trims)
+        codes, union, in_order, starts, count_in, a, b, many, k, n_items,
+        first._capacity, trims)
     left = np.concatenate(left + [np.zeros(0, np.int64)])
     # Of those left, ranges of more distinct items than a sketch holds go
     # to the walk untried.
@@ -1241,14 +1303,9 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         trimmed.append(np.flatnonzero(~fits) + r0)
         mine = fits[rng - r0]
         rng, item, count = rng[mine], item[mine], count[mine]
-        ranked, position = ranking.rank_in_groups(rng - r0, count, item)
-        rng, item, count = rng[ranked], item[ranked], count[ranked]
-        # The (k+1)-th count of each range (0 if it has no more than k).
-        next_count = np.zeros(r1 - r0, np.int64)
-        next_count[rng[position == k] - r0] = count[position == k]
-        keep = position < k
-        rng, item, count = rng[keep], item[keep], count[keep]
-        parts.append((rng, item, count, count > next_count[rng - r0]))
+        rng, item, count, next_count = _top_k_by_id(rng - r0, count, item,
+                                                    k, union, in_order)
+        parts.append((rng + r0, item, count, count > next_count))
     trimmed = np.unique(np.concatenate(trimmed + [np.zeros(0, np.int64)]))
     if not parts:
         return _RANGE_TOPK_SCHEMA.empty_table(), totals, trimmed
@@ -1258,8 +1315,7 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
                                     count[by_range], guaranteed[by_range])
     count = pa.array(count)
     return pa.table({
-        "range": pa.array(rng), "item_id": union.take(pa.array(
-            order[item])),
+        "range": pa.array(rng), "item_id": union.take(pa.array(item)),
         "count": count, "lower_bound": count, "upper_bound": count,
         "guaranteed": pa.array(guaranteed)},
         schema=_RANGE_TOPK_SCHEMA), totals, trimmed
