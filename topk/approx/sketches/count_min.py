@@ -406,10 +406,11 @@ class CountMinTopK:
             return cls._rank_walk(sketches, ranges, k)
         # The walk's few NumPy calls per range were most of a year of
         # sparse minutes' ranking; it keeps the ranges that must be trimmed.
-        rows, totals, trimmed = _rank_exact_ranges(sketches, ranges, k)
+        rows, totals, trimmed, encoded = _rank_exact_ranges(sketches,
+                                                            ranges, k)
         if len(trimmed):
             more, totals[trimmed] = cls._rank_walk(
-                sketches, [ranges[i] for i in trimmed], k)
+                sketches, [ranges[i] for i in trimmed], k, encoded=encoded)
             more = more.set_column(0, more.schema.field(0), pa.array(
                 trimmed[more["range"].to_numpy()]))
             rows = pa.concat_tables([rows, more])
@@ -418,10 +419,12 @@ class CountMinTopK:
         return rows, totals
 
     @classmethod
-    def _rank_walk(cls, sketches, ranges, k: int
+    def _rank_walk(cls, sketches, ranges, k: int, encoded=None
                    ) -> tuple[pa.Table, np.ndarray]:
-        """``rank_ranges`` one range at a time, along a ``_RangeWalk``."""
-        walk = _RangeWalk(sketches, ranges, need_counters=False)
+        """``rank_ranges`` one range at a time, along a ``_RangeWalk``
+        (``encoded``: the sketches' ``_encode_candidates``, if made)."""
+        walk = _RangeWalk(sketches, ranges, need_counters=False,
+                          encoded=encoded)
         parts, totals, nth = [], [], []
         for r, (_, total, dropped, codes, lo, hi) in enumerate(walk):
             totals.append(total)
@@ -894,15 +897,20 @@ class _RangeWalk:
     counters are summed: ``counters`` is then ``None`` for a range whose
     union fits (its merge is exact), and, if ``need_counters``, made from
     the sums for one that had to be trimmed. The callers have checked the
-    sketches and ranges (``_check_ranges``)."""
+    sketches and ranges (``_check_ranges``). ``encoded``: the sketches'
+    ``_encode_candidates`` (in any order of the union), if made already:
+    encoding a million ids twice was a tenth of a catch-up firing's time
+    with a long tail."""
 
-    def __init__(self, sketches, ranges, need_counters: bool = True):
+    def __init__(self, sketches, ranges, need_counters: bool = True,
+                 encoded=None):
         sketches, ranges = list(sketches), list(ranges)
         first = sketches[0]
         self.first, self._sketches, self._ranges = first, sketches, ranges
         self._all_exact = all(s.exact for s in sketches)
         self._need_counters = need_counters
-        union, codes, self._starts = _encode_candidates(sketches)
+        union, codes, self._starts = (encoded if encoded is not None
+                                      else _encode_candidates(sketches))
         hsh = np.zeros(len(union), np.uint64)
         hsh[codes] = np.concatenate([s._cand_hash for s in sketches])
         # Codes in hash order: then any subset in code order is in the
@@ -1237,15 +1245,16 @@ def _rank_overfull_ranges(codes: np.ndarray, union: pa.Array,
 
 
 def _rank_exact_ranges(sketches: list, ranges: list, k: int
-                       ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+                       ) -> tuple[pa.Table, np.ndarray, np.ndarray, tuple]:
     """``rank_ranges`` of exact sketches, for the ranges whose union fits
     the first sketch's capacity and budget (their merge is exact, so a
     candidate's bounds are its count, and it is guaranteed when it beats
     the (k+1)-th count, as ``guaranteed_flags`` has it with nothing
     dropped), and for those of more candidates whose top ``k`` the walk
     would keep whole (``_rank_overfull_ranges``). Returns ``(rows, totals,
-    trimmed)``: the rows of those ranges, every range's total, and the
-    indices of the ranges left to the walk.
+    trimmed, encoded)``: the rows of those ranges, every range's total, the
+    indices of the ranges left to the walk, and the candidates' encoding
+    (``_encode_candidates``) for it.
 
     A range's candidates are a contiguous run of the sketches' candidates
     concatenated, so every range is ranked by one sort of (range, item)
@@ -1307,8 +1316,9 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
                                                     k, union, in_order)
         parts.append((rng + r0, item, count, count > next_count))
     trimmed = np.unique(np.concatenate(trimmed + [np.zeros(0, np.int64)]))
+    encoded = (union, codes, starts)
     if not parts:
-        return _RANGE_TOPK_SCHEMA.empty_table(), totals, trimmed
+        return _RANGE_TOPK_SCHEMA.empty_table(), totals, trimmed, encoded
     rng, item, count, guaranteed = (np.concatenate(c) for c in zip(*parts))
     by_range = np.argsort(rng, kind="stable")  # rank order within a range
     rng, item, count, guaranteed = (rng[by_range], item[by_range],
@@ -1318,7 +1328,7 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
         "range": pa.array(rng), "item_id": union.take(pa.array(item)),
         "count": count, "lower_bound": count, "upper_bound": count,
         "guaranteed": pa.array(guaranteed)},
-        schema=_RANGE_TOPK_SCHEMA), totals, trimmed
+        schema=_RANGE_TOPK_SCHEMA), totals, trimmed, encoded
 
 
 #: ``rank_ranges`` rows: ``TOPK_SCHEMA`` after the range's index.
