@@ -10,8 +10,9 @@ the batch path's blocks spend on ranking), beside a baseline checkout's.
 Each minute holds ``--per-minute`` events over ``--items`` items (uniform,
 or Zipf with ``--zipf`` > 1), one Count-Min sketch each at the default
 budget. Every contender runs in its own process per repeat, the two
-alternating; the medians are printed with a digest of the ranked rows,
-which must be equal (the same answers, computed two ways).
+alternating (which goes first swaps every repeat); the medians are printed
+with a digest of the ranked rows, which must be equal (the same answers,
+computed two ways).
 """
 import argparse
 import hashlib
@@ -21,7 +22,7 @@ import statistics
 import sys
 import time
 
-from checkouts import run_child
+from checkouts import alternating, run_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -98,13 +99,12 @@ def main() -> None:
     if args.baseline:
         contenders["baseline"] = os.path.abspath(args.baseline)
     runs = {name: [] for name in contenders}
-    for i in range(args.repeat):
-        for name, root in contenders.items():
-            runs[name].append(run_child(__file__, root, spec))
-            print(f"run {i + 1} {name}: " + ", ".join(
-                f"{w} min {r['seconds']:.3f} s"
-                for w, r in runs[name][-1]["windows"].items()),
-                file=sys.stderr, flush=True)
+    for i, name, root in alternating(list(contenders.items()), args.repeat):
+        runs[name].append(run_child(__file__, root, spec))
+        print(f"run {i + 1} {name}: " + ", ".join(
+            f"{w} min {r['seconds']:.3f} s"
+            for w, r in runs[name][-1]["windows"].items()),
+            file=sys.stderr, flush=True)
     first = runs["this checkout"][0]
     print(f"{args.minutes} minutes of {args.per_minute:,} events over "
           f"{args.items:,} items ({'Zipf ' + str(args.zipf) if args.zipf > 1 else 'uniform'}), "

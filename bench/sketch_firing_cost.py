@@ -18,9 +18,9 @@ round's newest event (aligned watermarks confirm a round at the next);
 after the last round the watermark passes the end and the remaining
 windows close. Early firings are left out (a catch-up defers them).
 
-Every contender runs in its own process per repeat, the two alternating;
-the medians are printed with a digest of the ranked rows (all but
-``emitted_at``), which must be equal.
+Every contender runs in its own process per repeat, the two alternating
+(which goes first swaps every repeat); the medians are printed with a
+digest of the ranked rows (all but ``emitted_at``), which must be equal.
 """
 import argparse
 import hashlib
@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 
-from checkouts import run_child
+from checkouts import alternating, run_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -159,13 +159,12 @@ def main() -> None:
           f"{args.partitions} batches, windows {args.windows}, "
           f"k={args.k}", flush=True)
     results = {name: [] for name, _ in roots}
-    for i in range(args.repeat):
-        for name, root in roots:
-            out = run_child(__file__, root, spec)
-            results[name].append(out)
-            print(f"  {name} run {i + 1}: {out['seconds']:.2f} s, "
-                  f"{out['firings']} firings, {out['rows']:,} rows, "
-                  f"digest {out['digest']}", flush=True)
+    for i, name, root in alternating(roots, args.repeat):
+        out = run_child(__file__, root, spec)
+        results[name].append(out)
+        print(f"  {name} run {i + 1}: {out['seconds']:.2f} s, "
+              f"{out['firings']} firings, {out['rows']:,} rows, "
+              f"digest {out['digest']}", flush=True)
     print("\n| contender | firings | ranked rows | seconds (median) | ratio |"
           "\n| --- | ---: | ---: | ---: | ---: |")
     base = statistics.median(r["seconds"] for r in results[roots[0][0]])
