@@ -78,14 +78,16 @@ class ApproximateSlices(beam.PTransform):
     """De-duplicated partial counts -> sketches of every 1m, 1h, 1d slice.
 
     Takes ``(dedup_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (the output
-    of ``DedupSliceCounts``); returns one PCollection of ``SliceSketches``
-    (the minutes of an hour, an hour, or a day): one sketch per slice
-    length (``1m``, ``1h``, ``1d``), method, slice and event type
-    (``ALL_TYPES`` included), every one within ``budget_bytes``. (One
-    PCollection, not one per length: every step downstream is then one
-    transform, and a pipeline pays a fixed cost per transform. Minutes
-    travel an hour at a time: on sparse data a minute holds an event or
-    two, and an element per minute costs more than its sketch.)
+    of ``DedupSliceCounts``); returns a tuple of three PCollections of
+    ``SliceSketches``, the minutes (an hour's at a time), the hours and the
+    days (``SLICE_RUNS``): one sketch per slice length, method, slice and
+    event type (``ALL_TYPES`` included), every one within
+    ``budget_bytes``. (Not one flattened PCollection: a local runner
+    materialises a Flatten, so every sketch would be encoded and decoded
+    once more on its way to the consumers, which turn them into bytes
+    anyway; see ``per_length``. Minutes travel an hour at a time: on sparse
+    data a minute holds an event or two, and an element per minute costs
+    more than its sketch.)
     """
 
     def __init__(self, methods: list[str],
@@ -120,7 +122,21 @@ class ApproximateSlices(beam.PTransform):
                 | "KeyByDay" >> beam.Map(_rolled_up, "1d")
                 | "RollUpDays" >> beam.CombinePerKey(MergeSketchesFn())
                 | "DayRuns" >> beam.Map(_as_run, "1d"))
-        return (minutes, hours, days) | "AllLengths" >> beam.Flatten()
+        return minutes, hours, days
+
+
+#: The slice lengths of the runs ``ApproximateSlices`` returns, in order.
+SLICE_RUNS = ("1m", "1h", "1d")
+
+
+def per_length(slices, label: str, fn):
+    """``beam.FlatMap(fn)`` over each of ``ApproximateSlices``' outputs,
+    flattened: the step that turns sketches into bytes runs where they
+    are made, and only its (smaller, cheaply pickled) output crosses the
+    Flatten."""
+    return [runs | f"{label}[{length}]" >> beam.FlatMap(fn)
+            for length, runs in zip(SLICE_RUNS, slices)] | (
+                f"{label}[all]" >> beam.Flatten())
 
 
 class SketchTables(beam.PTransform):
@@ -143,7 +159,7 @@ class SketchTables(beam.PTransform):
             # stores bytes anyway. A run lies within one day.
             (length, method, event_type), by_start = run
             day = next(iter(by_start)) // DAY_MS
-            return ((length, day), [
+            yield ((length, day), [
                 sketch_windows.sketch_row(method, event_type, start, sketch)
                 for start, sketch in by_start.items()])
 
@@ -153,8 +169,7 @@ class SketchTables(beam.PTransform):
                 now_ms())
 
         return (
-            slices
-            | "Locate" >> beam.Map(locate)
+            per_length(slices, "Locate", locate)
             | "GatherDay" >> beam.GroupByKey()
             | "ToTable" >> beam.MapTuple(table).with_output_types(pa.Table))
 
@@ -230,8 +245,7 @@ class ApproximateWindows(WindowRanking):
                     source=source, pane_timing=timing)
 
         return (
-            slices
-            | "KeyByBlock" >> beam.FlatMap(to_blocks)
+            per_length(slices, "KeyByBlock", to_blocks)
             | "GatherBlocks" >> beam.GroupByKey()
             | "RankBlocks" >> beam.FlatMapTuple(rank_group).with_output_types(
                 pa.Table))
