@@ -13,7 +13,8 @@ The replay: ``--events`` generated events (Zipf over ``--items``, over
 next stretch of each), as the Kafka source hands them on; each batch
 becomes minute partials (``counting.count_slices``).
 After each round the stage's close timer fires as ``on_close`` does
-(``coarse_close`` steps) up to the input watermark, which is the previous
+(``close_after_batch`` per batch, ``close_after_firing`` after a firing,
+``coarse_close`` steps) up to the input watermark, which is the previous
 round's newest event (aligned watermarks confirm a round at the next);
 after the last round the watermark passes the end and the remaining
 windows close. Early firings are left out (a catch-up defers them).
@@ -48,12 +49,14 @@ def child(root: str, spec: dict) -> dict:
     from topk.core import arrow_ipc, counting, windows
     from topk.loadgen.generator import GeneratorConfig, generate_events
     from topk.streaming import panes as stream_panes
+    from topk.streaming import sketch_panes
     from topk.streaming.sketch_panes import SketchPanes
 
-    if not hasattr(SketchPanes, "close_after_firing"):
-        # The replay closes as the stage does, by the stage's own method.
-        raise SystemExit(f"{root}: predates SketchPanes.close_after_firing, "
-                         "which this replay needs")
+    if not hasattr(sketch_panes, "close_after_batch"):
+        # The replay closes as the stage does, by the stage's own rules.
+        raise SystemExit(f"{root}: predates sketch_panes.close_after_batch "
+                         "and SketchPanes.close_after_firing, which this "
+                         "replay needs")
     events = generate_events(GeneratorConfig(
         events=spec["events"], items=spec["items"], zipf=spec["zipf"],
         rate=spec["events"] / (spec["hours"] * 3600), seed=spec["seed"]))
@@ -85,9 +88,9 @@ def child(root: str, spec: dict) -> dict:
                 pending.append(partials)
                 starts = np.unique(partials["slice_start"].to_numpy())
                 seen = stream_panes.newest_seen(seen, starts, now())
-                due = stream_panes.next_window_end(panes.specs, starts,
-                                                   panes.watermark_ms)
-                if due is not None and (close is None or due < close):
+                due = sketch_panes.close_after_batch(
+                    panes.specs, starts, panes.watermark_ms, close)
+                if due is not None:
                     close = due
         # The input watermark: the round before's newest event (the last
         # round's end passes every window).
@@ -138,7 +141,7 @@ def main() -> None:
                    "(default 3)")
     p.add_argument("--baseline", metavar="DIR",
                    help="a checkout of the code to compare with (its own "
-                   "topk package, with SketchPanes.close_after_firing); "
+                   "topk package, with sketch_panes.close_after_batch); "
                    "runs alternate with this one's")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

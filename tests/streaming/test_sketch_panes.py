@@ -380,3 +380,24 @@ def test_pane_indexes_are_set_per_window_and_a_missing_one_is_an_error():
     for index in ({60_000: 4}, {60_000: 4, 5 * 60_000: 1}, {}):
         with pytest.raises(ValueError, match="no pane index"):
             sketch_panes.with_pane_index(rows, index)
+
+
+@pytest.mark.parametrize("armed", [None, "earlier", "later"])
+def test_a_batch_moves_the_close_only_to_an_earlier_window_end(armed):
+    """``close_after_batch``: a batch changing open windows pulls the close
+    timer to the earliest end among them, never pushes an armed one back;
+    a batch of closed minutes only (stragglers) leaves an armed timer
+    alone, and with nothing armed closes at the next watermark step."""
+    watermark = T0 + 90 * MIN
+    live = np.array([T0 + 95 * MIN, T0 + 130 * MIN], np.int64)
+    # Closed in every spec: the 1h and 1h/1m windows holding them ended by
+    # the watermark too.
+    stragglers = np.array([T0 + 10 * MIN], np.int64)
+    end = T0 + 96 * MIN  # the 1m and 1h/1m windows of the first minute
+    assert next_window_end(SPECS, live, watermark) == end
+    assert next_window_end(SPECS, stragglers, watermark) is None
+    at = {None: None, "earlier": end - MIN, "later": end + 30 * MIN}[armed]
+    moved = sketch_panes.close_after_batch(SPECS, live, watermark, at)
+    assert moved == (None if armed == "earlier" else end)
+    late = sketch_panes.close_after_batch(SPECS, stragglers, watermark, at)
+    assert late == (watermark + 1 if armed is None else None)

@@ -43,6 +43,26 @@ from topk.streaming.panes import (EARLY, LATE, LEVELS, ON_TIME, SOURCE,
                                   pane_timings, split_late, windows_due)
 
 
+def close_after_batch(specs: list[WindowSpec], minutes: np.ndarray,
+                      watermark_ms: int, armed_ms: int | None) -> int | None:
+    """Where to move the stage's close timer when a batch of ``minutes``
+    arrives before a firing has looked at it, with the timer at
+    ``armed_ms`` (``None``: not armed); ``None`` to leave it. Until a
+    firing knows the windows (``SketchPanes.close_after_firing`` takes
+    over), the close comes at the next end of a window the batch changed.
+    A batch of closed minutes only (stragglers within the lateness) moves
+    no armed timer: their late panes come with the next early firing.
+    (Moving it to the watermark fired the stage at every watermark step,
+    about once a second live.) With nothing armed, they close at the next
+    watermark step."""
+    due = next_window_end(specs, minutes, watermark_ms)
+    if due is None and armed_ms is None:
+        due = watermark_ms + 1
+    if due is not None and (armed_ms is None or due < armed_ms):
+        return due
+    return None
+
+
 @dataclasses.dataclass
 class SketchFiring:
     """What one firing emits."""

@@ -36,7 +36,7 @@ from topk.core.windows import WindowSpec, now_ms
 from topk.storage.layout import LATE_COUNTS, RANKED_WINDOWS, SKETCHES
 from topk.streaming import dedup as stream_dedup
 from topk.streaming import panes as stream_panes
-from topk.streaming.sketch_panes import SketchPanes
+from topk.streaming.sketch_panes import SketchPanes, close_after_batch
 from topk.transforms import coders
 from topk.transforms.beam_time import beam_timestamp, epoch_ms
 from topk.transforms.state_cache import StateCache
@@ -114,19 +114,10 @@ class _SketchPanesFn(beam.DoFn):
             early.set(beam_timestamp(stream_panes.early_timer_ms(
                 armed, self._early_s, now_ms())))
             armed["early"] = True
-        # Until a firing knows the windows: close at the next end of a
-        # window this batch changed (``SketchPanes.next_close`` takes
-        # over). A batch of closed minutes only (stragglers within the
-        # lateness) does not move the timer: their late panes come with
-        # the next early firing. (Moving it to the watermark fired the
-        # stage at every watermark step, about once a second live.)
-        due = stream_panes.next_window_end(
+        due = close_after_batch(
             self._args[0], np.unique(partials["slice_start"].to_numpy()),
-            armed["watermark"])
-        if due is None and armed["close"] is None:
-            due = armed["watermark"] + 1
-        if due is not None and (armed["close"] is None
-                                or due < armed["close"]):
+            armed["watermark"], armed["close"])
+        if due is not None:
             close.set(beam_timestamp(due))
             armed["close"] = due
         timers.write(armed)
