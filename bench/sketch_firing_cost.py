@@ -24,9 +24,12 @@ Every contender runs in its own process per repeat, the two alternating
 digest of the ranked rows (all but ``emitted_at``), which must be equal.
 """
 import argparse
+import cProfile
 import hashlib
+import io
 import json
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -78,6 +81,8 @@ def child(root: str, spec: dict) -> dict:
 
     digest, rows, firings = hashlib.sha1(), 0, 0
     seconds = 0.0
+    # Only around the firings, as the timing: the rest is the replay's.
+    profiler = cProfile.Profile() if spec.get("profile") else None
     close, seen, pending, ahead = None, stream_panes.NO_WATERMARK, [], []
     watermark = stream_panes.NO_WATERMARK
     for r in range(spec["rounds"] + 1):
@@ -100,11 +105,15 @@ def child(root: str, spec: dict) -> dict:
                          else newest + 86_400_000)
         while close is not None and close <= watermark:
             t0 = time.perf_counter()
+            if profiler:
+                profiler.enable()
             firing = panes.fire(pending, now(), close, ahead=ahead)
             pending, ahead = [], ([firing.ahead] if firing.ahead.num_rows
                                   else [])
             close = panes.close_after_firing(firing.ahead, seen,
                                              ALLOWED_SKEW_MS)
+            if profiler:
+                profiler.disable()
             seconds += time.perf_counter() - t0
             firings += 1
             ranked = firing.ranked.drop_columns(["emitted_at"])
@@ -112,8 +121,14 @@ def child(root: str, spec: dict) -> dict:
             digest.update(arrow_ipc.to_bytes(ranked.sort_by([
                 (c, "ascending") for c in ranked.column_names])
                 .combine_chunks()))
-    return {"seconds": seconds, "firings": firings, "rows": rows,
-            "digest": digest.hexdigest()[:12]}
+    out = {"seconds": seconds, "firings": firings, "rows": rows,
+           "digest": digest.hexdigest()[:12]}
+    if profiler:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(
+            "cumulative").print_stats(spec["profile"])
+        out["profile"] = text.getvalue()
+    return out
 
 
 def main() -> None:
@@ -143,6 +158,11 @@ def main() -> None:
                    help="a checkout of the code to compare with (its own "
                    "topk package, with sketch_panes.close_after_batch); "
                    "runs alternate with this one's")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the timed runs, replay once more with this "
+                   "checkout under cProfile (the firings only) and print "
+                   "the N functions with the most cumulative time; that "
+                   "run is not in the table (cProfile slows Python calls)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -179,6 +199,10 @@ def main() -> None:
     digests = {r["digest"] for runs in results.values() for r in runs}
     print("\nranked rows: " + ("the same in every run" if len(digests) == 1
                                else f"DIFFER: {sorted(digests)}"))
+    if args.profile:
+        out = run_child(__file__, REPO, {**spec, "profile": args.profile})
+        print(f"\nthis checkout under cProfile ({out['seconds']:.2f} s of "
+              f"firings):\n{out['profile']}")
     if len(digests) != 1:
         sys.exit(1)
 
