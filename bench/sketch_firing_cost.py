@@ -62,7 +62,9 @@ def child(root: str, spec: dict) -> dict:
                          "replay needs")
     events = generate_events(GeneratorConfig(
         events=spec["events"], items=spec["items"], zipf=spec["zipf"],
-        rate=spec["events"] / (spec["hours"] * 3600), seed=spec["seed"]))
+        rate=spec["events"] / (spec["hours"] * 3600), seed=spec["seed"],
+        **({"burst_item": "hot-item", "burst_share": spec["burst_share"]}
+           if spec.get("burst_share") else {})))
     # Each partition holds every n-th event in emission order; a round
     # reads the next stretch of every partition.
     stretches = [np.array_split(np.arange(p, events.num_rows,
@@ -143,6 +145,10 @@ def main() -> None:
                    help="popularity exponent (default 1.1; 0 is uniform)")
     p.add_argument("--hours", type=float, default=24.0,
                    help="event time the events span (default 24)")
+    p.add_argument("--burst-share", type=float, default=0.0,
+                   help="a hot item ('hot-item') takes this share of the "
+                   "events of ten minutes in the middle of the span "
+                   "(default 0: no burst)")
     p.add_argument("--rounds", type=int, default=3,
                    help="read rounds the topic is caught up in (default 3)")
     p.add_argument("--partitions", type=int, default=4,
@@ -172,14 +178,18 @@ def main() -> None:
             os.path.join(args.baseline, "topk")):
         p.error(f"--baseline {args.baseline}: no topk package there")
     spec = {k: getattr(args, k) for k in ("events", "items", "zipf", "hours",
-                                          "rounds", "partitions", "windows",
-                                          "k", "seed")}
+                                          "burst_share", "rounds",
+                                          "partitions", "windows", "k",
+                                          "seed")}
     roots = [("this checkout", REPO)]
     if args.baseline:
         roots.append(("baseline", os.path.abspath(args.baseline)))
+    burst = (f", a hot item {args.burst_share:g} of ten minutes"
+             if args.burst_share else "")
     print(f"replaying {args.events:,} events over {args.items:,} items "
-          f"(Zipf {args.zipf:g}), {args.hours:g} h, {args.rounds} rounds of "
-          f"{args.partitions} batches, windows {args.windows}, "
+          f"(Zipf {args.zipf:g}{burst}), {args.hours:g} h, "
+          f"{args.rounds} rounds of {args.partitions} batches, "
+          f"windows {args.windows}, "
           f"k={args.k}", flush=True)
     results = {name: [] for name, _ in roots}
     for i, name, root in alternating(roots, args.repeat):

@@ -141,8 +141,8 @@ def new_sketches(new, items, counts, offsets, hashes=None) -> list:
 def pack(sketches: list) -> tuple:
     """Sketches -> a picklable form that ``unpack`` turns back into equal
     sketches, in order: exact Count-Min sketches (most slices of sparse
-    data) as a few byte strings per parameter set (``CountMinTopK.pack_exact``),
-    the others as themselves."""
+    data) as a few byte strings per parameter set
+    (``CountMinTopK.pack_exact``), the others as themselves."""
     groups, rest = {}, []
     for i, s in enumerate(sketches):
         if isinstance(s, CountMinTopK) and s.exact:
