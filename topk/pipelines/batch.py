@@ -190,15 +190,15 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
             approximate, opts.sketch_budget_bytes)
         tables[output_layout.SKETCHES] = (
             sketched | "SketchTables" >> SketchTables(source=source))
-        ranked.append(sketched | "ApproximateWindows" >> ApproximateWindows(
+        ranked.extend(sketched | "ApproximateWindows" >> ApproximateWindows(
             specs, opts.k, source=source))
-    tables[output_layout.RANKED_WINDOWS] = ranked[0] if len(ranked) == 1 else (
-        ranked | "AllRankedWindows" >> beam.Flatten())
     if window_range is not None:
-        tables[output_layout.RANKED_WINDOWS] = (
-            tables[output_layout.RANKED_WINDOWS]
-            | "WholeWindowsOnly" >> beam.Map(reprocess.windows_within,
-                                             *window_range))
+        ranked = [part | f"WholeWindowsOnly[{i}]" >> beam.Map(
+            reprocess.windows_within, *window_range)
+            for i, part in enumerate(ranked)]
+    # Not flattened: the Parquet sink stages each part where it is made (a
+    # local runner would hold and re-encode a flattened table).
+    tables[output_layout.RANKED_WINDOWS] = tuple(ranked)
     sinks = parse_sinks(options.view_as(BigQuerySinkOptions).sink)
     written = []
     if PARQUET in sinks:
@@ -217,8 +217,11 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
             | "WriteDeadLetters" >> WriteOutputTables(
                 opts.output, source=source, methods=(), input_id=input_name))
     if BIGQUERY in sinks:
-        written.append(tables | "WriteBigQuery" >> (
-            WriteBigQueryTables.from_options(options, tables)))
+        whole = {table: parts | f"All_{table}" >> beam.Flatten()
+                 if isinstance(parts, tuple) else parts
+                 for table, parts in tables.items()}
+        written.append(whole | "WriteBigQuery" >> (
+            WriteBigQueryTables.from_options(options, whole)))
     written = written[0] if len(written) == 1 else (
         tuple(written) | "AllSinks" >> beam.Flatten())
     return written

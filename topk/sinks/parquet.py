@@ -97,10 +97,20 @@ class _StageFn(beam.DoFn):
                                 [GlobalWindow()])
 
 
+def _parts(pcolls) -> list:
+    """``(label suffix, PCollection)`` of one table's PCollection or tuple
+    of them."""
+    if not isinstance(pcolls, tuple):
+        return [("", pcolls)]
+    return [(f"[{i}]", part) for i, part in enumerate(pcolls)]
+
+
 class WriteOutputTables(beam.PTransform):
     """Write the output tables of one bounded run in one commit.
 
-    Takes a dict ``{table: PCollection[pa.Table]}`` of any of
+    Takes a dict ``{table: PCollection[pa.Table]}`` (or a tuple of
+    PCollections for a table made in several branches: Beam takes a
+    tuple's PCollections as inputs, a list's as data) of any of
     ``ranked_windows``, ``slices``, ``sketches``, ``dead_letters``; yields
     the manifest sequence number of the commit (one element). ``methods``:
     the run's ``--method``s (a batch run replaces only their rows);
@@ -143,10 +153,14 @@ class WriteOutputTables(beam.PTransform):
         methods, input_id = self._methods, self._input_id
         window_range = self._window_range
         specs, k, replace = self._specs, self._k, self._replace_span
+        # A table may come as several PCollections, each staged where it
+        # is made: flattening them first would make a local runner encode,
+        # hold and decode every table once more.
         staged = [
-            pcolls[table] | f"Stage_{table}" >> beam.ParDo(
+            part | f"Stage_{table}{suffix}" >> beam.ParDo(
                 _StageFn(output, run_id, table, input_id))
-            for table in sorted(pcolls)]
+            for table in sorted(pcolls)
+            for suffix, part in _parts(pcolls[table])]
 
         def commit(_):
             if source == "batch":

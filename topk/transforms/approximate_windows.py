@@ -129,22 +129,25 @@ class ApproximateSlices(beam.PTransform):
 SLICE_RUNS = ("1m", "1h", "1d")
 
 
-def per_length(slices, label: str, fn):
-    """``beam.FlatMap(fn)`` over each of ``ApproximateSlices``' outputs,
-    flattened: the step that turns sketches into bytes runs where they
-    are made, and only its (smaller, cheaply pickled) output crosses the
-    Flatten."""
-    return [runs | f"{label}[{length}]" >> beam.FlatMap(fn)
-            for length, runs in zip(SLICE_RUNS, slices)] | (
-                f"{label}[all]" >> beam.Flatten())
+def per_length(slices, label: str, steps) -> tuple:
+    """``steps()`` (a new PTransform each call: keying, shuffle, finishing)
+    applied to each of ``ApproximateSlices``' outputs on its own: a tuple
+    of three PCollections, not flattened. A local runner materialises a
+    Flatten (its inputs encoded, decoded and encoded again, and held),
+    so neither the sketches, nor the elements keyed for a shuffle (a dense
+    minute sketch is in three), nor the ranked tables (tens of rows per
+    event over a long span) cross one; the sink takes the tuple."""
+    return tuple(runs | f"{label}[{length}]" >> steps()
+                 for length, runs in zip(SLICE_RUNS, slices))
 
 
 class SketchTables(beam.PTransform):
     """Slice sketches -> ``sketches`` table rows.
 
-    Takes what ``ApproximateSlices`` returns; yields ``pa.Table`` in
-    ``SKETCHES_SCHEMA``, one per (slice length, day), the unit the Parquet
-    sink writes (so sketches are gathered once, not one tiny table each).
+    Takes what ``ApproximateSlices`` returns; returns a tuple of
+    PCollections (``per_length``) of ``pa.Table`` in ``SKETCHES_SCHEMA``,
+    one table per (slice length, day), the unit the Parquet sink writes
+    (so sketches are gathered once, not one tiny table each).
     """
 
     def __init__(self, source: str = "batch"):
@@ -168,16 +171,17 @@ class SketchTables(beam.PTransform):
                 [row for rows in runs for row in rows], where[0], source,
                 now_ms())
 
-        return (
-            per_length(slices, "Locate", locate)
+        return per_length(slices, "Days", lambda: (
+            "Locate" >> beam.FlatMap(locate)
             | "GatherDay" >> beam.GroupByKey()
-            | "ToTable" >> beam.MapTuple(table).with_output_types(pa.Table))
+            | "ToTable" >> beam.MapTuple(table).with_output_types(pa.Table)))
 
 
 class ApproximateWindows(WindowRanking):
     """Slice sketches -> ranked top-K windows with bounds, per method.
 
-    Takes what ``ApproximateSlices`` returns; yields ``pa.Table`` in
+    Takes what ``ApproximateSlices`` returns; returns a tuple of
+    PCollections (``per_length``) of ``pa.Table`` in
     ``RANKED_WINDOWS_SCHEMA``: for every spec, method and event type
     (``ALL_TYPES`` included), the top ``k`` of every window holding an
     event, with ``count``, ``lower_bound``, ``upper_bound`` and
@@ -244,8 +248,8 @@ class ApproximateWindows(WindowRanking):
                     list(held.items()), emitted_at_ms=now_ms(),
                     source=source, pane_timing=timing)
 
-        return (
-            per_length(slices, "KeyByBlock", to_blocks)
+        return per_length(slices, "Blocks", lambda: (
+            "KeyByBlock" >> beam.FlatMap(to_blocks)
             | "GatherBlocks" >> beam.GroupByKey()
             | "RankBlocks" >> beam.FlatMapTuple(rank_group).with_output_types(
-                pa.Table))
+                pa.Table)))
