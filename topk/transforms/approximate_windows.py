@@ -162,7 +162,7 @@ class SketchTables(beam.PTransform):
             # stores bytes anyway. A run lies within one day.
             (length, method, event_type), by_start = run
             day = next(iter(by_start)) // DAY_MS
-            yield ((length, day), [
+            return ((length, day), [
                 sketch_windows.sketch_row(method, event_type, start, sketch)
                 for start, sketch in by_start.items()])
 
@@ -172,7 +172,7 @@ class SketchTables(beam.PTransform):
                 now_ms())
 
         return per_length(slices, "Days", lambda: (
-            "Locate" >> beam.FlatMap(locate)
+            "Locate" >> beam.Map(locate)
             | "GatherDay" >> beam.GroupByKey()
             | "ToTable" >> beam.MapTuple(table).with_output_types(pa.Table)))
 
