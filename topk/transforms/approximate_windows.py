@@ -17,7 +17,7 @@ from topk.core.schema import DAY_MS, HOUR_MS
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.transforms.approximate import ApproximateTopKFn, MergeSketchesFn
 from topk.transforms.rank import WindowRanking
-from topk.core.windows import duration_ms, now_ms
+from topk.core.windows import SLICE_LENGTHS, duration_ms, now_ms
 
 #: Rows fed to the sketches of one run of slices, keyed by ``(event_type,
 #: run_start_ms)``.
@@ -80,9 +80,9 @@ class ApproximateSlices(beam.PTransform):
     Takes ``(dedup_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA`` (the output
     of ``DedupSliceCounts``); returns a tuple of three PCollections of
     ``SliceSketches``, the minutes (an hour's at a time), the hours and the
-    days (``SLICE_RUNS``): one sketch per slice length, method, slice and
-    event type (``ALL_TYPES`` included), every one within
-    ``budget_bytes``. (Not one flattened PCollection: a local runner
+    days (``SLICE_LENGTHS``, in that order): one sketch per slice
+    length, method, slice and event type (``ALL_TYPES`` included), every
+    one within ``budget_bytes``. (Not one flattened PCollection: a local runner
     materialises a Flatten, so every sketch would be encoded and decoded
     once more on its way to the consumers, which turn them into bytes
     anyway; see ``per_length``. Minutes travel an hour at a time: on sparse
@@ -125,10 +125,6 @@ class ApproximateSlices(beam.PTransform):
         return minutes, hours, days
 
 
-#: The slice lengths of the runs ``ApproximateSlices`` returns, in order.
-SLICE_RUNS = ("1m", "1h", "1d")
-
-
 def per_length(slices, label: str, steps) -> tuple:
     """``steps()`` (a new PTransform each call: keying, shuffle, finishing)
     applied to each of ``ApproximateSlices``' outputs on its own: a tuple
@@ -138,7 +134,7 @@ def per_length(slices, label: str, steps) -> tuple:
     minute sketch is in three), nor the ranked tables (tens of rows per
     event over a long span) cross one; the sink takes the tuple."""
     return tuple(runs | f"{label}[{length}]" >> steps()
-                 for length, runs in zip(SLICE_RUNS, slices))
+                 for length, runs in zip(SLICE_LENGTHS, slices))
 
 
 class SketchTables(beam.PTransform):
