@@ -65,6 +65,47 @@ CONTENDERS = {"shared": run_shared, **{
     m: functools.partial(bt.run_pipeline, method=m) for m in METHODS}}
 
 
+def count_pickles(name: str, path: str, workdir: str) -> None:
+    """Run one contender in this process with ``pickle.dumps`` and
+    ``pickle.loads`` counted by the type of what they pickle, and print
+    the counts: what the runner's ``PickleCoder`` (which looks both up
+    when a pipeline runs) moves between stages. The timings include the
+    counting's own small cost."""
+    import collections
+    import pickle
+    import time
+
+    stats = collections.defaultdict(lambda: [0, 0, 0.0, 0])
+    dumps, loads = pickle.dumps, pickle.loads
+
+    def counted(fn, obj_of, slot):
+        def wrapper(value, *args, **kwargs):
+            started = time.perf_counter()
+            out = fn(value, *args, **kwargs)
+            entry = stats[type(obj_of(value, out)).__name__]
+            entry[slot] += 1
+            entry[2] += time.perf_counter() - started
+            entry[3] += len(out if slot == 0 else value)
+            return out
+        return wrapper
+
+    pickle.dumps = counted(dumps, lambda value, _: value, 0)
+    pickle.loads = counted(loads, lambda _, out: out, 1)
+    started = time.perf_counter()
+    try:
+        CONTENDERS[name](path, workdir)
+    finally:
+        pickle.dumps, pickle.loads = dumps, loads
+    print(f"{name}: {time.perf_counter() - started:.1f} s; pickled, by "
+          "type (seconds and MB both ways):")
+    print(f"{'type':<28} {'dumps':>9} {'loads':>9} {'seconds':>8} "
+          f"{'MB':>8}")
+    for kind, (n_dumps, n_loads, seconds, size) in sorted(
+            stats.items(), key=lambda kv: -kv[1][2])[:12]:
+        print(f"{kind:<28} {n_dumps:>9,} {n_loads:>9,} {seconds:>8.2f} "
+              f"{size / 1e6:>8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=2_000_000,
@@ -77,6 +118,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS[1:]),
                         help="Approximate methods to run beside shared and "
                         "exact (default: cms,frequent_items).")
+    parser.add_argument("--pickles", metavar="CONTENDER",
+                        help="instead of timing, run CONTENDER once and "
+                        "count what is pickled, by type")
     bt.add_run_options(parser)
     args = parser.parse_args()
     if args.run:
@@ -90,6 +134,11 @@ def main() -> None:
     hours = args.events / args.rate / 3600
     print(f"input: {args.events:,} events over {hours:.1f} h of event time, "
           f"{args.items:,} items -> {path}")
+    if args.pickles:
+        if args.pickles not in CONTENDERS:
+            parser.error(f"--pickles: choose from {', '.join(CONTENDERS)}")
+        count_pickles(args.pickles, path, args.dir)
+        return
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS[1:])
