@@ -37,10 +37,13 @@ def to_ms(value) -> int:
     return oracle._utc_ms(value)
 
 
-def run_batch(input_path, output, k, windows="all", item_shards=3,
+def run_batch(input_path, output, k, windows="all", item_shards=None,
               dedup_shards=2):
+    """``topk batch``; ``item_shards=None`` leaves the runner's default
+    (one shard in process; the tests giving several cover their merge)."""
+    shards = [] if item_shards is None else [f"--item_shards={item_shards}"]
     batch.run([f"--input={input_path}", f"--output={output}", f"--k={k}",
-               f"--windows={windows}", f"--item_shards={item_shards}",
+               f"--windows={windows}", *shards,
                f"--dedup_shards={dedup_shards}"])
 
 

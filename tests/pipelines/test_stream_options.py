@@ -46,6 +46,11 @@ def test_unbounded_runs_on_prism_and_bounded_on_the_fnapi_runner(
     assert unbounded.view_as(PortableOptions).job_server_timeout > 86_400
     bounded = PipelineOptions(["--bounded"])
     assert stream._choose_runner(bounded) == "FnApiRunner"
+    # The in-process runner ranks shards one after the other: one shard.
+    assert bounded.view_as(TopKOptions).item_shards == 1
+    given = PipelineOptions(["--bounded", "--item-shards", "3"])
+    stream._choose_runner(given)
+    assert given.view_as(TopKOptions).item_shards == 3
     chosen = PipelineOptions(["--runner", "FlinkRunner"])
     assert stream._choose_runner(chosen) == "FlinkRunner"
 

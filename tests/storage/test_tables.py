@@ -10,6 +10,7 @@ import shutil
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -336,6 +337,34 @@ def test_a_staged_run_over_months_commits_a_month_at_a_time(tmp_path):
     hi = max(e.ts for e in june) // M * M + M
     kept = [e for e in evs if not lo <= e.ts < hi]
     assert day_counts(out) == truth(kept + june)
+
+
+def test_staging_groups_split_rows_by_month_and_spec_keeping_their_order():
+    """Each group holds exactly its month's (and window spec's) rows in
+    their input order, groups sorted by name; checked against a filter per
+    group over rows of several months and specs interleaved."""
+    rng = random.Random(7)
+    n = 500
+    rows = pa.table({
+        "date": [f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+                 for _ in range(n)],
+        "window_spec": [rng.choice(["1m", "1h", "1h_1m"]) for _ in range(n)],
+        "row": list(range(n))})
+    groups = tables.staging_groups(rows)
+    names = [name for name, _ in groups]
+    assert names == sorted(set(names))
+    expected = {}
+    for date, spec, row in zip(*(rows[c].to_pylist()
+                                 for c in rows.schema.names)):
+        expected.setdefault(f"{date[:7]}_{spec}", []).append(row)
+    assert names == sorted(expected)
+    assert {name: part["row"].to_pylist() for name, part in groups} == expected
+    assert sum(part.num_rows for _, part in groups) == n
+    # One group, and a table without dates, come back whole.
+    one = rows.filter(pc.equal(rows["window_spec"], "1m")).slice(0, 1)
+    assert tables.staging_groups(one)[0][1].equals(one)
+    plain = rows.drop_columns(["date"])
+    assert tables.staging_groups(plain) == [(tables.NO_GROUP, plain)]
 
 
 def ranked_rows(emitted_at_ms, watermark_ms):

@@ -58,6 +58,15 @@ _LOG = logging.getLogger(__name__)
 #: falls back to for batch pipelines anyway.
 LOCAL_BATCH_RUNNER = "FnApiRunner"
 
+#: Item shards on the in-process local runner unless ``--item-shards`` is
+#: given. That runner ranks the shards one after the other in one worker,
+#: so a shard adds only top-k candidates for the merge of shards to rank
+#: again. One shard against the default 8 (``topk batch --windows all --k
+#: 100``, the same answers): 1M events over a day 5.5-5.7 s against 6.8-8.5
+#: s; 50k events over a year 14.2 s against 20.8 s; 500k over a year 57.8 s
+#: against 65.8 s, peak 1.76 GB against 1.91 GB.
+LOCAL_ITEM_SHARDS = 1
+
 #: What ``topk batch --help`` says about the pipeline (plain text: the
 #: module docstring is reStructuredText).
 DESCRIPTION = (
@@ -227,6 +236,32 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
     return written
 
 
+def runs_in_process(options: PipelineOptions) -> bool:
+    """Whether the run's runner is the local batch runner working in this
+    process (not its multi-processing mode)."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return bool(name) and name.endswith(LOCAL_BATCH_RUNNER) and (
+        options.view_as(DirectOptions).direct_running_mode
+        != "multi_processing")
+
+
+def choose_runner(options: PipelineOptions) -> None:
+    """The local batch runner unless ``--runner`` is given, with
+    ``LOCAL_ITEM_SHARDS`` when it runs in this process."""
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = LOCAL_BATCH_RUNNER
+    use_local_item_shards(options)
+
+
+def use_local_item_shards(options: PipelineOptions) -> None:
+    """``LOCAL_ITEM_SHARDS`` for a run in this process, unless given."""
+    if runs_in_process(options) and "item_shards" not in (
+            options.get_all_options(drop_default=True)):
+        options.view_as(TopKOptions).item_shards = LOCAL_ITEM_SHARDS
+
+
 def check_archive(path: str, start_ms: int, end_ms: int) -> None:
     """``ValueError`` unless the archive holds event files in the range."""
     globs = reprocess.archive_day_globs(path, start_ms, end_ms)
@@ -274,18 +309,13 @@ def run(argv=None, on_result=None):
         what = (f"archive {batch.from_archive} "
                 f"[{reprocess.describe_range(*days)})")
     check_output_writable(options.view_as(TopKOptions).output)
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = LOCAL_BATCH_RUNNER
+    choose_runner(options)
     # The file source counts what it reads in READ_PROGRESS, which the CLI
     # shows; only the in-process local runner reads in this process.
-    runner_name = standard.runner if isinstance(standard.runner, str) else (
-        type(standard.runner).__name__)
-    in_process = runner_name.endswith(LOCAL_BATCH_RUNNER) and (
-        options.view_as(DirectOptions).direct_running_mode
-        != "multi_processing")
-    READ_PROGRESS.start(sum(sizes.values()), len(sizes), in_process)
-    _LOG.info("topk batch: runner %s, %s, output %s", standard.runner, what,
+    READ_PROGRESS.start(sum(sizes.values()), len(sizes),
+                        runs_in_process(options))
+    _LOG.info("topk batch: runner %s, %s, output %s",
+              options.view_as(StandardOptions).runner, what,
               options.view_as(TopKOptions).output)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)

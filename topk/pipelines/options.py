@@ -99,8 +99,9 @@ class TopKOptions(PipelineOptions):
             "--item-shards", "--item_shards", dest="item_shards",
             type=_positive_int, default=8,
             help="Shards items are hashed into for exact counting; each "
-            "shard's counts are held by one worker (default 8; 2 for the "
-            "unbounded stream on Prism).")
+            "shard's counts are held by one worker (default 8; 1 on the "
+            "in-process local runner, 2 for the unbounded stream on "
+            "Prism).")
         parser.add_argument(
             "--dedup-shards", "--dedup_shards", dest="dedup_shards",
             type=_positive_int, default=8,

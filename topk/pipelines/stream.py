@@ -45,7 +45,8 @@ from topk.connectors.kafka import (BROKER_CHECK_TIMEOUT_S,
                                   DEFAULT_KAFKA_CLIENT, KAFKA_CLIENTS,
                                   check_broker)
 from topk.storage import layout as output_layout
-from topk.pipelines.batch import LOCAL_BATCH_RUNNER, add_top_k_tables
+from topk.pipelines.batch import (LOCAL_BATCH_RUNNER, add_top_k_tables,
+                                  use_local_item_shards)
 from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     check_required, reject_renamed,
                                     FlinkCheckpointOptions, reject_unknown)
@@ -348,6 +349,8 @@ def _choose_runner(options: PipelineOptions) -> str:
             for name in ("item_shards", "dedup_shards"):
                 if name not in given:
                     setattr(opts, name, LOCAL_STREAM_SHARDS)
+    if bounded:
+        use_local_item_shards(options)
     if runner.endswith("FlinkRunner") and not bounded:
         flink = options.view_as(FlinkCheckpointOptions)
         if flink.finish_bundle_before_checkpointing is None:

@@ -802,8 +802,22 @@ def staging_groups(rows: pa.Table) -> list[tuple[str, pa.Table]]:
     key = pc.utf8_slice_codeunits(rows["date"], 0, 7)
     if "window_spec" in rows.column_names:
         key = pc.binary_join_element_wise(key, rows["window_spec"], "_")
-    return [(g, rows.filter(pc.equal(key, g)))
-            for g in sorted(pc.unique(key).to_pylist())]
+    # One stable sort by group, then a slice each: a long span has a group
+    # per month and window spec (84 in a year of all 7 specs), and a
+    # filter per group would read every row that many times.
+    encoded = pc.dictionary_encode(key.combine_chunks())
+    names = np.array(encoded.dictionary.to_pylist(), object)
+    if len(names) == 1:
+        return [(names[0], rows)]
+    by_name = np.argsort(names)
+    place = np.empty(len(names), np.int64)
+    place[by_name] = np.arange(len(names))
+    group = place[encoded.indices.to_numpy()]
+    sizes = np.bincount(group, minlength=len(names))
+    rows = rows.take(np.argsort(group, kind="stable"))
+    return [(name, rows.slice(int(start), int(size)))
+            for name, start, size in zip(names[by_name],
+                                         np.cumsum(sizes) - sizes, sizes)]
 
 
 def stage(output: str, run_id: str, table: str, rows: pa.Table) -> list:
