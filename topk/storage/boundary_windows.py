@@ -230,9 +230,9 @@ def shortfall(own: pads.Dataset | None, committed: pads.Dataset | None,
     if value == "total":
         theirs = theirs.filter(pc.is_in(theirs["method"], pa.array(
             list(methods), pa.string())))
-    ours = read(own, runs)
     if theirs.num_rows == 0:
         return None
+    ours = read(own, runs)
     key = ["slice_start", *key]
     joined = theirs.join(ours.select([*key, value]), keys=key,
                          join_type="left outer", right_suffix="_own")
@@ -270,16 +270,19 @@ class SliceReader:
         """``(own, committed)`` rows (``read``'s, ``slice_start`` epoch ms)
         whose slices together tile ``[start, end)``: the run's inside the
         span, the committed ones outside it; slices no longer than
-        ``max_length_ms``, never crossing an edge of the span."""
+        ``max_length_ms``, never crossing an edge of the span. With no
+        committed rows there, nothing is recomputed, so ``own`` is not
+        read (returned empty): a first run's edges would read its own
+        staged rows once per spec and edge for nothing."""
         s, e = self.span
-        own = self.read(self.own, aligned_runs(max(start, s), min(end, e),
-                                               max_length_ms))
-        committed = [self.read(self.committed,
-                               aligned_runs(lo, hi, max_length_ms),
-                               batch_only=True)
-                     for lo, hi in ((start, min(end, s)),
-                                    (max(start, e), end))]
-        return own, pa.concat_tables(committed)
+        committed = pa.concat_tables([
+            self.read(self.committed, aligned_runs(lo, hi, max_length_ms),
+                      batch_only=True)
+            for lo, hi in ((start, min(end, s)), (max(start, e), end))])
+        own = self.read(
+            self.own if committed.num_rows else None,
+            aligned_runs(max(start, s), min(end, e), max_length_ms))
+        return own, committed
 
 
 class SketchReader(SliceReader):
