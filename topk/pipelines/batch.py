@@ -61,10 +61,9 @@ LOCAL_BATCH_RUNNER = "FnApiRunner"
 #: Item shards on the in-process local runner unless ``--item-shards`` is
 #: given. That runner ranks the shards one after the other in one worker,
 #: so a shard adds only top-k candidates for the merge of shards to rank
-#: again. One shard against the default 8 (``topk batch --windows all --k
-#: 100``, the same answers): 1M events over a day 5.5-5.7 s against 6.8-8.5
-#: s; 50k events over a year 14.2 s against 20.8 s; 500k over a year 57.8 s
-#: against 65.8 s, peak 1.76 GB against 1.91 GB.
+#: again: with one, ``topk batch --windows all`` took 0.76-0.83x the wall
+#: time of 8 over a day and over a year, with lower peaks, and the same
+#: answers (docs/benchmarks.md, "One item shard on the in-process runner").
 LOCAL_ITEM_SHARDS = 1
 
 #: What ``topk batch --help`` says about the pipeline (plain text: the
