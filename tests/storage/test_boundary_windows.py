@@ -211,20 +211,27 @@ def slice_keys(rows):
         for r in rows.to_pylist()})
 
 
-def test_nothing_committed_beyond_the_edges_keeps_the_runs_rows():
+def test_nothing_committed_beyond_the_edges_keeps_the_runs_rows(tmp_path):
     """A first run (or one whose neighbours hold no batch slices) already
     wrote the right rows: nothing is recomputed, so they keep their
-    ``emitted_at`` (and equal what a sink of the same run wrote)."""
+    ``emitted_at`` (and equal what a sink of the same run wrote). The
+    run's own staged rows are not even read then (a first run's commit
+    read them once per spec and edge for nothing): here their file is
+    gone, and reading it would raise."""
     span = (T30 + 20 * M, T30 + D + 40 * M)
     own = minute_counts(random.Random(7), *span, 300)
     stream = pads.dataset(stored_slices(own, "stream"))
+    path = str(tmp_path / "staged.parquet")
+    pq.write_table(stored_slices(own), path)
+    staged = pads.dataset(path)
+    os.remove(path)
     for committed in (None, stream):
-        reader = bw.SliceReader(pads.dataset(stored_slices(own)), committed,
-                                span)
+        reader = bw.SliceReader(staged, committed, span)
         rows, replaces = bw.ranked_straddling_windows(SPECS, 2, reader, 5)
         assert rows.num_rows == 0 and replaces is None
         rows, replaces = bw.straddling_slices(reader, 5)
         assert rows.num_rows == 0 and replaces is None
+        assert bw.shortfall(staged, committed, span, ["exact"]) is None
 
 
 # --- Approximate methods: sketches ------------------------------------------

@@ -36,8 +36,9 @@ from topk.storage import layout as output_layout
 from topk.storage import tables as output_tables
 from topk.approx import sketch_windows
 from topk.pipelines.options import (TopKOptions, check_output_writable,
-                                    check_required, reject_renamed,
-                                    reject_unknown)
+                                    check_required, default_unless_given,
+                                    reject_renamed, reject_unknown,
+                                    runner_name)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.parquet import WriteOutputTables
@@ -238,9 +239,7 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
 def runs_in_process(options: PipelineOptions) -> bool:
     """Whether the run's runner is the local batch runner working in this
     process (not its multi-processing mode)."""
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    return bool(name) and name.endswith(LOCAL_BATCH_RUNNER) and (
+    return runner_name(options).endswith(LOCAL_BATCH_RUNNER) and (
         options.view_as(DirectOptions).direct_running_mode
         != "multi_processing")
 
@@ -256,9 +255,8 @@ def choose_runner(options: PipelineOptions) -> None:
 
 def use_local_item_shards(options: PipelineOptions) -> None:
     """``LOCAL_ITEM_SHARDS`` for a run in this process, unless given."""
-    if runs_in_process(options) and "item_shards" not in (
-            options.get_all_options(drop_default=True)):
-        options.view_as(TopKOptions).item_shards = LOCAL_ITEM_SHARDS
+    if runs_in_process(options):
+        default_unless_given(options, item_shards=LOCAL_ITEM_SHARDS)
 
 
 def check_archive(path: str, start_ms: int, end_ms: int) -> None:

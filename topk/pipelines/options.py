@@ -19,7 +19,8 @@ import logging
 import os
 import tempfile
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (PipelineOptions,
+                                                  StandardOptions)
 
 from topk.approx import sketch_windows
 from topk.approx.sketches import DEFAULT_BUDGET_BYTES
@@ -131,6 +132,25 @@ class TopKOptions(PipelineOptions):
             help="Memory budget of each approximate sketch (per slice and "
             "per window), in bytes of its serialized form; a sketch never "
             f"exceeds it (default {DEFAULT_BUDGET_BYTES}).")
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """``--runner`` as a name (``""`` when not set), also when it was
+    given as a runner object."""
+    runner = options.view_as(StandardOptions).runner
+    if runner is None or isinstance(runner, str):
+        return runner or ""
+    return type(runner).__name__
+
+
+def default_unless_given(options: PipelineOptions, **values) -> None:
+    """Set the ``TopKOptions`` ``values`` (by dest) that the command line
+    did not give: a runner's own defaults (e.g. fewer shards locally)."""
+    given = options.get_all_options(drop_default=True)
+    opts = options.view_as(TopKOptions)
+    for name, value in values.items():
+        if name not in given:
+            setattr(opts, name, value)
 
 
 def check_required(options: PipelineOptions, names: list[str]) -> None:

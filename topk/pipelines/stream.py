@@ -48,8 +48,9 @@ from topk.storage import layout as output_layout
 from topk.pipelines.batch import (LOCAL_BATCH_RUNNER, add_top_k_tables,
                                   use_local_item_shards)
 from topk.pipelines.options import (TopKOptions, check_output_writable,
-                                    check_required, reject_renamed,
-                                    FlinkCheckpointOptions, reject_unknown)
+                                    check_required, default_unless_given,
+                                    reject_renamed, FlinkCheckpointOptions,
+                                    reject_unknown, runner_name)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
 from topk.sinks.bundle_files import WriteArchiveFiles, WriteTablesBuffered
@@ -339,16 +340,12 @@ def _choose_runner(options: PipelineOptions) -> str:
         standard.runner = LOCAL_BATCH_RUNNER if bounded else LOCAL_STREAM_RUNNER
     if not bounded:
         standard.streaming = True
-    runner = standard.runner if isinstance(standard.runner, str) else type(
-        standard.runner).__name__
+    runner = runner_name(options)
     if runner.endswith("PrismRunner"):
         use_prism_safely(options)
         if not bounded:
-            given = options.get_all_options(drop_default=True)
-            opts = options.view_as(TopKOptions)
-            for name in ("item_shards", "dedup_shards"):
-                if name not in given:
-                    setattr(opts, name, LOCAL_STREAM_SHARDS)
+            default_unless_given(options, item_shards=LOCAL_STREAM_SHARDS,
+                                 dedup_shards=LOCAL_STREAM_SHARDS)
     if bounded:
         use_local_item_shards(options)
     if runner.endswith("FlinkRunner") and not bounded:
