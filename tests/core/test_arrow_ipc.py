@@ -18,6 +18,17 @@ def test_a_table_round_trips_plain_and_compressed():
     assert len(packed) < len(plain) / 3
 
 
+def test_spilled_tables_come_back_whole_each_from_its_own_file(tmp_path):
+    tables = [pa.table({"event_id": [f"e{i}-{n}" for n in range(i)],
+                        "ts": pa.array(range(i), pa.int64())})
+              for i in (0, 3, 1000)]
+    paths = [arrow_ipc.spill(str(tmp_path / "run"), t) for t in tables]
+    assert len(set(paths)) == 3
+    assert all(p.startswith(str(tmp_path / "run") + "/") for p in paths)
+    for path, table in zip(paths, tables):
+        assert arrow_ipc.read_spilled(path).equals(table)
+
+
 def test_an_empty_table_keeps_its_schema():
     schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
     back = arrow_ipc.from_bytes(arrow_ipc.to_bytes(schema.empty_table()))

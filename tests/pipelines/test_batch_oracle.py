@@ -190,6 +190,9 @@ def test_generated_stream_with_everything_dirty(tmp_path):
     run_batch(path, output, k=3, item_shards=4, dedup_shards=3)
     problems = check_against_oracle(block, path, output, 3, ALL_WINDOWS)
     assert not problems, "\n".join(problems)
+    # The raw events spilled under the run's staging directory (the
+    # de-duplication's shuffle); the commit removed it with the rest.
+    assert not os.path.exists(os.path.join(output, output_tables.STAGING))
 
 
 def test_generated_stream_rerun_and_cli_queries(tmp_path, capsys):

@@ -4,6 +4,7 @@ import json
 
 import apache_beam as beam
 import pyarrow as pa
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from topk.core import schema
@@ -38,9 +39,14 @@ def test_parse_events_splits_valid_and_dead_letters(pipeline):
                                "source": "s1"}]), label="dead")
 
 
-def test_exact_slice_counts_dedup_across_batches_and_shards(pipeline):
+@pytest.mark.parametrize("spill", [False, True],
+                         ids=["through-shuffle", "spilled"])
+def test_exact_slice_counts_dedup_across_batches_and_shards(
+        pipeline, tmp_path, spill):
     # The same event id arrives in two different batches; a hot item carries
-    # most events. Each item must end up in exactly one shard, counted once.
+    # most events. Each item must end up in exactly one shard, counted once,
+    # whether the raw events cross the shuffle or spill files.
+    spill_dir = str(tmp_path / "spill") if spill else None
     batch1 = b"\n".join([ev(f"h{i}", "hot", T0 + i) for i in range(90)]
                         + [ev("dup", "x", T0)])
     batch2 = b"\n".join([ev(f"c{i}", f"i{i % 5}", T0 + 60_000) for i in range(10)]
@@ -48,7 +54,7 @@ def test_exact_slice_counts_dedup_across_batches_and_shards(pipeline):
     with pipeline as p:
         counts = (p | beam.Create([("a", batch1), ("b", batch2)])
                   | ParseEvents()).events | ExactSliceCounts(
-                      item_shards=3, dedup_shards=4)
+                      item_shards=3, dedup_shards=4, spill_dir=spill_dir)
 
         def check(shard_tables):
             seen = collections.Counter()

@@ -4,11 +4,15 @@ An IPC stream is a table's raw column buffers, so a 100k-row batch costs one
 memcpy-like pass instead of pickling Python objects. Both the Beam coder
 (``topk.transforms.coders``) and the ranked runs' pickling
 (``topk.core.ranking.WindowTopKRuns``) go through here, and so does
-every pickled table once ``pickle_as_ipc`` ran.
+every pickled table once ``pickle_as_ipc`` ran, and so do the spill files
+that carry a bounded run's raw events past a shuffle (``spill``).
 """
 import copyreg
+import os
+import uuid
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 #: LZ4 frames for tables a runner holds whole (a shuffle's pickled runs).
 LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -55,3 +59,28 @@ def pickle_as_ipc() -> None:
     stream that keeps zero-copy slices paid for their parents at every
     firing."""
     copyreg.pickle(pa.Table, _reduce)
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def spill(directory: str, table: pa.Table) -> str:
+    """Write ``table`` as an IPC stream to a new file under ``directory``
+    (local or a URI); returns the file's path, for ``read_spilled``."""
+    fs, root = _filesystem(directory)
+    fs.create_dir(root, recursive=True)
+    name = f"{uuid.uuid4().hex}.arrow"
+    with fs.open_output_stream(f"{root}/{name}") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def read_spilled(path: str) -> pa.Table:
+    """The table ``spill`` wrote to ``path``."""
+    fs, location = _filesystem(path)
+    with fs.open_input_stream(location) as source:
+        return pa.ipc.open_stream(source).read_all()

@@ -41,7 +41,7 @@ from topk.pipelines.options import (TopKOptions, check_output_writable,
                                     runner_name)
 from topk.sinks.bigquery import (BIGQUERY, PARQUET, BigQuerySinkOptions,
                                  WriteBigQueryTables, parse_sinks)
-from topk.sinks.parquet import WriteOutputTables
+from topk.sinks.parquet import WriteOutputTables, new_run_id
 from topk.sources.files import (ReadEventFiles, event_file_sizes,
                                 matching_file_sizes, matching_files)
 from topk.transforms.exact import (DedupSliceCounts,
@@ -53,6 +53,10 @@ from topk.transforms.approximate_windows import (ApproximateSlices,
 from topk.core.windows import parse_windows
 
 _LOG = logging.getLogger(__name__)
+
+#: The staging subdirectory of a run's spilled raw events (not a table:
+#: the commit never reads it, and removes it with the rest).
+SPILL = "_spill"
 
 #: The local runner for batch. The DirectRunner would first try to download
 #: Prism (impossible offline) before falling back; the FnApiRunner is what it
@@ -183,9 +187,13 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
     specs = parse_windows(opts.windows)
     methods = sketch_windows.parse_methods(opts.method)
     approximate = sketch_windows.approximate_methods(methods)
+    # The raw events spill under the run's staging directory, which its
+    # commit removes (the dead letters' commit, when Parquet is no sink).
+    run_id = new_run_id()
     # Every method starts from the same de-duplicated minute partials.
     partials = parsed.events | "DedupSlices" >> DedupSliceCounts(
-        dedup_shards=opts.dedup_shards)
+        dedup_shards=opts.dedup_shards,
+        spill_dir=output_tables.staging_dir(opts.output, run_id, SPILL))
     ranked, tables = [], {}
     if sketch_windows.EXACT in methods:
         counts = partials | "ItemShards" >> ItemShardCounts(
@@ -217,14 +225,15 @@ def add_top_k_tables(parsed, options: PipelineOptions, source: str,
             | "WriteOutput" >> WriteOutputTables(
                 opts.output, source=source, methods=methods,
                 input_id=input_name, window_range=window_range,
-                specs=specs, k=opts.k,
+                specs=specs, k=opts.k, run_id=run_id,
                 replace_span=options.view_as(BatchOptions).replace_span))
     else:
         # The dead letters still go to --output, in a commit of their own.
         written.append(
             {output_layout.DEAD_LETTERS: parsed[DEAD_LETTERS]}
             | "WriteDeadLetters" >> WriteOutputTables(
-                opts.output, source=source, methods=(), input_id=input_name))
+                opts.output, source=source, methods=(), input_id=input_name,
+                run_id=run_id))
     if BIGQUERY in sinks:
         whole = {table: parts | f"All_{table}" >> beam.Flatten()
                  if isinstance(parts, tuple) else parts

@@ -105,6 +105,11 @@ def _parts(pcolls) -> list:
     return [(f"[{i}]", part) for i, part in enumerate(pcolls)]
 
 
+def new_run_id() -> str:
+    """A fresh staging name for a run (``WriteOutputTables``)."""
+    return uuid.uuid4().hex
+
+
 class WriteOutputTables(beam.PTransform):
     """Write the output tables of one bounded run in one commit.
 
@@ -123,14 +128,16 @@ class WriteOutputTables(beam.PTransform):
     (``topk.storage.boundary_windows``; without them those windows keep
     the run's own counts); ``replace_span``: a batch commit may replace
     committed counts its input lacks (``tables.commit_staged``'s
-    ``replace``).
+    ``replace``); ``run_id``: the run's staging name (a fresh one unless
+    given: a pipeline that spills under the run's staging directory names
+    it, so that the commit removes the spill files too).
     """
 
     def __init__(self, output: str, source: str = "batch",
                  methods=(output_layout.EXACT,), input_id: str = "",
                  window_range: tuple[int, int] | None = None,
                  specs=None, k: int | None = None,
-                 replace_span: bool = False):
+                 replace_span: bool = False, run_id: str | None = None):
         super().__init__()
         if "://" not in output:
             # Fail before the run, not at its commit, on an old output.
@@ -146,7 +153,7 @@ class WriteOutputTables(beam.PTransform):
         self._replace_span = replace_span
         # Fixed at construction: a retried commit step finds it in the
         # manifest and does nothing.
-        self._run_id = uuid.uuid4().hex
+        self._run_id = run_id or new_run_id()
 
     def expand(self, pcolls):
         output, run_id, source = self._output, self._run_id, self._source

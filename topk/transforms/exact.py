@@ -6,6 +6,13 @@ funnels its raw events through one key) and de-duplicated there. What leaves
 that stage is pre-aggregated ``(event_type, slice_start, item_id, count)``,
 re-keyed by a hash of the item: a hot item is then one row per minute and
 shard, and every item's full counts meet in exactly one item shard.
+
+De-duplication shrinks nothing until it has seen every copy of an id, so
+its shuffle carries the whole input. Given a ``spill_dir``, the raw events
+cross it as files (``arrow_ipc.spill``) and only their names are shuffled:
+Beam's in-process runner holds a shuffle in memory, decoded and then encoded
+again, and a 20M-event day peaked at 4.9 GB through it. The step that reads
+the files holds one shard's events at a time.
 """
 import typing
 
@@ -13,7 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 import pyarrow as pa
 
-from topk.core import counting, schema, sharding
+from topk.core import arrow_ipc, counting, schema, sharding
 from topk.transforms import coders
 
 #: Element type of the shuffles: (shard number, table).
@@ -125,20 +132,19 @@ class ExactSliceCounts(beam.PTransform):
     ``SLICE_COUNTS_SCHEMA``: the de-duplicated exact counts of that shard's
     items per ``(event_type, slice_start, item_id)``. The same steps as
     ``DedupSliceCounts`` followed by ``ItemShardCounts``, for pipelines that
-    need nothing in between.
+    need nothing in between; ``spill_dir`` as there.
     """
 
     def __init__(self, item_shards: int = 8, dedup_shards: int = 8,
-                 slice_ms: int = schema.MINUTE_MS):
+                 slice_ms: int = schema.MINUTE_MS,
+                 spill_dir: str | None = None):
         super().__init__()
         self._item_shards = item_shards
-        self._dedup_shards = dedup_shards
-        self._slice_ms = slice_ms
+        self._dedup = (dedup_shards, slice_ms, spill_dir)
 
     def expand(self, events):
-        return _item_shard_steps(
-            _dedup_steps(events, self._dedup_shards, self._slice_ms),
-            self._item_shards)
+        return _item_shard_steps(_dedup_steps(events, *self._dedup),
+                                 self._item_shards)
 
 
 class DedupSliceCounts(beam.PTransform):
@@ -150,16 +156,20 @@ class DedupSliceCounts(beam.PTransform):
     item, any event type. Partials of different shards add up to the exact
     counts; this is where the approximate path branches off
     (``ItemShardCounts`` continues the exact one).
+
+    With ``spill_dir`` (a directory nothing else writes to, removed by the
+    caller once the run is over), the events reach their shard as files
+    written there, not through the runner's shuffle.
     """
 
     def __init__(self, dedup_shards: int = 8,
-                 slice_ms: int = schema.MINUTE_MS):
+                 slice_ms: int = schema.MINUTE_MS,
+                 spill_dir: str | None = None):
         super().__init__()
-        self._dedup_shards = dedup_shards
-        self._slice_ms = slice_ms
+        self._dedup = (dedup_shards, slice_ms, spill_dir)
 
     def expand(self, events):
-        return _dedup_steps(events, self._dedup_shards, self._slice_ms)
+        return _dedup_steps(events, *self._dedup)
 
 
 class ItemShardCounts(beam.PTransform):
@@ -180,16 +190,37 @@ class ItemShardCounts(beam.PTransform):
 # The steps, shared by the composites above; their labels nest under
 # whichever composite calls them, so ExactSliceCounts keeps its step names.
 
-def _dedup_steps(events, dedup_shards: int, slice_ms: int):
+def _dedup_steps(events, dedup_shards: int, slice_ms: int,
+                 spill_dir: str | None):
     # Type hints make Beam encode (shard, table) with ArrowTableCoder
     # instead of pickling the table (~15x slower).
+    keyed = events | "KeyByEventId" >> beam.FlatMap(
+        key_by_shard, "event_id", dedup_shards).with_output_types(ShardTable)
+    if spill_dir is None:
+        return keyed | "DedupAndCount" >> beam.CombinePerKey(
+            DedupSliceCountsFn(slice_ms)).with_output_types(ShardTable)
     return (
-        events
-        | "KeyByEventId" >> beam.FlatMap(
-            key_by_shard, "event_id", dedup_shards
-        ).with_output_types(ShardTable)
-        | "DedupAndCount" >> beam.CombinePerKey(
-            DedupSliceCountsFn(slice_ms)).with_output_types(ShardTable))
+        keyed
+        | "Spill" >> beam.Map(_spill, spill_dir)
+        | "GroupSpilled" >> beam.GroupByKey()
+        | "DedupAndCount" >> beam.MapTuple(
+            dedup_spilled, slice_ms).with_output_types(ShardTable))
+
+
+def _spill(kv: ShardTable, directory: str) -> tuple[int, str]:
+    shard, table = kv
+    return shard, arrow_ipc.spill(
+        directory, table.select(list(counting.DEDUP_COLUMNS)))
+
+
+def dedup_spilled(shard: int, paths, slice_ms: int = schema.MINUTE_MS):
+    """``(shard, spilled event files)`` -> ``(shard, slice counts)``, what
+    ``DedupSliceCountsFn`` makes of the files' tables."""
+    fn = DedupSliceCountsFn(slice_ms)
+    acc = fn.create_accumulator()
+    for path in paths:
+        acc = fn.add_input(acc, arrow_ipc.read_spilled(path))
+    return shard, fn.extract_output(acc)
 
 
 def _item_shard_steps(partials, item_shards: int):
