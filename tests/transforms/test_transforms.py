@@ -10,6 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from topk.core import schema
 from topk.transforms.exact import ExactSliceCounts
 from topk.transforms.parse import DEAD_LETTERS, ParseEvents
+from topk.transforms import rank
 from topk.transforms.rank import RankWindows, SliceTables
 from topk.core.windows import parse_windows
 
@@ -99,6 +100,27 @@ def test_rank_windows_and_slice_tables(pipeline):
         assert_that(ranked | "schema" >> beam.Map(lambda t: t.schema ==
                                                    schema.RANKED_WINDOWS_SCHEMA),
                     equal_to([True]), label="schema")
+
+
+def test_slice_tables_come_in_bounded_pieces_that_add_up(pipeline,
+                                                         monkeypatch):
+    # Seven minutes of one item in two hours: 7 minute rows, 2 hour rows,
+    # 1 day row; at most 3 rows a table, every row once.
+    monkeypatch.setattr(rank, "SLICE_ROWS_PER_TABLE", 3)
+    lines = [ev(f"e{m}", "a", T0 + m * 15 * 60_000) for m in range(7)]
+    with pipeline as p:
+        counts = (p | beam.Create([("s", b"\n".join(lines))])
+                  | ParseEvents()).events | ExactSliceCounts(item_shards=1)
+        slices = counts | SliceTables()
+        assert_that(slices | "sizes" >> beam.Map(lambda t: t.num_rows <= 3),
+                    equal_to([True] * 5), label="sizes")
+        assert_that(slices | beam.FlatMap(rows) | beam.Map(
+            lambda r: (r["slice_length"], r["slice_start"].timestamp())),
+            equal_to([("1m", (T0 + m * 15 * 60_000) / 1000)
+                      for m in range(7)]
+                     + [("1h", T0 / 1000), ("1h", T0 / 1000 + 3600)]
+                     + [("1d", (T0 - T0 % 86_400_000) / 1000)]),
+            label="rows")
 
 
 def test_dedup_accumulator_compaction_keeps_exact_counts():

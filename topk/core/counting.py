@@ -208,10 +208,10 @@ def to_slices_table(counts: pa.Table, slice_length: str, source: str,
     n = counts.num_rows
     return pa.table({
         "slice_start": counts["slice_start"].cast(schema.TIMESTAMP),
-        "slice_length": pa.array([slice_length] * n, pa.string()),
+        "slice_length": pa.repeat(pa.scalar(slice_length, pa.string()), n),
         "event_type": counts["event_type"],
         "item_id": counts["item_id"],
         "count": counts["count"],
-        "source": pa.array([source] * n, pa.string()),
+        "source": pa.repeat(pa.scalar(source, pa.string()), n),
         "emitted_at": pa.array(np.full(n, emitted_at_ms)).cast(schema.TIMESTAMP),
     }, schema=schema.SLICES_SCHEMA)

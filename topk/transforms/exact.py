@@ -214,13 +214,16 @@ def _spill(kv: ShardTable, directory: str) -> tuple[int, str]:
 
 
 def dedup_spilled(shard: int, paths, slice_ms: int = schema.MINUTE_MS):
-    """``(shard, spilled event files)`` -> ``(shard, slice counts)``, what
-    ``DedupSliceCountsFn`` makes of the files' tables."""
-    fn = DedupSliceCountsFn(slice_ms)
-    acc = fn.create_accumulator()
-    for path in paths:
-        acc = fn.add_input(acc, arrow_ipc.read_spilled(path))
-    return shard, fn.extract_output(acc)
+    """``(shard, spilled event files)`` -> ``(shard, slice counts)`` of the
+    files' events with every ``event_id`` once."""
+    events = pa.concat_tables(arrow_ipc.read_spilled(p) for p in paths)
+    # Unique ids found by sorting their 64-bit hashes; only rows sharing a
+    # hash are compared by id. DuckDB's DISTINCT over whole rows took 4-5x
+    # the shard's size on top of it, most of a 20M-event day's peak.
+    unique, _ = counting.dedup_hashed(
+        events, sharding.stable_hash(events["event_id"]))
+    Metrics.counter("topk", "events_unique").inc(unique.num_rows)
+    return shard, counting.count_slices(unique, slice_ms)
 
 
 def _item_shard_steps(partials, item_shards: int):

@@ -3,7 +3,7 @@ output tables."""
 import apache_beam as beam
 import pyarrow as pa
 
-from topk.core import counting, ranking
+from topk.core import counting, ranking, schema
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
 from topk.core.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
 
@@ -64,11 +64,19 @@ class RankWindows(WindowRanking):
             | "MergeShards" >> beam.MapTuple(merge).with_output_types(pa.Table))
 
 
+#: Rows of one ``slices`` table ``SliceTables`` yields: a day of 20M events
+#: has ~5M minute slices, and their output rows (with the repeated labels
+#: and the staging's date column) would otherwise be made all at once.
+SLICE_ROWS_PER_TABLE = 1 << 20
+
+
 class SliceTables(beam.PTransform):
     """Exact per-shard minute counts -> ``slices`` rows rolled up 1m/1h/1d.
 
-    Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA``; yields
-    ``pa.Table`` batches in ``SLICES_SCHEMA``.
+    Takes ``(item_shard, pa.Table)`` in ``SLICE_COUNTS_SCHEMA``, one row per
+    key (as ``ItemShardCounts`` yields them); yields ``pa.Table`` batches
+    in ``SLICES_SCHEMA`` of at most
+    ``SLICE_ROWS_PER_TABLE`` rows.
     """
 
     def __init__(self, source: str = "batch", lengths=SLICE_LENGTHS):
@@ -83,9 +91,14 @@ class SliceTables(beam.PTransform):
             counts = shard_and_counts[1]
             now = now_ms()
             for name in lengths:
-                rolled = counting.rollup(counts, duration_ms(name))
-                if rolled.num_rows:
-                    yield counting.to_slices_table(rolled, name, source, now)
+                size = duration_ms(name)
+                # The minute counts are one row per key already.
+                rolled = counts if size == schema.MINUTE_MS else (
+                    counting.rollup(counts, size))
+                for start in range(0, rolled.num_rows, SLICE_ROWS_PER_TABLE):
+                    yield counting.to_slices_table(
+                        rolled.slice(start, SLICE_ROWS_PER_TABLE), name,
+                        source, now)
 
         return shard_counts | "RollUp" >> beam.FlatMap(tables).with_output_types(
             pa.Table)
