@@ -230,3 +230,33 @@ def test_runs_pickle_compressed_and_unchanged():
     assert back.candidates.equals(runs.candidates)
     assert back.totals.equals(runs.totals) and back.step_ms == 60_000
     assert len(data) < runs.candidates.nbytes
+
+
+@pytest.mark.parametrize("far", [False, True],
+                         ids=["one-key-sort", "lexsort-beyond-int64-keys"])
+def test_count_segments_give_every_items_count_in_every_window(far):
+    # Rows unique per (pane, item); with ``far`` the panes span more than
+    # an int64 key of (item, position) can hold, the sort's other branch.
+    rng = random.Random(5)
+    n = 3
+    panes = sorted(rng.sample(range(40), 12))
+    if far:
+        panes = panes[:6] + [p + 2**61 for p in panes[6:]]
+    rows = sorted({(p, rng.randrange(1 << 20)) for p in panes
+                   for _ in range(3)})
+    pane = np.array([p for p, _ in rows], np.int64)
+    item = np.array([i for _, i in rows], np.int64)
+    count = np.array([rng.randint(1, 9) for _ in rows], np.int64)
+    expected = {}
+    for p, i, c in zip(pane.tolist(), item.tolist(), count.tolist()):
+        for w in range(p - n + 1, p + 1):
+            expected[(w, i)] = expected.get((w, i), 0) + c
+    start, end, who, value = ranking._count_segments(pane, item, count, n)
+    assert list(start) == sorted(start)
+    got = {}
+    for s, e, i, v in zip(start.tolist(), end.tolist(), who.tolist(),
+                          value.tolist()):
+        for w in range(s, e):
+            assert (w, i) not in got
+            got[(w, i)] = v
+    assert got == expected

@@ -400,22 +400,39 @@ def _count_segments(pane, item, count, n):
     value)``. A window holding the item lies between the entry and the
     exit of one of its panes, so every run is at most ``n`` windows long.
     """
-    pos = np.concatenate([pane - (n - 1), pane + 1])
-    who = np.concatenate([item, item]).astype(np.int64)
-    delta = np.concatenate([count, -count])
-    lo = int(pos.min())
-    width = int(pos.max()) - lo + 1
-    if (int(who.max()) + 1) * width < 2**62:
-        order = np.argsort(who * width + (pos - lo), kind="stable")
+    lo = int(pane.min()) - (n - 1)
+    width = int(pane.max()) + 2 - lo
+    if (int(item.max()) + 1) * width < 2**62:
+        # One int64 key per change, (item, position), sorted and split
+        # back: about half the peak memory of sorting positions and items
+        # apart (a day of 20M events ranks ~4M rows per event type here).
+        base = item.astype(np.int64) * width + (pane - lo)
+        key = np.concatenate([base - (n - 1), base + 1])
+        del base
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        value = np.concatenate([count, -count])[order]
+        del order
+        np.cumsum(value, out=value)
+        who, pos = np.divmod(key, width)
+        del key
+        pos += lo
     else:
+        pos = np.concatenate([pane - (n - 1), pane + 1])
+        who = np.concatenate([item, item]).astype(np.int64)
         order = np.lexsort((pos, who))
-    pos, who = pos[order], who[order]
-    value = np.cumsum(delta[order])
+        pos, who = pos[order], who[order]
+        value = np.cumsum(np.concatenate([count, -count])[order])
     keep = (who[1:] == who[:-1]) & (pos[1:] > pos[:-1]) & (value[:-1] != 0)
     start, end = pos[:-1][keep], pos[1:][keep]
+    del pos
     who, value = who[:-1][keep], value[:-1][keep]
+    del keep
     order = np.argsort(start, kind="stable")
-    return start[order], end[order], who[order], value[order]
+    # One column at a time: each unsorted one is freed as it is replaced.
+    start, end = start[order], end[order]
+    who, value = who[order], value[order]
+    return start, end, who, value
 
 
 def _sliding_chunks(pane, item, count, n, k, only=None):

@@ -106,7 +106,9 @@ class MergeSliceCountsFn(_CompactingTablesFn):
     """Exact slice-count tables -> their sum (``SLICE_COUNTS_SCHEMA``)."""
 
     def _shrink(self, tables):
-        return counting.merge_counts(tables)
+        merged = counting.merge_counts(tables)
+        release_unused_memory()
+        return merged
 
     def compact(self, acc):
         # Beam's hook before a shuffle: partial counts do shrink when summed.
@@ -114,6 +116,13 @@ class MergeSliceCountsFn(_CompactingTablesFn):
 
     def extract_output(self, acc):
         return self._shrink(self._plain(acc))
+
+
+def release_unused_memory() -> None:
+    """Hand Arrow's freed pages back to the OS: its allocator keeps them
+    for reuse, and one process running every stage of a local run then
+    holds what a stage freed under the next stage's peak."""
+    pa.default_memory_pool().release_unused()
 
 
 def key_by_shard(table: pa.Table, column: str, shards: int):
@@ -216,6 +225,7 @@ def _spill(kv: ShardTable, directory: str) -> tuple[int, str]:
 def dedup_spilled(shard: int, paths, slice_ms: int = schema.MINUTE_MS):
     """``(shard, spilled event files)`` -> ``(shard, slice counts)`` of the
     files' events with every ``event_id`` once."""
+    release_unused_memory()
     events = pa.concat_tables(arrow_ipc.read_spilled(p) for p in paths)
     # Unique ids found by sorting their 64-bit hashes; only rows sharing a
     # hash are compared by id. DuckDB's DISTINCT over whole rows took 4-5x

@@ -5,6 +5,7 @@ import pyarrow as pa
 
 from topk.core import counting, ranking, schema
 from topk.transforms import coders  # noqa: F401 (registers the Arrow coder)
+from topk.transforms.exact import release_unused_memory
 from topk.core.windows import SLICE_LENGTHS, WindowSpec, duration_ms, now_ms
 
 
@@ -46,6 +47,7 @@ class RankWindows(WindowRanking):
             # holds one chunk of one spec, whatever the span of the data.
             # Runs of windows, not one row per (window, item): the shuffle
             # below holds every shard's candidates of the whole input.
+            release_unused_memory()
             for spec, chunk, top in ranking.iter_shard_top_k(
                     shard_and_counts[1], specs, k, runs=True):
                 yield (spec.key, chunk), top
