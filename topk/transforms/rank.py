@@ -47,6 +47,8 @@ class RankWindows(WindowRanking):
             # holds one chunk of one spec, whatever the span of the data.
             # Runs of windows, not one row per (window, item): the shuffle
             # below holds every shard's candidates of the whole input.
+            # Ranking's NumPy peak comes on top of what the merge of the
+            # counts freed, unless Arrow hands that back first.
             release_unused_memory()
             for spec, chunk, top in ranking.iter_shard_top_k(
                     shard_and_counts[1], specs, k, runs=True):
