@@ -154,3 +154,30 @@ def test_ranking_only_some_windows_equals_ranking_all_then_picking(name):
     assert rows(some.candidates) == rows(every.candidates)
     assert rows(some.totals) == rows(every.totals)
     assert len(some.totals) == len(rows(every.totals)) > 0
+
+
+@pytest.mark.parametrize("starts", [
+    [T0 + m * 60_000 for m in range(50)],           # minutes: coded by minute
+    [T0 + m * 7_001 for m in range(50)],            # not minute-aligned
+    [m * 2**55 + m for m in range(50)],             # a key beyond int64
+], ids=["minutes", "milliseconds", "hash-group-by"])
+def test_merged_partials_sum_every_key_once(starts):
+    rng = np.random.default_rng(3)
+    n = 4000
+    parts = [pa.table({
+        "event_type": rng.choice(["play", "click", "like"], n).tolist(),
+        "slice_start": pa.array(rng.choice(starts, n), pa.int64()),
+        "item_id": [f"item-{i}" for i in rng.integers(0, 300, n)],
+        "count": pa.array(rng.integers(1, 5, n), pa.int64()),
+    }, schema=schema.SLICE_COUNTS_SCHEMA) for _ in range(3)]
+    expected = {}
+    for part in parts:
+        for r in part.to_pylist():
+            key = (r["event_type"], r["slice_start"], r["item_id"])
+            expected[key] = expected.get(key, 0) + r["count"]
+    merged = counting.merge_counts(parts)
+    assert merged.schema == schema.SLICE_COUNTS_SCHEMA
+    got = {(r["event_type"], r["slice_start"], r["item_id"]): r["count"]
+           for r in merged.to_pylist()}
+    assert merged.num_rows == len(got) == len(expected)
+    assert got == expected
