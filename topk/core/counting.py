@@ -193,8 +193,8 @@ def floor_ms(ts: pa.ChunkedArray | pa.Array, size_ms: int) -> pa.Array:
 
 
 def _sum_by_key(t: pa.Table) -> pa.Table:
-    """Sum ``count`` by ``(event_type, slice_start, item_id)``: ordered by
-    type and item in first-seen order and by slice, one row per key."""
+    """Sum ``count`` by ``(event_type, slice_start, item_id)``: one row per
+    key, ordered by type (first seen), slice, then item (first seen)."""
     if t.num_rows == 0:
         return t.select(_KEY + ["count"]).cast(schema.SLICE_COUNTS_SCHEMA)
     # Types and items coded, one int64 key per row, sorted and summed in
@@ -215,22 +215,36 @@ def _sum_by_key(t: pa.Table) -> pa.Table:
             "item_id": out["item_id"],
             "count": out["count_sum"],
         }, schema=schema.SLICE_COUNTS_SCHEMA)
-    key = (type_code * width + offset // unit) * len(items) + item_code
-    del offset, type_code, item_code
-    order = np.argsort(key)
-    key = key[order]
-    count = t["count"].to_numpy()[order]
-    del order
-    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    sums = np.add.reduceat(count, first)
-    rest, item = np.divmod(key[first], len(items))
-    type_of, slot = np.divmod(rest, width)
+    type_of, slot, item, sums = sum_coded_rows(
+        (type_code, offset // unit, item_code), t["count"].to_numpy(),
+        len(items))
     return pa.table({
         "event_type": types.take(pa.array(type_of)),
         "slice_start": pa.array(slot * unit + lo),
         "item_id": items.take(pa.array(item)),
         "count": pa.array(sums),
     }, schema=schema.SLICE_COUNTS_SCHEMA)
+
+
+def sum_coded_rows(keys: tuple, count: np.ndarray, n_items: int):
+    """Sum ``count`` by integer ``(type, pane, item)`` key columns (items
+    coded ``[0, n_items)``); returns the unique key columns and sums,
+    ordered by (type, pane, item). The caller makes sure that ``types x
+    panes x n_items`` fits in an int64."""
+    t, pane, item = keys
+    if len(count) == 0:
+        return t, pane, item, count
+    lo = pane.min()
+    n_panes = int(pane.max() - lo) + 1
+    key = (t.astype(np.int64) * n_panes + (pane - lo)) * n_items + item
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sums = np.add.reduceat(count[order], starts)
+    del order
+    rest, item_out = np.divmod(key[starts], n_items)
+    type_out, pane_out = np.divmod(rest, n_panes)
+    return type_out.astype(t.dtype), pane_out + lo, item_out, sums
 
 
 def _codes(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:

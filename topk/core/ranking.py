@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from topk.core import arrow_ipc, schema
+from topk.core import arrow_ipc, counting, schema
 from topk.core.windows import WindowSpec
 
 #: Candidates of one shard: (event_type, window_start, item_id, count).
@@ -238,7 +238,7 @@ class _PaneLevels:
         else:
             t, pane, item, count = source
             pane = pane // (step_ms // source_step)
-        rows = _sum_rows((t, pane, item), count, len(self.items))
+        rows = counting.sum_coded_rows((t, pane, item), count, len(self.items))
         self._levels[step_ms] = rows
         return rows
 
@@ -266,7 +266,7 @@ class _PaneLevels:
                                   pane[mask], item[mask], count[mask], only,
                                   runs)
         if all_types:
-            _, all_pane, all_item, all_count = _sum_rows(
+            _, all_pane, all_item, all_count = counting.sum_coded_rows(
                 (np.zeros_like(t), pane, item), count, len(self.items))
             yield from self._rank(spec, k, schema.ALL_TYPES, all_pane,
                                   all_item, all_count, only, runs)
@@ -306,25 +306,6 @@ class _PaneLevels:
 def _repeat(value: str | None, n: int) -> pa.Array:
     """``n`` copies of a string (or nulls), built without a Python list."""
     return pa.repeat(pa.scalar(value, pa.string()), n)
-
-
-def _sum_rows(keys: tuple, count: np.ndarray, n_items: int):
-    """Sum ``count`` by the ``(type, pane, item)`` key columns; returns the
-    unique key columns and sums, ordered by (type, pane, item)."""
-    t, pane, item = keys
-    if len(count) == 0:
-        return t, pane, item, count
-    lo = pane.min()
-    n_panes = int(pane.max() - lo) + 1
-    key = (t.astype(np.int64) * n_panes + (pane - lo)) * n_items + item
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    sums = np.add.reduceat(count[order], starts)
-    key = key[starts]
-    item_out = key % n_items
-    rest = key // n_items
-    return (rest // n_panes).astype(t.dtype), rest % n_panes + lo, item_out, sums
 
 
 def rank_in_groups(group: np.ndarray, value: np.ndarray, item: np.ndarray
