@@ -376,32 +376,33 @@ def ranked_windows_starting(spec: WindowSpec, k: int, event_type: str,
                             held, wanted, **row_args) -> pa.Table:
     """The ranked windows of ``spec`` whose first pane is in ``wanted``,
     from ``held``: ``(pane, sketch)`` of every pane those windows may hold
-    (one method and event type). Each block of ``block_panes(n)`` panes
-    with a wanted window is ranked once, however many of its windows are
-    wanted, and consecutive blocks in one call while their sketches stay
-    within ``GROUP_BYTES`` (sparse data: a block holding an event or two
-    would cost a call's fixed costs): Count-Min from the panes
-    (``sketches.spans_ranked_rows``), other sketches from the merges of
-    ``window_sketches``."""
+    (one method and event type). Count-Min ranks consecutive windows in
+    one call while their panes stay within ``GROUP_BYTES``, from the panes
+    (``_span_groups``, ``sketches.span_array_ranked_rows``); other sketches
+    rank each block of ``block_panes(n)`` panes with a wanted window once,
+    however many of its windows are wanted, consecutive blocks in one call
+    within ``GROUP_BYTES``, from the merges of ``window_sketches``. (Sparse
+    data: a block holding an event or two would cost a call's fixed costs.)
+    """
     length, n, step = pane_plan(spec)
-    size = block_panes(n)
-    wanted = set(wanted)
     held = sorted(held, key=lambda p: p[0])
-    panes = [p for p, _ in held]
-
-    def block(b):
-        return held[bisect.bisect_left(panes, b * size):
-                    bisect.bisect_left(panes, (b + 1) * size)]
-
-    blocks = sorted({p // size for p in wanted})
     if held and hasattr(type(held[0][1]), "rank_ranges"):
-        parts = [ranked_spans(group, windows, spec, duration_ms(length), k,
-                              event_type, **row_args)
-                 for group, windows in _grouped_spans(
-                     [window_spans(b, n, step, block(b),
-                                   block(b + 1) if n > 1 else [])
-                      for b in blocks], wanted)]
+        parts = [_to_ranked_windows(
+                    sketches.span_array_ranked_rows(
+                        group, firsts * duration_ms(length), spans, k,
+                        event_type),
+                    spec, group[0].method, **row_args)
+                 for group, firsts, spans in _span_groups(held, wanted, n)]
     else:
+        size = block_panes(n)
+        panes = [p for p, _ in held]
+
+        def block(b):
+            return held[bisect.bisect_left(panes, b * size):
+                        bisect.bisect_left(panes, (b + 1) * size)]
+
+        wanted = set(wanted)
+        blocks = sorted({p // size for p in wanted})
         parts = [ranked_windows(windows, spec, duration_ms(length), k,
                                 event_type, **row_args)
                  for windows in _grouped_windows(
@@ -438,25 +439,34 @@ def _grouped_windows(blocks, wanted):
 GROUP_BYTES = 1 << 20
 
 
-def _grouped_spans(blocks, wanted):
-    """``window_spans`` results of consecutive blocks -> ``(panes,
-    windows)`` groups of several blocks within ``GROUP_BYTES``, spans
-    shifted to the group's pane list, wanted windows only, in order."""
-    panes, windows, held_bytes = [], [], 0
-    for here, spans in blocks:
-        mine = [(first, span) for first, span in spans if first in wanted]
-        if not mine:
-            continue
-        size = sum(s.nbytes for s in here)
-        if windows and held_bytes + size > GROUP_BYTES:
-            yield panes, windows
-            panes, windows, held_bytes = [], [], 0
-        at = len(panes)
-        panes.extend(here)
-        windows.extend((first, (a + at, b + at)) for first, (a, b) in mine)
-        held_bytes += size
-    if windows:
-        yield panes, windows
+def _span_groups(held, wanted, n: int):
+    """The windows of ``n`` panes whose first pane is in ``wanted`` and
+    that hold a pane of ``held`` (``(pane, sketch)``, ascending), as
+    ``(panes, firsts, spans)`` groups of consecutive windows: ``panes`` the
+    group's sketches, ``firsts`` its windows' first panes (ascending) and
+    ``spans`` an ``(n, 2)`` array, window ``i`` being the merge of
+    ``panes[a:b]``, ``(a, b) = spans[i]``. A group's panes stay within
+    ``GROUP_BYTES`` (a window above it is a group of its own). Found with
+    NumPy, not a bisect per window: a sparse year is hundreds of thousands
+    of windows."""
+    at = np.fromiter((p for p, _ in held), np.int64, len(held))
+    firsts = np.unique(np.fromiter(wanted, np.int64))
+    a = np.searchsorted(at, firsts)
+    b = np.searchsorted(at, firsts + n)
+    keep = a < b
+    firsts, a, b = firsts[keep], a[keep], b[keep]
+    held_bytes = np.zeros(len(held) + 1, np.int64)
+    np.cumsum(np.fromiter((s.nbytes for _, s in held), np.int64, len(held)),
+              out=held_bytes[1:])
+    reach = held_bytes[b]  # ascending, as b is
+    i = 0
+    while i < len(firsts):
+        j = max(i + 1, int(np.searchsorted(
+            reach, held_bytes[a[i]] + GROUP_BYTES, side="right")))
+        lo, hi = int(a[i]), int(b[j - 1])
+        yield ([sketch for _, sketch in held[lo:hi]], firsts[i:j],
+               np.stack([a[i:j] - lo, b[i:j] - lo], axis=1))
+        i = j
 
 
 #: Consecutive blocks the batch path gathers in one element (``group_of``)
@@ -526,8 +536,9 @@ def ranked_windows(windows, spec: WindowSpec, pane_ms: int, k: int,
     rows = sketches.windows_ranked_rows(
         [(first * pane_ms, sketch) for first, sketch in windows], k,
         event_type)
-    return _to_ranked_windows(rows, spec, windows[0][1].method, pane_timing,
-                              pane_index, source, emitted_at_ms)
+    return _to_ranked_windows(rows, spec, windows[0][1].method,
+                              pane_timing=pane_timing, pane_index=pane_index,
+                              source=source, emitted_at_ms=emitted_at_ms)
 
 
 def ranked_spans(panes: list, windows, spec: WindowSpec, pane_ms: int,
@@ -542,12 +553,14 @@ def ranked_spans(panes: list, windows, spec: WindowSpec, pane_ms: int,
     rows = sketches.spans_ranked_rows(
         panes, [(first * pane_ms, span) for first, span in windows], k,
         event_type)
-    return _to_ranked_windows(rows, spec, panes[0].method, pane_timing,
-                              pane_index, source, emitted_at_ms)
+    return _to_ranked_windows(rows, spec, panes[0].method,
+                              pane_timing=pane_timing, pane_index=pane_index,
+                              source=source, emitted_at_ms=emitted_at_ms)
 
 
-def _to_ranked_windows(rows, spec, method, pane_timing, pane_index, source,
-                       emitted_at_ms) -> pa.Table:
+def _to_ranked_windows(rows, spec, method, *, emitted_at_ms: int,
+                       source: str = "batch", pane_timing: str = "batch",
+                       pane_index: int = 0) -> pa.Table:
     return ranking.to_ranked_windows(
         rows, spec, method=method, pane_timing=pane_timing,
         pane_index=pane_index, source=source, emitted_at_ms=emitted_at_ms,

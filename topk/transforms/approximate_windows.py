@@ -220,10 +220,12 @@ class ApproximateWindows(WindowRanking):
             # sketches as a few arrays), not one pickle each.
             panes = {start // pane_ms: sketch
                      for start, sketch in by_start.items()}
+            packed = {}  # panes -> their pack: most keys take the whole run
             for key, where in keyed.items():
-                mine = dict.fromkeys(pane for _, pane in where)
-                yield key, (where, list(mine),
-                            sketches.pack([panes[p] for p in mine]))
+                mine = tuple(dict.fromkeys(pane for _, pane in where))
+                if mine not in packed:
+                    packed[mine] = sketches.pack([panes[p] for p in mine])
+                yield key, (where, list(mine), packed[mine])
 
         def rank_group(key, parts):
             spec_key, _, event_type, _ = key

@@ -377,6 +377,7 @@ def test_exact_runs_equal_sketches_updated_one_by_one(p, runs):
                     or len(run) > count_min._EXACT_RUN_ROWS * p["capacity"])
             continue
         assert sketch.exact and sketch.to_bytes() == one.to_bytes()
+        assert sketch.nbytes == len(one.to_bytes())  # kept, not summed
         np.testing.assert_array_equal(sketch.counters, one.counters)
         check_bounds(sketch, truth([run]))
         # A made sketch goes on as an updated one does.
@@ -400,6 +401,7 @@ def test_pack_round_trips_a_mix_of_sketches(drawn):
     for a, b in zip(made, back):
         if isinstance(a, CountMinTopK):
             assert a.to_bytes() == b.to_bytes()
+            assert b.nbytes == a.nbytes == len(a.to_bytes())
             np.testing.assert_array_equal(a._cand_hash, b._cand_hash)
         else:  # DataSketches does not keep its items' order through bytes
             assert sorted(b.top_k(50).to_pylist(), key=str) == sorted(

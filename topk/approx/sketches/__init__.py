@@ -33,7 +33,7 @@ __all__ = [
     "ApproxTopK", "CountMinTopK", "FrequentItemsTopK", "DEFAULT_BUDGET_BYTES",
     "METHODS", "TOPK_SCHEMA", "new_sketch", "sketch_from_bytes", "merge_all",
     "merge_many", "new_sketches", "pack", "unpack", "ranked_rows",
-    "windows_ranked_rows", "spans_ranked_rows",
+    "windows_ranked_rows", "spans_ranked_rows", "span_array_ranked_rows",
 ]
 
 #: Method names, as in ``--method`` and the output tables' ``method``.
@@ -250,32 +250,49 @@ def spans_ranked_rows(panes: list, windows, k: int, event_type: str
                       ) -> pa.Table:
     """``windows_ranked_rows`` of windows given as spans of ``panes``
     (sketches of one method): ``windows`` is ``[(window_start_ms, (a,
-    b))]``, the window being the merge of ``panes[a:b]``.
+    b))]``, the window being the merge of ``panes[a:b]``
+    (``span_array_ranked_rows``)."""
+    return span_array_ranked_rows(
+        panes, np.array([start for start, _ in windows], np.int64),
+        np.array([span for _, span in windows], np.int64).reshape(-1, 2), k,
+        event_type)
+
+
+def span_array_ranked_rows(panes: list, starts: np.ndarray,
+                           spans: np.ndarray, k: int, event_type: str
+                           ) -> pa.Table:
+    """``spans_ranked_rows`` of windows given as arrays: window ``i``
+    starts at ``starts[i]`` (ms) and is the merge of ``panes[a:b]``, ``(a,
+    b) = spans[i]`` (an ``(n, 2)`` array).
 
     Count-Min ranks every distinct span at once from running sums, without
     making the merged sketches (``CountMinTopK.rank_ranges``: the rows
     equal each merged sketch's ``top_k``). Other sketches are merged, each
     distinct span once (``merge_many``; a span of one pane is that pane),
     and ranked one by one."""
-    if not windows:
+    if not len(starts):
         return windows_ranked_rows([], k, event_type)
-    spans = list(dict.fromkeys(span for _, span in windows))
+    # Distinct spans by one int64 key each: a year of sliding windows is
+    # hundreds of thousands of them.
+    _, first_of, of = np.unique(spans[:, 0] * (len(panes) + 1) + spans[:, 1],
+                                return_index=True, return_inverse=True)
+    distinct = spans[first_of]
+    of = of.reshape(-1)
     rank_ranges = getattr(type(panes[0]), "rank_ranges", None)
     if rank_ranges is None:
-        todo = [span for span in spans if span[1] - span[0] > 1]
-        merged = {(a, b): merge_many(panes[a:b]) for a, b in todo}
+        merged = [panes[a] if b - a == 1 else merge_many(panes[a:b])
+                  for a, b in distinct.tolist()]
         return windows_ranked_rows(
-            [(start, merged[span] if span in merged else panes[span[0]])
-             for start, span in windows], k, event_type)
-    top, totals = rank_ranges(panes, spans, k)
-    index = {span: i for i, span in enumerate(spans)}
-    of = np.array([index[span] for _, span in windows], np.int64)
+            [(start, merged[i]) for start, i in zip(starts.tolist(),
+                                                    of.tolist())],
+            k, event_type)
+    top, totals = rank_ranges(panes, distinct, k)
     # Rows of range i are top[first[i]:first[i] + size[i]], in rank order.
-    size = np.bincount(top["range"].to_numpy(), minlength=len(spans))
+    size = np.bincount(top["range"].to_numpy(), minlength=len(distinct))
     first = np.cumsum(size) - size
     sizes = size[of]
     within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes,
                                                 sizes)
     return _window_rows(
-        event_type, [start for start, _ in windows], sizes, totals[of],
+        event_type, starts, sizes, totals[of],
         top.take(pa.array(np.repeat(first[of], sizes) + within)))

@@ -110,6 +110,13 @@ class CountMinTopK:
     """
 
     method = "cms"
+    # Slots, not a dict per sketch: a sparse year makes hundreds of
+    # thousands of small sketches (a dict each is memory, and one more
+    # object for the garbage collector to walk).
+    __slots__ = ("_width", "_depth", "_capacity", "_budget_bytes",
+                 "_conservative", "_counters", "_total", "_dropped",
+                 "_cand_items", "_cand_hash", "_cand_lo", "_cand_hi",
+                 "_cand_len", "_cand_bytes")
 
     def __init__(self, budget_bytes: int | None = None, *,
                  epsilon: float | None = None, delta: float | None = None,
@@ -241,7 +248,7 @@ class CountMinTopK:
         fixed = (_budget.CMS_HEADER_BYTES if self.exact else
                  _budget.cms_fixed_bytes(self._width, self._depth))
         return (fixed + _budget.CMS_CANDIDATE_OVERHEAD * len(self._cand_items)
-                + int(self._cand_len.sum()))
+                + self._cand_bytes)
 
     def compatible(self, other: "CountMinTopK") -> bool:
         """Whether ``other`` can be merged into this sketch."""
@@ -400,17 +407,20 @@ class CountMinTopK:
         one sketch (all of them, on sparse data) cost one sort together
         (``_rank_exact_ranges``)."""
         k = check_k(k)
-        sketches, ranges = list(sketches), list(ranges)
+        # An array: a sparse year's windows are hundreds of thousands of
+        # ranges, which NumPy checks and splits at once.
+        sketches = list(sketches)
+        ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
         _check_ranges(sketches, ranges)
         if not all(s.exact for s in sketches):
-            return cls._rank_walk(sketches, ranges, k)
+            return cls._rank_walk(sketches, _pairs(ranges), k)
         # The walk's few NumPy calls per range were most of a year of
         # sparse minutes' ranking; it keeps the ranges that must be trimmed.
         rows, totals, trimmed, encoded = _rank_exact_ranges(sketches,
                                                             ranges, k)
         if len(trimmed):
             more, totals[trimmed] = cls._rank_walk(
-                sketches, [ranges[i] for i in trimmed], k, encoded=encoded)
+                sketches, _pairs(ranges[trimmed]), k, encoded=encoded)
             more = more.set_column(0, more.schema.field(0), pa.array(
                 trimmed[more["range"].to_numpy()]))
             rows = pa.concat_tables([rows, more])
@@ -637,15 +647,25 @@ class CountMinTopK:
         """Exact sketches with this one's parameters, sketch ``i`` of
         ``which`` holding candidates ``bounds[i]:bounds[i + 1]`` (in hash
         order) of the given columns, and ``totals[i]`` events."""
+        # Hundreds of thousands of these on a sparse year: the id bytes are
+        # summed in bulk and the attributes set directly.
+        which = np.asarray(which, np.int64)
+        lo_at, hi_at = bounds[which], bounds[which + 1]
+        id_offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=id_offsets[1:])
+        id_bytes = (id_offsets[hi_at] - id_offsets[lo_at]).tolist()
+        totals = np.asarray(totals, np.int64)[which].tolist()
+        blank, cut = self._blank_like, items.slice
         out = []
-        for i in which:
-            a, b = int(bounds[i]), int(bounds[i + 1])
-            sketch = self._blank_like()
-            sketch._counters = None
-            sketch._total, sketch._dropped = int(totals[i]), 0
-            lo = counts[a:b]
-            sketch._set_candidates(items.slice(a, b - a), hashes[a:b], lo, lo,
-                                   lengths[a:b])
+        for a, b, total, n_bytes in zip(lo_at.tolist(), hi_at.tolist(),
+                                        totals, id_bytes):
+            sketch = blank()
+            sketch._counters, sketch._total, sketch._dropped = None, total, 0
+            sketch._cand_items = cut(a, b - a)
+            sketch._cand_hash = hashes[a:b]
+            sketch._cand_lo = sketch._cand_hi = counts[a:b]
+            sketch._cand_len = lengths[a:b]
+            sketch._cand_bytes = n_bytes
             out.append(sketch)
         return out
 
@@ -829,6 +849,9 @@ class CountMinTopK:
         self._cand_lo = lo
         self._cand_hi = hi
         self._cand_len = _lengths(items) if lengths is None else lengths
+        # Kept, not summed on each ``nbytes``: ranking a sparse year asks
+        # the size of hundreds of thousands of small sketches, twice each.
+        self._cand_bytes = int(self._cand_len.sum())
 
     def _select(self, new_items: pa.Array, new_hash: np.ndarray,
                 new_lo: np.ndarray, new_hi: np.ndarray, old_lo: np.ndarray,
@@ -1006,6 +1029,11 @@ class _RangeWalk:
                    hi[keep])
 
 
+def _pairs(ranges: np.ndarray) -> list[tuple[int, int]]:
+    """An ``(n, 2)`` array of ranges as the walk takes them."""
+    return list(map(tuple, ranges.tolist()))
+
+
 def _check_ranges(sketches: list, ranges: list) -> None:
     """What a merge of ``sketches[a:b]`` for every ``(a, b)`` of ``ranges``
     needs: compatible sketches, a total within int64, ranges within."""
@@ -1020,10 +1048,13 @@ def _check_ranges(sketches: list, ranges: list) -> None:
                 f"other: {_describe(s)})")
     if sum(s._total for s in sketches) > _INT64_MAX:
         raise OverflowError("total count would exceed 2**63 - 1")
-    for a, b in ranges:
-        if not 0 <= a < b <= len(sketches):
-            raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
-                             "sketches")
+    ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
+    bad = np.flatnonzero((ranges[:, 0] < 0) | (ranges[:, 0] >= ranges[:, 1])
+                         | (ranges[:, 1] > len(sketches)))
+    if len(bad):
+        a, b = ranges[bad[0]].tolist()
+        raise ValueError(f"bad range ({a}, {b}) of {len(sketches)} "
+                         "sketches")
 
 
 #: Rows per candidate above which ``exact_runs`` does not try a run.
@@ -1252,7 +1283,7 @@ def _rank_overfull_ranges(codes: np.ndarray, union: pa.Array,
     return parts, left
 
 
-def _rank_exact_ranges(sketches: list, ranges: list, k: int
+def _rank_exact_ranges(sketches: list, ranges: np.ndarray, k: int
                        ) -> tuple[pa.Table, np.ndarray, np.ndarray, tuple]:
     """``rank_ranges`` of exact sketches, for the ranges whose union fits
     the first sketch's capacity and budget (their merge is exact, so a
@@ -1270,8 +1301,7 @@ def _rank_exact_ranges(sketches: list, ranges: list, k: int
     first = sketches[0]
     union, codes, starts = _encode_candidates(sketches)
     summed = np.r_[0, np.cumsum([s._total for s in sketches])]
-    a, b = (np.array(side, np.int64).reshape(-1)
-            for side in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 2
+    a, b = ranges[:, 0], ranges[:, 1]
     totals = (summed[b] - summed[a]).astype(np.int64)
     size = starts[b] - starts[a]
     # Ties rank by item id, as the walk's sort does.
