@@ -339,16 +339,24 @@ def test_a_staged_run_over_months_commits_a_month_at_a_time(tmp_path):
     assert day_counts(out) == truth(kept + june)
 
 
-def test_staging_groups_split_rows_by_month_and_spec_keeping_their_order():
+@pytest.mark.parametrize("runs", [False, True])
+@pytest.mark.parametrize("staging_runs", [0, tables.STAGING_RUNS])
+def test_staging_groups_split_rows_by_month_and_spec_keeping_their_order(
+        monkeypatch, runs, staging_runs):
     """Each group holds exactly its month's (and window spec's) rows in
     their input order, groups sorted by name; checked against a filter per
-    group over rows of several months and specs interleaved."""
+    group over rows of several months and specs interleaved one by one or
+    in runs, both by sorting and by slicing runs (``STAGING_RUNS``)."""
+    monkeypatch.setattr(tables, "STAGING_RUNS", staging_runs)
     rng = random.Random(7)
     n = 500
+    keys = [(f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+             rng.choice(["1m", "1h", "1h_1m"])) for _ in range(n // 10)]
+    keys = ([key for key in keys for _ in range(10)] if runs else
+            [rng.choice(keys) for _ in range(n)])
     rows = pa.table({
-        "date": [f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-                 for _ in range(n)],
-        "window_spec": [rng.choice(["1m", "1h", "1h_1m"]) for _ in range(n)],
+        "date": [date for date, _ in keys],
+        "window_spec": [spec for _, spec in keys],
         "row": list(range(n))})
     groups = tables.staging_groups(rows)
     names = [name for name, _ in groups]

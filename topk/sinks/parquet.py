@@ -77,9 +77,8 @@ class _StageFn(beam.DoFn):
 
     def process(self, rows):
         if rows.num_rows:
-            self._buffer.append(output_tables.prepare(
-                self._table, rows, self._input_id))
-            self._buffered_bytes += self._buffer[-1].nbytes
+            self._buffer.append(rows)
+            self._buffered_bytes += rows.nbytes
         if self._buffered_bytes >= STAGE_FLUSH_BYTES:
             yield from self._flush()
 
@@ -89,7 +88,12 @@ class _StageFn(beam.DoFn):
     def _flush(self):
         if not self._buffer:
             return
-        rows = pa.concat_tables(self._buffer)
+        # Prepared once for the whole buffer: a sparse year's windows come
+        # as tens of thousands of small tables, and each compute call of
+        # ``prepare`` has a fixed cost.
+        rows = output_tables.prepare(self._table,
+                                     pa.concat_tables(self._buffer),
+                                     self._input_id)
         self._buffer, self._buffered_bytes = [], 0
         for path in output_tables.stage(self._output, self._run_id,
                                         self._table, rows):

@@ -813,11 +813,28 @@ def staging_groups(rows: pa.Table) -> list[tuple[str, pa.Table]]:
     place = np.empty(len(names), np.int64)
     place[by_name] = np.arange(len(names))
     group = place[encoded.indices.to_numpy()]
+    heads = np.flatnonzero(group[1:] != group[:-1]) + 1
+    if len(heads) < STAGING_RUNS:
+        # Rows mostly come in runs of one group (a ranking call's table is
+        # one spec, usually in one month): each group is its runs, sliced
+        # without a copy, where a sort would copy every row.
+        firsts = np.r_[0, heads]
+        runs = {}
+        for at, start, end in zip(group[firsts].tolist(), firsts.tolist(),
+                                  np.r_[heads, len(group)].tolist()):
+            runs.setdefault(at, []).append(rows.slice(start, end - start))
+        return [(names[by_name][at], pa.concat_tables(runs[at]))
+                for at in sorted(runs)]
     sizes = np.bincount(group, minlength=len(names))
     rows = rows.take(np.argsort(group, kind="stable"))
     return [(name, rows.slice(int(start), int(size)))
             for name, start, size in zip(names[by_name],
                                          np.cumsum(sizes) - sizes, sizes)]
+
+
+#: ``staging_groups`` slices rows that come in fewer runs of one group
+#: than this, and sorts them otherwise.
+STAGING_RUNS = 4096
 
 
 def stage(output: str, run_id: str, table: str, rows: pa.Table) -> list:
@@ -830,8 +847,16 @@ def stage(output: str, run_id: str, table: str, rows: pa.Table) -> list:
         directory = os.path.join(staging_dir(output, run_id, table), group)
         os.makedirs(directory, exist_ok=True)
         paths.append(os.path.join(directory, f"{uuid.uuid4().hex}.parquet"))
-        pq.write_table(part, paths[-1], compression="zstd")
+        pq.write_table(part, paths[-1], **STAGING_PARQUET)
     return paths
+
+
+#: How staged files are written. They live until the commit rewrites them
+#: into the tables, which is read whole: no statistics, no dictionaries,
+#: and a fast codec write ranked rows about 3x faster than zstd with
+#: both (0.21 against 0.72 s for 4M rows), at about twice the bytes.
+STAGING_PARQUET = {"compression": "lz4", "use_dictionary": False,
+                   "write_statistics": False}
 
 
 def _groups_of(ds: pads.Dataset) -> list[pads.Dataset]:
