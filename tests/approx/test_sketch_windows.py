@@ -360,13 +360,6 @@ def _partials(events, shards=2):
     return tables
 
 
-def test_block_batches_are_consecutive_and_within_group_bytes(monkeypatch):
-    monkeypatch.setattr(sketch_windows, "GROUP_BYTES", 100)
-    sizes = {7: 30, 3: 40, 4: 50, 9: 250, 10: 10, 12: 90}
-    assert sketch_windows.block_batches(sizes) == [[3, 4], [7], [9], [10, 12]]
-    assert sketch_windows.block_batches({}) == []
-
-
 def _pane_levels(partials, method, budget):
     """The sketches of every 1m, 1h and 1d slice, built as the pipeline
     builds them: minute sketches fed every shard's rows an hour at a time

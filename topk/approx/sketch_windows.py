@@ -470,29 +470,15 @@ def _span_groups(held, wanted, n: int):
 
 
 #: Consecutive blocks the batch path gathers in one element (``group_of``)
-#: and ranks in batches of up to ``GROUP_BYTES`` (``block_batches``): a year
-#: of sparse minutes is thousands of blocks of an event or two, and a
-#: ranking call costs about the same for one event as for a full block.
+#: and ranks in one call (``rank_blocks``): a year of sparse minutes is
+#: thousands of blocks of an event or two, and a ranking call costs about
+#: the same for one event as for a full block.
 BLOCKS_PER_GROUP = 16
 
 
 def group_of(block: int) -> int:
     """The group of blocks ``block`` is gathered in."""
     return block // BLOCKS_PER_GROUP
-
-
-def block_batches(sizes: dict) -> list[list[int]]:
-    """``{block: bytes of its sketches}`` -> batches of consecutive blocks
-    (ascending) of at most ``GROUP_BYTES`` each; a larger block is a batch
-    of its own. What one ranking call holds."""
-    batches, held = [], 0
-    for block in sorted(sizes):
-        if not batches or held + sizes[block] > GROUP_BYTES:
-            batches.append([])
-            held = 0
-        batches[-1].append(block)
-        held += sizes[block]
-    return batches
 
 
 def rank_blocks(spec: WindowSpec, k: int, event_type: str, blocks,

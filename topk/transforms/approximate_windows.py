@@ -186,10 +186,10 @@ class ApproximateWindows(WindowRanking):
 
     Pane sketches are keyed by ``(spec, method, event type, group of
     blocks)`` (``sketch_windows.blocks_of``, ``group_of``): one shuffle for
-    all specs. A group's blocks are ranked in batches of consecutive blocks
-    (``sketch_windows.block_batches``): sparse blocks many at a time, a
-    full one alone, so a call holds at most about ``GROUP_BYTES`` of
-    sketches whatever the data's density.
+    all specs. A group's windows are ranked in one call, which ranks
+    consecutive windows together while their panes stay within
+    ``GROUP_BYTES`` (``sketch_windows.ranked_windows_starting``): sparse
+    blocks many at a time, a full one alone.
     """
 
     def expand(self, slices):
@@ -229,22 +229,14 @@ class ApproximateWindows(WindowRanking):
 
         def rank_group(key, parts):
             spec_key, _, event_type, _ = key
-            blocks = {}  # block -> {pane: sketch}
+            held, blocks = {}, set()
             for where, pane_list, packed in parts:
-                held = dict(zip(pane_list, sketches.unpack(packed)))
-                for block, pane in where:
-                    blocks.setdefault(block, {})[pane] = held[pane]
-            sizes = {block: sum(s.nbytes for s in held.values())
-                     for block, held in blocks.items()}
-            for batch in sketch_windows.block_batches(sizes):
-                # A pane is both its block's and the block before's: once
-                # per batch.
-                held = {pane: sketch for block in batch
-                        for pane, sketch in blocks[block].items()}
-                yield sketch_windows.rank_blocks(
-                    by_key[spec_key], k, event_type, batch,
-                    list(held.items()), emitted_at_ms=now_ms(),
-                    source=source, pane_timing=timing)
+                held.update(zip(pane_list, sketches.unpack(packed)))
+                blocks.update(block for block, _ in where)
+            yield sketch_windows.rank_blocks(
+                by_key[spec_key], k, event_type, sorted(blocks),
+                list(held.items()), emitted_at_ms=now_ms(), source=source,
+                pane_timing=timing)
 
         return per_length(slices, "Blocks", lambda: (
             "KeyByBlock" >> beam.FlatMap(to_blocks)
