@@ -193,10 +193,14 @@ def test_windows_of_many_blocks_rank_as_block_by_block(
     def block(b):
         return [h for h in held if h[0] // size == b]
 
+    # Each block alone, from its windows' merged sketches: not the span
+    # grouping under test.
+    pane_ms = duration_ms(sketch_windows.pane_plan(spec)[0])
     want = pa.concat_tables([
-        sketch_windows.ranked_block(spec, 3, "play", b, block(b),
-                                    block(b + 1) if n > 1 else [], wanted,
-                                    emitted_at_ms=5)
+        sketch_windows.ranked_windows(
+            [w for w in sketch_windows.window_sketches(
+                b, n, step, block(b), block(b + 1) if n > 1 else [])
+             if w[0] in wanted], spec, pane_ms, 3, "play", emitted_at_ms=5)
         for b in sorted({w // size for w in wanted})])
     assert got.num_rows > 0
     assert got.equals(want)

@@ -444,7 +444,7 @@ def _span_groups(held, wanted, n: int):
     that hold a pane of ``held`` (``(pane, sketch)``, ascending), as
     ``(panes, firsts, spans)`` groups of consecutive windows: ``panes`` the
     group's sketches, ``firsts`` its windows' first panes (ascending) and
-    ``spans`` an ``(n, 2)`` array, window ``i`` being the merge of
+    ``spans`` an ``(m, 2)`` array, window ``i`` being the merge of
     ``panes[a:b]``, ``(a, b) = spans[i]``. A group's panes stay within
     ``GROUP_BYTES`` (a window above it is a group of its own). Found with
     NumPy, not a bisect per window: a sparse year is hundreds of thousands

@@ -238,7 +238,8 @@ class _PaneLevels:
         else:
             t, pane, item, count = source
             pane = pane // (step_ms // source_step)
-        rows = counting.sum_coded_rows((t, pane, item), count, len(self.items))
+        rows = counting.sum_coded_rows((t, pane, item), count,
+                                       len(self.items))
         self._levels[step_ms] = rows
         return rows
 

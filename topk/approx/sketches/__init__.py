@@ -263,7 +263,7 @@ def span_array_ranked_rows(panes: list, starts: np.ndarray,
                            ) -> pa.Table:
     """``spans_ranked_rows`` of windows given as arrays: window ``i``
     starts at ``starts[i]`` (ms) and is the merge of ``panes[a:b]``, ``(a,
-    b) = spans[i]`` (an ``(n, 2)`` array).
+    b) = spans[i]`` (an ``(m, 2)`` array).
 
     Count-Min ranks every distinct span at once from running sums, without
     making the merged sketches (``CountMinTopK.rank_ranges``: the rows
